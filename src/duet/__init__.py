@@ -1,0 +1,3 @@
+"""duet: a trustworthy controller for confidential VMs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,155 @@
+"""The signed envelopes of protocol v1 (design.md §3).
+
+Owner requests: ``{"request": {op, controller, nonce, issued_at, params}, "signer", "signature"}``
+with the signature over JCS(request).
+
+Controller answers: ``{"controller", "request_digest", "result", "signed_at", ["nonce"], "signature"}``
+with the signature over JCS of every field but ``signature``. Answers are assembled from the
+result's canonical bytes, so a large result canonicalized once can be signed many times
+cheaply; the assembled body is itself in canonical form.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from duet import keys
+from duet.errors import VerificationError
+from duet.protocol.canonical import canonical, sha256_hex, timestamp
+
+NONCE_PATTERN = r"^[0-9a-f]{32}$"
+KEY_ID_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class SignedRequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    op: str = Field(min_length=1, max_length=64)
+    controller: str = Field(pattern=KEY_ID_PATTERN)
+    nonce: str = Field(pattern=NONCE_PATTERN)
+    issued_at: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any]
+
+
+class SignedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request: SignedRequestBody
+    signer: str = Field(pattern=KEY_ID_PATTERN)
+    signature: str = Field(min_length=1, max_length=4096)
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise ValueError("not valid base64") from None
+
+
+def sign_request(
+    op: str,
+    controller: str,
+    params: dict[str, Any],
+    key: keys.PrivateKey,
+    *,
+    nonce: str | None = None,
+    issued_at: str | None = None,
+) -> dict[str, Any]:
+    """Build the signed envelope an owner sends for a state-changing call."""
+    request = {
+        "op": op,
+        "controller": controller,
+        "nonce": nonce or new_nonce(),
+        "issued_at": issued_at or timestamp(),
+        "params": params,
+    }
+    signature = keys.sign(key, canonical(request))
+    return {"request": request, "signer": keys.key_id(key.public_key()), "signature": b64encode(signature)}
+
+
+def request_digest(request: dict[str, Any]) -> str:
+    """SHA-256 hex of JCS(request): what an answer and the ledger bind to."""
+    return sha256_hex(canonical(request))
+
+
+def request_signature_valid(envelope: SignedRequest, public_key: keys.PublicKey) -> bool:
+    try:
+        signature = b64decode(envelope.signature)
+    except ValueError:
+        return False
+    return keys.verify(public_key, signature, canonical(envelope.request.model_dump()))
+
+
+def _assemble(fields: dict[str, bytes]) -> bytes:
+    """Join already-canonical member values into one canonical object (keys are ASCII)."""
+    members = [canonical(name) + b":" + value for name, value in sorted(fields.items())]
+    return b"{" + b",".join(members) + b"}"
+
+
+def sign_answer(
+    result_bytes: bytes,
+    *,
+    controller: str,
+    signing_key: keys.PrivateKey,
+    request_digest: str | None = None,
+    nonce: str | None = None,
+    signed_at: str | None = None,
+) -> bytes:
+    """Return the whole answer body; ``result_bytes`` must be JCS(result)."""
+    fields = {
+        "controller": canonical(controller),
+        "request_digest": canonical(request_digest),
+        "result": result_bytes,
+        "signed_at": canonical(signed_at or timestamp()),
+    }
+    if nonce is not None:
+        fields["nonce"] = canonical(nonce)
+    signature = keys.sign(signing_key, _assemble(fields))
+    fields["signature"] = canonical(b64encode(signature))
+    return _assemble(fields)
+
+
+def verify_answer(
+    answer: Any,
+    *,
+    controller: str,
+    public_key: keys.PublicKey,
+    request_digest: str | None = None,
+    nonce: str | None = None,
+) -> Any:
+    """Check an answer's signature and bindings; return its ``result``.
+
+    Raises VerificationError naming exactly what did not hold.
+    """
+    if not isinstance(answer, dict) or not {"controller", "request_digest", "result", "signed_at", "signature"} <= answer.keys():
+        raise VerificationError("the answer is not a signed duet answer (fields missing)", code="unsigned_answer")
+    if answer["controller"] != controller:
+        raise VerificationError(
+            f"the answer was signed for controller {str(answer['controller'])[:16]}…, not the expected {controller[:16]}…",
+            code="wrong_controller",
+        )
+    unsigned = {name: value for name, value in answer.items() if name != "signature"}
+    try:
+        signature = b64decode(answer["signature"])
+    except (ValueError, AttributeError):
+        raise VerificationError("the answer's signature is not base64", code="bad_answer_signature") from None
+    if not keys.verify(public_key, signature, canonical(unsigned)):
+        raise VerificationError("the answer's signature does not verify with the controller's key", code="bad_answer_signature")
+    if request_digest is not None and answer["request_digest"] != request_digest:
+        raise VerificationError("the answer is bound to a different request than the one sent", code="answer_not_bound")
+    if nonce is not None and answer.get("nonce") != nonce:
+        raise VerificationError("the answer does not echo the nonce that was sent (possibly replayed)", code="stale_answer")
+    return answer["result"]

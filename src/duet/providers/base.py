@@ -1,0 +1,67 @@
+"""What a CVM provider is (design.md §8).
+
+A provider creates a machine that accepts SSH login with the controller's per-CVM key, and
+tells the controller the host key to pin. It names every resource after the CVM id, so that
+``delete`` and ``reconcile`` find them again after a controller restart, even when ``create``
+was interrupted before it returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Protocol
+
+CvmType = Literal["snp", "tdx"]
+CVM_TYPES: tuple[str, ...] = ("snp", "tdx")
+
+Progress = Callable[[str], None]
+"""Called with a short human-readable step description, e.g. ``"creating public IP"``."""
+
+
+@dataclass(frozen=True)
+class CvmSpec:
+    cvm_id: str
+    cvm_type: CvmType
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Machine:
+    """Where a CVM is and how to reach it; stored as JSON with the CVM."""
+
+    cvm_id: str
+    provider: str
+    host: str = ""
+    port: int = 22
+    username: str = ""
+    host_key: str = ""
+    """The SSH host public key to pin, in OpenSSH one-line form (``ssh-ed25519 AAAA...``)."""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """Provider-specific names and ids of what was created."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Machine":
+        return cls(**data)
+
+
+class Provider(Protocol):
+    name: str
+
+    async def create(self, spec: CvmSpec, ssh_public_key: str, progress: Progress) -> Machine:
+        """Create the CVM; on failure, delete what was created, then raise."""
+
+    async def delete(self, machine: Machine, progress: Progress) -> None:
+        """Delete everything created for ``machine.cvm_id``; a partial record is enough."""
+
+    async def reconcile(self, known: list[Machine]) -> list[Machine]:
+        """After a restart: delete resources of CVMs not in ``known``; return the live known ones."""
+
+    async def resume(self, machine: Machine) -> Machine:
+        """Make a known machine reachable again after a controller restart."""
+
+    def lockdown_command(self, machine: Machine) -> str:
+        """Shell command, run over SSH at ``mark in-service --final``, that removes the
+        controller's key from the CVM and stops SSH there for good."""
