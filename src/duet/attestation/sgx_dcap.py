@@ -533,7 +533,7 @@ class Verdict:
     ok: bool
     failed_step: str | None
     message: str
-    quote: ParsedQuote | None
+    quote: ParsedQuote | None = field(repr=False)
     code: str | None = None
     pck_chain: tuple[str, ...] = ()
     """Subjects of the verified chain, leaf first (for display)."""
