@@ -1,0 +1,207 @@
+"""``duet evidence``: look at and verify SGX DCAP v3 quotes offline.
+
+Heavy modules (cryptography, rich) are imported inside the commands so that ``duet --help``
+and every other command start fast.
+
+Exit status of ``verify``: 0 only when the signatures verify, the policy holds and (if given)
+the report data matches; 1 when the evidence fails; 2 when the input or an option is unusable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(help="Inspect and verify SGX DCAP v3 quotes offline.", no_args_is_help=True)
+
+
+def _read_quote(path: Path) -> bytes:
+    from duet.attestation.sgx_dcap import decode_quote_text
+
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        typer.echo(f"error: cannot read {path}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        return decode_quote_text(data)
+    except ValueError as exc:
+        typer.echo(f"error: {path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _value_text(value: Any, name: str = "") -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    if name in ("ATTRIBUTES.FLAGS", "ATTRIBUTES.XFRM", "MISCSELECT"):
+        return f"{value:#018x}" if name.startswith("ATTRIBUTES") else f"{value:#010x}"
+    return str(value)
+
+
+@app.command()
+def show(file: Path = typer.Argument(..., help="Quote: binary, base64, hex, or evidence JSON; '-' for stdin."),
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Print every field of a quote, with its offset, as named in the spec."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from duet.attestation import sgx_dcap as dcap
+
+    try:
+        q = dcap.parse_quote(_read_quote(file))
+    except dcap.QuoteFormatError as exc:
+        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(q.to_dict(), indent=2))
+        return
+
+    console = Console()
+    sd = q.signature_data
+    table = Table(title=f"SGX DCAP v3 quote ({len(q.raw)} bytes, {q.trailing_bytes} trailing)", show_lines=False)
+    for col in ("offset", "size", "field", "value"):
+        table.add_column(col, overflow="fold")
+
+    def rows(section: str, fields: Any, obj: Any, base: int) -> None:
+        table.add_section()
+        for f in fields:
+            value = getattr(obj, f.attr)
+            table.add_row(str(base + f.offset), str(f.size), f"{section} {f.name}", _value_text(value, f.name))
+
+    rows("header", dcap.HEADER_FIELDS, q.header, 0)
+    rows("report", dcap.REPORT_BODY_FIELDS, q.report_body, dcap.HEADER_SIZE)
+    table.add_row("", "", "report debug enclave", "[bold red]YES[/]" if q.report_body.debug else "no")
+    table.add_section()
+    table.add_row(str(dcap.SIGNATURE_DATA_LEN_OFFSET), "4", "signature_data_len", str(q.signature_data_len))
+    base = dcap.SIGNATURE_DATA_OFFSET
+    table.add_section()
+    for f in dcap.SIGNATURE_DATA_FIELDS:
+        if f.attr != "qe_report":
+            table.add_row(str(base + f.offset), str(f.size), f.name, _value_text(getattr(sd, f.attr)))
+    rows("QE report", dcap.REPORT_BODY_FIELDS, sd.qe_report, base + 128)
+    table.add_section()
+    off = base + dcap.QE_AUTH_DATA_OFFSET
+    table.add_row(str(off), str(sd.qe_auth_data_size), "QE auth data", sd.qe_auth_data.hex())
+    off += sd.qe_auth_data_size
+    cd = sd.certification_data
+    table.add_row(str(off), "2", "certification data type", str(cd.type))
+    table.add_row(str(off + 2), "4", "certification data size", str(cd.size))
+    console.print(table)
+
+    if cd.pck_chain_pem:
+        chain = Table(title="PCK certificate chain (as found in the quote)")
+        for col in ("#", "subject", "issuer", "valid from", "valid until", "SHA-256"):
+            chain.add_column(col, overflow="fold")
+        for i, c in enumerate(cd.to_dict()["pck_chain"]):
+            chain.add_row(str(i), c["subject"], c["issuer"], c["not_valid_before"], c["not_valid_after"], c["sha256"])
+        console.print(chain)
+    else:
+        console.print(f"certification data (type {cd.type}): {cd.data.hex()}")
+
+
+@app.command()
+def verify(
+    file: Path = typer.Argument(..., help="Quote: binary, base64, hex, or evidence JSON; '-' for stdin."),
+    trust_root: Optional[list[Path]] = typer.Option(
+        None, "--trust-root", help="Trust this root (PEM/DER certificate or PEM public key) instead of the "
+        "shipped Intel SGX Root CA. Repeatable. Needed for simulated evidence (duet controller sim-root)."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML (docs/policy.md). Default: "
+                                          "any enclave, but never a debug enclave."),
+    at: Optional[str] = typer.Option(None, "--at", help="Check certificate validity at this ISO time "
+                                     "(e.g. 2025-01-01T00:00:00Z) instead of now."),
+    report_data: Optional[str] = typer.Option(None, "--report-data", help="Expected REPORTDATA, 128 hex digits."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Verify a quote offline: signatures to a pinned root, then policy; say which step failed."""
+    from datetime import datetime, timezone
+
+    from duet.attestation import sgx_dcap as dcap
+    from duet.attestation.policy import Policy, PolicyError, enforce_policy
+    from duet.errors import DuetError
+
+    def usage(msg: str) -> typer.Exit:
+        typer.echo(f"error: {msg}", err=True)
+        return typer.Exit(2)
+
+    try:
+        now = datetime.now(timezone.utc)
+        if at is not None:
+            try:
+                now = datetime.fromisoformat(at.replace("Z", "+00:00"))
+            except ValueError:
+                raise usage(f"--at {at!r} is not an ISO 8601 time") from None
+            if now.tzinfo is None:
+                now = now.replace(tzinfo=timezone.utc)
+        if trust_root:
+            roots = [dcap.load_trust_root(p.read_bytes(), str(p)) for p in trust_root]
+        else:
+            roots = [dcap.intel_sgx_root_key()]
+        pol = Policy.load(policy) if policy else Policy()
+        expected_rd = None
+        if report_data is not None:
+            try:
+                expected_rd = bytes.fromhex(report_data)
+            except ValueError:
+                raise usage("--report-data is not hex") from None
+            if len(expected_rd) != 64:
+                raise usage(f"--report-data must be 64 bytes (128 hex digits), got {len(expected_rd)}")
+    except OSError as exc:
+        raise usage(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except DuetError as exc:
+        raise usage(f"[{exc.code}] {exc.message}") from None
+
+    raw = _read_quote(file)
+    verdict = dcap.verify_quote(raw, trusted_root_keys=roots, now=now)
+    result: dict[str, Any] = {"ok": verdict.ok, "failed_step": verdict.failed_step, "code": verdict.code,
+                              "message": verdict.message, "checked_at": now.isoformat(),
+                              "trusted_roots": [dcap.spki_sha256(k) for k in roots], "pck_chain": list(verdict.pck_chain)}
+    checks: list[Any] = []
+    if verdict.ok:
+        assert verdict.quote is not None
+        checks = pol.check(verdict.quote)
+        try:
+            enforce_policy(pol, verdict.quote)
+            if expected_rd is not None:
+                dcap.check_report_data(verdict.quote, expected_rd)
+        except PolicyError as exc:
+            result.update(ok=False, failed_step="policy", code=exc.code, message=exc.message)
+        except dcap.QuoteVerificationError as exc:
+            result.update(ok=False, failed_step=exc.step, code=exc.code, message=exc.message)
+        body = verdict.quote.report_body
+        result["enclave"] = {"mr_enclave": body.mr_enclave.hex(), "mr_signer": body.mr_signer.hex(),
+                             "isv_prod_id": body.isv_prod_id, "isv_svn": body.isv_svn, "debug": body.debug,
+                             "report_data": body.report_data.hex()}
+        result["policy"] = [c._asdict() for c in checks]
+
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+
+        console = Console()
+        steps = list(dcap.STEPS[1:]) + ["policy"] + (["report_data"] if expected_rd is not None else [])
+        failed = result["failed_step"]
+        passed = True
+        for step in steps:
+            if step == failed:
+                console.print(f"[bold red]✗ {step}[/]: " + escape(f"[{result['code']}] {result['message']}"))
+                passed = False
+            elif failed == dcap.STEP_PARSE:
+                console.print("[bold red]✗ parse[/]: " + escape(f"[{result['code']}] {result['message']}"))
+                passed = False
+                break
+            elif passed:
+                console.print(f"[green]✓ {step}[/]")
+            else:
+                console.print(f"[dim]- {step} (not reached)[/]")
+        for c in checks:
+            mark = "[green]✓[/]" if c.ok else "[red]✗[/]"
+            console.print(f"   {mark} {c.check}: " + escape(f"expected {c.expected}, found {c.actual}"))
+        if result["ok"]:
+            console.print("[bold green]quote verified[/]" + ("" if trust_root else " (Intel SGX Root CA)"))
+    raise typer.Exit(0 if result["ok"] else 1)
