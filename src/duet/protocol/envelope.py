@@ -7,6 +7,9 @@ Controller answers: ``{"controller", "request_digest", "result", "signed_at", ["
 with the signature over JCS of every field but ``signature``. Answers are assembled from the
 result's canonical bytes, so a large result canonicalized once can be signed many times
 cheaply; the assembled body is itself in canonical form.
+
+This module stays free of pydantic so that the CLI starts fast; the server-side models of
+the envelopes are in ``protocol.models``.
 """
 
 from __future__ import annotations
@@ -16,33 +19,9 @@ import binascii
 import secrets
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from duet import keys
 from duet.errors import VerificationError
 from duet.protocol.canonical import canonical, sha256_hex, timestamp
-
-NONCE_PATTERN = r"^[0-9a-f]{32}$"
-KEY_ID_PATTERN = r"^[0-9a-f]{64}$"
-
-
-class SignedRequestBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    op: str = Field(min_length=1, max_length=64)
-    controller: str = Field(pattern=KEY_ID_PATTERN)
-    nonce: str = Field(pattern=NONCE_PATTERN)
-    issued_at: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any]
-
-
-class SignedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    request: SignedRequestBody
-    signer: str = Field(pattern=KEY_ID_PATTERN)
-    signature: str = Field(min_length=1, max_length=4096)
-
 
 def new_nonce() -> str:
     return secrets.token_hex(16)
@@ -85,12 +64,12 @@ def request_digest(request: dict[str, Any]) -> str:
     return sha256_hex(canonical(request))
 
 
-def request_signature_valid(envelope: SignedRequest, public_key: keys.PublicKey) -> bool:
+def request_signature_valid(request: dict[str, Any], signature_b64: str, public_key: keys.PublicKey) -> bool:
     try:
-        signature = b64decode(envelope.signature)
+        signature = b64decode(signature_b64)
     except ValueError:
         return False
-    return keys.verify(public_key, signature, canonical(envelope.request.model_dump()))
+    return keys.verify(public_key, signature, canonical(request))
 
 
 def _assemble(fields: dict[str, bytes]) -> bytes:

@@ -1,0 +1,193 @@
+"""``duet cvm ...``: the owner's and the users' commands for CVMs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from duet.cli import output
+from duet.cli.context import CliContext
+
+app = typer.Typer(help="Start, command, mark, inspect and stop CVMs.", no_args_is_help=True)
+
+MODES = ("in-service", "in-update")
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    cvm_type: Annotated[str, typer.Option("--type", help="snp or tdx.")] = "snp",
+    no_wait: Annotated[bool, typer.Option(help="Return the job id at once instead of waiting.")] = False,
+) -> None:
+    """Start a CVM; shows progress until it is in-update."""
+    context: CliContext = ctx.obj
+    with output.errors(context), context.client(owner=True) as client:
+        if cvm_type not in ("snp", "tdx"):
+            raise output.UsageError(f"unknown CVM type {cvm_type!r}; use snp or tdx", code="bad_cvm_type")
+        accepted = client.start(cvm_type)
+        output.first_contact_notice(context, client)
+        if no_wait:
+            output.emit(context, accepted, lambda console: console.print(f"job {accepted['job_id']} started CVM {accepted['cvm_id']}"))
+            return
+        job = _wait(context, client, accepted["job_id"], f"Starting CVM {accepted['cvm_id'][:16]}…")
+        state = client.state(accepted["cvm_id"])["cvm"]
+        result = {"cvm_id": accepted["cvm_id"], "mode": state["mode"], "job": job}
+        if job["status"] != "succeeded":
+            raise _job_error(job)
+        output.emit(context, result, lambda console: console.print(
+            f"[green]CVM {accepted['cvm_id']} is {state['mode']}[/] (type {state['type']}, provider {state['provider']})"
+        ))
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    cvm_id: Annotated[str, typer.Argument(help="The CVM's id.")],
+    command: Annotated[Optional[list[str]], typer.Argument(help="One command, after --.")] = None,
+    cmd: Annotated[Optional[list[str]], typer.Option("--cmd", help="A command; repeat for several.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Per-command timeout in seconds.")] = None,
+    output_limit: Annotated[Optional[int], typer.Option(help="Bytes kept per output stream.")] = None,
+) -> None:
+    """Run commands on an in-update CVM: duet cvm run ID -- CMD, or --cmd CMD --cmd CMD."""
+    context: CliContext = ctx.obj
+    commands = list(cmd or []) + ([" ".join(command)] if command else [])
+    with output.errors(context), context.client(owner=True) as client:
+        if not commands:
+            raise output.UsageError("no command given: duet cvm run ID -- CMD, or --cmd CMD", code="no_command")
+        result = client.run(cvm_id, commands, timeout_s=timeout, output_limit=output_limit)
+        output.first_contact_notice(context, client)
+        output.emit(context, result, lambda console: _render_results(console, result["results"]))
+        if any(item["exit_status"] != 0 for item in result["results"]):
+            raise typer.Exit(output.EXIT_REFUSED)
+
+
+@app.command()
+def mark(
+    ctx: typer.Context,
+    cvm_id: Annotated[str, typer.Argument(help="The CVM's id.")],
+    mode: Annotated[str, typer.Argument(help="in-service or in-update.")],
+    final: Annotated[bool, typer.Option(help="One way: never back to in-update; the controller gives up its own access.")] = False,
+) -> None:
+    """Mark a CVM in-service (commands refused) or in-update (commands allowed)."""
+    context: CliContext = ctx.obj
+    with output.errors(context), context.client(owner=True) as client:
+        if mode not in MODES:
+            raise output.UsageError(f"unknown mode {mode!r}; use in-service or in-update", code="bad_mode")
+        result = client.mark(cvm_id, mode, final=final)
+        output.emit(context, result, lambda console: console.print(
+            f"CVM {cvm_id[:16]}… is [bold]{result['mode']}[/]" + (" (final)" if result["final"] else "")
+            + ("" if result["changed"] else " (unchanged)")
+        ))
+
+
+@app.command()
+def state(
+    ctx: typer.Context,
+    cvm_id: Annotated[str, typer.Argument(help="The CVM's id.")],
+    long: Annotated[bool, typer.Option("--long", help="Fetch full outputs and check them against their hashes.")] = False,
+) -> None:
+    """A CVM's mode and its history of commands (output hashes, or full outputs with --long)."""
+    context: CliContext = ctx.obj
+    with output.errors(context), context.client() as client:
+        answer = client.state(cvm_id)
+        commands = command_history(answer["entries"])
+        if long:
+            for item in commands:
+                for stream in ("stdout", "stderr"):
+                    digest = item.get(f"{stream}_sha256")
+                    if digest:
+                        item[stream] = client.blob(digest).decode(errors="replace")
+        result = {"cvm": answer["cvm"], "tree_size": answer["tree_size"], "commands": commands, "entries": answer["entries"]}
+        output.emit(context, result, lambda console: _render_state(console, answer["cvm"], commands, long))
+
+
+@app.command("list")
+def list_cvms(ctx: typer.Context) -> None:
+    """All CVMs this controller knows."""
+    context: CliContext = ctx.obj
+    with output.errors(context), context.client() as client:
+        cvms = client.list_cvms()
+        def render(console: Console) -> None:
+            table = Table("CVM id", "type", "provider", "mode", "final", "created")
+            for cvm in cvms:
+                table.add_row(cvm["cvm_id"], cvm["type"], cvm["provider"], cvm["mode"], "yes" if cvm["final"] else "", cvm["created_at"])
+            console.print(table)
+        output.emit(context, {"cvms": cvms}, render)
+
+
+@app.command()
+def stop(
+    ctx: typer.Context,
+    cvm_id: Annotated[str, typer.Argument(help="The CVM's id.")],
+) -> None:
+    """Stop a CVM and delete all its resources; its SSH key is destroyed."""
+    context: CliContext = ctx.obj
+    with output.errors(context), context.client(owner=True) as client:
+        accepted = client.stop(cvm_id)
+        job = _wait(context, client, accepted["job_id"], f"Stopping CVM {cvm_id[:16]}…")
+        if job["status"] != "succeeded":
+            raise _job_error(job)
+        output.emit(context, {"cvm_id": cvm_id, "mode": "stopped", "job": job},
+                    lambda console: console.print(f"CVM {cvm_id[:16]}… stopped; its resources are deleted."))
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _wait(context: CliContext, client: Any, job_id: str, title: str) -> dict[str, Any]:
+    if context.json:
+        return client.wait_job(job_id)  # type: ignore[no-any-return]
+    with output.err_console.status(title) as status:
+        return client.wait_job(job_id, on_step=lambda step: status.update(f"{title} {step}"))  # type: ignore[no-any-return]
+
+
+def _job_error(job: dict[str, Any]) -> Exception:
+    from duet.errors import DuetError
+
+    error = job.get("error") or {}
+    return DuetError(f"job {job['job_id']} {job['status']}: {error.get('message', 'no reason given')}", code=error.get("code", "job_failed"))
+
+
+def command_history(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pair each command.started entry with its outcome, from the CVM's ledger entries."""
+    started: dict[int, dict[str, Any]] = {}
+    for entry in entries:
+        if entry["event"] == "command.started":
+            started[entry["seq"]] = {"seq": entry["seq"], "command": entry["command"], "started_at": entry["time"], "status": "running"}
+        elif entry["event"] in ("command.finished", "command.failed", "command.interrupted") and entry.get("started_seq") in started:
+            item = started[entry["started_seq"]]
+            item["status"] = entry["event"].split(".")[1]
+            for field in ("exit_status", "duration_ms", "timed_out", "stdout_sha256", "stdout_size", "stderr_sha256", "stderr_size", "reason"):
+                if field in entry:
+                    item[field] = entry[field]
+    return list(started.values())
+
+
+def _render_results(console: Console, results: list[dict[str, Any]]) -> None:
+    for item in results:
+        status = item["exit_status"]
+        colour = "green" if status == 0 else "red"
+        note = " (timed out)" if item["timed_out"] else ""
+        console.print(f"[bold]$ {item['command']}[/]  [{colour}]exit {status}{note}[/]  {item['duration_ms']:.1f} ms")
+        if item["stdout"]:
+            console.print(item["stdout"], end="" if item["stdout"].endswith("\n") else "\n", markup=False, highlight=False)
+        if item["stderr"]:
+            console.print(item["stderr"], end="" if item["stderr"].endswith("\n") else "\n", style="red", markup=False, highlight=False)
+
+
+def _render_state(console: Console, cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool) -> None:
+    console.print(
+        f"CVM [bold]{cvm['cvm_id']}[/]  type {cvm['type']}  provider {cvm['provider']}  mode [bold]{cvm['mode']}[/]"
+        + ("  (final)" if cvm["final"] else "") + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "")
+    )
+    table = Table("seq", "started", "command", "exit", "ms", "stdout" if long else "stdout sha256", show_lines=long)
+    for item in commands:
+        table.add_row(
+            str(item["seq"]), item["started_at"], item["command"],
+            str(item.get("exit_status", item["status"])), f"{item.get('duration_ms', 0):.1f}",
+            item.get("stdout", "") if long else (item.get("stdout_sha256") or "")[:16],
+        )
+    console.print(table)

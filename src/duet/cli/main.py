@@ -1,0 +1,127 @@
+"""The ``duet`` command.
+
+Global options come before the subcommand: ``duet --url URL --key KEY --json cvm run ...``.
+Heavy modules (the server, the cloud SDKs, pydantic) are imported inside the commands that
+need them, so a client call starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from duet.cli import cvm, output
+from duet.cli.context import CliContext
+
+app = typer.Typer(
+    name="duet",
+    help="duet: a trustworthy, attested controller for confidential VMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+controller_app = typer.Typer(help="Run a duet controller.", no_args_is_help=True)
+app.add_typer(cvm.app, name="cvm")
+app.add_typer(controller_app, name="controller")
+
+
+def _mount_evidence() -> None:
+    from duet.cli.evidence import app as evidence_app
+
+    app.add_typer(evidence_app, name="evidence", help="Show and verify attestation evidence offline.")
+
+
+_mount_evidence()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar="DUET_URL", help="Controller URL.")] = "http://127.0.0.1:6037",
+    key: Annotated[Optional[Path], typer.Option(envvar="DUET_KEY", help="Owner private key (PEM) for owner operations.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per command, for scripts.")] = False,
+) -> None:
+    ctx.obj = CliContext(url=url, key_path=key, json=json_output)
+
+
+@app.command()
+def keygen(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Where to write the private key; the public key goes to OUT.pub.")],
+    key_type: Annotated[str, typer.Option("--type", help="ed25519 (default), ecdsa (P-256) or rsa.")] = "ed25519",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing key.")] = False,
+) -> None:
+    """Create an owner key pair (private key mode 0600)."""
+    from duet import keys
+
+    context: CliContext = ctx.obj
+    with output.errors(context):
+        if key_type not in keys.KEY_TYPES:
+            raise output.UsageError(f"unknown key type {key_type!r}; use ed25519, ecdsa or rsa", code="bad_key_type")
+        if out.exists() and not force:
+            raise output.UsageError(f"{out} exists; pass --force to overwrite it", code="key_exists")
+        key = keys.generate(key_type)  # type: ignore[arg-type]
+        pub_path = keys.write_key_pair(out, key)
+        key_id = keys.key_id(key.public_key())
+        output.emit(
+            context,
+            {"private_key": str(out), "public_key": str(pub_path), "key_id": key_id, "type": key_type},
+            lambda console: console.print(
+                f"Wrote [bold]{out}[/] (private, mode 0600) and [bold]{pub_path}[/].\nKey id: {key_id}"
+            ),
+        )
+
+
+@controller_app.command("serve")
+def controller_serve(
+    state_dir: Annotated[Path, typer.Option(help="Where the controller keeps its database and sealed keys.")],
+    owner_key: Annotated[list[Path], typer.Option(help="An owner's public key (PEM); repeat for several owners.")],
+    provider: Annotated[str, typer.Option(help="local (default), azure, aws or gcp.")] = "local",
+    tee: Annotated[str, typer.Option(help="none or simulated.")] = "none",
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:6037",
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024 * 1024,
+    command_timeout: Annotated[float, typer.Option(help="Default per-command timeout in seconds.")] = 300.0,
+    output_limit: Annotated[int, typer.Option(help="Default bytes kept per output stream of a command.")] = 1024 * 1024,
+) -> None:
+    """Serve the controller (protocol v1 under /v1, OpenAPI at /docs)."""
+    import logging
+
+    from duet.controller.app import serve
+    from duet.controller.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise typer.BadParameter("--listen must be HOST:PORT, e.g. 127.0.0.1:6037")
+    settings = Settings(
+        state_dir=state_dir, owner_keys=tuple(owner_key), provider=provider, tee=tee, host=host, port=int(port),
+        max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit,
+    )
+    with output.errors(CliContext(url="", key_path=None, json=False)):
+        serve(settings)
+
+
+@controller_app.command("sim-root")
+def controller_sim_root(
+    state_dir: Annotated[Path, typer.Option(help="The controller's state directory.")],
+) -> None:
+    """Print the SIMULATED root certificate that a --tee simulated controller's quotes chain to."""
+    from duet.tee.simulated import simulated_root_pem
+
+    typer.echo(simulated_root_pem(state_dir).decode(), nl=False)
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the temporary state directory for inspection.")] = False,
+) -> None:
+    """Play the whole lifecycle on local CVMs, narrated; exits 0 only if every step behaved."""
+    from duet.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+
+def run() -> None:
+    app()

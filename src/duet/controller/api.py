@@ -1,0 +1,183 @@
+"""HTTP routes of protocol v1: parse, call one service method, return the signed answer.
+
+Every answer, errors included, is signed by the controller and bound to the request it
+answers: state-changing calls by the digest of the signed request, reads by the client's
+optional ``?nonce=``, which the answer echoes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from duet.controller.auth import AuthorizedRequest
+from duet.controller.runtime import Controller
+from duet.errors import BadRequest, DuetError, PayloadTooLarge
+from duet.protocol.canonical import canonical
+from duet.protocol.envelope import sign_answer
+
+log = logging.getLogger("duet.api")
+
+NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
+HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+
+router = APIRouter(prefix="/v1")
+
+
+def _controller(request: Request) -> Controller:
+    return request.app.state.controller  # type: ignore[no-any-return]
+
+
+def signed(request: Request, result: Any, *, status: int = 200, raw: bytes | None = None) -> Response:
+    """Sign ``result`` (or its ready-made canonical bytes ``raw``) as this request's answer."""
+    controller = _controller(request)
+    nonce = request.query_params.get("nonce")
+    if nonce is not None and not NONCE_RE.match(nonce):
+        nonce = None
+    body = sign_answer(
+        raw if raw is not None else canonical(result),
+        controller=controller.identity.controller_id,
+        signing_key=controller.identity.signing_key,
+        request_digest=getattr(request.state, "request_digest", None),
+        nonce=nonce,
+    )
+    return Response(content=body, status_code=status, media_type="application/json")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def _authorized(request: Request, op: str, cvm_id: str | None = None) -> AuthorizedRequest:
+    controller = _controller(request)
+    body = await _read_body(request, controller.settings.max_body_bytes)
+    authorized = controller.authenticator.authenticate(body, op)
+    request.state.request_digest = authorized.digest
+    if cvm_id is not None and authorized.params.cvm_id != cvm_id:
+        raise BadRequest("the CVM id in the path differs from the one in the signed params", code="cvm_id_mismatch")
+    return authorized
+
+
+def _check_nonce(nonce: str | None) -> None:
+    if nonce is not None and not NONCE_RE.match(nonce):
+        raise BadRequest("nonce must be 16 to 64 lowercase hex characters", code="bad_nonce")
+
+
+# --- owner operations (signed requests) ------------------------------------------------
+
+
+@router.post("/cvms", status_code=202, summary="Start a CVM (signed op cvm.start); answers at once with a job id")
+async def start_cvm(request: Request) -> Response:
+    authorized = await _authorized(request, "cvm.start")
+    return signed(request, await _controller(request).service.start(authorized), status=202)
+
+
+@router.post("/cvms/{cvm_id}/run", summary="Run commands on an in-update CVM (signed op cvm.run)")
+async def run_commands(request: Request, cvm_id: str) -> Response:
+    authorized = await _authorized(request, "cvm.run", cvm_id)
+    return signed(request, await _controller(request).service.run(authorized))
+
+
+@router.post("/cvms/{cvm_id}/mark", summary="Mark a CVM in-service or in-update (signed op cvm.mark)")
+async def mark_cvm(request: Request, cvm_id: str) -> Response:
+    authorized = await _authorized(request, "cvm.mark", cvm_id)
+    return signed(request, await _controller(request).service.mark(authorized))
+
+
+@router.post("/cvms/{cvm_id}/stop", status_code=202, summary="Stop a CVM and delete its resources (signed op cvm.stop)")
+async def stop_cvm(request: Request, cvm_id: str) -> Response:
+    authorized = await _authorized(request, "cvm.stop", cvm_id)
+    return signed(request, await _controller(request).service.stop(authorized), status=202)
+
+
+# --- public reads ----------------------------------------------------------------------
+
+
+@router.get("/cvms", summary="List CVMs")
+async def list_cvms(request: Request, nonce: str | None = None) -> Response:
+    _check_nonce(nonce)
+    return signed(request, _controller(request).service.list_cvms())
+
+
+@router.get("/cvms/{cvm_id}", summary="A CVM's state and its complete ledger history")
+async def cvm_state(request: Request, cvm_id: str, nonce: str | None = None) -> Response:
+    _check_nonce(nonce)
+    return signed(request, None, raw=_controller(request).service.state_bytes(cvm_id))
+
+
+@router.get("/jobs/{job_id}", summary="A start or stop job's status")
+async def job_status(request: Request, job_id: str, nonce: str | None = None) -> Response:
+    _check_nonce(nonce)
+    return signed(request, _controller(request).service.job(job_id))
+
+
+@router.get("/ledger/head", summary="The signed tree head")
+async def ledger_head(request: Request, nonce: str | None = None) -> Response:
+    _check_nonce(nonce)
+    return signed(request, _controller(request).ledger.head())
+
+
+@router.get("/ledger/entries", summary="Ledger entries start <= seq < end, optionally of one CVM")
+async def ledger_entries(request: Request, start: int = 0, end: int | None = None, cvm: str | None = None, nonce: str | None = None) -> Response:
+    _check_nonce(nonce)
+    ledger = _controller(request).ledger
+    return signed(request, {"entries": ledger.entries(start, end, cvm), "tree_size": ledger.size})
+
+
+@router.get("/blobs/{sha256}", summary="A command's stored stdout or stderr, addressed by its SHA-256")
+async def blob(request: Request, sha256: str) -> Response:
+    if not HEX64_RE.match(sha256):
+        raise BadRequest("a blob is named by 64 lowercase hex characters (its SHA-256)", code="bad_blob_id")
+    data = _controller(request).store.get_blob(sha256)
+    return Response(content=data, media_type="application/octet-stream", headers={"X-Content-SHA256": sha256})
+
+
+@router.get("/attestation", summary="The controller's identity document and TEE evidence")
+async def attestation(request: Request, nonce: str | None = None) -> Response:
+    _check_nonce(nonce)
+    return signed(request, _controller(request).attestation())
+
+
+# --- errors: always signed JSON, never an HTML 500 -------------------------------------
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def duet_error(request: Request, exc: DuetError) -> Response:
+        return signed(request, exc.to_json(), status=exc.status)
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()[:5]
+        )
+        return signed(request, {"error": {"code": "invalid_params", "message": problems}}, status=422)
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "no_such_route", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return signed(request, {"error": {"code": code, "message": f"{request.method} {request.url.path}: {exc.detail}"}}, status=exc.status_code)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return signed(
+            request,
+            {"error": {"code": "internal_error", "message": "the controller hit an unexpected error; it is in the controller's log"}},
+            status=500,
+        )
+
+    app.add_exception_handler(DuetError, duet_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,56 @@
+"""The FastAPI application of a controller and the way to serve it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from duet import __version__
+from duet.controller.api import install_error_handlers, router
+from duet.controller.runtime import Controller, open_controller
+from duet.controller.settings import Settings
+
+log = logging.getLogger("duet.controller")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    controller = open_controller(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await controller.service.recover()
+        log.info(
+            "controller %s ready: provider %s, TEE %s, %d ledger entries",
+            controller.identity.controller_id, settings.provider, controller.tee.name, controller.ledger.size,
+        )
+        try:
+            yield
+        finally:
+            await controller.close()
+
+    app = FastAPI(
+        title="duet controller",
+        version=__version__,
+        description="Signed protocol v1 of the duet controller for confidential VMs. Every answer is signed.",
+        lifespan=lifespan,
+    )
+    app.state.controller = controller
+    app.include_router(router)
+    install_error_handlers(app)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    if settings.tee == "none":
+        log.warning("TEE: none — this controller is NOT attested; clients cannot verify what code runs here")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+
+
+def controller_of(app: FastAPI) -> Controller:
+    return app.state.controller  # type: ignore[no-any-return]

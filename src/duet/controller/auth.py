@@ -1,0 +1,131 @@
+"""Admission of signed owner requests (design.md §3).
+
+A request is accepted only if its signer is a registered owner, its signature verifies, it
+names this controller and the operation of the route, it was issued within the allowed skew,
+and its nonce was never accepted before. The checks run in that order, so a stranger learns
+nothing about nonces, and a nonce is only consumed by a request an owner really signed.
+Nonces are persisted, so a restart does not reopen a replay window.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from duet import keys
+from duet.controller.settings import Settings
+from duet.controller.store import Store
+from duet.errors import BadRequest, Conflict, InvalidParams, Unauthorized
+from duet.protocol.canonical import parse_timestamp
+from duet.protocol.envelope import request_digest, request_signature_valid
+from duet.protocol.models import PARAMS_BY_OP, SignedRequest
+
+ParamsT = TypeVar("ParamsT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class AuthorizedRequest:
+    op: str
+    params: Any
+    """The validated params model of the op (e.g. RunParams)."""
+    signer: str
+    digest: str
+    """SHA-256 hex of JCS(request): what the answer and the ledger entries bind to."""
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}", code="malformed_json") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the request body must be a JSON object", code="malformed_json")
+    return value
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the field path, e.g. ``params.commands: Input should be a valid list``."""
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+class RequestAuthenticator:
+    def __init__(self, store: Store, controller_id: str, settings: Settings) -> None:
+        self.store = store
+        self.controller_id = controller_id
+        self.settings = settings
+        self._owner_keys: dict[str, keys.PublicKey] = {}
+        self.reload_owners()
+
+    def reload_owners(self) -> None:
+        self._owner_keys = {
+            key_id: keys.load_public_key_bytes(pem.encode(), f"owner key {key_id[:16]}")
+            for key_id, pem in self.store.owners().items()
+        }
+
+    def authenticate(self, body: bytes, op: str) -> AuthorizedRequest:
+        raw = parse_json_object(body)
+        try:
+            envelope = SignedRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise BadRequest(f"not a signed duet request: {describe_validation_error(exc)}", code="bad_envelope") from None
+        request = raw["request"]
+        public_key = self._owner_keys.get(envelope.signer)
+        if public_key is None:
+            raise Unauthorized(
+                f"signer {envelope.signer[:16]}… is not an owner key of this controller", code="unknown_signer"
+            )
+        try:
+            signature_ok = request_signature_valid(request, envelope.signature, public_key)
+        except Exception:  # canonicalization of hostile input (e.g. huge numbers)
+            signature_ok = False
+        if not signature_ok:
+            raise Unauthorized("the request's signature does not verify with the signer's key", code="bad_signature")
+        if envelope.request.controller != self.controller_id:
+            raise Unauthorized(
+                f"the request is addressed to controller {envelope.request.controller[:16]}…, not to this one "
+                f"({self.controller_id[:16]}…)",
+                code="wrong_controller",
+            )
+        if envelope.request.op != op:
+            raise BadRequest(f"the request is for operation {envelope.request.op!r}, but was sent to the route of {op!r}", code="wrong_op")
+        self._check_time(envelope.request.issued_at)
+        params = self._params(op, envelope.request.params)
+        if not self.store.consume_nonce(envelope.request.nonce, envelope.signer, keep_seconds=self.settings.nonce_retention_s):
+            raise Conflict("this request was already received once; a signed request is accepted only once", code="replayed_request")
+        return AuthorizedRequest(op=op, params=params, signer=envelope.signer, digest=request_digest(request))
+
+    def _check_time(self, issued_at: str) -> None:
+        try:
+            issued = parse_timestamp(issued_at)
+        except ValueError:
+            raise BadRequest(f"issued_at {issued_at!r} is not an RFC 3339 time with a zone", code="bad_envelope") from None
+        skew = (datetime.now(timezone.utc) - issued).total_seconds()
+        limit = self.settings.request_skew_s
+        if skew > limit:
+            raise Unauthorized(
+                f"the request was issued {skew:.0f} s ago; requests are accepted for {limit:.0f} s", code="request_expired"
+            )
+        if skew < -limit:
+            raise Unauthorized(
+                f"the request is dated {-skew:.0f} s in the future; check the client's clock", code="request_from_future"
+            )
+
+    @staticmethod
+    def _params(op: str, params: dict[str, Any]) -> BaseModel:
+        model = PARAMS_BY_OP[op]
+        try:
+            return model.model_validate(params)
+        except ValidationError as exc:
+            raise InvalidParams(f"invalid params for {op}: {describe_validation_error(exc)}", code="invalid_params") from None

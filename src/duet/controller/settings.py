@@ -1,0 +1,43 @@
+"""Controller settings: one place for every limit and default, with the reasons for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1024 * 1024
+SEED_PORT = 6037
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    owner_keys: tuple[Path, ...] = ()
+    provider: str = "local"
+    tee: str = "none"
+    host: str = "127.0.0.1"
+    port: int = SEED_PORT
+    max_body_bytes: int = 1 * MiB
+    """Larger request bodies are refused with 413 before they are parsed."""
+    request_skew_s: float = 300.0
+    """How far an owner request's ``issued_at`` may be from the controller's clock."""
+    command_timeout_s: float = 300.0
+    max_command_timeout_s: float = 3600.0
+    output_limit: int = 1 * MiB
+    """Bytes kept per stream (stdout, stderr) of one command; the rest is cut and marked."""
+    max_output_limit: int = 16 * MiB
+    ssh_ready_timeout_s: float = 120.0
+    provider_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sealed_dir(self) -> Path:
+        return self.state_dir / "sealed"
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "duet.sqlite3"
+
+    @property
+    def nonce_retention_s(self) -> float:
+        """Nonces must outlive the window in which their request is still accepted."""
+        return 2 * self.request_skew_s + 60
