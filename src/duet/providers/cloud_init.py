@@ -1,0 +1,109 @@
+"""What every cloud provider hands the guest: a host key the controller already knows.
+
+A cloud VM normally generates its SSH host key on first boot, and the controller would have
+to trust whatever key answers first. Instead the provider generates an Ed25519 host key pair
+here, gives both halves to cloud-init (``ssh_keys`` with ``ssh_deletekeys: true``, so no other
+host key survives), and returns the public half as ``Machine.host_key`` to be pinned before the
+first connection.
+
+Limit, stated plainly: the user-data travels through the cloud's control plane, so the cloud
+operator could learn the private half. The pin defeats a man in the middle on the network, not
+the cloud itself; binding the host key to the CVM's attestation is what closes that gap.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """An SSH host key pair in OpenSSH form. ``repr`` never shows the private half."""
+
+    public: str
+    private: str = field(repr=False)
+
+
+def generate_host_key(comment: str = "") -> HostKey:
+    """A fresh Ed25519 host key pair; ``comment`` ends the public line (e.g. the CVM id)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    if comment:
+        public = f"{public} {comment}"
+    return HostKey(public=public, private=private)
+
+
+def _block(text: str, indent: str) -> str:
+    return "".join(f"{indent}{line}\n" for line in text.strip("\n").splitlines())
+
+
+def user_data(host_key: HostKey, *, authorized_key: str | None = None, username: str | None = None) -> str:
+    """The ``#cloud-config`` document installing ``host_key`` as the only SSH host key.
+
+    ``authorized_key``/``username`` are for clouds with no native way to install a login key
+    (none of the three here needs it; Azure, AWS and GCP each take the key in their own API),
+    so by default the document carries no login key at all.
+    The result contains the private host key: never log it.
+    """
+    lines = [
+        "#cloud-config",
+        "ssh_deletekeys: true",
+        "ssh_genkeytypes: []",
+        "ssh_pwauth: false",
+        "disable_root: true",
+        "ssh_keys:",
+        "  ed25519_private: |",
+        _block(host_key.private, "    ").rstrip("\n"),
+        f"  ed25519_public: {host_key.public}",
+    ]
+    if authorized_key and username:
+        lines += [
+            "users:",
+            f"  - name: {username}",
+            "    sudo: ALL=(ALL) NOPASSWD:ALL",
+            "    shell: /bin/bash",
+            "    ssh_authorized_keys:",
+            f"      - {authorized_key}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def user_data_b64(host_key: HostKey, **kw: str) -> str:
+    """Base64 of :func:`user_data`, the form Azure's ``customData`` wants."""
+    return base64.b64encode(user_data(host_key, **kw).encode()).decode()
+
+
+def key_blob(openssh_public_line: str) -> str:
+    """The base64 part of ``ssh-ed25519 AAAA... comment``: what identifies the key in a file."""
+    parts = openssh_public_line.split()
+    if len(parts) < 2:
+        raise ValueError("not an OpenSSH public key line")
+    return parts[1]
+
+
+def lockdown_command(controller_public_key: str) -> str:
+    """Remove the controller's login key and stop SSH for good (``mark in-service --final``).
+
+    The key is matched by its base64 blob (``grep -F``, no regex surprises). SSH is stopped
+    both as a service and as a socket (Ubuntu 24.04 socket-activates sshd) and masked so that
+    a reboot or a package update does not bring it back. The running session survives the
+    stop, so the command's exit status still reaches the controller.
+    """
+    blob = shlex.quote(key_blob(controller_public_key))
+    return (
+        "set -e; f=\"$HOME/.ssh/authorized_keys\"; "
+        f"if [ -f \"$f\" ]; then grep -vF {blob} \"$f\" > \"$f.duet\" || true; "
+        "cat \"$f.duet\" > \"$f\"; rm -f \"$f.duet\"; fi; "
+        "for u in ssh.socket ssh.service sshd.service; do "
+        "sudo systemctl disable --now \"$u\" >/dev/null 2>&1 || true; "
+        "sudo systemctl mask \"$u\" >/dev/null 2>&1 || true; done; "
+        f"! grep -qF {blob} \"$f\" 2>/dev/null"
+    )

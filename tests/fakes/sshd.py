@@ -1,0 +1,80 @@
+"""A real OpenSSH sshd on 127.0.0.1 standing in for a cloud VM's guest.
+
+The fake clouds start one when a VM "boots", with exactly what the guest would get from the
+cloud: the login key from the VM's API body and the host key from its cloud-init user-data.
+So a test can check that the controller pins the key it generated and logs in with its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalSshd:
+    """One sshd process with its own directory, host key and authorized key."""
+
+    def __init__(self, root: Path, port: int, host_private_key: str, authorized_keys: list[str]) -> None:
+        self.root = root
+        self.port = port
+        self._host_private_key = host_private_key
+        self._authorized_keys = authorized_keys
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        host_key = self.root / "ssh_host_ed25519_key"
+        fd = os.open(host_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self._host_private_key if self._host_private_key.endswith("\n") else self._host_private_key + "\n")
+        (self.root / "authorized_keys").write_text("".join(k.strip() + "\n" for k in self._authorized_keys))
+        config = self.root / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+            f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nPidFile {self.root / 'sshd.pid'}\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+            "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel ERROR\n"
+        )
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+        self._proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "sshd.log", "wb"),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.root / 'sshd.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("sshd did not start listening in time")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
