@@ -565,9 +565,14 @@ def _ecdsa_ok(key: ec.EllipticCurvePublicKey, sig64: bytes, data: bytes) -> bool
     return True
 
 
+def common_name(name: x509.Name) -> str:
+    """The CN of a name (or the whole name when it has none), for messages."""
+    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else name.rfc4514_string()
+
+
 def _cn(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else cert.subject.rfc4514_string()
+    return common_name(cert.subject)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

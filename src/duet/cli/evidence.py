@@ -96,8 +96,12 @@ def show(file: Path = typer.Argument(..., help="Quote: binary, base64, hex, or e
         chain = Table(title="PCK certificate chain (as found in the quote)")
         for col in ("#", "subject", "issuer", "valid from", "valid until", "SHA-256"):
             chain.add_column(col, overflow="fold")
-        for i, c in enumerate(cd.to_dict()["pck_chain"]):
-            chain.add_row(str(i), c["subject"], c["issuer"], c["not_valid_before"], c["not_valid_after"], c["sha256"])
+        from cryptography.hazmat.primitives import hashes
+
+        for i, c in enumerate(cd.certificates()):
+            chain.add_row(str(i), dcap.common_name(c.subject), dcap.common_name(c.issuer),
+                          c.not_valid_before_utc.isoformat(), c.not_valid_after_utc.isoformat(),
+                          c.fingerprint(hashes.SHA256()).hex())
         console.print(chain)
     else:
         console.print(f"certification data (type {cd.type}): {cd.data.hex()}")
