@@ -35,7 +35,7 @@ class TeeBackend(Protocol):
         ...
 
 
-def check_report_data(report_data: bytes) -> bytes:
+def require_report_data(report_data: bytes) -> bytes:
     """Report data must be exactly 64 bytes: padding silently (as Gramine does) hides mistakes."""
     if not isinstance(report_data, bytes | bytearray) or len(report_data) != REPORT_DATA_SIZE:
         size = len(report_data) if isinstance(report_data, bytes | bytearray) else type(report_data).__name__

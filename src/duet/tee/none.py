@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from duet.tee.base import check_report_data, private_dir
+from duet.tee.base import private_dir, require_report_data
 
 
 class NoneTee:
@@ -18,7 +18,7 @@ class NoneTee:
         self.state_dir = Path(state_dir)
 
     def quote(self, report_data: bytes) -> dict[str, Any]:
-        check_report_data(report_data)
+        require_report_data(report_data)
         return {"type": self.name}
 
     def sealed_dir(self) -> Path:

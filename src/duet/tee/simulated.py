@@ -42,7 +42,7 @@ from cryptography.x509.oid import NameOID
 
 from duet import __version__
 from duet.attestation import sgx_dcap as dcap
-from duet.tee.base import TeeError, check_report_data, private_dir
+from duet.tee.base import TeeError, private_dir, require_report_data
 
 SIM_DIR_NAME = "simulated-tee"
 ROOT_CN = "duet SIMULATED SGX Root CA — not Intel"
@@ -256,7 +256,7 @@ class SimulatedSgxTee:
         fields: dict[str, Any] = {
             "cpu_svn": bytes(range(16)), "flags": SIM_FLAGS, "xfrm": SIM_XFRM, "mr_enclave": self.mr_enclave,
             "mr_signer": p.mr_signer, "isv_prod_id": SIM_ISV_PROD_ID, "isv_svn": SIM_ISV_SVN,
-            "report_data": check_report_data(report_data),
+            "report_data": require_report_data(report_data),
         }
         fields.update(report_fields)
         user_data = hashlib.sha256(raw_public_key(p.keys["pck"])).digest()[:16]
