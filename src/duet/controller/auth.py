@@ -51,11 +51,11 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """One line per problem, naming the field path, e.g. ``params.commands: Input should be a valid list``."""
     problems = []
     for error in exc.errors()[:5]:
-        where = ".".join(str(part) for part in error["loc"]) or "body"
+        where = prefix + ".".join(str(part) for part in error["loc"]) or "body"
         problems.append(f"{where}: {error['msg']}")
     return "; ".join(problems)
 
@@ -128,4 +128,4 @@ class RequestAuthenticator:
         try:
             return model.model_validate(params)
         except ValidationError as exc:
-            raise InvalidParams(f"invalid params for {op}: {describe_validation_error(exc)}", code="invalid_params") from None
+            raise InvalidParams(f"invalid params for {op}: {describe_validation_error(exc, 'params.')}", code="invalid_params") from None

@@ -1,0 +1,3 @@
+from duet.cli.main import run
+
+run()

@@ -1,0 +1,126 @@
+"""``duet demo``: the seed's end-to-end scenario, played for real on a local CVM.
+
+A controller is started on a free port with a temporary state directory and owner key; the
+local CVM is a real OpenSSH sshd. Each step says what it expects, and the demo exits 0 only
+if every step behaved as expected, so it doubles as a smoke test of a fresh install.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+
+from duet import keys
+from duet.client.sdk import ApiError, DuetClient
+from duet.client.trust import TrustStore
+from duet.controller.process import ControllerProcess
+
+console = Console()
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise DemoFailed(what)
+    console.print(f"  [green]✓[/] {what}")
+
+
+def _step(number: int, title: str, why: str) -> None:
+    console.print(f"\n[bold cyan]{number}. {title}[/]\n  [dim]{why}[/]")
+
+
+def _show_results(results: list[dict[str, Any]]) -> None:
+    for item in results:
+        console.print(f"  [bold]$ {item['command']}[/] → exit {item['exit_status']} ({item['duration_ms']:.1f} ms)")
+        for line in item["stdout"].splitlines():
+            console.print(f"    {line}", markup=False, highlight=False)
+
+
+def scenario(client: DuetClient) -> None:
+    _step(1, "Start a CVM", "The controller creates the CVM with an SSH key only it holds, pins the CVM's host key, "
+          "and runs a bootstrap. The CVM ends in-update.")
+    accepted = client.start("snp")
+    job = client.wait_job(accepted["job_id"], on_step=lambda step: console.print(f"  … {step}", style="dim"))
+    cvm_id = accepted["cvm_id"]
+    _expect(job["status"] == "succeeded", f"job {job['job_id']} succeeded")
+    _expect(client.state(cvm_id)["cvm"]["mode"] == "in-update", f"CVM {cvm_id[:16]}… is in-update")
+
+    _step(2, "Run the owner's commands", "Each command is announced in the ledger before it runs, and its outcome after.")
+    ran = client.run(cvm_id, ["echo 'installing the service'", "uname -sr", "echo ready > service.txt && cat service.txt"])
+    _show_results(ran["results"])
+    _expect(all(item["exit_status"] == 0 for item in ran["results"]), "all three commands exited 0")
+
+    _step(3, "Mark the CVM in-service", "From now on the owner cannot touch the CVM.")
+    _expect(client.mark(cvm_id, "in-service")["mode"] == "in-service", "the CVM is in-service")
+
+    _step(4, "Try a command while in-service", "The controller must refuse it, whoever signed it.")
+    try:
+        client.run(cvm_id, ["cat /etc/hostname"])
+        refused: ApiError | None = None
+    except ApiError as exc:
+        refused = exc
+    _expect(refused is not None and refused.code == "not_in_update" and refused.status == 403,
+            f"refused with 403 {refused.code if refused else '—'}: {refused.message if refused else 'it ran!'}")
+
+    _step(5, "Show the CVM's state with full outputs", "Users see every command, its exit status and its output; "
+          "each output is checked against the hash in the signed ledger.")
+    state = client.state(cvm_id)
+    finished = [entry for entry in state["entries"] if entry["event"] == "command.finished"]
+    for entry in finished:
+        output = client.blob(entry["stdout_sha256"]).decode(errors="replace").strip()
+        console.print(f"  seq {entry['seq']:>3}  {entry['command']:<45} exit {entry['exit_status']}  → {output}",
+                      markup=False, highlight=False)
+    _expect([entry["command"] for entry in finished] == [item["command"] for item in ran["results"]],
+            "the history holds the three commands, and nothing of the refused one")
+    _expect(any(entry["event"] == "mode.changed" and entry["mode"] == "in-service" for entry in state["entries"]),
+            "the mode change is in the ledger")
+
+    _step(6, "Mark it in-update again and run a command", "Leaving in-service is recorded, so users learn of it.")
+    client.mark(cvm_id, "in-update")
+    again = client.run(cvm_id, ["cat service.txt"])
+    _show_results(again["results"])
+    _expect(again["results"][0]["stdout"].strip() == "ready", "the CVM kept its state and runs commands again")
+
+    _step(7, "Stop the CVM", "Every resource is deleted and the CVM's SSH key destroyed.")
+    stopped = client.wait_job(client.stop(cvm_id)["job_id"])
+    _expect(stopped["status"] == "succeeded", "the stop job succeeded")
+    _expect(client.state(cvm_id)["cvm"]["mode"] == "stopped", "the CVM is stopped")
+    head = client.head()
+    console.print(f"\n  Ledger: {head['tree_size']} signed entries, root {head['root_hash'][:16]}…")
+
+
+def run_demo(*, keep: bool = False, play: Callable[[DuetClient], None] = scenario) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="duet-demo-"))
+    console.print(Panel.fit(
+        "duet demo: a controller on loopback, a local CVM (a real OpenSSH sshd), the owner's signed requests.\n"
+        "TEE: none — this demo controller is not attested (that needs SGX, or --tee simulated).",
+        title="duet", border_style="cyan",
+    ))
+    key = keys.generate()
+    key_path = workdir / "owner.pem"
+    keys.write_key_pair(key_path, key)
+    controller = ControllerProcess(workdir / "state", [key_path.with_name("owner.pem.pub")])
+    try:
+        with controller, DuetClient(controller.url, owner_key=key, trust=TrustStore(workdir / "user")) as client:
+            console.print(f"Controller {client.pin().controller[:16]}… listening on {controller.url}")
+            play(client)
+    except (DemoFailed, Exception) as exc:  # the demo reports every failure the same plain way
+        console.print(f"\n[bold red]demo failed[/]: {exc}")
+        console.print(f"controller log: {controller.log_path}")
+        return 1
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    console.print("\n[bold green]demo passed[/]: every step behaved as expected.")
+    if keep:
+        console.print(f"state kept in {workdir}")
+    return 0

@@ -1,0 +1,108 @@
+"""Run a controller as a child process on loopback: for ``duet demo``, tests and benchmarks.
+
+A real process (not an in-process app) so that what is exercised is what users run, and so
+that it can be killed with SIGKILL and restarted on the same state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from duet.errors import DuetError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ControllerProcess:
+    def __init__(
+        self,
+        state_dir: Path,
+        owner_keys: list[Path],
+        *,
+        provider: str = "local",
+        tee: str = "none",
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.owner_keys = owner_keys
+        self.provider = provider
+        self.tee = tee
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self.env = env or {}
+        self.log_path = state_dir.parent / f"{state_dir.name}-controller.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "duet", "controller", "serve", "--state-dir", str(self.state_dir),
+                "--provider", self.provider, "--tee", self.tee, "--listen", f"127.0.0.1:{self.port}"]
+        for key in self.owner_keys:
+            args += ["--owner-key", str(key)]
+        return args + list(self.extra_args)
+
+    def start(self, timeout: float = 30.0) -> "ControllerProcess":
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise DuetError(f"the controller exited at start (status {self.process.returncode}); see {self.log_path}",
+                                code="controller_failed", status=500)
+            try:
+                if httpx.get(f"{self.url}/v1/ledger/head", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise DuetError(f"the controller did not answer within {timeout:.0f} s; see {self.log_path}",
+                        code="controller_failed", status=500)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: the controller gets no chance to clean up, as in a crash."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> "ControllerProcess":
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "ControllerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,35 @@
+"""Shared fixtures: an owner key, a real controller process on loopback, a client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import Owner, make_owner, remove_local_cvms
+
+from duet.client.sdk import DuetClient
+from duet.client.trust import TrustStore
+from duet.controller.process import ControllerProcess
+
+
+@pytest.fixture
+def owner(tmp_path: Path) -> Owner:
+    return make_owner(tmp_path)
+
+
+@pytest.fixture
+def controller(tmp_path: Path, owner: Owner) -> Iterator[ControllerProcess]:
+    process = ControllerProcess(tmp_path / "state", [owner.pub_path])
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        remove_local_cvms(process.state_dir)
+
+
+@pytest.fixture
+def client(tmp_path: Path, controller: ControllerProcess, owner: Owner) -> Iterator[DuetClient]:
+    with DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user")) as duet_client:
+        yield duet_client

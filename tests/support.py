@@ -1,0 +1,44 @@
+"""Helpers shared by tests (importable as ``support``; tests/ is on sys.path via conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from duet import keys
+from duet.client.sdk import DuetClient
+
+
+@dataclass(frozen=True)
+class Owner:
+    key: keys.PrivateKey
+    path: Path
+    pub_path: Path
+
+    @property
+    def key_id(self) -> str:
+        return keys.key_id(self.key.public_key())
+
+
+def make_owner(directory: Path, name: str = "owner", key_type: str = "ed25519") -> Owner:
+    key = keys.generate(key_type)  # type: ignore[arg-type]
+    path = directory / f"{name}.pem"
+    pub_path = keys.write_key_pair(path, key)
+    return Owner(key, path, pub_path)
+
+
+def remove_local_cvms(state_dir: Path) -> None:
+    """Kill every local CVM's sshd left by a test (they outlive the controller on purpose)."""
+    from duet.providers.local import LocalProvider
+
+    root = state_dir / "local-cvms"
+    if root.exists():
+        asyncio.run(LocalProvider(root).reconcile([]))
+
+
+def start_cvm(client: DuetClient, cvm_type: str = "snp") -> str:
+    accepted = client.start(cvm_type)
+    job = client.wait_job(accepted["job_id"], timeout=60)
+    assert job["status"] == "succeeded", job
+    return accepted["cvm_id"]  # type: ignore[no-any-return]
