@@ -22,6 +22,7 @@ import copy
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -97,7 +98,7 @@ class FakeArm:
         self._identity = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "identity"))
         self.endpoint = f"https://127.0.0.1:{self._arm.server_address[1]}"
         self.identity_endpoint = f"http://127.0.0.1:{self._identity.server_address[1]}/msi/token"
-        self._threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self._arm, self._identity)]
+        self._threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True) for s in (self._arm, self._identity)]
 
     # ---- lifecycle ----
     def start(self) -> "FakeArm":
@@ -341,6 +342,10 @@ def _err(code: str, message: str) -> dict[str, Any]:
 def _handler(fake: FakeArm, role: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle stalls
 
         def log_message(self, *args: Any) -> None:
             pass

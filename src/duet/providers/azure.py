@@ -75,6 +75,8 @@ class AzureConfig:
     ca_bundle: str = ""
     poll_interval: float = 5.0
     delete_retry_seconds: float = 300.0
+    retry_total: int | None = None
+    """azure-core's own retries of connection errors and 5xx answers (None: the SDK default, 10)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "AzureConfig":
@@ -97,6 +99,7 @@ class AzureConfig:
             port = int(_first(env, "DUET_SSH_PORT", default="22"))
             poll = float(_first(env, "DUET_AZURE_POLL_SECONDS", default="5"))
             retry = float(_first(env, "DUET_AZURE_DELETE_RETRY_SECONDS", default="300"))
+            retry_total = int(env["DUET_AZURE_RETRY_TOTAL"]) if env.get("DUET_AZURE_RETRY_TOTAL", "").strip() else None
         except ValueError as exc:
             raise ConfigError(f"Azure provider: bad number in configuration: {exc}", code="azure_config_invalid") from None
         return cls(
@@ -122,6 +125,7 @@ class AzureConfig:
             ca_bundle=_first(env, "REQUESTS_CA_BUNDLE"),
             poll_interval=poll,
             delete_retry_seconds=retry,
+            retry_total=retry_total,
         )
 
 
@@ -272,6 +276,8 @@ class AzureProvider:
             }
             if cfg.ca_bundle:
                 kw["connection_verify"] = cfg.ca_bundle
+            if cfg.retry_total is not None:
+                kw["retry_total"] = cfg.retry_total
             cred = self._build_credential()
             self._clients = (
                 ComputeManagementClient(cred, cfg.subscription_id, **kw),

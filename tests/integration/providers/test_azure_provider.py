@@ -1,0 +1,231 @@
+"""The Azure provider through the real azure-mgmt SDKs, against the fake ARM over TLS."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import asyncssh
+import pytest
+import yaml
+
+from duet.errors import ConfigError, UpstreamError
+from duet.providers.azure import AzureConfig, AzureProvider
+from duet.providers.base import CvmSpec, Machine
+from tests.fakes.fake_arm import FakeArm
+
+STEPS = ["networkSecurityGroups", "virtualNetworks", "subnets", "publicIPAddresses", "networkInterfaces", "virtualMachines"]
+
+
+def provider(env: dict[str, str], tmp_path: Path) -> AzureProvider:
+    return AzureProvider.from_env(env, tmp_path)
+
+
+async def test_create_sends_confidential_vm_bodies(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    steps: list[str] = []
+    machine = await provider(azure_env, tmp_path).create(CvmSpec("cvm-1", "snp"), client_key.public, steps.append)
+
+    user = getpass.getuser()
+    [vm] = fake_arm.bodies("virtualMachines")
+    props = vm["properties"]
+    assert vm["location"] == "westeurope"
+    assert vm["tags"] == {"duet-cvm": "cvm-1", "duet-prefix": "duet"}
+    assert props["hardwareProfile"] == {"vmSize": "Standard_DC2ads_v5"}
+    assert props["securityProfile"] == {"securityType": "ConfidentialVM",
+                                        "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True}}
+    assert props["storageProfile"]["imageReference"] == {
+        "publisher": "Canonical", "offer": "0001-com-ubuntu-confidential-vm-jammy", "sku": "22_04-lts-cvm", "version": "latest"}
+    os_disk = props["storageProfile"]["osDisk"]
+    assert os_disk["managedDisk"]["securityProfile"] == {"securityEncryptionType": "DiskWithVMGuestState"}
+    assert os_disk["createOption"] == "FromImage" and os_disk["deleteOption"] == "Delete"
+    linux = props["osProfile"]["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True
+    assert linux["ssh"]["publicKeys"] == [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": client_key.public}]
+    assert props["osProfile"]["adminUsername"] == user
+    cloud = base64.b64decode(props["osProfile"]["customData"]).decode()
+    assert cloud.startswith("#cloud-config\n")
+    doc = yaml.safe_load(cloud)
+    assert doc["ssh_deletekeys"] is True
+    assert doc["ssh_keys"]["ed25519_public"] == machine.host_key
+    assert "OPENSSH PRIVATE KEY" in doc["ssh_keys"]["ed25519_private"]
+    assert props["networkProfile"]["networkInterfaces"][0]["properties"] == {"primary": True, "deleteOption": "Delete"}
+
+    [nsg] = fake_arm.bodies("networkSecurityGroups")
+    [rule] = nsg["properties"]["securityRules"]
+    assert rule["properties"] == {"priority": 1000, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
+                                  "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*",
+                                  "destinationPortRange": str(fake_arm.ssh_port)}
+    [pip] = fake_arm.bodies("publicIPAddresses")
+    assert pip["sku"] == {"name": "Standard", "tier": "Regional"}
+    assert pip["properties"]["publicIPAllocationMethod"] == "Static"
+    [subnet] = fake_arm.bodies("subnets")
+    assert subnet["properties"]["networkSecurityGroup"]["id"].endswith("/networkSecurityGroups/" + machine.resources["nsg"])
+    [nic] = fake_arm.bodies("networkInterfaces")
+    ipconf = nic["properties"]["ipConfigurations"][0]["properties"]
+    assert ipconf["publicIPAddress"]["id"].endswith("/publicIPAddresses/" + machine.resources["public_ip"])
+
+    # every top-level resource carries the CVM tag; the PUT order is the dependency order
+    assert all(b["tags"]["duet-cvm"] == "cvm-1" for t in STEPS if t != "subnets" for b in fake_arm.bodies(t))
+    puts = [r["type"].split("/")[-1] for r in fake_arm.requests if r["method"] == "PUT"]
+    assert puts == STEPS
+    assert all(r["api_version"] for r in fake_arm.requests)
+    # the token came from the managed identity named by the seed's MANAGED_IDENTITY_CLIENT_ID
+    assert fake_arm.token_requests and fake_arm.token_requests[0].get("client_id") == "mi-client-1"
+
+    assert machine.host == "127.0.0.1" and machine.port == fake_arm.ssh_port and machine.username == user
+    assert machine.host_key.startswith("ssh-ed25519 ")
+    assert steps[0].startswith("creating network security group") and steps[-1].startswith("reading public IP")
+
+
+async def test_tdx_uses_dcedsv5_and_options_override(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    p = provider(azure_env | {"DUET_AZURE_IMAGE": "Canonical:ubuntu-24_04-lts:cvm:latest"}, tmp_path)
+    await p.create(CvmSpec("cvm-t", "tdx"), client_key.public, lambda _m: None)
+    await p.create(CvmSpec("cvm-u", "tdx", {"vm_size": "Standard_DC4eds_v5"}), client_key.public, lambda _m: None)
+    sizes = [b["properties"]["hardwareProfile"]["vmSize"] for b in fake_arm.bodies("virtualMachines")]
+    assert sizes == ["Standard_DC2eds_v5", "Standard_DC4eds_v5"]
+    image = fake_arm.bodies("virtualMachines")[0]["properties"]["storageProfile"]["imageReference"]
+    assert (image["offer"], image["sku"]) == ("ubuntu-24_04-lts", "cvm")
+
+
+async def test_login_with_pinned_host_key(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    machine = await provider(azure_env, tmp_path).create(CvmSpec("cvm-ssh", "snp"), client_key.public, lambda _m: None)
+    known = asyncssh.import_known_hosts(f"[{machine.host}]:{machine.port} {machine.host_key}\n")
+    key = asyncssh.import_private_key(client_key.private)
+    async with asyncssh.connect(machine.host, machine.port, username=machine.username, client_keys=[key],
+                                known_hosts=known) as conn:
+        result = await conn.run("echo pinned-ok", check=True)
+    assert result.stdout.strip() == "pinned-ok"
+    # a different pinned key must be refused: the pin is what stops a man in the middle
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    wrong = asyncssh.import_known_hosts(f"[{machine.host}]:{machine.port} {other}\n")
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        async with asyncssh.connect(machine.host, machine.port, username=machine.username, client_keys=[key],
+                                    known_hosts=wrong):
+            pass
+
+
+@pytest.mark.parametrize("step", STEPS)
+async def test_failure_at_each_step_leaves_nothing(fake_arm: FakeArm, azure_env, client_key, tmp_path, step) -> None:
+    fake_arm.fail(step, "SkuNotAvailable", f"The requested size is not available for {step} (injected).")
+    with pytest.raises(UpstreamError) as info:
+        await provider(azure_env, tmp_path).create(CvmSpec("cvm-f", "snp"), client_key.public, lambda _m: None)
+    assert info.value.code == "cloud_provisioning_failed"
+    assert f"is not available for {step} (injected)" in info.value.message
+    assert "SkuNotAvailable" in info.value.message
+    assert fake_arm.resources == {}
+
+
+async def test_async_vm_failure_deletes_the_failed_vm_too(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    """ARM keeps a VM whose creation failed asynchronously (state Failed); cleanup must remove it."""
+    fake_arm.fail("virtualMachines", "OverconstrainedAllocationRequest", "Allocation failed (injected).", asynchronous=True)
+    with pytest.raises(UpstreamError) as info:
+        await provider(azure_env, tmp_path).create(CvmSpec("cvm-a", "snp"), client_key.public, lambda _m: None)
+    assert "Allocation failed (injected)" in info.value.message
+    assert fake_arm.resources == {}
+    assert any(r["method"] == "DELETE" and r["type"].endswith("virtualMachines") for r in fake_arm.requests)
+
+
+async def test_failed_cleanup_is_reported_and_reconcile_finishes_it(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    p = provider(azure_env | {"DUET_AZURE_RETRY_TOTAL": "1"}, tmp_path)
+    fake_arm.fail("virtualMachines", "QuotaExceeded", "Operation could not be completed as it results in exceeding quota.")
+    fake_arm.fail("networkSecurityGroups", "InternalServerError", "boom (injected)", method="DELETE", status=500, times=10)
+    with pytest.raises(UpstreamError) as info:
+        await p.create(CvmSpec("cvm-c", "snp"), client_key.public, lambda _m: None)
+    assert "exceeding quota" in info.value.message and "request more quota" in info.value.message
+    assert "cleanup also failed" in info.value.message
+    assert fake_arm.names() == [p._names("cvm-c").nsg]
+    fake_arm.failures.clear()
+    assert await p.reconcile([]) == []
+    assert fake_arm.resources == {}
+
+
+async def test_delete_removes_everything_in_dependency_order(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    p = provider(azure_env, tmp_path)
+    machine = await p.create(CvmSpec("cvm-d", "snp"), client_key.public, lambda _m: None)
+    assert len(fake_arm.resources) == 7  # nsg, vnet, subnet, pip, nic, vm, os disk
+    # a partial record (what survives a crash mid-create) is enough
+    await p.delete(Machine(cvm_id="cvm-d", provider="azure"), lambda _m: None)
+    assert fake_arm.resources == {}
+    assert not any(s.running for s in fake_arm.sshds.values())
+    deletes = [r["type"].split("/")[-1] for r in fake_arm.requests if r["method"] == "DELETE"]
+    assert deletes == ["virtualMachines", "disks", "networkInterfaces", "publicIPAddresses", "virtualNetworks",
+                       "networkSecurityGroups"]
+    await p.delete(machine, lambda _m: None)  # idempotent
+
+
+async def test_reconcile_deletes_unknown_cvms_only(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    p = provider(azure_env, tmp_path)
+    keep = await p.create(CvmSpec("cvm-keep", "snp"), client_key.public, lambda _m: None)
+    await p.create(CvmSpec("cvm-orphan", "tdx"), client_key.public, lambda _m: None)
+    other = provider(azure_env | {"PREFIX": "other"}, tmp_path)  # another controller sharing the group
+    await other.create(CvmSpec("cvm-theirs", "snp"), client_key.public, lambda _m: None)
+    gone = Machine(cvm_id="cvm-gone", provider="azure")
+
+    live = await p.reconcile([keep, gone])
+
+    assert [m.cvm_id for m in live] == ["cvm-keep"]
+    remaining = fake_arm.names()
+    assert not any("cvm-orphan" in n for n in remaining)
+    assert p._names("cvm-keep").vm in remaining and other._names("cvm-theirs").vm in remaining
+
+
+async def test_resume_reads_the_address_again(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    p = provider(azure_env, tmp_path)
+    machine = await p.create(CvmSpec("cvm-r", "snp"), client_key.public, lambda _m: None)
+    machine.host = ""
+    assert (await p.resume(machine)).host == "127.0.0.1"
+
+
+async def test_private_host_key_never_logged(fake_arm: FakeArm, azure_env, client_key, tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_arm.fail("virtualMachines", "BadRequest", "bad request (injected)", asynchronous=True)
+    with pytest.raises(UpstreamError) as info:
+        await provider(azure_env, tmp_path).create(CvmSpec("cvm-l", "snp"), client_key.public, lambda _m: None)
+    custom = fake_arm.bodies("virtualMachines")[0]["properties"]["osProfile"]["customData"]
+    assert "PRIVATE KEY" not in info.value.message and custom not in info.value.message
+    assert "PRIVATE KEY" not in caplog.text and custom[:40] not in caplog.text
+
+
+async def test_unreachable_arm_is_an_upstream_error(azure_env, client_key, tmp_path) -> None:
+    env = azure_env | {"DUET_AZURE_ARM_ENDPOINT": "https://127.0.0.1:9", "DUET_AZURE_RETRY_TOTAL": "1"}
+    with pytest.raises(UpstreamError) as info:
+        await provider(env, tmp_path).create(CvmSpec("cvm-x", "snp"), client_key.public, lambda _m: None)
+    assert "cannot reach Azure Resource Manager" in info.value.message
+
+
+def test_config_reads_seed_keys_and_duet_overrides() -> None:
+    seed = {"SUBSCRIPTION_ID": "s", "RESOURCE_GROUP_NAME": "rg", "LOCATION": "westeurope", "PREFIX": "Acme",
+            "MANAGED_IDENTITY_CLIENT_ID": "mi", "VM_IMAGE": "canonical:0001-com-ubuntu-confidential-vm-jammy:22_04-lts-cvm:latest",
+            "VNET_NAME": "ignored", "SUBNET_NAME": "default"}
+    cfg = AzureConfig.from_env(seed)
+    assert (cfg.subscription_id, cfg.resource_group, cfg.location, cfg.prefix) == ("s", "rg", "westeurope", "acme")
+    assert cfg.managed_identity_client_id == "mi" and cfg.credential == "managed-identity"
+    assert cfg.arm_endpoint == "https://management.azure.com" and cfg.admin_username == "duet" and cfg.ssh_port == 22
+    cfg = AzureConfig.from_env(seed | {"DUET_AZURE_LOCATION": "northeurope", "DUET_SSH_PORT": "2222"})
+    assert (cfg.location, cfg.ssh_port) == ("northeurope", 2222)
+    with pytest.raises(ConfigError) as info:
+        AzureConfig.from_env({"LOCATION": "x"})
+    assert "SUBSCRIPTION_ID" in info.value.message and "RESOURCE_GROUP_NAME" in info.value.message
+
+
+def test_lockdown_command_removes_only_the_controller_key(tmp_path: Path, client_key) -> None:
+    """Run the real command in a sandbox HOME with a `sudo` stand-in that records its arguments."""
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKeyOther other@host"
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "authorized_keys").write_text(f"{other}\n{client_key.public}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/sudo.log\n')
+    (bin_dir / "sudo").chmod(0o755)
+    machine = Machine(cvm_id="c", provider="azure", resources={"authorized_key": client_key.public})
+    cmd = AzureProvider(AzureConfig("s", "rg", "l")).lockdown_command(machine)
+    env = {"HOME": str(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["bash", "-c", cmd], env=env, check=True)
+    assert (tmp_path / ".ssh" / "authorized_keys").read_text() == other + "\n"
+    log = (tmp_path / "sudo.log").read_text()
+    assert "systemctl disable --now ssh.service" in log and "systemctl disable --now ssh.socket" in log
+    assert "systemctl mask ssh.service" in log
