@@ -110,7 +110,7 @@ class DuetClient:
     def _verified(self, status: int, answer: Any, *, digest: str | None = None, nonce: str | None = None) -> Any:
         pin = self.pin()
         result = verify_answer(answer, controller=pin.controller, public_key=pin.public_key(), request_digest=digest, nonce=nonce)
-        if isinstance(result, dict) and isinstance(result.get("error"), dict):
+        if status >= 400 and isinstance(result, dict) and isinstance(result.get("error"), dict):
             error = result["error"]
             raise ApiError(str(error.get("code", "error")), str(error.get("message", "")), status)
         return result
