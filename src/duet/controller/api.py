@@ -125,27 +125,6 @@ async def job_status(request: Request, job_id: str, nonce: str | None = None) ->
     return signed(request, _controller(request).service.job(job_id))
 
 
-@router.get("/ledger/head", summary="The signed tree head")
-async def ledger_head(request: Request, nonce: str | None = None) -> Response:
-    _check_nonce(nonce)
-    return signed(request, _controller(request).ledger.head())
-
-
-@router.get("/ledger/entries", summary="Ledger entries start <= seq < end, optionally of one CVM")
-async def ledger_entries(request: Request, start: int = 0, end: int | None = None, cvm: str | None = None, nonce: str | None = None) -> Response:
-    _check_nonce(nonce)
-    ledger = _controller(request).ledger
-    return signed(request, {"entries": ledger.entries(start, end, cvm), "tree_size": ledger.size})
-
-
-@router.get("/blobs/{sha256}", summary="A command's stored stdout or stderr, addressed by its SHA-256")
-async def blob(request: Request, sha256: str) -> Response:
-    if not HEX64_RE.match(sha256):
-        raise BadRequest("a blob is named by 64 lowercase hex characters (its SHA-256)", code="bad_blob_id")
-    data = _controller(request).store.get_blob(sha256)
-    return Response(content=data, media_type="application/octet-stream", headers={"X-Content-SHA256": sha256})
-
-
 @router.get("/attestation", summary="The controller's identity document and TEE evidence")
 async def attestation(request: Request, nonce: str | None = None) -> Response:
     _check_nonce(nonce)

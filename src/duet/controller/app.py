@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from duet import __version__
 from duet.controller.api import install_error_handlers, router
+from duet.controller.ledger_api import router as ledger_router
 from duet.controller.runtime import Controller, open_controller
 from duet.controller.settings import Settings
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.controller = controller
     app.include_router(router)
+    app.include_router(ledger_router)
     install_error_handlers(app)
     return app
 
