@@ -77,7 +77,7 @@ class LifecycleService:
             self.store.insert_job(tx, job_id, "start", cvm_id)
             self.ledger.append(
                 tx, cvm=cvm_id, event="cvm.provisioning", actor=request.signer, request_digest=request.digest,
-                type=params.cvm_type, provider=self.provider.name, job=job_id,
+                type=params.cvm_type, provider=self.provider.name, job=job_id, **request.ledger_marks(),
             )
         del private_key
         self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key))
@@ -179,7 +179,8 @@ class LifecycleService:
     ) -> dict[str, Any]:
         with self.store.transaction() as tx:
             started = self.ledger.append(
-                tx, cvm=cvm_id, event="command.started", actor=request.signer, request_digest=request.digest, command=command
+                tx, cvm=cvm_id, event="command.started", actor=request.signer, request_digest=request.digest, command=command,
+                **request.ledger_marks(),
             )
             self.store.command_started(tx, started["seq"], cvm_id, command)
         try:
@@ -191,12 +192,14 @@ class LifecycleService:
                 self.store.command_ended(tx, started["seq"])
                 self.ledger.append(
                     tx, cvm=cvm_id, event="command.failed", actor=CONTROLLER, request_digest=request.digest,
-                    started_seq=started["seq"], reason=_describe(exc),
+                    started_seq=started["seq"], reason=_describe(exc), **request.ledger_marks(),
                 )
             raise
-        return self._record_result(cvm_id, started["seq"], command, outcome, request.digest)
+        return self._record_result(cvm_id, started["seq"], command, outcome, request.digest, request.ledger_marks())
 
-    def _record_result(self, cvm_id: str, started_seq: int, command: str, outcome: ExecResult, digest: str) -> dict[str, Any]:
+    def _record_result(
+        self, cvm_id: str, started_seq: int, command: str, outcome: ExecResult, digest: str, marks: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         stdout_sha, stderr_sha = sha256_hex(outcome.stdout), sha256_hex(outcome.stderr)
         summary = {
             "command": command,
@@ -216,7 +219,7 @@ class LifecycleService:
             self.store.command_ended(tx, started_seq)
             finished = self.ledger.append(
                 tx, cvm=cvm_id, event="command.finished", actor=CONTROLLER, request_digest=digest,
-                started_seq=started_seq, **summary,
+                started_seq=started_seq, **summary, **(marks or {}),
             )
         return {
             **summary,
@@ -252,7 +255,7 @@ class LifecycleService:
                 self.store.update_cvm(tx, cvm.id, mode=params.mode, final=int(cvm.final or params.final))
                 self.ledger.append(
                     tx, cvm=cvm.id, event="mode.changed", actor=request.signer, request_digest=request.digest,
-                    previous=cvm.mode, mode=params.mode, final=cvm.final or params.final,
+                    previous=cvm.mode, mode=params.mode, final=cvm.final or params.final, **request.ledger_marks(),
                 )
             if params.final and not cvm.final:
                 await self._lock_down(cvm)
@@ -296,7 +299,7 @@ class LifecycleService:
                 self.store.insert_job(tx, job_id, "stop", cvm.id)
                 self.ledger.append(
                     tx, cvm=cvm.id, event="cvm.stopping", actor=request.signer, request_digest=request.digest,
-                    previous=cvm.mode, job=job_id,
+                    previous=cvm.mode, job=job_id, **request.ledger_marks(),
                 )
         self.jobs.spawn(job_id, lambda: self._teardown(job_id, cvm))
         return {"job_id": job_id, "cvm_id": cvm.id, "mode": "stopping"}

@@ -28,6 +28,9 @@ class Settings:
     max_output_limit: int = 16 * MiB
     ssh_ready_timeout_s: float = 120.0
     provider_env: dict[str, str] = field(default_factory=dict)
+    seed_api: bool = False
+    """Also serve the seed's protocol at the root paths (controller/seed_api.py). Off by
+    default: it has no replay protection."""
 
     @property
     def sealed_dir(self) -> Path:
