@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from duet.cli import cvm, output
+from duet.cli import audit, cvm, output
 from duet.cli.context import CliContext
 
 app = typer.Typer(
@@ -34,6 +34,19 @@ def _mount_evidence() -> None:
 
 
 _mount_evidence()
+app.command("audit")(audit.audit)
+
+
+@app.command(
+    "seed-client",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def seed_client(ctx: typer.Context) -> None:
+    """The seed's client (its options, its output) over the seed protocol; see docs/seed-api.md."""
+    from duet.cli.seed_client import main as seed_client_main
+
+    raise typer.Exit(seed_client_main(list(ctx.args)))
 
 
 @app.callback()
@@ -84,8 +97,11 @@ def controller_serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024 * 1024,
     command_timeout: Annotated[float, typer.Option(help="Default per-command timeout in seconds.")] = 300.0,
     output_limit: Annotated[int, typer.Option(help="Default bytes kept per output stream of a command.")] = 1024 * 1024,
+    seed_api: Annotated[bool, typer.Option(
+        "--seed-api", help="Also serve the seed's protocol (/quote, /start_cvm, ...) for its clients. It has NO replay protection.",
+    )] = False,
 ) -> None:
-    """Serve the controller (protocol v1 under /v1, OpenAPI at /docs)."""
+    """Serve the controller (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
     import logging
 
     from duet.controller.app import serve
@@ -97,7 +113,7 @@ def controller_serve(
         raise typer.BadParameter("--listen must be HOST:PORT, e.g. 127.0.0.1:6037")
     settings = Settings(
         state_dir=state_dir, owner_keys=tuple(owner_key), provider=provider, tee=tee, host=host, port=int(port),
-        max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit,
+        max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit, seed_api=seed_api,
     )
     with output.errors(CliContext(url="", key_path=None, json=False)):
         serve(settings)

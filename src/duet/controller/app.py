@@ -42,6 +42,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(ledger_router)
     install_error_handlers(app)
+    if settings.seed_api:
+        from duet.controller.seed_api import install_seed_api  # RSA key and routes only when asked for
+
+        install_seed_api(app, controller)
     return app
 
 

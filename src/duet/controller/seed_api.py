@@ -1,0 +1,341 @@
+"""The seed's wire protocol, served beside ``/v1`` when ``--seed-api`` is on (specs/seed-api.md).
+
+Why: clients and scripts written for the seed exist; they should work against duet unchanged.
+One set of CVMs, two protocols: every seed operation is mapped onto the same lifecycle
+service, store and ledger as protocol v1, so a CVM started here is audited like any other.
+
+What the seed protocol lacks, and duet cannot add without breaking its clients: a signed
+request carries no nonce, time or controller, so whoever captures one can replay it at will.
+Hence the protocol is off by default, start-up warns when it is on, and every ledger entry
+caused by a seed request carries ``"protocol": "seed"`` and the SHA-256 of the signed params
+bytes as its ``request_digest`` (replays show up as repeated digests).
+
+Differences from the seed, all documented in docs/seed-api.md: commands run without a
+pseudo-terminal, so a command's output lines are its stdout lines then its stderr lines and end
+in ``\\n`` (not ``\\r\\n``); start and stop wait for duet's job to end, as the seed's calls were
+synchronous; the state lists the owner's commands (duet's bootstrap is its ``cvm.ready`` entry).
+
+Routes here only read the body and shape answers; the rules stay in the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from duet import keys
+from duet.controller.auth import AuthorizedRequest, describe_validation_error, parse_json_object
+from duet.controller.store import JobRecord
+from duet.errors import ConfigError, DuetError, Forbidden, NotFound, PayloadTooLarge
+from duet.protocol import seed
+from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
+
+if TYPE_CHECKING:
+    from duet.controller.runtime import Controller
+
+log = logging.getLogger("duet.seed_api")
+
+SEED_KEY_FILE = "controller-seed-rsa.pem"
+SEED_KEY_BITS = 4096
+PROTOCOL = "seed"
+
+REPLAY_WARNING = (
+    "seed protocol enabled (--seed-api): /quote, /start_cvm, /run_commands, /get_cvm_state, /mark_cvm, "
+    "/stop_cvm are served beside /v1. This protocol has NO replay protection: anyone who captures a signed "
+    "seed request can send it again. Its ledger entries are marked \"protocol\": \"seed\"; prefer protocol v1."
+)
+
+PRIVILEGED = {
+    "start-cvm": "Starting a new CVM is a privileged operation for the service owner.",
+    "run-commands": "Running commands on a CVM is a privileged operation for the service owner.",
+    "mark-cvm": "Changing the mode of a CVM is a privileged operation for the service owner.",
+    "stop-cvm": "Stopping a CVM is a privileged operation for the service owner.",
+}
+NO_SUCH_CVM = "No such CVM."
+IN_SERVICE = "Running commands not allowed while CVM is in service."
+
+JOB_RECHECK_S = 5.0
+"""How often a waiting start/stop re-reads its job even without a ledger entry (a safety net only)."""
+
+
+class SeedRefusal(DuetError):
+    """A refusal in the seed's words; ``message`` is the text after ``"<op>: "``."""
+
+    code, status = "seed_refusal", 200
+
+
+def load_or_create_seed_key(sealed_dir: Path) -> rsa.RSAPrivateKey:
+    """The controller's RSA-4096 key for seed answers: created once in the sealed directory, reused after."""
+    path = sealed_dir / SEED_KEY_FILE
+    if not path.exists():
+        sealed_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys.write_private_key(path, rsa.generate_private_key(public_exponent=65537, key_size=SEED_KEY_BITS))
+    key = keys.load_private_key(path)
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size != SEED_KEY_BITS:
+        raise ConfigError(f"{path} is not an RSA-{SEED_KEY_BITS} private key", code="bad_seed_key")
+    return key
+
+
+def _validate(model: type[BaseModel], params: dict[str, Any], renamed: dict[str, str] | None = None) -> Any:
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        text = describe_validation_error(exc, "params.")
+        for duet_name, seed_name in (renamed or {}).items():
+            text = text.replace(f"params.{duet_name}", f"params.{seed_name}")
+        raise SeedRefusal(f"invalid params: {text}") from None
+
+
+class SeedGateway:
+    """Translates the seed's six operations to the lifecycle service and back."""
+
+    def __init__(self, controller: "Controller", key: rsa.RSAPrivateKey) -> None:
+        self.controller = controller
+        self.key = key
+        self.public_pem = keys.public_pem(key.public_key()).decode("ascii")
+        self._quote: str | None = None
+        self._owners_source: dict[str, str] = {}
+        self._owners: list[tuple[str, rsa.RSAPublicKey]] = []
+
+    # --- trust ---------------------------------------------------------------------------
+
+    def quote(self) -> dict[str, str]:
+        """The seed's ``/quote``: the RSA key's PEM and, with a TEE, a quote binding SHA-256 of it."""
+        if self._quote is None:
+            tee = self.controller.tee
+            if tee.name == "none":
+                self._quote = ""
+            else:
+                report_data = hashlib.sha256(self.public_pem.encode("ascii")).digest() + bytes(32)
+                self._quote = str(tee.quote(report_data)["quote"])
+        return {"quote": self._quote, "public_key": self.public_pem}
+
+    def _rsa_owners(self) -> list[tuple[str, rsa.RSAPublicKey]]:
+        """The registered owner keys that can sign seed requests (RSA only), by key id."""
+        owners = self.controller.store.owners()
+        if owners != self._owners_source:
+            loaded = ((key_id, keys.load_public_key_bytes(pem.encode(), f"owner key {key_id[:16]}")) for key_id, pem in owners.items())
+            self._owners = [(key_id, key) for key_id, key in loaded if isinstance(key, rsa.RSAPublicKey)]
+            self._owners_source = owners
+        return self._owners
+
+    def authorize(self, op: str, duet_op: str, body: bytes) -> tuple[dict[str, Any], AuthorizedRequest]:
+        """Admit a privileged seed request: an RSA owner key must have signed its params."""
+        raw = parse_json_object(body)
+        params = raw.get("params")
+        signature = raw.get("signature")
+        signer = next((key_id for key_id, key in self._rsa_owners() if isinstance(params, dict) and seed.verify(key, signature, params)), None)
+        if signer is None or not isinstance(params, dict):
+            raise SeedRefusal(PRIVILEGED[op])
+        authorized = AuthorizedRequest(op=duet_op, params=None, signer=signer, digest=seed.digest(params), protocol=PROTOCOL)
+        return params, authorized
+
+    def _require_cvm(self, params: dict[str, Any]) -> None:
+        """The seed answers ``No such CVM.`` for any id it does not know, well-formed or not."""
+        cvm_id = params.get("cvm_id")
+        if isinstance(cvm_id, str) and self.controller.store.find_cvm(cvm_id) is None:
+            raise SeedRefusal(NO_SUCH_CVM)
+
+    # --- operations ----------------------------------------------------------------------
+
+    async def start(self, body: bytes) -> dict[str, Any]:
+        params, authorized = self.authorize("start-cvm", "cvm.start", body)
+        model = _validate(StartParams, {"cvm_type": params.get("cvm_type")})
+        accepted = await self.controller.service.start(_with(authorized, model))
+        job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
+        if job.status != "succeeded":
+            raise SeedRefusal(_job_reason(job))
+        return {"success": True, "state": self._state(accepted["cvm_id"], long=False)}
+
+    async def run(self, body: bytes) -> dict[str, Any]:
+        params, authorized = self.authorize("run-commands", "cvm.run", body)
+        self._require_cvm(params)
+        model = _validate(RunParams, {"cvm_id": params.get("cvm_id"), "commands": params.get("commands")})
+        try:
+            result = await self.controller.service.run(_with(authorized, model))
+        except Forbidden as exc:
+            if exc.code != "not_in_update":
+                raise
+            mode = self.controller.store.get_cvm(model.cvm_id).mode
+            raise SeedRefusal(IN_SERVICE if mode == "in-service" else f"Running commands not allowed while CVM is {mode}.") from None
+        output: list[str] = []
+        for item in result["results"]:
+            output.extend(seed.output_lines(item["stdout"], item["stderr"]))
+        return {"success": True, "output": output}
+
+    def state(self, body: bytes) -> dict[str, Any]:
+        """Unsigned, as in the seed: anybody may read a CVM's history."""
+        params = parse_json_object(body).get("params")
+        if not isinstance(params, dict) or not isinstance(params.get("cvm_id"), str):
+            raise SeedRefusal("invalid params: params.cvm_id: a CVM id (string) is required")
+        long = params.get("should_be_long", False)
+        if not isinstance(long, bool):
+            raise SeedRefusal("invalid params: params.should_be_long: must be true or false")
+        self._require_cvm(params)
+        return {"success": True, "state": self._state(params["cvm_id"], long=long)}
+
+    async def mark(self, body: bytes) -> dict[str, Any]:
+        params, authorized = self.authorize("mark-cvm", "cvm.mark", body)
+        self._require_cvm(params)
+        model = _validate(MarkParams, {"cvm_id": params.get("cvm_id"), "mode": params.get("cvm_mode")}, {"mode": "cvm_mode"})
+        result = await self.controller.service.mark(_with(authorized, model))
+        return {"success": True, "mode": {"cvm_id": result["cvm_id"], "cvm_mode": result["mode"]}}
+
+    async def stop(self, body: bytes) -> dict[str, Any]:
+        params, authorized = self.authorize("stop-cvm", "cvm.stop", body)
+        self._require_cvm(params)
+        model = _validate(StopParams, {"cvm_id": params.get("cvm_id")})
+        accepted = await self.controller.service.stop(_with(authorized, model))
+        job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
+        if job.status != "succeeded":
+            raise SeedRefusal(_job_reason(job))
+        return {"success": True, "status": True}
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _state(self, cvm_id: str, *, long: bool) -> dict[str, Any]:
+        """The seed's state from the ledger: one item per finished command, outputs from the blobs."""
+        store = self.controller.store
+        items = []
+        for entry in self.controller.ledger.entries(cvm=cvm_id):
+            if entry["event"] != "command.finished":
+                continue
+            stdout = store.get_blob(entry["stdout_sha256"]).decode(errors="replace")
+            stderr = store.get_blob(entry["stderr_sha256"]).decode(errors="replace")
+            lines = seed.output_lines(stdout, stderr)
+            if long:
+                items.append({"command": entry["command"], "output": lines})
+            else:
+                items.append({"command": entry["command"], "output_hash": seed.output_hash(lines)})
+        return {"cvm_id": cvm_id, "command_outputs" if long else "command_output_hashes": items}
+
+    async def _job_end(self, job_id: str, cvm_id: str) -> JobRecord:
+        """Wait until a start or stop job ends: the seed's calls were synchronous.
+
+        A job ends in the same transaction as a ledger entry of its CVM, so each such entry
+        wakes us to re-read the job; nothing is missed because nothing awaits between the
+        re-read and the wait.
+        """
+        changed = asyncio.Event()
+        unsubscribe = self.controller.ledger.subscribe(lambda entry: changed.set() if entry.get("cvm") == cvm_id else None)
+        try:
+            while True:
+                changed.clear()
+                job = self.controller.store.get_job(job_id)
+                if job.status != "running":
+                    return job
+                try:
+                    await asyncio.wait_for(changed.wait(), JOB_RECHECK_S)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            unsubscribe()
+
+
+def _with(authorized: AuthorizedRequest, params: Any) -> AuthorizedRequest:
+    return dataclasses.replace(authorized, params=params)
+
+
+def _job_reason(job: JobRecord) -> str:
+    error = job.error or {}
+    return f"job {job.id} {job.status}: {error.get('message', 'no reason given')}"
+
+
+def _reason(exc: DuetError) -> str:
+    if isinstance(exc, NotFound) and exc.code == "unknown_cvm":
+        return NO_SUCH_CVM
+    return exc.message
+
+
+# --- routes ------------------------------------------------------------------------------
+
+router = APIRouter(tags=["seed protocol (compatibility, no replay protection)"])
+
+
+def _gateway(request: Request) -> SeedGateway:
+    return request.app.state.seed_gateway  # type: ignore[no-any-return]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _json(body: Any) -> Response:
+    return Response(content=json.dumps(body).encode("ascii"), status_code=200, media_type="application/json")
+
+
+async def _answer(request: Request, op: str, handle: Callable[[SeedGateway, bytes], Awaitable[dict[str, Any]] | dict[str, Any]]) -> Response:
+    """Run one seed operation; always HTTP 200 with a signed ``{"result", "signature"}``, errors included."""
+    gateway = _gateway(request)
+    try:
+        body = await _read_body(request, gateway.controller.settings.max_body_bytes)
+        outcome = handle(gateway, body)
+        result = await outcome if asyncio.iscoroutine(outcome) else outcome
+    except DuetError as exc:
+        result = seed.error_result(op, _reason(exc))
+    except Exception:
+        log.exception("unexpected error on seed operation %s", op)
+        result = seed.error_result(op, "the controller hit an unexpected error; it is in the controller's log")
+    return _json(seed.signed_answer(gateway.key, result))  # type: ignore[arg-type]
+
+
+@router.get("/quote", summary="Seed protocol: the controller's RSA key and a quote binding it")
+async def quote(request: Request) -> Response:
+    gateway = _gateway(request)
+    try:
+        return _json(gateway.quote())
+    except DuetError as exc:
+        log.error("seed /quote: the TEE could not quote: %s", exc.message)
+        return _json({"quote": "", "public_key": gateway.public_pem})
+
+
+@router.post("/start_cvm", summary="Seed protocol: start a CVM (signed params); answers when it is up")
+async def start_cvm(request: Request) -> Response:
+    return await _answer(request, "start-cvm", SeedGateway.start)
+
+
+@router.post("/run_commands", summary="Seed protocol: run commands on an in-update CVM (signed params)")
+async def run_commands(request: Request) -> Response:
+    return await _answer(request, "run-commands", SeedGateway.run)
+
+
+@router.post("/get_cvm_state", summary="Seed protocol: a CVM's commands with output hashes or outputs")
+async def get_cvm_state(request: Request) -> Response:
+    return await _answer(request, "get-cvm-state", SeedGateway.state)
+
+
+@router.post("/mark_cvm", summary="Seed protocol: mark a CVM in-service or in-update (signed params)")
+async def mark_cvm(request: Request) -> Response:
+    return await _answer(request, "mark-cvm", SeedGateway.mark)
+
+
+@router.post("/stop_cvm", summary="Seed protocol: stop a CVM (signed params); answers when it is stopped")
+async def stop_cvm(request: Request) -> Response:
+    return await _answer(request, "stop-cvm", SeedGateway.stop)
+
+
+def install_seed_api(app: FastAPI, controller: "Controller") -> None:
+    """Serve the seed protocol on ``app``: create or load the RSA key, mount the routes, warn."""
+    key = load_or_create_seed_key(controller.tee.sealed_dir())
+    app.state.seed_gateway = SeedGateway(controller, key)
+    app.include_router(router)
+    log.warning(REPLAY_WARNING)
