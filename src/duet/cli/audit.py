@@ -1,0 +1,163 @@
+"""``duet audit [CVM_ID] [--long] [--follow]``: verify the ledger and show a CVM's timeline.
+
+Exit status: 0 only when everything verified; 3 when anything did not (what failed is said,
+entry by entry); 1 when the controller could not be asked at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from duet.cli import output
+from duet.cli.context import CliContext
+
+
+def audit(
+    ctx: typer.Context,
+    cvm_id: Annotated[Optional[str], typer.Argument(help="Audit this CVM's history; without it, the whole ledger.")] = None,
+    long: Annotated[bool, typer.Option("--long", help="Also fetch every output and check it against its recorded SHA-256.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep auditing each new head (live events, else every --interval s).")] = False,
+    interval: Annotated[float, typer.Option(help="With --follow: re-audit at least this often, in seconds.")] = 10.0,
+) -> None:
+    """Verify, trusting no one, that the ledger is complete, unaltered and never forked or rolled back."""
+    from duet.client.audit import Auditor, HeadStore
+
+    context: CliContext = ctx.obj
+    with output.errors(context), context.client() as client:
+        store = HeadStore(client.trust.path.parent)
+        auditor = Auditor(client, store, cvm=cvm_id, long=long)
+        result = auditor.audit()
+        _report(context, result, first=True)
+        if not result.ok:
+            raise typer.Exit(output.EXIT_UNTRUSTED)
+        if not follow:
+            return
+        waker = _EventWaker(client)
+        try:
+            while True:
+                waker.wait(interval)
+                result = auditor.follow()
+                if result.entries or not result.ok or context.json:
+                    _report(context, result, first=False)
+                if not result.ok:
+                    raise typer.Exit(output.EXIT_UNTRUSTED)
+        except KeyboardInterrupt:
+            return
+        finally:
+            waker.stop()
+
+
+class _EventWaker:
+    """Reads ``/v1/events`` in a thread and wakes the follower on each event.
+
+    Events only say "look again": what is shown comes from the signed head and proofs, so a
+    lost or forged event can at worst delay a check until the next ``--interval``.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._event = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="duet-events", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float) -> None:
+        self._event.wait(timeout)
+        self._event.clear()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _run(self) -> None:
+        import httpx
+
+        last_id: str | None = None
+        while not self._stopping.is_set():
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                # The SDK's own HTTP client, so TLS and pinning settings apply to the stream too.
+                with self._client._http.stream("GET", "/v1/events", headers=headers, timeout=httpx.Timeout(10.0, read=60.0)) as response:
+                    for line in response.iter_lines():
+                        if self._stopping.is_set():
+                            return
+                        if line.startswith("id:"):
+                            last_id = line[3:].strip()
+                            self._event.set()
+                        elif line.startswith("event: end"):
+                            self._event.set()
+            except httpx.HTTPError:
+                pass
+            self._stopping.wait(1.0)
+
+
+def _report(context: CliContext, result: Any, *, first: bool) -> None:
+    data = result.to_json()
+    if context.json:
+        sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
+        sys.stdout.flush()
+        return
+    console = output.console
+    if first:
+        _header(console, result)
+    if data["timeline"]:
+        _table(console, data["timeline"], cvm_column=result.cvm is None, long=bool(result.outputs))
+    if result.ok:
+        head = result.head
+        console.print(
+            f"[green]✓ verified[/]: head {head.short()}; {len(result.entries)} entr{'y' if len(result.entries) == 1 else 'ies'} "
+            f"{'shown ' if first else 'new '}— each proven in the signed ledger"
+            + (f", {len(result.outputs)} outputs match their hashes" if result.outputs else "")
+        )
+    else:
+        err = output.err_console
+        err.print(f"[bold red]✗ AUDIT FAILED[/] for controller {result.controller[:16]}… at {escape(result.url)}:")
+        for finding in result.findings:
+            err.print(f"  [red]•[/] {escape(str(finding))}")
+    sys.stdout.flush()
+
+
+def _header(console: Console, result: Any) -> None:
+    pin_note = " (pinned now, on first use)" if result.first_contact else ""
+    console.print(f"Controller [bold]{result.controller}[/] at {escape(result.url)}{pin_note}")
+    if result.cvm:
+        console.print(f"CVM [bold]{result.cvm}[/]")
+    if result.head is None:
+        return
+    previous = result.previous
+    if previous is None:
+        console.print(f"Head: {result.head.short()} — first head seen from this controller; later audits must extend it")
+    elif result.ok:
+        same = previous.tree_size == result.head.tree_size
+        console.print(
+            f"Head: {result.head.short()} — {'same as' if same else 'consistent with'} the head of "
+            f"{previous.tree_size} entries seen {previous.timestamp}"
+        )
+
+
+def _table(console: Console, rows: list[dict[str, Any]], *, cvm_column: bool, long: bool) -> None:
+    columns = ["seq", "time", *(["CVM"] if cvm_column else []), "event", "mode", "command", "exit", "detail", "ok"]
+    if long:
+        columns.append("stdout")
+    table = Table(*columns, show_lines=long)
+    for row in rows:
+        cells = [str(row["seq"]), str(row["time"] or "")[:23]]
+        if cvm_column:
+            cells.append((row["cvm"] or "")[:12])
+        cells += [
+            str(row["event"]), row["mode"] or "", escape(row["command"] or ""),
+            "" if row["exit_status"] is None else str(row["exit_status"]), escape(row["detail"]),
+            "[green]✓[/]" if row["verified"] else "[bold red]✗[/]",
+        ]
+        if long:
+            cells.append(escape(row.get("stdout", "")))
+        table.add_row(*cells)
+    console.print(table)
