@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from duet.cli import cvm, output
+from duet.cli import audit, cvm, output
 from duet.cli.context import CliContext
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ def _mount_evidence() -> None:
 
 
 _mount_evidence()
+app.command("audit")(audit.audit)
 
 
 @app.command(
