@@ -66,7 +66,10 @@ def _free_port() -> int:
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether sshd could listen there. Like sshd, use SO_REUSEADDR: connections left over
+    from a killed sshd (TIME_WAIT, or still held by its children) do not block a listener."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -158,10 +161,11 @@ class LocalProvider:
         # HOME comes from SetEnv, so the login shell reads the CVM's dot files, not the
         # controller user's (a pyenv-laden ~/.bashrc costs 140 ms per command). sshd always
         # starts in the passwd home, so ForceCommand moves to the CVM home and then runs the
-        # client's command (or sftp-server) exactly as sshd would have: "$SHELL -c ...".
+        # client's command (or sftp-server) in that same shell: eval saves a second shell
+        # start (about 1.5 ms) compared with exec "$SHELL" -c.
         force = (
             'cd "$HOME" && if [ -n "${SSH_ORIGINAL_COMMAND+x}" ]; '
-            'then exec "$SHELL" -c "$SSH_ORIGINAL_COMMAND"; else exec "$SHELL" -l; fi'
+            'then eval "$SSH_ORIGINAL_COMMAND"; else exec "$SHELL" -l; fi'
         )
         lines = [
             f"Port {port}",

@@ -299,19 +299,22 @@ class SshPool:
     ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientChannel[bytes], _Collector]:
         """Open the command's channel, reconnecting once if the cached connection died.
 
-        Retrying here is safe: a channel that failed to open never ran the command."""
+        Retrying is safe: a channel that failed to open never ran the command. A live
+        connection that refuses a channel (e.g. sshd's MaxSessions) is kept, because other
+        commands may be running on it."""
+        where = f"{target.host}:{target.port}"
         for attempt in (1, 2):
             conn = await self._connection(cvm_id, target)
             try:
                 chan, session = await conn.create_session(lambda: _Collector(limit), _PROLOGUE + command, encoding=None)
                 return conn, chan, session
-            except (asyncssh.ChannelOpenError, asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError, OSError) as exc:
+            except (asyncssh.Error, OSError) as exc:
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                if not conn.is_closed():
+                    raise SshUnavailable(f"{where} refused to start a command: {reason}", reason="error") from None
                 await self._forget(cvm_id, conn)
                 if attempt == 2:
-                    reason = getattr(exc, "reason", None) or type(exc).__name__
-                    raise SshUnavailable(
-                        f"cannot start a command on {target.host}:{target.port}: {reason}", reason="lost"
-                    ) from None
+                    raise SshUnavailable(f"cannot start a command on {where}: {reason}", reason="lost") from None
         raise AssertionError("unreachable")
 
     async def run(self, cvm_id: str, target: SshTarget, command: str, *, timeout: float, output_limit: int) -> ExecResult:

@@ -251,6 +251,25 @@ async def test_changed_target_reconnects(cvm: FakeCvm, pool: SshPool) -> None:
         other.close()
 
 
+async def test_refused_channel_on_a_live_connection_keeps_the_connection(
+    cvm: FakeCvm, pool: SshPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E.g. sshd's MaxSessions: closing the connection would kill other running commands."""
+    await run(pool, cvm, "true")
+    conn = pool._conns["cvm-1"].conn
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "too many sessions")
+
+    monkeypatch.setattr(conn, "create_session", refuse)
+    with pytest.raises(SshUnavailable, match="too many sessions"):
+        await run(pool, cvm, "true")
+    assert not conn.is_closed()
+    monkeypatch.undo()
+    assert (await run(pool, cvm, "true")).exit_status == 0
+    assert cvm.state.connections == 1
+
+
 async def test_connection_lost_during_a_command_raises_and_does_not_rerun(cvm: FakeCvm, pool: SshPool) -> None:
     with pytest.raises(SshUnavailable, match="lost while a command ran"):
         await run(pool, cvm, "drop-connection")
@@ -298,7 +317,7 @@ async def test_wrong_client_key_is_unavailable_and_secret_free(cvm: FakeCvm, poo
     with pytest.raises(SshUnavailable) as info:
         await pool.run("cvm-1", target, "true", timeout=5, output_limit=LIMIT)
     assert info.value.code == "ssh_unavailable"
-    assert "authentication" in info.value.message
+    assert "authentication" in info.value.message and info.value.reason == "auth"
     assert_secret_free(info.value, wrong_private)
 
 
@@ -347,8 +366,9 @@ async def test_wait_ready_gives_up_at_the_deadline(cvm: FakeCvm, pool: SshPool) 
     cvm.server.close()
     await cvm.server.wait_closed()
     started = time.monotonic()
-    with pytest.raises(SshUnavailable, match="refused"):
+    with pytest.raises(SshUnavailable, match="refused") as info:
         await pool.wait_ready(cvm.target, timeout=0.5)
+    assert info.value.reason == "refused"
     assert 0.4 < time.monotonic() - started < 2
 
 
