@@ -47,7 +47,9 @@ class Subscription:
     def __init__(self, ledger: "Ledger", maxsize: int) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=maxsize)
+        self._maxsize = maxsize
+        # Unbounded as a type, bounded by _put: the end marker must always fit behind the entries.
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.overflowed = False
         self._unsubscribe = ledger.subscribe(self._deliver)
 
@@ -60,11 +62,11 @@ class Subscription:
     def _put(self, entry: dict[str, Any]) -> None:
         if self.overflowed:
             return
-        try:
-            self._queue.put_nowait(entry)
-        except asyncio.QueueFull:
+        if self._queue.qsize() >= self._maxsize:
             self.overflowed = True
-            self.end()  # the reader resumes from the last entry it saw
+            self.end()  # the reader resumes after the last entry it saw
+            return
+        self._queue.put_nowait(entry)
 
     async def get(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next entry; None once the subscription has ended (too slow, or ``end()``).
@@ -78,8 +80,6 @@ class Subscription:
             self._loop.call_soon_threadsafe(self.end)
             return
         self.close()
-        if self._queue.full():
-            self._queue.get_nowait()
         self._queue.put_nowait(None)
 
     def close(self) -> None:
