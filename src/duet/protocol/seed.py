@@ -24,7 +24,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
-"""Both directions use the maximum salt length; verification insists on it too."""
+"""Signing padding: the maximum salt length."""
+
+
+def _verify_padding(key: rsa.RSAPublicKey) -> padding.PSS:
+    """The maximum salt length as a number: with ``PSS.MAX_LENGTH`` verification would accept
+    any salt length (it acts as "auto"); the spec says maximum, so exactly that is accepted.
+    RFC 8017 §9.1.1: emLen = ceil((modBits - 1) / 8), maximum salt = emLen - hLen - 2."""
+    em_len = (key.key_size - 1 + 7) // 8
+    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=em_len - hashes.SHA256.digest_size - 2)
 
 _LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
 
@@ -66,7 +74,7 @@ def verify(key: rsa.RSAPublicKey, signature_b64: Any, obj: Any) -> bool:
     except (ValueError, TypeError):
         return False
     try:
-        key.verify(signature, data, PSS, hashes.SHA256())
+        key.verify(signature, data, _verify_padding(key), hashes.SHA256())
     except (InvalidSignature, ValueError):
         return False
     return True
