@@ -15,6 +15,7 @@ import pytest
 from support import make_owner, start_cvm
 
 from duet.client.sdk import DuetClient
+from duet.errors import VerificationError
 from duet.protocol.canonical import timestamp
 from duet.protocol.envelope import request_digest, sign_request, verify_answer
 
@@ -212,5 +213,6 @@ def test_a_forged_answer_is_refused_by_the_client(client: DuetClient, controller
     real = httpx.get(client.url + "/v1/ledger/head", params={"nonce": "ef" * 16}, timeout=10).json()
     forged = {**real, "result": {**real["result"], "tree_size": real["result"]["tree_size"] + 5}}
     pin = client.pin()
-    with pytest.raises(Exception, match="signature does not verify"):
+    with pytest.raises(VerificationError) as refused:
         verify_answer(forged, controller=pin.controller, public_key=pin.public_key(), nonce="ef" * 16)
+    assert refused.value.code == "bad_answer_signature"

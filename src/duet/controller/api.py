@@ -34,14 +34,16 @@ def _controller(request: Request) -> Controller:
     return request.app.state.controller  # type: ignore[no-any-return]
 
 
-def signed(request: Request, result: Any, *, status: int = 200, raw: bytes | None = None) -> Response:
-    """Sign ``result`` (or its ready-made canonical bytes ``raw``) as this request's answer."""
+def signed(request: Request, result: Any, *, status: int = 200, raw: tuple[bytes, str] | None = None) -> Response:
+    """Sign ``result`` as this request's answer; ``raw`` is a cached (JCS bytes, SHA-256) of it."""
     controller = _controller(request)
     nonce = request.query_params.get("nonce")
     if nonce is not None and not NONCE_RE.match(nonce):
         nonce = None
+    result_bytes, result_sha256 = raw if raw is not None else (canonical(result), None)
     body = sign_answer(
-        raw if raw is not None else canonical(result),
+        result_bytes,
+        result_sha256=result_sha256,
         controller=controller.identity.controller_id,
         signing_key=controller.identity.signing_key,
         request_digest=getattr(request.state, "request_digest", None),

@@ -57,7 +57,7 @@ class LifecycleService:
         self.ssh = ssh
         self.jobs = JobRunner(store)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._state_cache: dict[str, tuple[int, bytes]] = {}
+        self._state_cache: dict[str, tuple[int, bytes, str]] = {}
 
     @asynccontextmanager
     async def _locked(self, cvm_id: str) -> AsyncIterator[None]:
@@ -325,16 +325,18 @@ class LifecycleService:
 
     # --- reads -------------------------------------------------------------------------
 
-    def state_bytes(self, cvm_id: str) -> bytes:
-        """JCS of the CVM's state, canonicalized once per ledger size (design.md §3)."""
+    def state_bytes(self, cvm_id: str) -> tuple[bytes, str]:
+        """JCS of the CVM's state and its SHA-256, made once per ledger size (design.md §3):
+        every change of a CVM comes with a ledger entry, so the size says when it is stale."""
         size = self.ledger.size
         cached = self._state_cache.get(cvm_id)
         if cached and cached[0] == size:
-            return cached[1]
+            return cached[1], cached[2]
         cvm = self.store.get_cvm(cvm_id)
         data = canonical({"cvm": cvm.public(), "tree_size": size, "entries": self.ledger.entries(0, size, cvm=cvm_id)})
-        self._state_cache[cvm_id] = (size, data)
-        return data
+        digest = sha256_hex(data)
+        self._state_cache[cvm_id] = (size, data, digest)
+        return data, digest
 
     def list_cvms(self) -> dict[str, Any]:
         return {"cvms": [cvm.public() for cvm in self.store.list_cvms()], "tree_size": self.ledger.size}

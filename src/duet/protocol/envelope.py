@@ -3,10 +3,13 @@
 Owner requests: ``{"request": {op, controller, nonce, issued_at, params}, "signer", "signature"}``
 with the signature over JCS(request).
 
-Controller answers: ``{"controller", "request_digest", "result", "signed_at", ["nonce"], "signature"}``
-with the signature over JCS of every field but ``signature``. Answers are assembled from the
-result's canonical bytes, so a large result canonicalized once can be signed many times
-cheaply; the assembled body is itself in canonical form.
+Controller answers: ``{"controller", "request_digest", "result", "result_sha256", "signed_at",
+["nonce"], "signature"}``. The signature covers JCS of every field but ``result`` and
+``signature``; ``result_sha256`` (SHA-256 hex of JCS(result)) ties the result in. Signing a
+digest instead of the result itself is what lets a large answer (a state with 1,000 ledger
+entries is ~0.5 MB) be canonicalized and hashed once per ledger size and then signed per
+request in microseconds (design.md §3: the per-request work is the small envelope).
+Answers are assembled from the result's canonical bytes; the body is itself canonical JSON.
 
 This module stays free of pydantic so that the CLI starts fast; the server-side models of
 the envelopes are in ``protocol.models``.
@@ -22,6 +25,9 @@ from typing import Any
 from duet import keys
 from duet.errors import VerificationError
 from duet.protocol.canonical import canonical, sha256_hex, timestamp
+
+ANSWER_FIELDS = frozenset({"controller", "request_digest", "result", "result_sha256", "signed_at", "signature"})
+
 
 def new_nonce() -> str:
     return secrets.token_hex(16)
@@ -86,17 +92,21 @@ def sign_answer(
     request_digest: str | None = None,
     nonce: str | None = None,
     signed_at: str | None = None,
+    result_sha256: str | None = None,
 ) -> bytes:
-    """Return the whole answer body; ``result_bytes`` must be JCS(result)."""
+    """Return the whole answer body; ``result_bytes`` must be JCS(result).
+
+    ``result_sha256`` may be passed when the caller cached it with the bytes."""
     fields = {
         "controller": canonical(controller),
         "request_digest": canonical(request_digest),
-        "result": result_bytes,
+        "result_sha256": canonical(result_sha256 or sha256_hex(result_bytes)),
         "signed_at": canonical(signed_at or timestamp()),
     }
     if nonce is not None:
         fields["nonce"] = canonical(nonce)
     signature = keys.sign(signing_key, _assemble(fields))
+    fields["result"] = result_bytes
     fields["signature"] = canonical(b64encode(signature))
     return _assemble(fields)
 
@@ -113,20 +123,26 @@ def verify_answer(
 
     Raises VerificationError naming exactly what did not hold.
     """
-    if not isinstance(answer, dict) or not {"controller", "request_digest", "result", "signed_at", "signature"} <= answer.keys():
+    if not isinstance(answer, dict) or not ANSWER_FIELDS <= answer.keys():
         raise VerificationError("the answer is not a signed duet answer (fields missing)", code="unsigned_answer")
     if answer["controller"] != controller:
         raise VerificationError(
             f"the answer was signed for controller {str(answer['controller'])[:16]}…, not the expected {controller[:16]}…",
             code="wrong_controller",
         )
-    unsigned = {name: value for name, value in answer.items() if name != "signature"}
+    signed = {name: value for name, value in answer.items() if name not in ("result", "signature")}
     try:
         signature = b64decode(answer["signature"])
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         raise VerificationError("the answer's signature is not base64", code="bad_answer_signature") from None
-    if not keys.verify(public_key, signature, canonical(unsigned)):
+    try:
+        signed_bytes, result_bytes = canonical(signed), canonical(answer["result"])
+    except Exception:
+        raise VerificationError("the answer cannot be put in canonical form", code="bad_answer_signature") from None
+    if not keys.verify(public_key, signature, signed_bytes):
         raise VerificationError("the answer's signature does not verify with the controller's key", code="bad_answer_signature")
+    if sha256_hex(result_bytes) != answer["result_sha256"]:
+        raise VerificationError("the answer's result is not the one the controller signed (digest differs)", code="bad_answer_signature")
     if request_digest is not None and answer["request_digest"] != request_digest:
         raise VerificationError("the answer is bound to a different request than the one sent", code="answer_not_bound")
     if nonce is not None and answer.get("nonce") != nonce:
