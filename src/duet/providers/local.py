@@ -244,6 +244,10 @@ class LocalProvider:
                 sshd, "-f", str(cvm_dir / _CONFIG), "-E", str(cvm_dir / _LOG),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                # Not the controller's environment (it may hold cloud credentials). The
+                # variable also reserves room for sshd's process title, which names the
+                # config file and is how _listeners finds this sshd again.
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DUET_CVM_DIR": str(cvm_dir)},
             )
             _, err = await asyncio.wait_for(proc.communicate(), _START_TIMEOUT_S)
             if proc.returncode == 0:

@@ -271,6 +271,7 @@ class SshPool:
         self._connect_timeout = connect_timeout
         self._conns: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()  # kills of cancelled commands
 
     async def _connection(self, cvm_id: str, target: SshTarget) -> asyncssh.SSHClientConnection:
         entry = self._conns.get(cvm_id)
@@ -333,8 +334,10 @@ class SshPool:
                 timed_out = True
                 await _kill(conn, chan, session)
         finally:
-            if not session.closed.done():  # cancelled: do not leave the process running
-                chan.close()
+            if not session.closed.done():  # the caller was cancelled: still kill the command
+                task = asyncio.get_running_loop().create_task(_kill(conn, chan, session))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         duration = time.perf_counter() - start
         if not timed_out and session.lost is not None:
             await self._forget(cvm_id, conn)
@@ -392,6 +395,8 @@ class SshPool:
             await entry.conn.wait_closed()
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         for cvm_id in list(self._conns):
             await self.drop(cvm_id)
 

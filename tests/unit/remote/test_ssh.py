@@ -213,6 +213,15 @@ async def test_timeout_kills_the_remote_process_group_and_reports(cvm: FakeCvm, 
     assert (await run(pool, cvm, "true")).exit_status == 0
 
 
+async def test_cancelled_run_still_kills_the_remote_process(cvm: FakeCvm, pool: SshPool) -> None:
+    task = asyncio.ensure_future(run(pool, cvm, "hang", timeout=30))
+    await poll(lambda: bool(cvm.state.hanging))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await poll(lambda: cvm.state.killed == list(cvm.state.hanging))
+
+
 # -- connection reuse ---------------------------------------------------------------------
 
 
