@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -268,6 +269,8 @@ class AzureProvider:
             except ImportError:  # azure-mgmt-resource < 24
                 from azure.mgmt.resource import ResourceManagementClient  # type: ignore[no-redef]
 
+            # azure-core logs every request and response header at INFO; keep the controller's log readable
+            logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
             cfg = self.config
             kw: dict[str, Any] = {
                 "base_url": cfg.arm_endpoint,

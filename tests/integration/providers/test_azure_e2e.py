@@ -1,0 +1,66 @@
+"""The whole lifecycle through a real controller process on the Azure path.
+
+The controller runs `--provider azure` with the real azure-identity (managed identity) and
+azure-mgmt SDKs against the fake ARM over TLS; the "VM" is a real sshd that got its host key
+from the customData cloud-init and its login key from the VM's osProfile. So start, run,
+mark, a crash-restart (reconcile) and stop are all exercised with SSH and host-key pinning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from support import Owner, start_cvm
+
+from duet.client.sdk import ApiError, DuetClient
+from duet.client.trust import TrustStore
+from duet.controller.process import ControllerProcess
+from duet.providers.azure import AzureProvider
+from duet.providers.base import CvmSpec
+from duet.remote.ssh import fingerprint
+from tests.fakes.fake_arm import FakeArm
+
+
+def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env, client_key) -> None:
+    controller = ControllerProcess(tmp_path / "state", [owner.pub_path], provider="azure",
+                                   env=azure_env | fake_arm.identity_env())
+    with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user")) as client:
+        cvm_id = start_cvm(client, "snp")
+        [vm] = fake_arm.bodies("virtualMachines")
+        assert vm["properties"]["securityProfile"]["securityType"] == "ConfidentialVM"
+        assert vm["tags"]["duet-cvm"] == cvm_id
+
+        entries = client.state(cvm_id)["entries"]
+        created = next(e for e in entries if e["event"] == "cvm.created")
+        [host_key] = fake_arm.host_keys.values()  # what cloud-init installed on the "VM"
+        assert created["host_key_fingerprint"] == fingerprint(host_key)
+        assert created["host"] == "127.0.0.1" and created["port"] == fake_arm.ssh_port
+
+        ran = client.run(cvm_id, ["echo hello from the cvm"])
+        assert ran["results"][0]["exit_status"] == 0
+        assert ran["results"][0]["stdout"] == "hello from the cvm\n"
+
+        assert client.mark(cvm_id, "in-service")["mode"] == "in-service"
+        with pytest.raises(ApiError) as refused:
+            client.run(cvm_id, ["echo must not run"])
+        assert refused.value.code == "not_in_update"
+
+        # A CVM the controller does not know (say, created before a crash lost its record)
+        # is deleted by reconcile when the controller restarts; the known one survives.
+        orphan = AzureProvider.from_env(azure_env, tmp_path)
+        fake_arm.ssh_port = None  # the orphan needs no sshd
+        asyncio.run(orphan.create(CvmSpec("orphan-cvm", "snp"), client_key.public, lambda _m: None))
+        assert any("orphan-cvm" in n for n in fake_arm.names())
+        controller.restart()
+        assert not any("orphan-cvm" in n for n in fake_arm.names())
+        assert client.state(cvm_id)["cvm"]["mode"] == "in-service"
+
+        job = client.wait_job(client.stop(cvm_id)["job_id"], timeout=60)
+        assert job["status"] == "succeeded", job
+        assert fake_arm.resources == {}
+        assert client.state(cvm_id)["entries"][-1]["event"] == "cvm.stopped"
+    log = controller.log()
+    assert "PRIVATE KEY" not in log and "customData" not in log
+    assert "ManagedIdentityCredential" in log or fake_arm.token_requests  # the managed identity was used
