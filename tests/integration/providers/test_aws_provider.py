@@ -49,18 +49,34 @@ def inject(client: Any, operation: str, code: str, message: str, times: int = 1)
     client.meta.events.register_first(f"before-send.ec2.{operation}", hook)
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[AwsProvider]:
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}.items():
-        monkeypatch.setenv(k, v)
-    with moto.mock_aws():
-        import boto3
+@pytest.fixture(scope="module")
+def moto_ami() -> Iterator[str]:
+    """One moto EC2 for the module (its first start costs seconds); each test cleans up after itself."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            mp.setenv(k, "testing")
+        with moto.mock_aws():
+            import boto3
 
-        ami = boto3.client("ec2", region_name="us-east-2").register_image(
-            Name="ubuntu-24.04-snp", BootMode="uefi", RootDeviceName="/dev/sda1")["ImageId"]
-        provider = AwsProvider.from_env({"DUET_AWS_REGION": "us-east-2", "DUET_AWS_AMI": ami,
-                                         "DUET_AWS_WAIT_DELAY": "0.01", "DUET_AWS_DELETE_RETRY_SECONDS": "0"}, tmp_path)
-        yield provider
+            yield boto3.client("ec2", region_name="us-east-2").register_image(
+                Name="ubuntu-24.04-snp", BootMode="uefi", RootDeviceName="/dev/sda1")["ImageId"]
+
+
+@pytest.fixture
+def aws(moto_ami: str, tmp_path: Path) -> Iterator[AwsProvider]:
+    import boto3
+
+    yield AwsProvider.from_env({"DUET_AWS_REGION": "us-east-2", "DUET_AWS_AMI": moto_ami,
+                                "DUET_AWS_WAIT_DELAY": "0.01", "DUET_AWS_DELETE_RETRY_SECONDS": "0"}, tmp_path)
+    ec2 = boto3.client("ec2", region_name="us-east-2")  # not through the provider: a clean slate even if it is broken
+    left = leftovers(ec2)
+    if left.get("instances"):
+        ec2.terminate_instances(InstanceIds=left["instances"])
+    for g in ec2.describe_security_groups()["SecurityGroups"]:
+        if g["GroupName"] != "default":
+            ec2.delete_security_group(GroupId=g["GroupId"])
+    for k in left.get("keys", []):
+        ec2.delete_key_pair(KeyName=k)
 
 
 def capture(client: Any) -> dict[str, list[dict[str, Any]]]:
