@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -89,7 +90,14 @@ class SpecClient:
 def serve_args(*args: str) -> tuple[str, ...]:
     """The seed protocol is plain HTTP (its clients know nothing of duet's TLS certificate)."""
     has_tls = any(field.name == "tls" for field in dataclasses.fields(Settings))
-    return (*args, "--no-tls") if has_tls else args
+    adds_no_tls = "tls" in inspect.signature(ControllerProcess).parameters  # it passes --no-tls by default
+    return (*args, "--no-tls") if has_tls and not adds_no_tls else args
+
+
+def v1_client(url: str, owner_key: Any, user_dir: Path) -> DuetClient:
+    """A v1 client of this plain-HTTP test controller (not verified: TEE none; answers still checked)."""
+    extra = {"insecure": True} if "insecure" in inspect.signature(DuetClient).parameters else {}
+    return DuetClient(url, owner_key=owner_key, trust=TrustStore(user_dir), **extra)
 
 
 
@@ -147,7 +155,7 @@ def spec(seed_controller: ControllerProcess, rsa_owner: RsaOwner) -> SpecClient:
 
 @pytest.fixture
 def v1(tmp_path: Path, seed_controller: ControllerProcess, v1_owner: Owner) -> Iterator[DuetClient]:
-    with DuetClient(seed_controller.url, owner_key=v1_owner.key, trust=TrustStore(tmp_path / "user")) as client:
+    with v1_client(seed_controller.url, v1_owner.key, tmp_path / "user") as client:
         yield client
 
 
@@ -328,7 +336,7 @@ def _duet_audit(tmp_path: Path, url: str, cvm_id: str) -> dict[str, Any] | None:
     """``duet --json audit CVM_ID`` in its own user directory, or None where the command does not exist yet."""
     result = subprocess.run(
         [sys.executable, "-m", "duet", "--json", "--url", url, "audit", cvm_id],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "DUET_HOME": str(tmp_path / "auditor")},
+        capture_output=True, text=True, timeout=60, env={**os.environ, "DUET_HOME": str(tmp_path / "auditor"), "DUET_INSECURE": "1"},
     )
     if "No such command" in result.stderr:
         return None
