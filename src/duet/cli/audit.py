@@ -41,7 +41,7 @@ def audit(
             raise typer.Exit(output.EXIT_UNTRUSTED)
         if not follow:
             return
-        waker = _EventWaker(client)
+        waker = _EventWaker(client, start=auditor.verified_size)
         try:
             while True:
                 waker.wait(interval)
@@ -63,8 +63,9 @@ class _EventWaker:
     lost or forged event can at worst delay a check until the next ``--interval``.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, start: int) -> None:
         self._client = client
+        self._start = start  # entries from here on wake us, even those committed before we connect
         self._event = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="duet-events", daemon=True)
@@ -83,9 +84,12 @@ class _EventWaker:
         last_id: str | None = None
         while not self._stopping.is_set():
             headers = {"Last-Event-ID": last_id} if last_id else {}
+            params = {} if last_id else {"from": str(self._start)}
             try:
                 # The SDK's own HTTP client, so TLS and pinning settings apply to the stream too.
-                with self._client._http.stream("GET", "/v1/events", headers=headers, timeout=httpx.Timeout(10.0, read=60.0)) as response:
+                with self._client._http.stream(
+                    "GET", "/v1/events", params=params, headers=headers, timeout=httpx.Timeout(10.0, read=60.0)
+                ) as response:
                     for line in response.iter_lines():
                         if self._stopping.is_set():
                             return
