@@ -52,7 +52,8 @@ def signed(request: Request, result: Any, *, status: int = 200, raw: tuple[bytes
     return Response(content=body, status_code=status, media_type="application/json")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` (before parsing)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
@@ -66,7 +67,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def _authorized(request: Request, op: str, cvm_id: str | None = None) -> AuthorizedRequest:
     controller = _controller(request)
-    body = await _read_body(request, controller.settings.max_body_bytes)
+    body = await read_body(request, controller.settings.max_body_bytes)
     authorized = controller.authenticator.authenticate(body, op)
     request.state.request_digest = authorized.digest
     if cvm_id is not None and authorized.params.cvm_id != cvm_id:

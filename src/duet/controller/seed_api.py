@@ -35,9 +35,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from duet import keys
+from duet.controller.api import read_body
 from duet.controller.auth import AuthorizedRequest, describe_validation_error, parse_json_object
 from duet.controller.store import JobRecord
-from duet.errors import ConfigError, DuetError, Forbidden, NotFound, PayloadTooLarge
+from duet.errors import ConfigError, DuetError, Forbidden, NotFound
 from duet.protocol import seed
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
 
@@ -267,18 +268,6 @@ def _gateway(request: Request) -> SeedGateway:
     return request.app.state.seed_gateway  # type: ignore[no-any-return]
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
-    return bytes(body)
-
-
 def _json(body: Any) -> Response:
     return Response(content=json.dumps(body).encode("ascii"), status_code=200, media_type="application/json")
 
@@ -287,7 +276,7 @@ async def _answer(request: Request, op: str, handle: Callable[[SeedGateway, byte
     """Run one seed operation; always HTTP 200 with a signed ``{"result", "signature"}``, errors included."""
     gateway = _gateway(request)
     try:
-        body = await _read_body(request, gateway.controller.settings.max_body_bytes)
+        body = await read_body(request, gateway.controller.settings.max_body_bytes)
         outcome = handle(gateway, body)
         result = await outcome if asyncio.iscoroutine(outcome) else outcome
     except DuetError as exc:

@@ -12,8 +12,6 @@ Kept free of pydantic and of the server, so that ``duet seed-client`` starts fas
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -22,6 +20,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from duet.protocol.envelope import b64decode, b64encode
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
 """Signing padding: the maximum salt length."""
@@ -45,18 +45,6 @@ def seed_bytes(obj: Any) -> bytes:
 def digest(obj: Any) -> str:
     """SHA-256 hex of the seed bytes of ``obj``: how duet's ledger names a seed request."""
     return hashlib.sha256(seed_bytes(obj)).hexdigest()
-
-
-def b64encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def b64decode(text: str) -> bytes:
-    """Strict standard base64; raises ValueError on anything else."""
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise ValueError("not valid base64") from None
 
 
 def sign(key: rsa.RSAPrivateKey, obj: Any) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Self, TypeVar
 
 from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers import cloud_init
-from duet.providers.base import CvmSpec, Machine, Progress
+from duet.providers.base import CvmSpec, Machine, Progress, first_setting
 
 TAG_CVM = "duet-cvm"
 TAG_PREFIX = "duet-prefix"
@@ -38,13 +38,6 @@ _HINTS = {
 
 T = TypeVar("T")
 
-
-def _first(env: Mapping[str, str], *keys: str, default: str = "") -> str:
-    for key in keys:
-        value = env.get(key, "").strip()
-        if value:
-            return value
-    return default
 
 
 @dataclass(frozen=True)
@@ -65,30 +58,30 @@ class AwsConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "AwsConfig":
-        region = _first(env, "DUET_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
-        ami = _first(env, "DUET_AWS_AMI")
+        region = first_setting(env, "DUET_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+        ami = first_setting(env, "DUET_AWS_AMI")
         missing = [n for n, v in (("DUET_AWS_REGION (or AWS_REGION)", region), ("DUET_AWS_AMI", ami)) if not v]
         if missing:
             raise ConfigError("AWS provider needs " + ", ".join(missing)
                               + " (the AMI must boot in UEFI mode and support SEV-SNP guests, e.g. Ubuntu 24.04)",
                               code="aws_config_missing")
         try:
-            port = int(_first(env, "DUET_SSH_PORT", default="22"))
-            delay = float(_first(env, "DUET_AWS_WAIT_DELAY", default="5"))
-            attempts = int(_first(env, "DUET_AWS_WAIT_ATTEMPTS", default="120"))
-            retry = float(_first(env, "DUET_AWS_DELETE_RETRY_SECONDS", default="300"))
+            port = int(first_setting(env, "DUET_SSH_PORT", default="22"))
+            delay = float(first_setting(env, "DUET_AWS_WAIT_DELAY", default="5"))
+            attempts = int(first_setting(env, "DUET_AWS_WAIT_ATTEMPTS", default="120"))
+            retry = float(first_setting(env, "DUET_AWS_DELETE_RETRY_SECONDS", default="300"))
         except ValueError as exc:
             raise ConfigError(f"AWS provider: bad number in configuration: {exc}", code="aws_config_invalid") from None
         return cls(
             region=region, ami=ami,
-            instance_type=_first(env, "DUET_AWS_INSTANCE_TYPE", default="m6a.large"),
-            username=_first(env, "DUET_AWS_USERNAME", default="ubuntu"),
-            endpoint_url=_first(env, "DUET_AWS_ENDPOINT_URL"),
-            subnet_id=_first(env, "DUET_AWS_SUBNET_ID"),
-            vpc_id=_first(env, "DUET_AWS_VPC_ID"),
+            instance_type=first_setting(env, "DUET_AWS_INSTANCE_TYPE", default="m6a.large"),
+            username=first_setting(env, "DUET_AWS_USERNAME", default="ubuntu"),
+            endpoint_url=first_setting(env, "DUET_AWS_ENDPOINT_URL"),
+            subnet_id=first_setting(env, "DUET_AWS_SUBNET_ID"),
+            vpc_id=first_setting(env, "DUET_AWS_VPC_ID"),
             ssh_port=port,
-            ssh_source=_first(env, "DUET_SSH_SOURCE_CIDR", default="0.0.0.0/0"),
-            prefix=_first(env, "DUET_AWS_PREFIX", default="duet").lower(),
+            ssh_source=first_setting(env, "DUET_SSH_SOURCE_CIDR", default="0.0.0.0/0"),
+            prefix=first_setting(env, "DUET_AWS_PREFIX", default="duet").lower(),
             wait_delay=delay, wait_attempts=attempts, delete_retry_seconds=retry,
         )
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Self, TypeVar
 
 from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers import cloud_init
-from duet.providers.base import CVM_TYPES, CvmSpec, Machine, Progress
+from duet.providers.base import CVM_TYPES, CvmSpec, Machine, Progress, first_setting
 
 TAG_CVM = "duet-cvm"
 TAG_PREFIX = "duet-prefix"
@@ -44,13 +44,6 @@ _HINTS = {
 
 T = TypeVar("T")
 
-
-def _first(env: Mapping[str, str], *keys: str, default: str = "") -> str:
-    for key in keys:
-        value = env.get(key, "").strip()
-        if value:
-            return value
-    return default
 
 
 @dataclass(frozen=True)
@@ -81,25 +74,25 @@ class AzureConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "AzureConfig":
-        sub = _first(env, "DUET_AZURE_SUBSCRIPTION_ID", "SUBSCRIPTION_ID", "AZURE_SUBSCRIPTION_ID")
-        rg = _first(env, "DUET_AZURE_RESOURCE_GROUP", "RESOURCE_GROUP_NAME", "AZURE_RESOURCE_GROUP")
-        loc = _first(env, "DUET_AZURE_LOCATION", "LOCATION", "AZURE_LOCATION")
+        sub = first_setting(env, "DUET_AZURE_SUBSCRIPTION_ID", "SUBSCRIPTION_ID", "AZURE_SUBSCRIPTION_ID")
+        rg = first_setting(env, "DUET_AZURE_RESOURCE_GROUP", "RESOURCE_GROUP_NAME", "AZURE_RESOURCE_GROUP")
+        loc = first_setting(env, "DUET_AZURE_LOCATION", "LOCATION", "AZURE_LOCATION")
         missing = [n for n, v in (("SUBSCRIPTION_ID", sub), ("RESOURCE_GROUP_NAME", rg), ("LOCATION", loc)) if not v]
         if missing:
             raise ConfigError(
                 "Azure provider needs " + ", ".join(missing) + " (seed azure_config.env keys, or DUET_AZURE_* / AZURE_*)",
                 code="azure_config_missing",
             )
-        credential = _first(env, "DUET_AZURE_CREDENTIAL", default="managed-identity")
+        credential = first_setting(env, "DUET_AZURE_CREDENTIAL", default="managed-identity")
         if credential not in ("managed-identity", "default"):
             raise ConfigError("DUET_AZURE_CREDENTIAL must be 'managed-identity' or 'default'", code="azure_config_invalid")
-        image = _first(env, "DUET_AZURE_IMAGE", "VM_IMAGE", default=DEFAULT_IMAGE)
+        image = first_setting(env, "DUET_AZURE_IMAGE", "VM_IMAGE", default=DEFAULT_IMAGE)
         if len(image.split(":")) != 4:
             raise ConfigError(f"image {image!r} is not publisher:offer:sku:version", code="azure_config_invalid")
         try:
-            port = int(_first(env, "DUET_SSH_PORT", default="22"))
-            poll = float(_first(env, "DUET_AZURE_POLL_SECONDS", default="5"))
-            retry = float(_first(env, "DUET_AZURE_DELETE_RETRY_SECONDS", default="300"))
+            port = int(first_setting(env, "DUET_SSH_PORT", default="22"))
+            poll = float(first_setting(env, "DUET_AZURE_POLL_SECONDS", default="5"))
+            retry = float(first_setting(env, "DUET_AZURE_DELETE_RETRY_SECONDS", default="300"))
             retry_total = int(env["DUET_AZURE_RETRY_TOTAL"]) if env.get("DUET_AZURE_RETRY_TOTAL", "").strip() else None
         except ValueError as exc:
             raise ConfigError(f"Azure provider: bad number in configuration: {exc}", code="azure_config_invalid") from None
@@ -107,23 +100,23 @@ class AzureConfig:
             subscription_id=sub,
             resource_group=rg,
             location=loc,
-            managed_identity_client_id=_first(env, "DUET_AZURE_MANAGED_IDENTITY_CLIENT_ID", "MANAGED_IDENTITY_CLIENT_ID"),
+            managed_identity_client_id=first_setting(env, "DUET_AZURE_MANAGED_IDENTITY_CLIENT_ID", "MANAGED_IDENTITY_CLIENT_ID"),
             credential=credential,
-            arm_endpoint=_first(env, "DUET_AZURE_ARM_ENDPOINT", default=PUBLIC_ARM).rstrip("/"),
-            admin_username=_first(env, "DUET_AZURE_ADMIN_USERNAME", default="duet"),
+            arm_endpoint=first_setting(env, "DUET_AZURE_ARM_ENDPOINT", default=PUBLIC_ARM).rstrip("/"),
+            admin_username=first_setting(env, "DUET_AZURE_ADMIN_USERNAME", default="duet"),
             ssh_port=port,
-            ssh_source=_first(env, "DUET_SSH_SOURCE_CIDR", default="*"),
-            prefix=_first(env, "DUET_AZURE_PREFIX", "PREFIX", default="duet").lower(),
-            subnet_name=_first(env, "DUET_AZURE_SUBNET_NAME", "SUBNET_NAME", default="default"),
+            ssh_source=first_setting(env, "DUET_SSH_SOURCE_CIDR", default="*"),
+            prefix=first_setting(env, "DUET_AZURE_PREFIX", "PREFIX", default="duet").lower(),
+            subnet_name=first_setting(env, "DUET_AZURE_SUBNET_NAME", "SUBNET_NAME", default="default"),
             vm_sizes={
-                "snp": _first(env, "DUET_AZURE_VM_SIZE_SNP", default=DEFAULT_SIZES["snp"]),
-                "tdx": _first(env, "DUET_AZURE_VM_SIZE_TDX", default=DEFAULT_SIZES["tdx"]),
+                "snp": first_setting(env, "DUET_AZURE_VM_SIZE_SNP", default=DEFAULT_SIZES["snp"]),
+                "tdx": first_setting(env, "DUET_AZURE_VM_SIZE_TDX", default=DEFAULT_SIZES["tdx"]),
             },
             image=image,
-            os_disk_type=_first(env, "DUET_AZURE_OS_DISK_TYPE", default="StandardSSD_LRS"),
-            disk_encryption=_first(env, "DUET_AZURE_DISK_ENCRYPTION", default="DiskWithVMGuestState"),
-            encryption_at_host=_first(env, "DUET_AZURE_ENCRYPTION_AT_HOST", default="false").lower() in ("1", "true", "yes"),
-            ca_bundle=_first(env, "REQUESTS_CA_BUNDLE"),
+            os_disk_type=first_setting(env, "DUET_AZURE_OS_DISK_TYPE", default="StandardSSD_LRS"),
+            disk_encryption=first_setting(env, "DUET_AZURE_DISK_ENCRYPTION", default="DiskWithVMGuestState"),
+            encryption_at_host=first_setting(env, "DUET_AZURE_ENCRYPTION_AT_HOST", default="false").lower() in ("1", "true", "yes"),
+            ca_bundle=first_setting(env, "REQUESTS_CA_BUNDLE"),
             poll_interval=poll,
             delete_retry_seconds=retry,
             retry_total=retry_total,

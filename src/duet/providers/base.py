@@ -9,6 +9,7 @@ was interrupted before it returned.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import Any, Callable, Literal, Protocol
 
 CvmType = Literal["snp", "tdx"]
@@ -16,6 +17,16 @@ CVM_TYPES: tuple[str, ...] = ("snp", "tdx")
 
 Progress = Callable[[str], None]
 """Called with a short human-readable step description, e.g. ``"creating public IP"``."""
+
+
+def first_setting(env: Mapping[str, str], *names: str, default: str = "") -> str:
+    """The first non-empty of several setting names: duet's own ``DUET_*`` names come first,
+    then the names other tools (the seed's ``azure_config.env``, the clouds' CLIs) use."""
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return default
 
 
 @dataclass(frozen=True)

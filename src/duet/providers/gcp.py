@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Self, TypeVar
 from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers import cloud_init
 from duet.providers.aws import base_name
-from duet.providers.base import CVM_TYPES, CvmSpec, Machine, Progress
+from duet.providers.base import CVM_TYPES, CvmSpec, Machine, Progress, first_setting
 
 LABEL_CVM = "duet-cvm"
 LABEL_PREFIX = "duet-prefix"
@@ -41,13 +41,6 @@ _HINTS = {
 
 T = TypeVar("T")
 
-
-def _first(env: Mapping[str, str], *keys: str, default: str = "") -> str:
-    for key in keys:
-        value = env.get(key, "").strip()
-        if value:
-            return value
-    return default
 
 
 @dataclass(frozen=True)
@@ -68,33 +61,33 @@ class GcpConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "GcpConfig":
-        project = _first(env, "DUET_GCP_PROJECT", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
-        zone = _first(env, "DUET_GCP_ZONE", "CLOUDSDK_COMPUTE_ZONE")
+        project = first_setting(env, "DUET_GCP_PROJECT", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
+        zone = first_setting(env, "DUET_GCP_ZONE", "CLOUDSDK_COMPUTE_ZONE")
         missing = [n for n, v in (("DUET_GCP_PROJECT", project), ("DUET_GCP_ZONE", zone)) if not v]
         if missing:
             raise ConfigError("GCP provider needs " + ", ".join(missing)
                               + " (pick a zone that offers N2D AMD Milan for SEV_SNP or C3 for TDX)",
                               code="gcp_config_missing")
-        prefix = _first(env, "DUET_GCP_PREFIX", default="duet").lower()
+        prefix = first_setting(env, "DUET_GCP_PREFIX", default="duet").lower()
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
             raise ConfigError("DUET_GCP_PREFIX must start with a letter and hold only a-z, 0-9 and '-'",
                               code="gcp_config_invalid")
         try:
-            port = int(_first(env, "DUET_SSH_PORT", default="22"))
-            disk = int(_first(env, "DUET_GCP_DISK_GB", default="20"))
+            port = int(first_setting(env, "DUET_SSH_PORT", default="22"))
+            disk = int(first_setting(env, "DUET_GCP_DISK_GB", default="20"))
         except ValueError as exc:
             raise ConfigError(f"GCP provider: bad number in configuration: {exc}", code="gcp_config_invalid") from None
         return cls(
             project=project, zone=zone,
-            machine_types={"snp": _first(env, "DUET_GCP_MACHINE_TYPE_SNP", default=DEFAULT_MACHINE_TYPES["snp"]),
-                           "tdx": _first(env, "DUET_GCP_MACHINE_TYPE_TDX", default=DEFAULT_MACHINE_TYPES["tdx"])},
-            image=_first(env, "DUET_GCP_IMAGE", default=DEFAULT_IMAGE),
-            network=_first(env, "DUET_GCP_NETWORK", default="global/networks/default"),
-            subnetwork=_first(env, "DUET_GCP_SUBNETWORK"),
-            username=_first(env, "DUET_GCP_USERNAME", default="duet"),
-            endpoint=_first(env, "DUET_GCP_ENDPOINT").rstrip("/"),
-            credentials_file=_first(env, "DUET_GCP_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS"),
-            disk_gb=disk, ssh_port=port, ssh_source=_first(env, "DUET_SSH_SOURCE_CIDR", default="0.0.0.0/0"),
+            machine_types={"snp": first_setting(env, "DUET_GCP_MACHINE_TYPE_SNP", default=DEFAULT_MACHINE_TYPES["snp"]),
+                           "tdx": first_setting(env, "DUET_GCP_MACHINE_TYPE_TDX", default=DEFAULT_MACHINE_TYPES["tdx"])},
+            image=first_setting(env, "DUET_GCP_IMAGE", default=DEFAULT_IMAGE),
+            network=first_setting(env, "DUET_GCP_NETWORK", default="global/networks/default"),
+            subnetwork=first_setting(env, "DUET_GCP_SUBNETWORK"),
+            username=first_setting(env, "DUET_GCP_USERNAME", default="duet"),
+            endpoint=first_setting(env, "DUET_GCP_ENDPOINT").rstrip("/"),
+            credentials_file=first_setting(env, "DUET_GCP_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS"),
+            disk_gb=disk, ssh_port=port, ssh_source=first_setting(env, "DUET_SSH_SOURCE_CIDR", default="0.0.0.0/0"),
             prefix=prefix,
         )
 
