@@ -323,23 +323,19 @@ def test_mixed_use_seed_started_cvm_is_audited_with_its_seed_marks(
     assert [item["command"] for item in spec.state(cvm_id, long=True)["state"]["command_outputs"]] == ["echo via seed", "echo via v1"]
 
     audit = _duet_audit(tmp_path, seed_controller.url, cvm_id)
-    if audit is None:
-        pytest.skip("duet audit is not available in this checkout; the v1 reads above carried the check")
     assert audit["ok"] is True, audit["findings"]
     assert [row["seq"] for row in audit["timeline"]] == [entry["seq"] for entry in entries]
-    audited_marks = {row["seq"] for row in audit["timeline"] if row.get("protocol") == "seed"}
-    if any("protocol" in row for row in audit["timeline"]):
-        assert audited_marks == {seq for seqs in marked.values() for seq in seqs}
+    audited_marks = {row["seq"] for row in audit["timeline"] if row["protocol"] == "seed"}
+    assert audited_marks == {seq for seqs in marked.values() for seq in seqs}
+    assert {row["protocol"] for row in audit["timeline"]} == {"seed", "v1"}
 
 
-def _duet_audit(tmp_path: Path, url: str, cvm_id: str) -> dict[str, Any] | None:
-    """``duet --json audit CVM_ID`` in its own user directory, or None where the command does not exist yet."""
+def _duet_audit(tmp_path: Path, url: str, cvm_id: str) -> dict[str, Any]:
+    """``duet --json audit CVM_ID`` in its own user directory."""
     result = subprocess.run(
         [sys.executable, "-m", "duet", "--json", "--url", url, "audit", cvm_id],
         capture_output=True, text=True, timeout=60, env={**os.environ, "DUET_HOME": str(tmp_path / "auditor"), "DUET_INSECURE": "1"},
     )
-    if "No such command" in result.stderr:
-        return None
     assert result.stdout, result.stderr
     return json.loads(result.stdout.splitlines()[0])  # type: ignore[no-any-return]
 

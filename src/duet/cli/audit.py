@@ -157,7 +157,8 @@ def _table(console: Console, rows: list[dict[str, Any]], *, cvm_column: bool, lo
         if cvm_column:
             cells.append((row["cvm"] or "")[:12])
         cells += [
-            str(row["event"]), row["mode"] or "", escape(row["command"] or ""),
+            str(row["event"]) + (" [yellow](seed protocol)[/]" if row.get("protocol") == "seed" else ""),
+            row["mode"] or "", escape(row["command"] or ""),
             "" if row["exit_status"] is None else str(row["exit_status"]), escape(row["detail"]),
             "[green]✓[/]" if row["verified"] else "[bold red]✗[/]",
         ]

@@ -375,6 +375,7 @@ def timeline(entries: list[dict[str, Any]], bad: set[int] = frozenset(), outputs
             "seq": entry.get("seq"), "time": entry.get("time"), "cvm": cvm, "event": event,
             "mode": modes.get(cvm), "actor": entry.get("actor"), "command": entry.get("command"),
             "exit_status": entry.get("exit_status"), "verified": entry.get("seq") not in bad,
+            "protocol": entry.get("protocol", "v1"),
             "detail": _detail(entry),
         }
         if outputs is not None and event == "command.finished":
