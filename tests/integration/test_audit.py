@@ -34,7 +34,8 @@ def duet_audit(controller: ControllerProcess, home: Path, *args: str) -> tuple[i
     """Run the real CLI with --json; the user's state (pins, last heads) lives in ``home``."""
     proc = subprocess.run(
         [sys.executable, "-m", "duet", "--url", controller.url, "--json", "audit", *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "DUET_HOME": str(home)},
+        # The fixture controller is plain HTTP with TEE none: the auditor uses it unverified (--insecure).
+        capture_output=True, text=True, timeout=60, env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
     )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -162,7 +163,7 @@ def test_follow_prints_new_entries_and_stops_at_the_first_failure(
     backup(controller, tmp_path / "old-db")
     follower = subprocess.Popen(
         [sys.executable, "-m", "duet", "--url", controller.url, "--json", "audit", cvm_id, "--follow", "--interval", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "DUET_HOME": str(home)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
     )
     try:
         lines: list[dict[str, Any]] = []

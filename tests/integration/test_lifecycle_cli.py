@@ -14,7 +14,8 @@ from duet.controller.process import ControllerProcess
 
 
 def duet(controller: ControllerProcess, owner: Any, user_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DUET_URL": controller.url, "DUET_KEY": str(owner.path), "DUET_HOME": str(user_dir)}
+    # The fixture controller is plain HTTP with TEE none: used unverified (DUET_INSECURE), see test_verify.py.
+    env = {**os.environ, "DUET_URL": controller.url, "DUET_KEY": str(owner.path), "DUET_HOME": str(user_dir), "DUET_INSECURE": "1"}
     return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True, timeout=120)
 
 

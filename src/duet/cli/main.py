@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from duet.cli import audit, cvm, output
+from duet.cli import audit, cvm, output, verify
 from duet.cli.context import CliContext
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ def _mount_evidence() -> None:
 
 _mount_evidence()
 app.command("audit")(audit.audit)
+app.command("verify")(verify.verify)
 
 
 @app.command(
@@ -52,11 +53,13 @@ def seed_client(ctx: typer.Context) -> None:
 @app.callback()
 def main(
     ctx: typer.Context,
-    url: Annotated[str, typer.Option(envvar="DUET_URL", help="Controller URL.")] = "http://127.0.0.1:6037",
+    url: Annotated[str, typer.Option(envvar="DUET_URL", help="Controller URL.")] = "https://127.0.0.1:6037",
     key: Annotated[Optional[Path], typer.Option(envvar="DUET_KEY", help="Owner private key (PEM) for owner operations.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per command, for scripts.")] = False,
+    insecure: Annotated[bool, typer.Option(envvar="DUET_INSECURE", help="Use a controller that was not verified "
+                                           "with `duet verify` (or plain HTTP); warned about on every run.")] = False,
 ) -> None:
-    ctx.obj = CliContext(url=url, key_path=key, json=json_output)
+    ctx.obj = CliContext(url=url, key_path=key, json=json_output, insecure=insecure)
 
 
 @app.command()
@@ -90,9 +93,10 @@ def keygen(
 @controller_app.command("serve")
 def controller_serve(
     state_dir: Annotated[Path, typer.Option(help="Where the controller keeps its database and sealed keys.")],
-    owner_key: Annotated[list[Path], typer.Option(help="An owner's public key (PEM); repeat for several owners.")],
+    owner_key: Annotated[Optional[list[Path]], typer.Option(help="An owner's public key (PEM); repeat for several owners. "
+                                                            "Pinned at first start; later starts may omit it.")] = None,
     provider: Annotated[str, typer.Option(help="local (default), azure, aws or gcp.")] = "local",
-    tee: Annotated[str, typer.Option(help="none or simulated.")] = "none",
+    tee: Annotated[str, typer.Option(help="none, simulated or gramine.")] = "none",
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:6037",
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024 * 1024,
     command_timeout: Annotated[float, typer.Option(help="Default per-command timeout in seconds.")] = 300.0,
@@ -100,8 +104,11 @@ def controller_serve(
     seed_api: Annotated[bool, typer.Option(
         "--seed-api", help="Also serve the seed's protocol (/quote, /start_cvm, ...) for its clients. It has NO replay protection.",
     )] = False,
+    no_tls: Annotated[bool, typer.Option("--no-tls", help="Serve plain HTTP (development only; clients need --insecure).")] = False,
+    maa_url: Annotated[Optional[str], typer.Option(help="Have Azure Attestation check this controller's quote at start; refuse to serve if it fails.")] = None,
+    sealed_dir: Annotated[Optional[Path], typer.Option(help="With --tee gramine: the encrypted mount for sealed state (default /duet/sealed).")] = None,
 ) -> None:
-    """Serve the controller (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
+    """Serve the controller over HTTPS (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
     import logging
 
     from duet.controller.app import serve
@@ -112,8 +119,9 @@ def controller_serve(
     if not host or not port.isdigit():
         raise typer.BadParameter("--listen must be HOST:PORT, e.g. 127.0.0.1:6037")
     settings = Settings(
-        state_dir=state_dir, owner_keys=tuple(owner_key), provider=provider, tee=tee, host=host, port=int(port),
+        state_dir=state_dir, owner_keys=tuple(owner_key or ()), provider=provider, tee=tee, host=host, port=int(port),
         max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit, seed_api=seed_api,
+        tls=not no_tls, maa_url=maa_url, **({"gramine_sealed_dir": sealed_dir} if sealed_dir else {}),
     )
     with output.errors(CliContext(url="", key_path=None, json=False)):
         serve(settings)

@@ -44,10 +44,15 @@ def errors(context: CliContext) -> Iterator[None]:
     except DuetError as exc:
         untrusted = exc.code in {
             "bad_answer_signature", "wrong_controller", "answer_not_bound", "stale_answer", "unsigned_answer",
-            "bad_identity", "bad_pin", "blob_mismatch",
+            "bad_identity", "bad_pin", "blob_mismatch", "controller_key_changed", "tls_pin_mismatch",
+            "controller_not_verified", "plain_http",
         }
         if context.json:
             sys.stdout.write(json.dumps({"error": {"code": exc.code, "message": exc.message}}, sort_keys=True) + "\n")
+        elif exc.code in ("controller_not_verified", "plain_http"):
+            err_console.print(f"[bold red]refused[/] ({exc.code}): {exc.message}")
+        elif exc.code in ("controller_key_changed", "tls_pin_mismatch"):
+            err_console.print(f"[bold red]REFUSED CONTROLLER[/] ({exc.code}): {exc.message}")
         elif untrusted:
             err_console.print(f"[bold red]UNTRUSTED ANSWER[/]: {exc.message} ({exc.code}). Nothing in it was used.")
         else:
@@ -55,12 +60,13 @@ def errors(context: CliContext) -> Iterator[None]:
         raise typer.Exit(EXIT_UNTRUSTED if untrusted else EXIT_REFUSED) from None
 
 
+def warn(message: str) -> None:
+    """A trust warning: always on stderr, so that --json output stays one object on stdout."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold yellow]warning[/]: {escape(message)}", highlight=False)
+
+
 def first_contact_notice(context: CliContext, client: Any) -> None:
-    if client.first_contact:
-        pin = client.pin()
-        err_console.print(
-            f"[yellow]Pinned controller {pin.controller[:16]}… at {client.url} on first use "
-            f"(TEE: {pin.tee}); answers from any other key will be refused.[/]"
-        )
-        if pin.tee == "none":
-            err_console.print("[bold yellow]warning[/]: this controller is not attested (TEE: none).")
+    """Kept for callers; trust warnings are now printed when the client is made
+    (:meth:`CliContext.client`), on every run, and pinning happens only in ``duet verify``."""

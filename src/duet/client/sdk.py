@@ -1,14 +1,22 @@
 """Python SDK for duet controllers, used by the CLI and by other programs.
 
-Every answer's signature is checked against the controller's pinned key before anything in
-it is believed; answers to owner requests must be bound to the request's digest, and reads
-carry a fresh nonce that the signed answer must echo, so an old answer cannot be replayed.
+A client talks only to a controller the user verified with ``duet verify`` (pinned in the
+trust store), unless ``insecure=True``. Every answer's signature is checked against the
+pinned key before anything in it is believed; answers to owner requests must be bound to the
+request's digest, and reads carry a fresh nonce that the signed answer must echo, so an old
+answer cannot be replayed. Over HTTPS the TLS certificate must be the pinned one (see
+:mod:`duet.client.trust` for how that is enforced with httpx).
+
+``insecure=True`` uses an unverified controller: its identity is fetched on every run and
+believed as presented (``warnings`` says so, and the CLI prints it on every run). A pinned
+controller is still held to its pin.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +25,15 @@ from typing import Any
 import httpx
 
 from duet import keys
-from duet.client.trust import ControllerPin, TrustStore
+from duet.client.trust import (
+    ControllerPin,
+    TrustStore,
+    peer_certificate,
+    pinned_ssl_context,
+    presented_certificate,
+    sha256_hex,
+    unverified_ssl_context,
+)
 from duet.errors import DuetError, VerificationError
 from duet.protocol.envelope import new_nonce, request_digest, sign_request, verify_answer
 
@@ -33,6 +49,28 @@ class ConnectionFailed(DuetError):
     code, status = "connection_failed", 503
 
 
+class NotVerified(VerificationError):
+    """The controller was not verified and pinned, and ``insecure`` was not asked for."""
+
+    code = "controller_not_verified"
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a connection failed because the TLS certificate did not verify (against the pin)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _verify_hint(url: str) -> str:
+    return f"run `duet --url {url} verify` first (or pass --insecure to use it without verification)"
+
+
 class DuetClient:
     def __init__(
         self,
@@ -42,14 +80,46 @@ class DuetClient:
         trust: TrustStore | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        insecure: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self.owner_key = owner_key
+        self.insecure = insecure
         self.trust = trust or TrustStore.default()
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self.https = self.url.startswith("https://")
+        stored = self.trust.get(self.url)
+        self._stored: ControllerPin | None = stored if stored is not None and stored.verified_at else None
+        self._legacy_pin = stored is not None and self._stored is None
         self._pin: ControllerPin | None = None
         self.first_contact = False
-        """True when this client pinned the controller on first use (trust on first use)."""
+        """True when this client fetched the controller's identity without verification (insecure)."""
+        verify: ssl.SSLContext | bool = False
+        if self.https:
+            pem = self._stored.tls_cert_pem if self._stored else None
+            verify = pinned_ssl_context(pem) if pem else unverified_ssl_context()
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, verify=verify)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why answers from this controller deserve less trust than a verified pin gives; the CLI
+        prints these on every run."""
+        out: list[str] = []
+        if self._stored is None:
+            if self.insecure:
+                out.append(f"--insecure: the controller at {self.url} is NOT verified; its identity is taken as it "
+                           "presents itself, so a man in the middle or a fake controller would not be noticed. "
+                           f"Run `duet --url {self.url} verify` to verify and pin it.")
+        else:
+            if not self._stored.attested:
+                out.append(f"the controller at {self.url} is pinned but NOT attested (TEE: {self._stored.tee}); "
+                           "nothing proves which code it runs.")
+            elif self._stored.tee == "simulated-sgx":
+                out.append(f"the controller at {self.url} runs in a SIMULATED SGX TEE: its evidence is signed by a "
+                           "root you chose to trust, not by Intel; it gives no protection.")
+        if not self.https:
+            out.append(f"plain HTTP to {self.url}: the connection is not encrypted (the controller was started "
+                       "with --no-tls); answers are still checked against the controller's key.")
+        return out
 
     def __enter__(self) -> "DuetClient":
         return self
@@ -63,18 +133,29 @@ class DuetClient:
     # --- trust -------------------------------------------------------------------------
 
     def pin(self) -> ControllerPin:
-        """The controller's pinned identity; fetched and pinned at first contact."""
-        if self._pin is None:
-            self._pin = self.trust.get(self.url)
-        if self._pin is None:
+        """The controller's pinned identity (from ``duet verify``); with ``insecure`` and no pin,
+        its identity as presented now. Raises :class:`NotVerified` otherwise."""
+        if self._pin is not None:
+            return self._pin
+        if self._stored is not None:
+            if not self.https and not self.insecure:
+                raise NotVerified(f"{self.url} is plain HTTP (a controller started with --no-tls, for development); "
+                                  "pass --insecure to use it", code="plain_http")
+            self._pin = self._stored
+        elif self.insecure:
             self._pin = self._fetch_identity()
-            self.trust.put(self.url, self._pin)
             self.first_contact = True
+        elif self._legacy_pin:
+            raise NotVerified(f"the controller at {self.url} was pinned on first use by an older duet, without "
+                              f"verification; {_verify_hint(self.url)}")
+        else:
+            raise NotVerified(f"the controller at {self.url} is not verified: {_verify_hint(self.url)}")
         return self._pin
 
     def _fetch_identity(self) -> ControllerPin:
+        """The identity as presented, checked only for self-consistency (insecure mode)."""
         nonce = new_nonce()
-        _, answer = self._send("GET", "/v1/attestation", params={"nonce": nonce})
+        _, answer, cert = self._send_raw("GET", "/v1/attestation", params={"nonce": nonce})
         try:
             document = answer["result"]["identity"]
             public_key = keys.load_public_key_bytes(document["signing_key"].encode(), "controller signing key")
@@ -83,39 +164,87 @@ class DuetClient:
         if keys.key_id(public_key) != document.get("controller"):
             raise VerificationError("the controller id is not the id of its signing key", code="bad_identity")
         verify_answer(answer, controller=document["controller"], public_key=public_key, nonce=nonce)
+        if cert is not None and sha256_hex(cert) != document.get("tls_cert_sha256"):
+            raise VerificationError("the controller's TLS certificate is not the one its identity names",
+                                    code="tls_pin_mismatch")
         return ControllerPin(
             controller=document["controller"],
             signing_key=document["signing_key"],
             tee=str(answer["result"].get("evidence", {}).get("type", "none")),
+            tls_cert_sha256=document.get("tls_cert_sha256"),
+            owners=tuple(document.get("owners") or ()),
         )
 
     # --- transport ---------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, *, params: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, Any]:
+    def _tls_refusal(self, presented: bytes | None) -> VerificationError:
+        pin = self._stored
+        assert pin is not None
+        seen = f"TLS certificate sha256 {sha256_hex(presented)[:16]}…" if presented else "another TLS certificate"
+        return VerificationError(
+            f"refused: the controller at {self.url} presented {seen}, but the controller you verified "
+            f"({pin.controller[:16]}…) uses {str(pin.tls_cert_sha256)[:16]}…. Someone may be intercepting the "
+            "connection, or the controller's TLS key was replaced; if that is expected, verify it again with "
+            f"`duet --url {self.url} verify --replace`.",
+            code="tls_pin_mismatch",
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(
-                method, path, params=params, content=body,
-                headers={"content-type": "application/json"} if body is not None else None,
-            )
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            if self._stored is not None and self.https and _certificate_refused(exc):
+                raise self._tls_refusal(presented_certificate(self.url)) from None
+            raise ConnectionFailed(f"cannot reach the controller at {self.url}: {exc}") from None
         except httpx.HTTPError as exc:
             raise ConnectionFailed(f"cannot reach the controller at {self.url}: {exc}") from None
+        if self._stored is not None and self.https:
+            cert = peer_certificate(response)
+            if cert is not None and sha256_hex(cert) != self._stored.tls_cert_sha256:
+                raise self._tls_refusal(cert)
+        return response
+
+    def _send_raw(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                  body: bytes | None = None) -> tuple[int, Any, bytes | None]:
+        response = self._request(
+            method, path, params=params, content=body,
+            headers={"content-type": "application/json"} if body is not None else None,
+        )
         try:
-            return response.status_code, response.json()
+            return response.status_code, response.json(), peer_certificate(response)
         except ValueError:
             raise VerificationError(
                 f"the controller answered HTTP {response.status_code} with something that is not a signed answer",
                 code="unsigned_answer",
             ) from None
 
+    def _send(self, method: str, path: str, *, params: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, Any]:
+        status, answer, _ = self._send_raw(method, path, params=params, body=body)
+        return status, answer
+
     def _verified(self, status: int, answer: Any, *, digest: str | None = None, nonce: str | None = None) -> Any:
         pin = self.pin()
-        result = verify_answer(answer, controller=pin.controller, public_key=pin.public_key(), request_digest=digest, nonce=nonce)
+        try:
+            result = verify_answer(answer, controller=pin.controller, public_key=pin.public_key(),
+                                   request_digest=digest, nonce=nonce)
+        except VerificationError as exc:
+            if exc.code == "wrong_controller" and isinstance(answer, dict):
+                raise VerificationError(
+                    f"refused: the controller at {self.url} now answers as controller "
+                    f"{str(answer.get('controller'))[:16]}…, not as {pin.controller[:16]}…, which you "
+                    + ("verified and pinned" if self._stored else "saw at first contact")
+                    + "; its signing key was replaced, or this is another controller. Nothing in the answer "
+                    f"was used. If the change is expected, verify it again: `duet --url {self.url} verify --replace`.",
+                    code="controller_key_changed",
+                ) from None
+            raise
         if status >= 400 and isinstance(result, dict) and isinstance(result.get("error"), dict):
             error = result["error"]
             raise ApiError(str(error.get("code", "error")), str(error.get("message", "")), status)
         return result
 
     def get(self, path: str, **query: Any) -> Any:
+        self.pin()  # refuse an unverified controller before sending anything
         nonce = new_nonce()
         params = {name: str(value) for name, value in query.items() if value is not None}
         status, answer = self._send("GET", path, params={**params, "nonce": nonce})
@@ -180,10 +309,8 @@ class DuetClient:
 
     def blob(self, sha256: str) -> bytes:
         """A stored output; refused unless its bytes hash to the name asked for."""
-        try:
-            response = self._http.get(f"/v1/blobs/{sha256}")
-        except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"cannot reach the controller at {self.url}: {exc}") from None
+        self.pin()
+        response = self._request("GET", f"/v1/blobs/{sha256}")
         if response.status_code != 200:
             self._verified(response.status_code, response.json())
         if hashlib.sha256(response.content).hexdigest() != sha256:

@@ -50,12 +50,25 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def serve(settings: Settings) -> None:
+    """Serve HTTPS with the sealed TLS key (HTTP only with ``tls=False``, said loudly)."""
     import uvicorn
 
     if settings.tee == "none":
         log.warning("TEE: none — this controller is NOT attested; clients cannot verify what code runs here")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    controller = controller_of(app)
+    if settings.maa_url:
+        from duet.controller.runtime import check_own_evidence
+
+        check_own_evidence(controller, settings.maa_url)
+    ssl: dict[str, str] = {}
+    if settings.tls and controller.tls is not None:
+        ssl = {"ssl_keyfile": str(controller.tls.key_path), "ssl_certfile": str(controller.tls.cert_path)}
+        log.info("serving HTTPS; TLS certificate sha256 %s (named in the attested identity)", controller.tls.cert_sha256)
+    else:
+        log.warning("NO TLS (--no-tls): serving plain HTTP, for development only; clients reach this "
+                    "controller only with --insecure")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False, **ssl)  # type: ignore[arg-type]
 
 
 def controller_of(app: FastAPI) -> Controller:

@@ -13,10 +13,11 @@ from typing import Any
 
 from duet import keys
 from duet.controller.auth import RequestAuthenticator
-from duet.controller.identity import Identity, load_or_create_signing_key
+from duet.controller.identity import Identity, OwnerKeysChanged, load_or_create_signing_key, pin_owners
 from duet.controller.service import LifecycleService
 from duet.controller.settings import Settings
 from duet.controller.store import StateCipher, Store
+from duet.controller.tls import TlsIdentity, load_or_create_tls
 from duet.errors import ConfigError
 from duet.ledger.log import Ledger
 from duet.providers import make_provider
@@ -25,7 +26,7 @@ from duet.tee.base import TeeBackend
 
 log = logging.getLogger("duet.controller")
 
-TEES: tuple[str, ...] = ("none", "simulated")
+TEES: tuple[str, ...] = ("none", "simulated", "gramine")
 
 
 def make_tee(settings: Settings) -> TeeBackend:
@@ -37,6 +38,10 @@ def make_tee(settings: Settings) -> TeeBackend:
         from duet.tee.simulated import SimulatedSgxTee
 
         return SimulatedSgxTee(settings.state_dir)
+    if settings.tee == "gramine":
+        from duet.tee.gramine import GramineTee
+
+        return GramineTee(settings.gramine_attestation_dir, settings.gramine_sealed_dir)
     raise ConfigError(f"unknown TEE backend {settings.tee!r}; choose one of {', '.join(TEES)}", code="unknown_tee")
 
 
@@ -57,6 +62,7 @@ class Controller:
     ledger: Ledger
     service: LifecycleService
     authenticator: RequestAuthenticator
+    tls: TlsIdentity | None = None
 
     def attestation(self) -> dict[str, Any]:
         return {"identity": self.identity.document(), "evidence": self.tee.quote(self.identity.report_data())}
@@ -72,18 +78,33 @@ def open_controller(settings: Settings) -> Controller:
     tee = make_tee(settings)
     sealed = tee.sealed_dir()
     signing_key = load_or_create_signing_key(sealed)
-    store = Store(settings.database, StateCipher(sealed / "state.key"))
     controller_id = keys.key_id(signing_key.public_key())
+    tls = load_or_create_tls(sealed, controller_id)
+    store = Store(settings.database, StateCipher(sealed / "state.key"))
     ledger = Ledger(store, controller_id)
-    owners = _owner_keys(settings)
-    if not owners:
-        raise ConfigError("no owner key given: pass --owner-key PUB at least once", code="no_owner_keys")
+    try:
+        owners = pin_owners(sealed, _owner_keys(settings))
+    except OwnerKeysChanged as exc:
+        _record_refused_owners(store, ledger, exc)
+        store.close()
+        log.error("%s", exc.message)
+        raise
+    except BaseException:
+        store.close()
+        raise
     _record_owners(store, ledger, owners)
-    identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)))
+    identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)), tls_cert_sha256=tls.cert_sha256)
     provider = make_provider(settings.provider, settings.state_dir, {**os.environ, **settings.provider_env})
     service = LifecycleService(settings, store, ledger, provider, SshPool())
     authenticator = RequestAuthenticator(store, controller_id, settings)
-    return Controller(settings, identity, tee, store, ledger, service, authenticator)
+    return Controller(settings, identity, tee, store, ledger, service, authenticator, tls)
+
+
+def _record_refused_owners(store: Store, ledger: Ledger, exc: OwnerKeysChanged) -> None:
+    """A swapped owner-key file is an event auditors must see, even though nothing changed."""
+    with store.transaction() as tx:
+        ledger.append(tx, cvm=None, event="controller.owners_refused", actor="controller",
+                      pinned=exc.pinned, given=exc.given)
 
 
 def _record_owners(store: Store, ledger: Ledger, owners: dict[str, str]) -> None:
@@ -96,3 +117,33 @@ def _record_owners(store: Store, ledger: Ledger, owners: dict[str, str]) -> None
             tx, cvm=None, event="controller.owners", actor="controller", owners=sorted(owners),
             owners_digest=hashlib.sha256("\n".join(sorted(owners)).encode()).hexdigest(),
         )
+
+
+def check_own_evidence(controller: Controller, maa_url: str) -> None:
+    """Have Azure Attestation judge this controller's own quote before serving (the seed's check).
+
+    The seed printed "Valid SGX controller: False" and served anyway; here a refusal, a token
+    that does not verify, a debug enclave or a token about other report data stops the start.
+    """
+    import base64
+
+    from duet.attestation.maa import MaaClient, MaaError
+
+    evidence = controller.tee.quote(controller.identity.report_data())
+    if "quote" not in evidence:
+        raise ConfigError(f"--maa-url needs an SGX TEE (--tee gramine or simulated); this one is {controller.tee.name}",
+                          code="maa_needs_sgx")
+    try:
+        with MaaClient(maa_url) as maa:
+            _, claims = maa.attest_and_verify(base64.b64decode(evidence["quote"]))
+    except MaaError as exc:
+        raise ConfigError(f"Azure Attestation does not vouch for this controller ({exc.code}: {exc.message}); "
+                          "refusing to serve", code="maa_refused_controller") from None
+    if claims.report_data != controller.identity.report_data():
+        raise ConfigError("Azure Attestation's token is about other report data than this controller's identity; "
+                          "refusing to serve", code="maa_refused_controller")
+    if claims.debug:
+        raise ConfigError("Azure Attestation says this enclave is debuggable; refusing to serve",
+                          code="maa_refused_controller")
+    log.info("Azure Attestation (%s): valid SGX controller, MRENCLAVE %s, MRSIGNER %s", maa_url,
+             claims.mr_enclave.hex(), claims.mr_signer.hex())

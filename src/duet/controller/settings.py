@@ -28,6 +28,14 @@ class Settings:
     max_output_limit: int = 16 * MiB
     ssh_ready_timeout_s: float = 120.0
     provider_env: dict[str, str] = field(default_factory=dict)
+    tls: bool = True
+    """Serve HTTPS with the sealed TLS key; ``False`` (``--no-tls``) is for development only."""
+    maa_url: str | None = None
+    """Azure Attestation instance: at start, the controller has its own quote checked there and
+    refuses to serve if the answer is not a valid token for its own enclave and identity."""
+    gramine_attestation_dir: Path = Path("/dev/attestation")
+    gramine_sealed_dir: Path = Path("/duet/sealed")
+    """With ``--tee gramine``: the encrypted mount (keyed to MRENCLAVE) named in the manifest."""
     seed_api: bool = False
     """Also serve the seed's protocol at the root paths (controller/seed_api.py). Off by
     default: it has no replay protection."""

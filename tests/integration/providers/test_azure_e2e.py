@@ -26,7 +26,8 @@ from tests.fakes.fake_arm import FakeArm
 def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env, client_key) -> None:
     controller = ControllerProcess(tmp_path / "state", [owner.pub_path], provider="azure",
                                    env=azure_env | fake_arm.identity_env())
-    with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user")) as client:
+    # Plain HTTP, TEE none (ControllerProcess passes --no-tls): an unverified client, answers still checked.
+    with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
         cvm_id = start_cvm(client, "snp")
         [vm] = fake_arm.bodies("virtualMachines")
         assert vm["properties"]["securityProfile"]["securityType"] == "ConfidentialVM"

@@ -1,0 +1,131 @@
+"""``duet verify``: verify the controller's attestation and pin it for every later command.
+
+Exit status: 0 verified and pinned; 3 (untrusted) when a check failed or the controller is not
+the one pinned before; 2 when an option is unusable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from duet.cli import output
+from duet.cli.context import CliContext
+
+
+def verify(
+    ctx: typer.Context,
+    policy: Annotated[Optional[Path], typer.Option(help="Policy TOML (docs/policy.md). Default: any enclave, never a debug one.")] = None,
+    trust_root: Annotated[Optional[list[Path]], typer.Option(
+        "--trust-root", help="Trust this root (PEM) for SIMULATED SGX evidence, e.g. the output of "
+        "`duet controller sim-root`. Repeatable. Real SGX evidence is always checked against Intel's root.")] = None,
+    maa_url: Annotated[Optional[str], typer.Option(help="Also have Azure Attestation (this instance) judge the quote.")] = None,
+    save: Annotated[Optional[Path], typer.Option(help="Keep the evidence, identity and verdict in this directory.")] = None,
+    replace: Annotated[bool, typer.Option(help="Pin this controller even if another one is pinned for the URL.")] = False,
+) -> None:
+    """Verify the controller (evidence, identity binding, policy, TLS certificate) and pin it."""
+    from duet.attestation import sgx_dcap as dcap
+    from duet.attestation.policy import Policy
+    from duet.client.trust import TrustStore
+    from duet.client.verify import verify_controller
+
+    context: CliContext = ctx.obj
+    with output.errors(context):
+        try:
+            pol = Policy.load(policy) if policy else Policy()
+            roots = [dcap.load_trust_root(p.read_bytes(), str(p)) for p in trust_root or []]
+        except OSError as exc:
+            raise output.UsageError(f"cannot read {exc.filename}: {exc.strerror}", code="unreadable") from None
+        verdict = verify_controller(context.url, policy=pol, trust_roots=roots, insecure=context.insecure,
+                                    maa_url=maa_url)
+        trust = TrustStore.default()
+        result = verdict.to_dict()
+        previous = trust.get(context.url)
+        if verdict.pin is not None and previous is not None and previous.verified_at and not replace and (
+                previous.controller != verdict.pin.controller or previous.tls_cert_sha256 != verdict.pin.tls_cert_sha256):
+            result.update(ok=False, failed_step="pin", code="controller_changed", pinned=None, message=(
+                f"the controller at {context.url} is not the one you pinned on {previous.verified_at} "
+                f"(pinned {previous.controller[:16]}…, TLS {str(previous.tls_cert_sha256)[:16]}…; now "
+                f"{verdict.pin.controller[:16]}…, TLS {str(verdict.pin.tls_cert_sha256)[:16]}…). It verified, but "
+                "a replaced controller key usually means a new installation; pass --replace to pin it."))
+        elif verdict.ok and verdict.pin is not None:
+            trust.put(context.url, verdict.pin)
+            result["pinned_in"] = str(trust.path)
+        if save is not None:
+            result["saved_in"] = str(_save(save, verdict, result))
+        output.emit(context, result, lambda console: _render(console, verdict, result, context))
+        if not result["ok"]:
+            raise typer.Exit(output.EXIT_UNTRUSTED)
+
+
+def _save(directory: Path, verdict: Any, result: dict[str, Any]) -> Path:
+    """Everything needed to re-check the verdict later, offline (``duet evidence verify``)."""
+    import base64
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "attestation.json").write_text(json.dumps(verdict.answer, indent=2, sort_keys=True) + "\n")
+    if verdict.identity is not None:
+        (directory / "identity.json").write_text(json.dumps(verdict.identity, indent=2, sort_keys=True) + "\n")
+    try:
+        quote = verdict.answer["result"]["evidence"].get("quote")
+        if quote:
+            (directory / "quote.bin").write_bytes(base64.b64decode(quote))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        pass
+    if verdict.tls_cert_der:
+        from duet.client.verify import _pem
+
+        (directory / "tls-certificate.pem").write_text(_pem(verdict.tls_cert_der))
+    if verdict.maa_token:
+        (directory / "maa-token.jwt").write_text(verdict.maa_token + "\n")
+    (directory / "verdict.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def _render(console: Any, verdict: Any, result: dict[str, Any], context: CliContext) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    tee = result["tee"] or "unknown"
+    if verdict.simulated:
+        console.print("[bold yellow on black] SIMULATED SGX [/] evidence: signed by a locally generated root, not by "
+                      "Intel; it is accepted only with a root YOU pass (--trust-root), and it proves the protocol "
+                      "works, not that the code is protected.")
+    elif tee == "none":
+        console.print("[bold red]TEE: none[/] — this controller is NOT attested; nothing proves which code it runs.")
+    console.print(f"Controller [bold]{escape(str(result['controller']))}[/] at {escape(context.url)}  TEE: [bold]{escape(tee)}[/]")
+    for check in verdict.checks:
+        mark = {True: "[green]✓[/]", False: "[bold red]✗[/]", None: "[yellow]-[/]"}[check.ok]
+        code = f" [{check.code}]" if check.code else ""
+        console.print(f" {mark} {check.step}: " + escape(check.detail + code))
+    done = {c.step for c in verdict.checks}
+    from duet.client.verify import STEPS
+
+    for step in STEPS:
+        if step not in done and verdict.failure is not None:
+            console.print(f" [dim]- {step} (not reached)[/]")
+    for title, rows in (("Measurements (quote)", verdict.policy), ("Measurements (Azure Attestation)", verdict.maa_policy)):
+        if rows:
+            table = Table(title=title, title_justify="left")
+            for column in ("", "measurement", "expected (policy)", "found"):
+                table.add_column(column, overflow="fold")
+            for row in rows:
+                table.add_row("[green]✓[/]" if row.ok else "[bold red]✗[/]", row.check, escape(row.expected), escape(row.actual))
+            console.print(table)
+    if verdict.owners:
+        console.print("Owner keys (may administer CVMs while in-update):")
+        for owner in verdict.owners:
+            console.print(f"  {owner}")
+    if result["ok"]:
+        console.print(f"[bold green]verified[/]: pinned controller {str(result['controller'])[:16]}… "
+                      f"({'SIMULATED SGX' if verdict.simulated else tee}) in {escape(str(result.get('pinned_in')))}")
+        if not verdict.attested:
+            console.print("[bold yellow]warning[/]: pinned WITHOUT attestation (--insecure).")
+    else:
+        console.print(f"[bold red]NOT VERIFIED[/] ({escape(str(result['failed_step']))}, {escape(str(result['code']))}): "
+                      + escape(str(result["message"])) + "\nNothing was pinned.")
+    if result.get("saved_in"):
+        console.print(f"Evidence, identity and verdict saved in {escape(result['saved_in'])}")
