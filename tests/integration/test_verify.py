@@ -298,3 +298,18 @@ def test_owner_keys_are_pinned_at_first_start(tmp_path: Path, owner: Owner) -> N
         events = [(e["event"], e.get("given")) for e in client.entries()]
         assert ("controller.owners_refused", [stranger.key_id]) in events
         assert client.list_cvms() == []
+
+
+def test_verify_with_azure_attestation(tmp_path: Path, attested: ControllerProcess, sim_root: Path) -> None:
+    from tests.fakes.fake_maa import FakeMaa
+
+    with FakeMaa(trusted_roots=[root_key(sim_root)]) as maa:
+        rc, out, err = duet(tmp_path / "user", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root),
+                            "--maa-url", maa.url, "--save", str(tmp_path / "saved"))
+        assert rc == 0, (out, err)
+        assert [c["ok"] for c in out["checks"] if c["step"] == "maa"] == [True]
+        assert all(m["ok"] for m in out["maa_measurements"]) and (tmp_path / "saved" / "maa-token.jwt").exists()
+        maa.misbehave = "debug"
+        rc, out, _ = duet(tmp_path / "user2", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root),
+                          "--maa-url", maa.url)
+        assert rc == 3 and (out["failed_step"], out["code"]) == ("maa", "maa_policy_violation")
