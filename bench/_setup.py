@@ -1,4 +1,9 @@
-"""What every benchmark needs: a real controller on loopback with a local CVM, torn down after."""
+"""What every benchmark needs: a real controller on loopback with a local CVM, torn down after.
+
+It runs as users would: HTTPS with the controller's own certificate, the simulated SGX TEE,
+and a client that verified the controller (its simulated root trusted explicitly) and pinned
+its key and certificate.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from duet import keys
+from duet.attestation import sgx_dcap
+from duet.attestation.policy import Policy
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
+from duet.client.verify import verify_controller
 from duet.controller.process import ControllerProcess
 from duet.providers.local import LocalProvider
+from duet.tee.simulated import simulated_root_pem
 
 
 @dataclass
@@ -38,9 +47,14 @@ def running_controller() -> Iterator[Bench]:
     key = keys.generate()
     key_path = workdir / "owner.pem"
     pub = keys.write_key_pair(key_path, key)
-    controller = ControllerProcess(workdir / "state", [pub])
+    controller = ControllerProcess(workdir / "state", [pub], tee="simulated", tls=True)
     controller.start()
-    client = DuetClient(controller.url, owner_key=key, trust=TrustStore(workdir / "user"))
+    root = sgx_dcap.load_trust_root(simulated_root_pem(controller.state_dir), "simulated root")
+    verdict = verify_controller(controller.url, policy=Policy(), trust_roots=[root])
+    assert verdict.ok and verdict.pin is not None, verdict
+    trust = TrustStore(workdir / "user")
+    trust.put(controller.url, verdict.pin)
+    client = DuetClient(controller.url, owner_key=key, trust=trust)
     try:
         yield Bench(workdir, controller, client, key_path)
     finally:

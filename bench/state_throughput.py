@@ -8,6 +8,7 @@ Target: at least 1,500 per second from 8 connections (the seed: 315, RSA-4096 si
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -36,11 +37,12 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install wrk (Debian package)")
     with running_controller() as bench:
         cvm_id = bench.start_cvm()
-        while len(bench.client.state(cvm_id)["entries"]) < ENTRIES:
-            missing = ENTRIES - len(bench.client.state(cvm_id)["entries"])
+        while bench.client.state(cvm_id)["entry_count"] < ENTRIES:
+            missing = ENTRIES - bench.client.state(cvm_id)["entry_count"]
             bench.client.run(cvm_id, [f"echo {i}" for i in range(min(100, max(1, missing // 2)))])
         answer = bench.client.state(cvm_id)
-        size = len(answer["entries"])
+        size = answer["entry_count"]
+        answer_kb = len(json.dumps(answer)) / 1024
         state_url = f"{bench.controller.url}/v1/cvms/{cvm_id}"
         head_url = f"{bench.controller.url}/v1/ledger/head"
         results = {}
@@ -48,7 +50,7 @@ def main() -> None:
             results[("state", connections)] = wrk(state_url, connections)
             results[("head", connections)] = wrk(head_url, connections)
 
-    print(f"state answer with {size} ledger entries for the CVM")
+    print(f"state answer for a CVM with {size} ledger entries: about {answer_kb:.0f} KB (result part)")
     for connections in (1, 8):
         state, head = results[("state", connections)], results[("head", connections)]
         print(f"{connections} connection(s): {state:.0f} signed state reads/s; baseline signed head {head:.0f}/s; "

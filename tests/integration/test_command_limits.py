@@ -16,7 +16,7 @@ def test_a_command_past_its_timeout_is_killed_and_recorded(client: DuetClient) -
     assert result["exit_status"] is None
     assert result["stdout"] == "begun\n"
     assert result["duration_ms"] < 10_000
-    finished = client.state(cvm_id)["entries"][-1]
+    finished = client.entries(cvm=cvm_id)[-1]
     assert (finished["event"], finished["timed_out"]) == ("command.finished", True)
     assert client.run(cvm_id, ["echo next"])["results"][0]["stdout"] == "next\n"  # the CVM is still usable
 
@@ -41,7 +41,7 @@ def test_binary_output_is_kept_exactly_in_the_blob(client: DuetClient) -> None:
 def test_history_names_the_signer_and_binds_each_entry_to_its_request(client: DuetClient, owner: object) -> None:
     cvm_id = start_cvm(client)
     client.run(cvm_id, ["true", "false"])
-    entries = client.state(cvm_id)["entries"]
+    entries = client.entries(cvm=cvm_id)
     started = [entry for entry in entries if entry["event"] == "command.started"]
     finished = [entry for entry in entries if entry["event"] == "command.finished"]
     assert [entry["command"] for entry in started] == ["true", "false"]

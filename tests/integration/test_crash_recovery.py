@@ -69,7 +69,7 @@ def test_kill_during_a_start_fails_it_and_cleans_up(client: DuetClient, controll
     state = client.state(cvm_id)
     assert state["cvm"]["mode"] == "failed"
     assert "provision" in state["cvm"]["failure"]
-    assert [entry["event"] for entry in state["entries"]][-1] == "cvm.failed"
+    assert [entry["event"] for entry in client.entries(cvm=cvm_id)][-1] == "cvm.failed"
     assert client.job(accepted["job_id"])["status"] == "failed"
     assert not (controller.state_dir / "local-cvms" / cvm_id).exists()
     assert sshd_processes_for(cvm_id) == []

@@ -60,9 +60,9 @@ def test_final_is_one_way_and_the_controller_gives_up_its_key(client: DuetClient
     with pytest.raises((OSError, asyncssh.Error)):
         asyncio.run(try_login(port, getpass.getuser(), key))
     assert (controller.state_dir / "local-cvms" / cvm_id / "authorized_keys").read_text().strip() == ""
-    events = [entry["event"] for entry in client.state(cvm_id)["entries"]]
+    events = [entry["event"] for entry in client.entries(cvm=cvm_id)]
     assert events[-2:] == ["mode.changed", "cvm.locked"]
-    assert client.state(cvm_id)["entries"][-1]["ok"] is True
+    assert client.entries(cvm=cvm_id)[-1]["ok"] is True
     assert machine["mode"] == "in-update"
 
     # A restart does not bring SSH back, and the CVM can still be stopped.
@@ -97,7 +97,7 @@ def test_a_replaced_host_key_is_refused_and_recorded(client: DuetClient, control
     assert refused.value.code == "host_key_mismatch"
     assert refused.value.status == 502
 
-    entries = client.state(cvm_id)["entries"]
+    entries = client.entries(cvm=cvm_id)
     mismatch = [entry for entry in entries if entry["event"] == "hostkey.mismatch"]
     assert len(mismatch) == 1
     assert mismatch[0]["expected"] != mismatch[0]["presented"]

@@ -307,7 +307,7 @@ def test_mixed_use_seed_started_cvm_is_audited_with_its_seed_marks(
     assert v1.run(cvm_id, ["echo via v1"])["results"][0]["stdout"] == "via v1\n"
     assert spec.call("/mark_cvm", {"cvm_id": cvm_id, "cvm_mode": "in-service"})["success"] is True
 
-    entries = v1.state(cvm_id)["entries"]
+    entries = v1.entries(cvm=cvm_id)
     marked = seed_marked(entries)
     assert set(marked) == {"cvm.provisioning", "command.started", "command.finished", "mode.changed"}
     by_seq = {entry["seq"]: entry for entry in entries}
@@ -347,7 +347,7 @@ def test_a_replayed_seed_request_runs_again_and_the_ledger_shows_it(spec: SpecCl
     body = {"params": params, "signature": spec_sign(spec.owner_key, params)}
     assert spec.post("/run_commands", body)["output"] == ["1\n"]
     assert spec.post("/run_commands", body)["output"] == ["2\n"]
-    digests = [e["request_digest"] for e in v1.state(cvm_id)["entries"] if e["event"] == "command.started" and e.get("protocol") == "seed"]
+    digests = [e["request_digest"] for e in v1.entries(cvm=cvm_id) if e["event"] == "command.started" and e.get("protocol") == "seed"]
     assert digests == [hashlib.sha256(spec_bytes(params)).hexdigest()] * 2
 
 

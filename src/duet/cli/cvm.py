@@ -93,15 +93,14 @@ def state(
     context: CliContext = ctx.obj
     with output.errors(context), context.client() as client:
         answer = client.state(cvm_id)
-        commands = command_history(answer["entries"])
+        commands = answer["commands"]
         if long:
-            for item in commands:
+            for row in commands:
                 for stream in ("stdout", "stderr"):
-                    digest = item.get(f"{stream}_sha256")
+                    digest = row.get(f"{stream}_sha256")
                     if digest:
-                        item[stream] = client.blob(digest).decode(errors="replace")
-        result = {"cvm": answer["cvm"], "tree_size": answer["tree_size"], "commands": commands, "entries": answer["entries"]}
-        output.emit(context, result, lambda console: _render_state(console, answer["cvm"], commands, long))
+                        row[stream] = client.blob(digest).decode(errors="replace")
+        output.emit(context, answer, lambda console: _render_state(console, answer["cvm"], commands, long))
 
 
 @app.command("list")
@@ -151,21 +150,6 @@ def _job_error(job: dict[str, Any]) -> Exception:
     return DuetError(f"job {job['job_id']} {job['status']}: {error.get('message', 'no reason given')}", code=error.get("code", "job_failed"))
 
 
-def command_history(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pair each command.started entry with its outcome, from the CVM's ledger entries."""
-    started: dict[int, dict[str, Any]] = {}
-    for entry in entries:
-        if entry["event"] == "command.started":
-            started[entry["seq"]] = {"seq": entry["seq"], "command": entry["command"], "started_at": entry["time"], "status": "running"}
-        elif entry["event"] in ("command.finished", "command.failed", "command.interrupted") and entry.get("started_seq") in started:
-            item = started[entry["started_seq"]]
-            item["status"] = entry["event"].split(".")[1]
-            for field in ("exit_status", "duration_ms", "timed_out", "stdout_sha256", "stdout_size", "stderr_sha256", "stderr_size", "reason"):
-                if field in entry:
-                    item[field] = entry[field]
-    return list(started.values())
-
-
 def _render_results(console: Console, results: list[dict[str, Any]]) -> None:
     for item in results:
         status = item["exit_status"]
@@ -183,11 +167,11 @@ def _render_state(console: Console, cvm: dict[str, Any], commands: list[dict[str
         f"CVM [bold]{cvm['cvm_id']}[/]  type {cvm['type']}  provider {cvm['provider']}  mode [bold]{cvm['mode']}[/]"
         + ("  (final)" if cvm["final"] else "") + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "")
     )
-    table = Table("seq", "started", "command", "exit", "ms", "stdout" if long else "stdout sha256", show_lines=long)
+    table = Table("seq", "command", "exit", "ms", "stdout" if long else "stdout sha256", show_lines=long)
     for item in commands:
+        exit_text = item["status"] if item.get("exit_status") is None else str(item["exit_status"])
         table.add_row(
-            str(item["seq"]), item["started_at"], item["command"],
-            str(item.get("exit_status", item["status"])), f"{item.get('duration_ms', 0):.1f}",
+            str(item["seq"]), item["command"], exit_text, f"{item.get('duration_ms', 0):.1f}",
             item.get("stdout", "") if long else (item.get("stdout_sha256") or "")[:16],
         )
     console.print(table)

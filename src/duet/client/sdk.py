@@ -305,7 +305,16 @@ class DuetClient:
         return self.get("/v1/ledger/head")  # type: ignore[no-any-return]
 
     def entries(self, start: int = 0, end: int | None = None, cvm: str | None = None) -> list[dict[str, Any]]:
-        return self.get("/v1/ledger/entries", start=start, end=end, cvm=cvm)["entries"]  # type: ignore[no-any-return]
+        """Ledger entries start <= seq < end (all of them, optionally one CVM's), page by page."""
+        entries: list[dict[str, Any]] = []
+        while True:
+            page = self.get("/v1/ledger/entries", start=start, end=end, cvm=cvm)
+            entries += page["entries"]
+            if end is None:
+                end = page["tree_size"]
+            if page["end"] >= end:
+                return entries
+            start = page["end"]
 
     def blob(self, sha256: str) -> bytes:
         """A stored output; refused unless its bytes hash to the name asked for."""

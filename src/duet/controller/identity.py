@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,9 @@ class Identity:
     owners: tuple[str, ...]
     tls_cert_sha256: str | None = None
 
-    @property
+    @cached_property
     def controller_id(self) -> str:
+        """Named in every answer, so computed once."""
         return keys.key_id(self.signing_key.public_key())
 
     def document(self) -> dict[str, Any]:

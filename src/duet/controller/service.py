@@ -23,6 +23,7 @@ from duet.controller.jobs import JobRunner, new_job_id
 from duet.controller.settings import Settings
 from duet.controller.store import ACTIVE_MODES, CvmRecord, Store
 from duet.errors import Conflict, DuetError, Forbidden, InvalidParams, UpstreamError
+from duet.ledger.history import command_rows, mode_rows
 from duet.ledger.log import Ledger
 from duet.protocol.canonical import canonical, sha256_hex
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
@@ -327,13 +328,21 @@ class LifecycleService:
 
     def state_bytes(self, cvm_id: str) -> tuple[bytes, str]:
         """JCS of the CVM's state and its SHA-256, made once per ledger size (design.md §3):
-        every change of a CVM comes with a ledger entry, so the size says when it is stale."""
+        every change of a CVM comes with a ledger entry, so the size says when it is stale.
+
+        The state is the CVM's record and a summary of its history (commands with their
+        output hashes, mode changes), each row naming its ledger entries by seq; the entries
+        themselves are served by the ledger routes, with their proofs."""
         size = self.ledger.size
         cached = self._state_cache.get(cvm_id)
         if cached and cached[0] == size:
             return cached[1], cached[2]
         cvm = self.store.get_cvm(cvm_id)
-        data = canonical({"cvm": cvm.public(), "tree_size": size, "entries": self.ledger.entries(0, size, cvm=cvm_id)})
+        entries = self.ledger.entries(0, size, cvm=cvm_id)
+        data = canonical({
+            "cvm": cvm.public(), "tree_size": size, "entry_count": len(entries),
+            "commands": command_rows(entries), "modes": mode_rows(entries),
+        })
         digest = sha256_hex(data)
         self._state_cache[cvm_id] = (size, data, digest)
         return data, digest

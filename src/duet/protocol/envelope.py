@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from typing import Any
 
@@ -78,6 +79,17 @@ def request_signature_valid(request: dict[str, Any], signature_b64: str, public_
     return keys.verify(public_key, signature, canonical(request))
 
 
+_PLAIN = re.compile(r"[0-9A-Za-z:.+/=_-]*")
+
+
+def _canonical_field(value: str | None) -> bytes:
+    """JCS of an envelope field. Ids, digests, times and base64 have no character JSON
+    escapes, so their JCS is the text in quotes; anything else goes through rfc8785."""
+    if value is not None and _PLAIN.fullmatch(value):
+        return b'"' + value.encode("ascii") + b'"'
+    return canonical(value)
+
+
 def _assemble(fields: dict[str, bytes]) -> bytes:
     """Join already-canonical member values into one canonical object (keys are ASCII)."""
     members = [canonical(name) + b":" + value for name, value in sorted(fields.items())]
@@ -98,16 +110,16 @@ def sign_answer(
 
     ``result_sha256`` may be passed when the caller cached it with the bytes."""
     fields = {
-        "controller": canonical(controller),
-        "request_digest": canonical(request_digest),
-        "result_sha256": canonical(result_sha256 or sha256_hex(result_bytes)),
-        "signed_at": canonical(signed_at or timestamp()),
+        "controller": _canonical_field(controller),
+        "request_digest": _canonical_field(request_digest),
+        "result_sha256": _canonical_field(result_sha256 or sha256_hex(result_bytes)),
+        "signed_at": _canonical_field(signed_at or timestamp()),
     }
     if nonce is not None:
-        fields["nonce"] = canonical(nonce)
+        fields["nonce"] = _canonical_field(nonce)
     signature = keys.sign(signing_key, _assemble(fields))
     fields["result"] = result_bytes
-    fields["signature"] = canonical(b64encode(signature))
+    fields["signature"] = _canonical_field(b64encode(signature))
     return _assemble(fields)
 
 

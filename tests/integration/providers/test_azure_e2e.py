@@ -33,7 +33,7 @@ def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm:
         assert vm["properties"]["securityProfile"]["securityType"] == "ConfidentialVM"
         assert vm["tags"]["duet-cvm"] == cvm_id
 
-        entries = client.state(cvm_id)["entries"]
+        entries = client.entries(cvm=cvm_id)
         created = next(e for e in entries if e["event"] == "cvm.created")
         [host_key] = fake_arm.host_keys.values()  # what cloud-init installed on the "VM"
         assert created["host_key_fingerprint"] == fingerprint(host_key)
@@ -61,7 +61,7 @@ def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm:
         job = client.wait_job(client.stop(cvm_id)["job_id"], timeout=60)
         assert job["status"] == "succeeded", job
         assert fake_arm.resources == {}
-        assert client.state(cvm_id)["entries"][-1]["event"] == "cvm.stopped"
+        assert client.entries(cvm=cvm_id)[-1]["event"] == "cvm.stopped"
     log = controller.log()
     assert "PRIVATE KEY" not in log and "customData" not in log
     assert "ManagedIdentityCredential" in log or fake_arm.token_requests  # the managed identity was used
