@@ -42,19 +42,22 @@ class Bench:
 
 
 @contextmanager
-def running_controller() -> Iterator[Bench]:
+def running_controller(*, tls: bool = True) -> Iterator[Bench]:
+    """A verified, pinned HTTPS controller; ``tls=False`` serves plain HTTP (--no-tls), as the
+    seed did, and its client then takes the identity as presented (--insecure)."""
     workdir = Path(tempfile.mkdtemp(prefix="duet-bench-"))
     key = keys.generate()
     key_path = workdir / "owner.pem"
     pub = keys.write_key_pair(key_path, key)
-    controller = ControllerProcess(workdir / "state", [pub], tee="simulated", tls=True)
+    controller = ControllerProcess(workdir / "state", [pub], tee="simulated", tls=tls)
     controller.start()
-    root = sgx_dcap.load_trust_root(simulated_root_pem(controller.state_dir), "simulated root")
-    verdict = verify_controller(controller.url, policy=Policy(), trust_roots=[root])
-    assert verdict.ok and verdict.pin is not None, verdict
     trust = TrustStore(workdir / "user")
-    trust.put(controller.url, verdict.pin)
-    client = DuetClient(controller.url, owner_key=key, trust=trust)
+    if tls:
+        root = sgx_dcap.load_trust_root(simulated_root_pem(controller.state_dir), "simulated root")
+        verdict = verify_controller(controller.url, policy=Policy(), trust_roots=[root])
+        assert verdict.ok and verdict.pin is not None, verdict
+        trust.put(controller.url, verdict.pin)
+    client = DuetClient(controller.url, owner_key=key, trust=trust, insecure=not tls)
     try:
         yield Bench(workdir, controller, client, key_path)
     finally:
