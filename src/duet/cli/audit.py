@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from typing import Annotated, Any, Optional
 
 import typer

@@ -39,7 +39,6 @@ _HINTS = {
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True)
 class AwsConfig:
     region: str

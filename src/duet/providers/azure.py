@@ -45,7 +45,6 @@ _HINTS = {
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True)
 class AzureConfig:
     """Everything the provider reads from the environment (seed ``azure_config.env`` keys accepted)."""

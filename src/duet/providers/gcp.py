@@ -42,7 +42,6 @@ _HINTS = {
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True)
 class GcpConfig:
     project: str
