@@ -7,7 +7,6 @@ its key and certificate.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import statistics
 import tempfile
@@ -23,7 +22,7 @@ from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
 from duet.client.verify import verify_controller
 from duet.controller.process import ControllerProcess
-from duet.providers.local import LocalProvider
+from duet.providers.local import remove_all
 from duet.tee.simulated import simulated_root_pem
 
 
@@ -63,7 +62,7 @@ def running_controller(*, tls: bool = True) -> Iterator[Bench]:
     finally:
         client.close()
         controller.stop()
-        asyncio.run(LocalProvider(workdir / "state" / "local-cvms").reconcile([]))
+        remove_all(workdir / "state")
         shutil.rmtree(workdir, ignore_errors=True)
 
 

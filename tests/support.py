@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
 from duet import keys
 from duet.client.sdk import DuetClient
+from duet.providers.local import remove_all
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,7 @@ def make_owner(directory: Path, name: str = "owner", key_type: str = "ed25519") 
 
 def remove_local_cvms(state_dir: Path) -> None:
     """Kill every local CVM's sshd left by a test (they outlive the controller on purpose)."""
-    from duet.providers.local import LocalProvider
-
-    root = state_dir / "local-cvms"
-    if root.exists():
-        asyncio.run(LocalProvider(root).reconcile([]))
+    remove_all(state_dir)
 
 
 def start_cvm(client: DuetClient, cvm_type: str = "snp") -> str:

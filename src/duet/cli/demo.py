@@ -25,6 +25,7 @@ from duet.client.sdk import ApiError, DuetClient
 from duet.client.trust import TrustStore
 from duet.client.verify import verify_controller
 from duet.controller.process import ControllerProcess
+from duet.providers.local import remove_all
 from duet.tee.simulated import simulated_root_pem
 
 console = Console()
@@ -142,6 +143,7 @@ def run_demo(*, keep: bool = False, play: Callable[[DuetClient], None] = scenari
         console.print(f"controller log: {controller.log_path}")
         return 1
     finally:
+        remove_all(controller.state_dir)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     console.print("\n[bold green]demo passed[/]: every step behaved as expected.")
