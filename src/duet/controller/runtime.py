@@ -94,7 +94,9 @@ def open_controller(settings: Settings) -> Controller:
         raise
     _record_owners(store, ledger, owners)
     identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)), tls_cert_sha256=tls.cert_sha256)
-    provider = make_provider(settings.provider, settings.state_dir, {**os.environ, **settings.provider_env})
+    provider = make_provider(
+        settings.provider, settings.state_dir, {**os.environ, **settings.provider_env}, controller_id=controller_id
+    )
     service = LifecycleService(settings, store, ledger, provider, SshPool())
     authenticator = RequestAuthenticator(store, controller_id, settings)
     return Controller(settings, identity, tee, store, ledger, service, authenticator, tls)

@@ -11,7 +11,21 @@ from duet.providers.base import Provider
 PROVIDERS: tuple[str, ...] = ("local", "azure", "aws", "gcp")
 
 
-def make_provider(name: str, state_dir: Path, env: Mapping[str, str]) -> Provider:
+PREFIX_SETTINGS = {"azure": ("DUET_AZURE_PREFIX", "PREFIX"), "aws": ("DUET_AWS_PREFIX",), "gcp": ("DUET_GCP_PREFIX",)}
+
+
+def controller_scoped(name: str, env: Mapping[str, str], controller_id: str | None) -> dict[str, str]:
+    """Cloud resources are named and tagged with a prefix, and a restarted controller deletes
+    whatever carries its prefix but belongs to no CVM it knows. Two controllers sharing a
+    resource group, account or project must therefore not share a prefix: unless one is set,
+    each controller's prefix is derived from its own id."""
+    names = PREFIX_SETTINGS.get(name, ())
+    if controller_id is None or not names or any(env.get(setting) for setting in names):
+        return dict(env)
+    return {**env, names[0]: f"duet-{controller_id[:8]}"}
+
+
+def make_provider(name: str, state_dir: Path, env: Mapping[str, str], *, controller_id: str | None = None) -> Provider:
     if name == "local":
         from duet.providers.local import LocalProvider
 
@@ -26,5 +40,5 @@ def make_provider(name: str, state_dir: Path, env: Mapping[str, str]) -> Provide
                 f"provider {name!r} needs its SDK: pip install 'duet[{name}]' ({exc})", code="provider_unavailable"
             ) from None
         cls = {"azure": "AzureProvider", "aws": "AwsProvider", "gcp": "GcpProvider"}[name]
-        return getattr(module, cls).from_env(env, state_dir)  # type: ignore[no-any-return]
+        return getattr(module, cls).from_env(controller_scoped(name, env, controller_id), state_dir)  # type: ignore[no-any-return]
     raise ConfigError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDERS)}", code="unknown_provider")

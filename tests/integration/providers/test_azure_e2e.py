@@ -17,6 +17,7 @@ from support import Owner, start_cvm
 from duet.client.sdk import ApiError, DuetClient
 from duet.client.trust import TrustStore
 from duet.controller.process import ControllerProcess
+from duet.providers import controller_scoped
 from duet.providers.azure import AzureProvider
 from duet.providers.base import CvmSpec
 from duet.remote.ssh import fingerprint
@@ -49,17 +50,24 @@ def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm:
         assert refused.value.code == "not_in_update"
 
         # A CVM the controller does not know (say, created before a crash lost its record)
-        # is deleted by reconcile when the controller restarts; the known one survives.
-        orphan = AzureProvider.from_env(azure_env, tmp_path)
-        fake_arm.ssh_port = None  # the orphan needs no sshd
-        asyncio.run(orphan.create(CvmSpec("orphan-cvm", "snp"), client_key.public, lambda _m: None))
+        # is deleted by reconcile when the controller restarts; the known one survives, and so
+        # does a CVM of another controller sharing the resource group (another prefix).
+        own = controller_scoped("azure", azure_env, client.pin().controller)
+        other = controller_scoped("azure", azure_env, "f" * 64)
+        fake_arm.ssh_port = None  # these need no sshd
+        asyncio.run(AzureProvider.from_env(own, tmp_path).create(CvmSpec("orphan-cvm", "snp"), client_key.public, lambda _m: None))
+        asyncio.run(AzureProvider.from_env(other, tmp_path).create(CvmSpec("neighbour-cvm", "snp"), client_key.public, lambda _m: None))
         assert any("orphan-cvm" in n for n in fake_arm.names())
         controller.restart()
         assert not any("orphan-cvm" in n for n in fake_arm.names())
+        assert any("neighbour-cvm" in n for n in fake_arm.names())
         assert client.state(cvm_id)["cvm"]["mode"] == "in-service"
 
         job = client.wait_job(client.stop(cvm_id)["job_id"], timeout=60)
         assert job["status"] == "succeeded", job
+        left = [name for name in fake_arm.names() if name != "default"]  # "default": the neighbour's subnet
+        assert left and all("neighbour-cvm" in name for name in left), left  # ours are all gone
+        asyncio.run(AzureProvider.from_env(other, tmp_path).reconcile([]))
         assert fake_arm.resources == {}
         assert client.entries(cvm=cvm_id)[-1]["event"] == "cvm.stopped"
     log = controller.log()
