@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev,azure,aws,gcp]'
-	$(PY) -m compileall -q src >/dev/null  # an editable install compiles nothing; every CLI call would
+	$(PY) -m compileall -q src >/dev/null  # editable installs compile nothing: spare each CLI call the work
 	touch $(STAMP)
 
 deps: $(STAMP) sshd
