@@ -1,0 +1,107 @@
+"""A man in the middle who alters the controller's answers is caught, and the user told plainly.
+
+A real TCP proxy sits between the `duet` command and a real controller and rewrites bytes of
+answers in flight (same length, so the HTTP framing stays valid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import start_cvm
+
+from duet.client.sdk import DuetClient
+from duet.controller.process import ControllerProcess
+
+
+class TamperingProxy:
+    """Forwards 127.0.0.1:port to the controller, replacing ``old`` by ``new`` in answers."""
+
+    def __init__(self, upstream_port: int, old: bytes, new: bytes) -> None:
+        assert len(old) == len(new)
+        self.upstream_port, self.old, self.new = upstream_port, old, new
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.tampered = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(downstream, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, downstream, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, tamper: bool) -> None:
+        try:
+            while data := source.recv(1 << 20):
+                if tamper and self.old in data:
+                    data = data.replace(self.old, self.new)
+                    self.tampered += 1
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def in_update_cvm(client: DuetClient) -> str:
+    return start_cvm(client)
+
+
+@pytest.fixture
+def proxy(controller: ControllerProcess) -> Iterator[TamperingProxy]:
+    # Make an in-update CVM look in-service (or any other lie of the same length).
+    tampering = TamperingProxy(controller.port, b'"mode":"in-update"', b'"mode":"in-servic"')
+    yield tampering
+    tampering.close()
+
+
+def duet_cli(proxy: TamperingProxy, owner: Any, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DUET_URL": f"http://127.0.0.1:{proxy.port}", "DUET_KEY": str(owner.path),
+           "DUET_HOME": str(tmp_path / "user"), "DUET_INSECURE": "1"}
+    return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_an_altered_answer_is_refused_and_the_user_told(proxy: TamperingProxy, in_update_cvm: str, owner: Any, tmp_path: Path) -> None:
+    done = duet_cli(proxy, owner, tmp_path, "cvm", "state", in_update_cvm)
+    assert proxy.tampered >= 1, "the proxy must have altered the answer for this test to mean anything"
+    assert done.returncode == 3
+    assert "UNTRUSTED ANSWER" in done.stderr
+    assert "in-servic" not in done.stdout  # nothing of the forged answer is shown
+
+
+def test_an_altered_answer_is_a_json_error_for_scripts(proxy: TamperingProxy, in_update_cvm: str, owner: Any, tmp_path: Path) -> None:
+    done = duet_cli(proxy, owner, tmp_path, "--json", "cvm", "state", in_update_cvm)
+    assert done.returncode == 3
+    assert json.loads(done.stdout)["error"]["code"] == "bad_answer_signature"
+
+
+def test_the_same_call_without_the_lie_succeeds(controller: ControllerProcess, in_update_cvm: str, owner: Any, tmp_path: Path) -> None:
+    honest = TamperingProxy(controller.port, b"never-in-any-answer", b"never-in-any-answer")
+    try:
+        done = duet_cli(honest, owner, tmp_path, "--json", "cvm", "state", in_update_cvm)
+    finally:
+        honest.close()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["cvm"]["mode"] == "in-update"
