@@ -108,3 +108,13 @@ def test_keygen_writes_a_private_key_only_the_user_can_read(tmp_path: Path) -> N
     again = subprocess.run([sys.executable, "-m", "duet", "--json", "keygen", "--out", str(tmp_path / "rsa.pem")],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and json.loads(again.stdout)["error"]["code"] == "key_exists"
+
+
+def test_start_on_a_provider_the_controller_did_not_enable_is_refused(controller: ControllerProcess, owner: Any, tmp_path: Path) -> None:
+    user = tmp_path / "user"
+    refused = duet_json(controller, owner, user, "cvm", "start", "--provider", "gcp", ok=False)
+    assert refused["error"]["code"] == "provider_not_enabled"
+    assert "local" in refused["error"]["message"]
+    started = duet_json(controller, owner, user, "cvm", "start", "--provider", "local")
+    assert started["mode"] == "in-update"
+    assert duet_json(controller, owner, user, "cvm", "list")["cvms"][0]["provider"] == "local"

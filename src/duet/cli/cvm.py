@@ -14,12 +14,14 @@ from duet.cli.context import CliContext
 app = typer.Typer(help="Start, command, mark, inspect and stop CVMs.", no_args_is_help=True)
 
 MODES = ("in-service", "in-update")
+PROVIDERS = ("local", "azure", "aws", "gcp")
 
 
 @app.command()
 def start(
     ctx: typer.Context,
     cvm_type: Annotated[str, typer.Option("--type", help="snp or tdx.")] = "snp",
+    provider: Annotated[Optional[str], typer.Option(help="local, azure, aws or gcp (one the controller enabled); default: the controller's first.")] = None,
     no_wait: Annotated[bool, typer.Option(help="Return the job id at once instead of waiting.")] = False,
 ) -> None:
     """Start a CVM; shows progress until it is in-update."""
@@ -27,7 +29,9 @@ def start(
     with output.errors(context), context.client(owner=True) as client:
         if cvm_type not in ("snp", "tdx"):
             raise output.UsageError(f"unknown CVM type {cvm_type!r}; use snp or tdx", code="bad_cvm_type")
-        accepted = client.start(cvm_type)
+        if provider is not None and provider not in PROVIDERS:
+            raise output.UsageError(f"unknown provider {provider!r}; use {', '.join(PROVIDERS)}", code="bad_provider")
+        accepted = client.start(cvm_type, provider=provider)
         output.first_contact_notice(context, client)
         if no_wait:
             output.emit(context, accepted, lambda console: console.print(f"job {accepted['job_id']} started CVM {accepted['cvm_id']}"))

@@ -95,7 +95,7 @@ def controller_serve(
     state_dir: Annotated[Path, typer.Option(help="Where the controller keeps its database and sealed keys.")],
     owner_key: Annotated[Optional[list[Path]], typer.Option(help="An owner's public key (PEM); repeat for several owners. "
                                                             "Pinned at first start; later starts may omit it.")] = None,
-    provider: Annotated[str, typer.Option(help="local (default), azure, aws or gcp.")] = "local",
+    provider: Annotated[Optional[list[str]], typer.Option(help="Enable a provider: local, azure, aws or gcp; repeat for several (the first is the default).")] = None,
     tee: Annotated[str, typer.Option(help="none, simulated or gramine.")] = "none",
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:6037",
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024 * 1024,
@@ -119,7 +119,7 @@ def controller_serve(
     if not host or not port.isdigit():
         raise typer.BadParameter("--listen must be HOST:PORT, e.g. 127.0.0.1:6037")
     settings = Settings(
-        state_dir=state_dir, owner_keys=tuple(owner_key or ()), provider=provider, tee=tee, host=host, port=int(port),
+        state_dir=state_dir, owner_keys=tuple(owner_key or ()), providers=tuple(dict.fromkeys(provider or ["local"])), tee=tee, host=host, port=int(port),
         max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit, seed_api=seed_api,
         tls=not no_tls, maa_url=maa_url, **({"gramine_sealed_dir": sealed_dir} if sealed_dir else {}),
     )

@@ -259,8 +259,9 @@ class DuetClient:
 
     # --- operations --------------------------------------------------------------------
 
-    def start(self, cvm_type: str) -> dict[str, Any]:
-        return self.call("/v1/cvms", "cvm.start", {"cvm_type": cvm_type})  # type: ignore[no-any-return]
+    def start(self, cvm_type: str, *, provider: str | None = None) -> dict[str, Any]:
+        params = {"cvm_type": cvm_type} if provider is None else {"cvm_type": cvm_type, "provider": provider}
+        return self.call("/v1/cvms", "cvm.start", params)  # type: ignore[no-any-return]
 
     def run(self, cvm_id: str, commands: list[str], *, timeout_s: float | None = None, output_limit: int | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"cvm_id": cvm_id, "commands": commands}

@@ -24,8 +24,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await controller.service.recover()
         log.info(
-            "controller %s ready: provider %s, TEE %s, %d ledger entries",
-            controller.identity.controller_id, settings.provider, controller.tee.name, controller.ledger.size,
+            "controller %s ready: providers %s, TEE %s, %d ledger entries",
+            controller.identity.controller_id, ", ".join(settings.providers), controller.tee.name, controller.ledger.size,
         )
         try:
             yield

@@ -34,7 +34,7 @@ class ControllerProcess:
         state_dir: Path,
         owner_keys: list[Path],
         *,
-        provider: str = "local",
+        provider: str | tuple[str, ...] = "local",
         tee: str = "none",
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
@@ -43,7 +43,7 @@ class ControllerProcess:
     ) -> None:
         self.state_dir = state_dir
         self.owner_keys = owner_keys
-        self.provider = provider
+        self.providers = (provider,) if isinstance(provider, str) else provider
         self.tee = tee
         self.port = port or free_port()
         self.extra_args = extra_args
@@ -58,7 +58,7 @@ class ControllerProcess:
 
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "duet", "controller", "serve", "--state-dir", str(self.state_dir),
-                "--provider", self.provider, "--tee", self.tee, "--listen", f"127.0.0.1:{self.port}"]
+                *(arg for name in self.providers for arg in ("--provider", name)), "--tee", self.tee, "--listen", f"127.0.0.1:{self.port}"]
         for key in self.owner_keys:
             args += ["--owner-key", str(key)]
         if not self.tls:

@@ -94,10 +94,11 @@ def open_controller(settings: Settings) -> Controller:
         raise
     _record_owners(store, ledger, owners)
     identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)), tls_cert_sha256=tls.cert_sha256)
-    provider = make_provider(
-        settings.provider, settings.state_dir, {**os.environ, **settings.provider_env}, controller_id=controller_id
-    )
-    service = LifecycleService(settings, store, ledger, provider, SshPool())
+    env = {**os.environ, **settings.provider_env}
+    providers = {
+        name: make_provider(name, settings.state_dir, env, controller_id=controller_id) for name in settings.providers
+    }
+    service = LifecycleService(settings, store, ledger, providers, SshPool())
     authenticator = RequestAuthenticator(store, controller_id, settings)
     return Controller(settings, identity, tee, store, ledger, service, authenticator, tls)
 

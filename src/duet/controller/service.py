@@ -48,13 +48,14 @@ class LifecycleService:
         settings: Settings,
         store: Store,
         ledger: Ledger,
-        provider: Provider,
+        providers: dict[str, Provider],
         ssh: SshPool,
     ) -> None:
         self.settings = settings
         self.store = store
         self.ledger = ledger
-        self.provider = provider
+        self.providers = providers
+        self.default_provider = next(iter(providers))
         self.ssh = ssh
         self.jobs = JobRunner(store)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -70,27 +71,33 @@ class LifecycleService:
 
     async def start(self, request: AuthorizedRequest) -> dict[str, Any]:
         params: StartParams = request.params
+        provider = params.provider or self.default_provider
+        if provider not in self.providers:
+            raise InvalidParams(
+                f"provider {provider!r} is not enabled on this controller; it has {', '.join(self.providers)}",
+                code="provider_not_enabled",
+            )
         private_key, public_key = generate_client_key()
         cvm_id = hashlib.sha256(public_key.encode()).hexdigest()
         job_id = new_job_id()
         with self.store.transaction() as tx:
-            self.store.insert_cvm(tx, cvm_id, params.cvm_type, self.provider.name, public_key, private_key)
+            self.store.insert_cvm(tx, cvm_id, params.cvm_type, provider, public_key, private_key)
             self.store.insert_job(tx, job_id, "start", cvm_id)
             self.ledger.append(
                 tx, cvm=cvm_id, event="cvm.provisioning", actor=request.signer, request_digest=request.digest,
-                type=params.cvm_type, provider=self.provider.name, job=job_id, **request.ledger_marks(),
+                type=params.cvm_type, provider=provider, job=job_id, **request.ledger_marks(),
             )
         del private_key
-        self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key))
-        return {"job_id": job_id, "cvm_id": cvm_id, "mode": "provisioning"}
+        self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key, provider))
+        return {"job_id": job_id, "cvm_id": cvm_id, "mode": "provisioning", "provider": provider}
 
-    async def _provision(self, job_id: str, cvm_id: str, cvm_type: str, public_key: str) -> None:
+    async def _provision(self, job_id: str, cvm_id: str, cvm_type: str, public_key: str, provider: str) -> None:
         progress = self.jobs.progress(job_id)
         machine: Machine | None = None
         async with self._locked(cvm_id):
             try:
-                progress(f"creating the CVM with provider {self.provider.name}")
-                machine = await self.provider.create(CvmSpec(cvm_id, cvm_type), public_key, progress)  # type: ignore[arg-type]
+                progress(f"creating the CVM with provider {provider}")
+                machine = await self.providers[provider].create(CvmSpec(cvm_id, cvm_type), public_key, progress)  # type: ignore[arg-type]
                 with self.store.transaction() as tx:
                     self.store.update_cvm(tx, cvm_id, machine=machine.to_json())
                     self.ledger.append(
@@ -140,9 +147,10 @@ class LifecycleService:
 
     async def _delete_resources(self, cvm_id: str, machine: Machine | None) -> str | None:
         """Delete what the provider made for the CVM; returns the error text if that failed."""
-        record = machine or Machine(cvm_id=cvm_id, provider=self.provider.name)
+        provider = self.store.get_cvm(cvm_id).provider
+        record = machine or Machine(cvm_id=cvm_id, provider=provider)
         try:
-            await self.provider.delete(record, lambda step: None)
+            await self._provider(provider).delete(record, lambda step: None)
         except Exception as exc:
             log.error("cleanup of CVM %s failed: %s", cvm_id, _describe(exc))
             return _describe(exc)
@@ -268,7 +276,7 @@ class LifecycleService:
         error: str | None = None
         try:
             outcome = await self.ssh.run(
-                cvm.id, self._target(cvm.id, machine), self.provider.lockdown_command(machine),
+                cvm.id, self._target(cvm.id, machine), self._provider(cvm.provider).lockdown_command(machine),
                 timeout=60, output_limit=64 * 1024,
             )
             if outcome.exit_status not in (0, None, 255):
@@ -355,6 +363,17 @@ class LifecycleService:
 
     # --- plumbing ----------------------------------------------------------------------
 
+    def _provider(self, name: str) -> Provider:
+        """The provider a CVM was made with; it must stay enabled while the CVM exists."""
+        provider = self.providers.get(name)
+        if provider is None:
+            raise Conflict(
+                f"this CVM was made with provider {name!r}, which is not enabled now; restart the controller with "
+                f"--provider {name} to manage it",
+                code="provider_not_enabled",
+            )
+        return provider
+
     def _target(self, cvm_id: str, machine: Machine) -> SshTarget:
         key = self.store.ssh_private_key(cvm_id)
         if key is None:
@@ -383,14 +402,17 @@ class LifecycleService:
             else:
                 cvm = self.store.get_cvm(job.cvm_id)
                 await self._teardown(job.id, cvm)
-        known = [
-            Machine.from_json(cvm.machine) for cvm in self.store.list_cvms(ACTIVE_MODES) if cvm.machine
-        ]
-        await self.provider.reconcile(known)
-        for cvm in self.store.list_cvms(ACTIVE_MODES):
+        active = self.store.list_cvms(ACTIVE_MODES)
+        for name, provider in self.providers.items():
+            await provider.reconcile([Machine.from_json(cvm.machine) for cvm in active if cvm.machine and cvm.provider == name])
+        for cvm in active:
             if cvm.final or not cvm.machine:
                 continue
-            machine = await self.provider.resume(Machine.from_json(cvm.machine))
+            if cvm.provider not in self.providers:
+                log.warning("CVM %s was made with provider %s, which is not enabled: it cannot be managed until it is",
+                            cvm.id, cvm.provider)
+                continue
+            machine = await self.providers[cvm.provider].resume(Machine.from_json(cvm.machine))
             if machine.to_json() != cvm.machine:
                 with self.store.transaction() as tx:
                     self.store.update_cvm(tx, cvm.id, machine=machine.to_json())

@@ -13,7 +13,8 @@ SEED_PORT = 6037
 class Settings:
     state_dir: Path
     owner_keys: tuple[Path, ...] = ()
-    provider: str = "local"
+    providers: tuple[str, ...] = ("local",)
+    """The providers CVMs may be started with; the first is the default."""
     tee: str = "none"
     host: str = "127.0.0.1"
     port: int = SEED_PORT

@@ -37,6 +37,8 @@ class SignedRequest(_Strict):
 
 class StartParams(_Strict):
     cvm_type: Literal["snp", "tdx"]
+    provider: Literal["local", "azure", "aws", "gcp"] | None = None
+    """None: the controller's default provider."""
 
 
 class RunParams(_Strict):

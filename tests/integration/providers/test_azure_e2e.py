@@ -73,3 +73,28 @@ def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm:
     log = controller.log()
     assert "PRIVATE KEY" not in log and "customData" not in log
     assert "ManagedIdentityCredential" in log or fake_arm.token_requests  # the managed identity was used
+
+
+def test_one_controller_starts_cvms_on_several_providers(tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env) -> None:
+    controller = ControllerProcess(tmp_path / "state", [owner.pub_path], provider=("local", "azure"),
+                                   env=azure_env | fake_arm.identity_env())
+    with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
+        on_local = client.start("snp")  # the first provider given is the default
+        on_azure = client.start("tdx", provider="azure")
+        for accepted in (on_local, on_azure):
+            assert client.wait_job(accepted["job_id"], timeout=60)["status"] == "succeeded"
+        providers = {cvm["cvm_id"]: cvm["provider"] for cvm in client.list_cvms()}
+        assert providers == {on_local["cvm_id"]: "local", on_azure["cvm_id"]: "azure"}
+        [vm] = fake_arm.bodies("virtualMachines")
+        assert vm["properties"]["hardwareProfile"]["vmSize"] == "Standard_DC2eds_v5"
+        for cvm_id in providers:
+            assert client.run(cvm_id, ["echo up"])["results"][0]["stdout"] == "up\n"
+
+        with pytest.raises(ApiError) as refused:
+            client.start("snp", provider="aws")
+        assert (refused.value.status, refused.value.code) == (422, "provider_not_enabled")
+
+        for cvm_id in providers:
+            assert client.wait_job(client.stop(cvm_id)["job_id"], timeout=60)["status"] == "succeeded"
+        assert fake_arm.resources == {}
+        assert not (controller.state_dir / "local-cvms" / on_local["cvm_id"]).exists()
