@@ -107,19 +107,22 @@ def controller_serve(
     no_tls: Annotated[bool, typer.Option("--no-tls", help="Serve plain HTTP (development only; clients need --insecure).")] = False,
     maa_url: Annotated[Optional[str], typer.Option(help="Have Azure Attestation check this controller's quote at start; refuse to serve if it fails.")] = None,
     sealed_dir: Annotated[Optional[Path], typer.Option(help="With --tee gramine: the encrypted mount for sealed state (default /duet/sealed).")] = None,
+    env_file: Annotated[Optional[Path], typer.Option(help="Provider settings as KEY=VALUE lines, e.g. the seed's azure_config.env; the environment is read too.")] = None,
 ) -> None:
     """Serve the controller over HTTPS (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
     import logging
 
     from duet.controller.app import serve
-    from duet.controller.settings import Settings
+    from duet.controller.settings import Settings, read_env_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise typer.BadParameter("--listen must be HOST:PORT, e.g. 127.0.0.1:6037")
+    with output.errors(CliContext(url="", key_path=None, json=False)):
+        provider_env = read_env_file(env_file) if env_file else {}
     settings = Settings(
-        state_dir=state_dir, owner_keys=tuple(owner_key or ()), providers=tuple(dict.fromkeys(provider or ["local"])), tee=tee, host=host, port=int(port),
+        provider_env=provider_env, state_dir=state_dir, owner_keys=tuple(owner_key or ()), providers=tuple(dict.fromkeys(provider or ["local"])), tee=tee, host=host, port=int(port),
         max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit, seed_api=seed_api,
         tls=not no_tls, maa_url=maa_url, **({"gramine_sealed_dir": sealed_dir} if sealed_dir else {}),
     )

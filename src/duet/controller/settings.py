@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from duet.errors import ConfigError
+
 MiB = 1024 * 1024
 SEED_PORT = 6037
 
@@ -53,3 +55,22 @@ class Settings:
     def nonce_retention_s(self) -> float:
         """Nonces must outlive the window in which their request is still accepted."""
         return 2 * self.request_skew_s + 60
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines, as Docker's ``--env-file`` reads them (the seed's ``azure_config.env``):
+    blank lines and ``#`` comments skipped, values taken as written (quotes are not removed)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}", code="env_file_unreadable") from None
+    settings: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip() or any(c.isspace() for c in key.strip()):
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE", code="bad_env_file")
+        settings[key.strip()] = value
+    return settings

@@ -76,8 +76,11 @@ def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm:
 
 
 def test_one_controller_starts_cvms_on_several_providers(tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env) -> None:
+    # The Azure settings come as the seed's azure_config.env file (KEY=VALUE lines).
+    env_file = tmp_path / "azure_config.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in azure_env.items()))
     controller = ControllerProcess(tmp_path / "state", [owner.pub_path], provider=("local", "azure"),
-                                   env=azure_env | fake_arm.identity_env())
+                                   extra_args=("--env-file", str(env_file)), env=fake_arm.identity_env())
     with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
         on_local = client.start("snp")  # the first provider given is the default
         on_azure = client.start("tdx", provider="azure")
