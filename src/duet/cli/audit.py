@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from duet.cli import output
 from duet.cli.context import CliContext
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def audit(
@@ -121,6 +121,8 @@ def _report(context: CliContext, result: Any, *, first: bool) -> None:
             + (f", {len(result.outputs)} outputs match their hashes" if result.outputs else "")
         )
     else:
+        from rich.markup import escape
+
         err = output.err_console
         err.print(f"[bold red]✗ AUDIT FAILED[/] for controller {result.controller[:16]}… at {escape(result.url)}:")
         for finding in result.findings:
@@ -128,7 +130,9 @@ def _report(context: CliContext, result: Any, *, first: bool) -> None:
     sys.stdout.flush()
 
 
-def _header(console: Console, result: Any) -> None:
+def _header(console: "Console", result: Any) -> None:
+    from rich.markup import escape
+
     pin_note = " (pinned now, on first use)" if result.first_contact else ""
     console.print(f"Controller [bold]{result.controller}[/] at {escape(result.url)}{pin_note}")
     if result.cvm:
@@ -146,7 +150,10 @@ def _header(console: Console, result: Any) -> None:
         )
 
 
-def _table(console: Console, rows: list[dict[str, Any]], *, cvm_column: bool, long: bool) -> None:
+def _table(console: "Console", rows: list[dict[str, Any]], *, cvm_column: bool, long: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     columns = ["seq", "time", *(["CVM"] if cvm_column else []), "event", "mode", "command", "exit", "detail", "ok"]
     if long:
         columns.append("stdout")

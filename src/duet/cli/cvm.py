@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from duet.cli import output
 from duet.cli.context import CliContext
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(help="Start, command, mark, inspect and stop CVMs.", no_args_is_help=True)
 
@@ -104,7 +105,7 @@ def state(
                     digest = row.get(f"{stream}_sha256")
                     if digest:
                         row[stream] = client.blob(digest).decode(errors="replace")
-        output.emit(context, answer, lambda console: _render_state(console, answer["cvm"], commands, long))
+        output.emit_plain(context, answer, lambda: _state_text(answer["cvm"], commands, long))
 
 
 @app.command("list")
@@ -113,12 +114,10 @@ def list_cvms(ctx: typer.Context) -> None:
     context: CliContext = ctx.obj
     with output.errors(context), context.client() as client:
         cvms = client.list_cvms()
-        def render(console: Console) -> None:
-            table = Table("CVM id", "type", "provider", "mode", "final", "created")
-            for cvm in cvms:
-                table.add_row(cvm["cvm_id"], cvm["type"], cvm["provider"], cvm["mode"], "yes" if cvm["final"] else "", cvm["created_at"])
-            console.print(table)
-        output.emit(context, {"cvms": cvms}, render)
+        rows = [[cvm["cvm_id"], cvm["type"], cvm["provider"], cvm["mode"], "yes" if cvm["final"] else "", cvm["created_at"]]
+                for cvm in cvms]
+        output.emit_plain(context, {"cvms": cvms}, lambda: output.plain_table(
+            ["CVM id", "type", "provider", "mode", "final", "created"], rows))
 
 
 @app.command()
@@ -154,7 +153,7 @@ def _job_error(job: dict[str, Any]) -> Exception:
     return DuetError(f"job {job['job_id']} {job['status']}: {error.get('message', 'no reason given')}", code=error.get("code", "job_failed"))
 
 
-def _render_results(console: Console, results: list[dict[str, Any]]) -> None:
+def _render_results(console: "Console", results: list[dict[str, Any]]) -> None:
     for item in results:
         status = item["exit_status"]
         colour = "green" if status == 0 else "red"
@@ -166,16 +165,22 @@ def _render_results(console: Console, results: list[dict[str, Any]]) -> None:
             console.print(item["stderr"], end="" if item["stderr"].endswith("\n") else "\n", style="red", markup=False, highlight=False)
 
 
-def _render_state(console: Console, cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool) -> None:
-    console.print(
-        f"CVM [bold]{cvm['cvm_id']}[/]  type {cvm['type']}  provider {cvm['provider']}  mode [bold]{cvm['mode']}[/]"
-        + ("  (final)" if cvm["final"] else "") + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "")
-    )
-    table = Table("seq", "command", "exit", "ms", "stdout" if long else "stdout sha256", show_lines=long)
+def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool) -> str:
+    head = (f"CVM {cvm['cvm_id']}  type {cvm['type']}  provider {cvm['provider']}  mode {cvm['mode']}"
+            + ("  (final)" if cvm["final"] else "") + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "") + "\n\n")
+
+    def exit_text(item: dict[str, Any]) -> str:
+        return str(item["status"] if item.get("exit_status") is None else item["exit_status"])
+
+    if not long:
+        rows = [[str(item["seq"]), item["command"], exit_text(item), f"{item.get('duration_ms', 0):.1f}",
+                 (item.get("stdout_sha256") or "")[:16]] for item in commands]
+        return head + output.plain_table(["seq", "command", "exit", "ms", "stdout sha256"], rows)
+    blocks = []
     for item in commands:
-        exit_text = item["status"] if item.get("exit_status") is None else str(item["exit_status"])
-        table.add_row(
-            str(item["seq"]), item["command"], exit_text, f"{item.get('duration_ms', 0):.1f}",
-            item.get("stdout", "") if long else (item.get("stdout_sha256") or "")[:16],
-        )
-    console.print(table)
+        block = f"[{item['seq']}] $ {item['command']}  (exit {exit_text(item)}, {item.get('duration_ms', 0):.1f} ms)\n"
+        for stream in ("stdout", "stderr"):
+            if item.get(stream):
+                block += "".join(f"    {stream[3:]}| {line}\n" for line in item[stream].splitlines())
+        blocks.append(block)
+    return head + "".join(blocks)

@@ -2,6 +2,10 @@
 
 Errors become ``{"error": {"code", "message"}}`` and a non-zero exit; a signature that does
 not verify is said plainly, because it means the answer cannot be trusted at all.
+
+rich is imported on first use only (``output.console``, ``output.err_console``): the read
+commands people and scripts run most (`cvm state`, `cvm list`, any `--json` call) print
+plain text and never pay for it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,32 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import typer
-from rich.console import Console
 
 from duet.cli.context import CliContext
 from duet.errors import DuetError
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+_consoles: dict[str, "Console"] = {}
+
+
+def _console(name: str) -> "Console":
+    if name not in _consoles:
+        from rich.console import Console
+
+        _consoles[name] = Console(stderr=name == "err_console")
+    return _consoles[name]
+
+
+def __getattr__(name: str) -> "Console":
+    """``output.console`` and ``output.err_console``, made when first used."""
+    if name in ("console", "err_console"):
+        return _console(name)
+    raise AttributeError(name)
 
 EXIT_REFUSED = 1
 EXIT_UNTRUSTED = 3
@@ -29,11 +51,23 @@ class UsageError(DuetError):
     code, status = "usage", 400
 
 
-def emit(context: CliContext, data: Any, render: Callable[[Console], None]) -> None:
+def emit(context: CliContext, data: Any, render: Callable[["Console"], None]) -> None:
     if context.json:
         sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
     else:
-        render(console)
+        render(_console("console"))
+
+
+def emit_plain(context: CliContext, data: Any, text: Callable[[], str]) -> None:
+    """Like :func:`emit`, for output that needs no colour: printed without loading rich."""
+    sys.stdout.write(json.dumps(data, sort_keys=True) + "\n" if context.json else text())
+
+
+def plain_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns aligned with spaces, a rule under the headers; cells must be single lines."""
+    widths = [max([len(header), *(len(row[index]) for row in rows)]) for index, header in enumerate(headers)]
+    lines = [headers, ["-" * width for width in widths], *rows]
+    return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() + "\n" for line in lines)
 
 
 @contextmanager
@@ -50,21 +84,19 @@ def errors(context: CliContext) -> Iterator[None]:
         if context.json:
             sys.stdout.write(json.dumps({"error": {"code": exc.code, "message": exc.message}}, sort_keys=True) + "\n")
         elif exc.code in ("controller_not_verified", "plain_http"):
-            err_console.print(f"[bold red]refused[/] ({exc.code}): {exc.message}")
+            _console("err_console").print(f"[bold red]refused[/] ({exc.code}): {exc.message}")
         elif exc.code in ("controller_key_changed", "tls_pin_mismatch"):
-            err_console.print(f"[bold red]REFUSED CONTROLLER[/] ({exc.code}): {exc.message}")
+            _console("err_console").print(f"[bold red]REFUSED CONTROLLER[/] ({exc.code}): {exc.message}")
         elif untrusted:
-            err_console.print(f"[bold red]UNTRUSTED ANSWER[/]: {exc.message} ({exc.code}). Nothing in it was used.")
+            _console("err_console").print(f"[bold red]UNTRUSTED ANSWER[/]: {exc.message} ({exc.code}). Nothing in it was used.")
         else:
-            err_console.print(f"[bold red]error[/] ({exc.code}): {exc.message}")
+            _console("err_console").print(f"[bold red]error[/] ({exc.code}): {exc.message}")
         raise typer.Exit(EXIT_UNTRUSTED if untrusted else EXIT_REFUSED) from None
 
 
 def warn(message: str) -> None:
     """A trust warning: always on stderr, so that --json output stays one object on stdout."""
-    from rich.markup import escape
-
-    err_console.print(f"[bold yellow]warning[/]: {escape(message)}", highlight=False)
+    sys.stderr.write(f"warning: {message}\n")
 
 
 def first_contact_notice(context: CliContext, client: Any) -> None:
