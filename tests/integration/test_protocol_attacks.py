@@ -216,3 +216,11 @@ def test_a_forged_answer_is_refused_by_the_client(client: DuetClient, controller
     with pytest.raises(VerificationError) as refused:
         verify_answer(forged, controller=pin.controller, public_key=pin.public_key(), nonce="ef" * 16)
     assert refused.value.code == "bad_answer_signature"
+
+
+def test_a_malformed_read_nonce_is_a_signed_400(client: DuetClient) -> None:
+    for path in ("/v1/cvms/" + "0" * 64, "/v1/ledger/head", "/v1/cvms"):
+        response = httpx.get(client.url + path, params={"nonce": "not-hex!"}, timeout=10)
+        pin = client.pin()
+        result = verify_answer(response.json(), controller=pin.controller, public_key=pin.public_key())
+        assert (response.status_code, result["error"]["code"]) == (400, "bad_nonce"), path

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from duet import __version__
-from duet.controller.api import install_error_handlers, router
+from duet.controller.api import FAST_ROUTES, install_error_handlers, router
 from duet.controller.ledger_api import router as ledger_router
 from duet.controller.runtime import Controller, open_controller
 from duet.controller.settings import Settings
@@ -39,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.controller = controller
+    app.router.routes[:0] = FAST_ROUTES
     app.include_router(router)
     app.include_router(ledger_router)
     install_error_handlers(app)
