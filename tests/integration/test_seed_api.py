@@ -8,9 +8,7 @@ mistake in duet's byte rules cannot hide behind the same mistake in its client.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import subprocess
@@ -29,8 +27,7 @@ from support import Owner, make_owner, remove_local_cvms
 
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
-from duet.controller.process import ControllerProcess
-from duet.controller.settings import Settings
+from duet.controller.process import ControllerProcess, free_port
 
 PSS_MAX = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
 IN_SERVICE_ERROR = "run-commands: Running commands not allowed while CVM is in service."
@@ -87,18 +84,9 @@ class SpecClient:
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-def serve_args(*args: str) -> tuple[str, ...]:
-    """The seed protocol is plain HTTP (its clients know nothing of duet's TLS certificate)."""
-    has_tls = any(field.name == "tls" for field in dataclasses.fields(Settings))
-    adds_no_tls = "tls" in inspect.signature(ControllerProcess).parameters  # it passes --no-tls by default
-    return (*args, "--no-tls") if has_tls and not adds_no_tls else args
-
-
 def v1_client(url: str, owner_key: Any, user_dir: Path) -> DuetClient:
-    """A v1 client of this plain-HTTP test controller (not verified: TEE none; answers still checked)."""
-    extra = {"insecure": True} if "insecure" in inspect.signature(DuetClient).parameters else {}
-    return DuetClient(url, owner_key=owner_key, trust=TrustStore(user_dir), **extra)
-
+    """A v1 client of this test controller (not verified: TEE none; answers still checked)."""
+    return DuetClient(url, owner_key=owner_key, trust=TrustStore(user_dir), insecure=True)
 
 
 @dataclass(frozen=True)
@@ -138,7 +126,7 @@ def v1_owner(tmp_path_factory: pytest.TempPathFactory) -> Owner:
 def seed_controller(tmp_path_factory: pytest.TempPathFactory, rsa_owner: RsaOwner, v1_owner: Owner) -> Iterator[ControllerProcess]:
     """One controller for the module (its RSA-4096 key takes a moment to make); tests use their own CVMs."""
     process = ControllerProcess(
-        tmp_path_factory.mktemp("seed-controller") / "state", [v1_owner.pub_path, rsa_owner.pub_path], extra_args=serve_args("--seed-api")
+        tmp_path_factory.mktemp("seed-controller") / "state", [v1_owner.pub_path, rsa_owner.pub_path], extra_args=("--seed-api",)
     )
     process.start(timeout=60)
     try:
@@ -356,7 +344,7 @@ def test_start_up_warns_that_the_seed_protocol_has_no_replay_protection(seed_con
 
 
 def test_the_seed_protocol_is_off_by_default(tmp_path: Path, rsa_owner: RsaOwner) -> None:
-    with ControllerProcess(tmp_path / "state", [rsa_owner.pub_path], extra_args=serve_args()) as controller:
+    with ControllerProcess(tmp_path / "state", [rsa_owner.pub_path], ) as controller:
         assert httpx.get(controller.url + "/quote", timeout=10).status_code == 404
         assert httpx.post(controller.url + "/start_cvm", json={"params": {"cvm_type": "snp"}}, timeout=10).status_code == 404
         assert not (controller.state_dir / "sealed" / "controller-seed-rsa.pem").exists()
@@ -370,7 +358,7 @@ def test_quote_binds_the_rsa_key_and_the_key_survives_a_restart(tmp_path: Path, 
     from duet.attestation import sgx_dcap
     from duet.tee.simulated import simulated_root_pem
 
-    process = ControllerProcess(tmp_path / "state", [rsa_owner.pub_path], tee="simulated", extra_args=serve_args("--seed-api"))
+    process = ControllerProcess(tmp_path / "state", [rsa_owner.pub_path], tee="simulated", extra_args=("--seed-api",))
     process.start(timeout=60)
     try:
         first = httpx.get(process.url + "/quote", timeout=30).json()
@@ -437,3 +425,24 @@ def test_seed_style_end_to_end_script_runs_with_duet_seed_client(
     assert lines[state_start + 1] == "-" * 20 and lines[state_start + 2].startswith("Python 3.") and lines[state_start + 3] == "=" * 20
     assert lines[lines.index("===========End of command: stop-cvm===========") - 1] == "True"
     assert v1.state(cvm_id)["cvm"]["mode"] == "stopped"
+
+
+def test_the_seed_protocol_on_its_own_plain_listener_beside_https(tmp_path: Path, rsa_owner: RsaOwner, v1_owner: Owner) -> None:
+    """The seed's clients speak plain HTTP; /v1 stays HTTPS. One controller, one set of CVMs."""
+    seed_port = free_port()
+    controller = ControllerProcess(tmp_path / "state", [v1_owner.pub_path, rsa_owner.pub_path], tls=True,
+                                   extra_args=("--seed-listen", f"127.0.0.1:{seed_port}"))
+    try:
+        with controller:
+            assert controller.url.startswith("https://")
+            spec = SpecClient(f"http://127.0.0.1:{seed_port}", rsa_owner.key)
+            cvm_id = start(spec)
+            with v1_client(controller.url, v1_owner.key, tmp_path / "user") as v1:
+                assert v1.state(cvm_id)["cvm"]["mode"] == "in-update"
+                assert [e["protocol"] for e in v1.entries(cvm=cvm_id) if e["event"] == "cvm.provisioning"] == ["seed"]
+            assert spec.call("/stop_cvm", {"cvm_id": cvm_id}) == {"success": True, "status": True}
+            # The HTTPS listener does not serve the seed's routes.
+            assert httpx.get(controller.url + "/quote", verify=False, timeout=10).status_code == 404
+            assert "plain HTTP, no replay protection" in controller.log()
+    finally:
+        remove_local_cvms(controller.state_dir)

@@ -104,6 +104,9 @@ def controller_serve(
     seed_api: Annotated[bool, typer.Option(
         "--seed-api", help="Also serve the seed's protocol (/quote, /start_cvm, ...) for its clients. It has NO replay protection.",
     )] = False,
+    seed_listen: Annotated[Optional[str], typer.Option(
+        help="HOST:PORT: serve the seed's protocol there over plain HTTP, as its clients expect (implies --seed-api).",
+    )] = None,
     no_tls: Annotated[bool, typer.Option("--no-tls", help="Serve plain HTTP (development only; clients need --insecure).")] = False,
     maa_url: Annotated[Optional[str], typer.Option(help="Have Azure Attestation check this controller's quote at start; refuse to serve if it fails.")] = None,
     sealed_dir: Annotated[Optional[Path], typer.Option(help="With --tee gramine: the encrypted mount for sealed state (default /duet/sealed).")] = None,
@@ -116,18 +119,24 @@ def controller_serve(
     from duet.controller.settings import Settings, read_env_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise typer.BadParameter("--listen must be HOST:PORT, e.g. 127.0.0.1:6037")
+    host, port = _host_port(listen, "--listen")
+    seed_address = _host_port(seed_listen, "--seed-listen") if seed_listen else None
     with output.errors(CliContext(url="", key_path=None, json=False)):
         provider_env = read_env_file(env_file) if env_file else {}
     settings = Settings(
-        provider_env=provider_env, state_dir=state_dir, owner_keys=tuple(owner_key or ()), providers=tuple(dict.fromkeys(provider or ["local"])), tee=tee, host=host, port=int(port),
-        max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit, seed_api=seed_api,
+        provider_env=provider_env, state_dir=state_dir, owner_keys=tuple(owner_key or ()), providers=tuple(dict.fromkeys(provider or ["local"])), tee=tee, host=host, port=port,
+        max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit, seed_api=seed_api or seed_address is not None, seed_listen=seed_address,
         tls=not no_tls, maa_url=maa_url, **({"gramine_sealed_dir": sealed_dir} if sealed_dir else {}),
     )
     with output.errors(CliContext(url="", key_path=None, json=False)):
         serve(settings)
+
+
+def _host_port(value: str, option: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise typer.BadParameter(f"{option} must be HOST:PORT, e.g. 127.0.0.1:6037")
+    return host, int(port)
 
 
 @controller_app.command("sim-root")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from duet import __version__
 from duet.controller.api import FAST_ROUTES, install_error_handlers, router
@@ -43,10 +48,22 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(ledger_router)
     install_error_handlers(app)
-    if settings.seed_api:
+    if settings.seed_api and settings.seed_listen is None:
         from duet.controller.seed_api import install_seed_api  # RSA key and routes only when asked for
 
         install_seed_api(app, controller)
+    return app
+
+
+def create_seed_app(controller: Controller) -> FastAPI:
+    """The seed's protocol alone, for its own plain-HTTP listener; the controller (store,
+    ledger, lifecycle) is the one of the main app, so there is still one set of CVMs."""
+    from duet.controller.seed_api import install_seed_api
+
+    app = FastAPI(title="duet controller — the seed's protocol", version=__version__, docs_url=None, redoc_url=None)
+    app.state.controller = controller
+    install_error_handlers(app)
+    install_seed_api(app, controller)
     return app
 
 
@@ -69,7 +86,27 @@ def serve(settings: Settings) -> None:
     else:
         log.warning("NO TLS (--no-tls): serving plain HTTP, for development only; clients reach this "
                     "controller only with --insecure")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False, **ssl)  # type: ignore[arg-type]
+    main = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False, **ssl)  # type: ignore[arg-type]
+    if settings.seed_listen is None:
+        uvicorn.Server(main).run()
+        return
+    seed_host, seed_port = settings.seed_listen
+    log.warning("the seed's protocol is served on http://%s:%d (plain HTTP, no replay protection)", seed_host, seed_port)
+    seed = uvicorn.Config(create_seed_app(controller), host=seed_host, port=seed_port, log_level="info",
+                          access_log=False, lifespan="off")
+    with asyncio.Runner(loop_factory=main.get_loop_factory()) as runner:  # uvloop, as uvicorn.run would
+        runner.run(_serve_both(uvicorn.Server(main), uvicorn.Server(seed)))
+
+
+async def _serve_both(main: "uvicorn.Server", seed: "uvicorn.Server") -> None:
+    """Both listeners in one event loop. The main server starts last, so its signal handlers
+    are the ones in force: a SIGTERM ends it (and its lifespan), and then the seed listener."""
+    seed_task = asyncio.create_task(seed.serve())
+    try:
+        await main.serve()
+    finally:
+        seed.should_exit = True
+        await seed_task
 
 
 def controller_of(app: FastAPI) -> Controller:

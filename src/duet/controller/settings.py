@@ -42,6 +42,9 @@ class Settings:
     seed_api: bool = False
     """Also serve the seed's protocol at the root paths (controller/seed_api.py). Off by
     default: it has no replay protection."""
+    seed_listen: tuple[str, int] | None = None
+    """Serve the seed's protocol on its own plain-HTTP address (its clients know nothing of
+    duet's TLS certificate), while /v1 stays on the HTTPS listener."""
 
     @property
     def sealed_dir(self) -> Path:
