@@ -207,6 +207,11 @@ class _Collector(asyncssh.SSHClientSession[bytes]):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost: Exception | None = None
 
+    @property
+    def awaiting_pid(self) -> bool:
+        """The remote shell's pid marker has not arrived yet (nor turned out to be missing)."""
+        return self._head is not None and not self.closed.done()
+
     def _keep(self, buf: bytearray, data: bytes) -> bool:
         """Append what fits; return whether something was dropped."""
         room = self.limit - len(buf)
@@ -408,6 +413,10 @@ async def _kill(conn: asyncssh.SSHClientConnection, chan: asyncssh.SSHClientChan
     that honour it (non-root logins on stock OpenSSH)."""
     with contextlib.suppress(OSError, asyncssh.Error):
         chan.send_signal("KILL")
+    # Cancelled right after the start, the pid marker may still be in flight: wait for it.
+    deadline = time.monotonic() + _CLOSE_GRACE_S
+    while session.awaiting_pid and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     pid = session.remote_pid
     if pid is not None and not session.closed.done():
         with contextlib.suppress(OSError, asyncssh.Error, asyncio.TimeoutError, TimeoutError):
