@@ -101,3 +101,22 @@ def test_one_controller_starts_cvms_on_several_providers(tmp_path: Path, owner: 
             assert client.wait_job(client.stop(cvm_id)["job_id"], timeout=60)["status"] == "succeeded"
         assert fake_arm.resources == {}
         assert not (controller.state_dir / "local-cvms" / on_local["cvm_id"]).exists()
+
+
+@pytest.mark.parametrize("step", ["publicIPAddresses", "virtualMachines"])
+def test_a_cloud_failure_ends_the_cvm_failed_with_the_clouds_message(
+    tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env, step: str
+) -> None:
+    fake_arm.fail(step, "QuotaExceeded", f"Operation could not be completed as it results in exceeding quota ({step}, injected).")
+    controller = ControllerProcess(tmp_path / "state", [owner.pub_path], provider="azure", env=azure_env | fake_arm.identity_env())
+    with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
+        accepted = client.start("snp")
+        job = client.wait_job(accepted["job_id"], timeout=60)
+        assert job["status"] == "failed"
+        assert "exceeding quota" in job["error"]["message"]
+        cvm = client.state(accepted["cvm_id"])["cvm"]
+        assert cvm["mode"] == "failed" and f"({step}, injected)" in cvm["failure"]
+        failed = client.entries(cvm=accepted["cvm_id"])[-1]
+        assert failed["event"] == "cvm.failed" and f"({step}, injected)" in failed["reason"]
+        assert failed["cleanup_error"] is None
+        assert fake_arm.resources == {}
