@@ -4,7 +4,6 @@ Exit status: 0 only when everything verified; 3 when anything did not (what fail
 entry by entry); 1 when the controller could not be asked at all.
 """
 
-from __future__ import annotations
 
 import json
 import sys

@@ -1,6 +1,5 @@
 """``duet cvm ...``: the owner's and the users' commands for CVMs."""
 
-from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 

@@ -7,7 +7,6 @@ Exit status of ``verify``: 0 only when the signatures verify, the policy holds a
 the report data matches; 1 when the evidence fails; 2 when the input or an option is unusable.
 """
 
-from __future__ import annotations
 
 import json
 import sys

@@ -5,7 +5,6 @@ Heavy modules (the server, the cloud SDKs, pydantic) are imported inside the com
 need them, so a client call starts fast.
 """
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional

@@ -4,7 +4,6 @@ Exit status: 0 verified and pinned; 3 (untrusted) when a check failed or the con
 the one pinned before; 2 when an option is unusable.
 """
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
