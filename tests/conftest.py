@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Owner, make_owner, remove_local_cvms
+from support import Owner, make_owner, serving
 
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
@@ -27,13 +27,8 @@ def owner(tmp_path: Path) -> Owner:
 
 @pytest.fixture
 def controller(tmp_path: Path, owner: Owner) -> Iterator[ControllerProcess]:
-    process = ControllerProcess(tmp_path / "state", [owner.pub_path])
-    process.start()
-    try:
+    with serving(ControllerProcess(tmp_path / "state", [owner.pub_path])) as process:
         yield process
-    finally:
-        process.stop()
-        remove_local_cvms(process.state_dir)
 
 
 @pytest.fixture

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from duet import keys
 from duet.client.sdk import DuetClient
+from duet.controller.process import ControllerProcess
 from duet.providers.local import remove_all
 
 
@@ -38,3 +41,28 @@ def start_cvm(client: DuetClient, cvm_type: str = "snp") -> str:
     job = client.wait_job(accepted["job_id"], timeout=60)
     assert job["status"] == "succeeded", job
     return accepted["cvm_id"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def serving(process: ControllerProcess) -> Iterator[ControllerProcess]:
+    """A started controller, stopped afterwards with its local CVMs removed."""
+    process.start(timeout=60)
+    try:
+        yield process
+    finally:
+        process.stop()
+        remove_local_cvms(process.state_dir)
+
+
+def sshd_processes(*words: str) -> list[int]:
+    """Pids of sshd processes whose command line holds every one of ``words``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "sshd" in line and all(word in line for word in words):
+                found.append(int(entry.name))
+    return found

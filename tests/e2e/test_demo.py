@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+
+from support import sshd_processes
 
 from duet.cli.demo import run_demo
 from duet.client.sdk import DuetClient
 
 
-def sshd_processes_of_demos() -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "duet-demo-" in line and "sshd" in line:
-                found.append(line)
-    return found
+def sshd_processes_of_demos() -> list[int]:
+    return sshd_processes("duet-demo-")
 
 
 def test_duet_demo_passes_and_says_so() -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from support import start_cvm
+from support import sshd_processes, start_cvm
 
 from duet.client.sdk import DuetClient
 from duet.controller.process import ControllerProcess
@@ -15,17 +14,8 @@ from duet.providers.local import LocalProvider
 
 
 def sshd_processes_for(cvm_id: str) -> list[int]:
-    """Every process whose command line names the CVM's directory (its sshd, its sessions)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if cvm_id in line and "sshd" in line:
-                found.append(int(entry.name))
-    return found
+    """Every sshd process whose command line names the CVM's directory (its listener, its sessions)."""
+    return sshd_processes(cvm_id)
 
 
 def wait_for(condition: Any, what: str, timeout: float = 30.0) -> Any:

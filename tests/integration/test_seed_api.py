@@ -23,7 +23,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from support import Owner, make_owner, remove_local_cvms
+from support import Owner, make_owner, remove_local_cvms, serving
 
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
@@ -125,15 +125,10 @@ def v1_owner(tmp_path_factory: pytest.TempPathFactory) -> Owner:
 @pytest.fixture(scope="module")
 def seed_controller(tmp_path_factory: pytest.TempPathFactory, rsa_owner: RsaOwner, v1_owner: Owner) -> Iterator[ControllerProcess]:
     """One controller for the module (its RSA-4096 key takes a moment to make); tests use their own CVMs."""
-    process = ControllerProcess(
+    with serving(ControllerProcess(
         tmp_path_factory.mktemp("seed-controller") / "state", [v1_owner.pub_path, rsa_owner.pub_path], extra_args=("--seed-api",)
-    )
-    process.start(timeout=60)
-    try:
+    )) as process:
         yield process
-    finally:
-        process.stop()
-        remove_local_cvms(process.state_dir)
 
 
 @pytest.fixture

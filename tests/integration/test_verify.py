@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Owner, make_owner, remove_local_cvms
+from support import Owner, make_owner, serving
 
 from duet import keys
 from duet.attestation import sgx_dcap as dcap
@@ -46,13 +46,8 @@ def duet(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int
 
 @pytest.fixture
 def attested(tmp_path: Path, owner: Owner) -> Iterator[ControllerProcess]:
-    process = ControllerProcess(tmp_path / "astate", [owner.pub_path], tee="simulated", tls=True)
-    process.start()
-    try:
+    with serving(ControllerProcess(tmp_path / "astate", [owner.pub_path], tee="simulated", tls=True)) as process:
         yield process
-    finally:
-        process.stop()
-        remove_local_cvms(process.state_dir)
 
 
 @pytest.fixture
