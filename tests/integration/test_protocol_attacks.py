@@ -224,3 +224,11 @@ def test_a_malformed_read_nonce_is_a_signed_400(client: DuetClient) -> None:
         pin = client.pin()
         result = verify_answer(response.json(), controller=pin.controller, public_key=pin.public_key())
         assert (response.status_code, result["error"]["code"]) == (400, "bad_nonce"), path
+
+
+def test_hostile_json_shapes_get_a_signed_400_and_change_nothing(client: DuetClient) -> None:
+    before = snapshot(client)
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000, b'{"request": ' + b"9" * 5000 + b"}"):
+        status, result = post(client, "/v1/cvms", body)
+        assert (status, result["error"]["code"]) == (400, "malformed_json")
+    assert snapshot(client) == before

@@ -52,6 +52,8 @@ def _reject_constant(name: str) -> None:
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("the request body nests JSON too deeply", code="malformed_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="malformed_json") from None
     if not isinstance(value, dict):
