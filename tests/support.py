@@ -31,11 +31,6 @@ def make_owner(directory: Path, name: str = "owner", key_type: str = "ed25519") 
     return Owner(key, path, pub_path)
 
 
-def remove_local_cvms(state_dir: Path) -> None:
-    """Kill every local CVM's sshd left by a test (they outlive the controller on purpose)."""
-    remove_all(state_dir)
-
-
 def start_cvm(client: DuetClient, cvm_type: str = "snp") -> str:
     accepted = client.start(cvm_type)
     job = client.wait_job(accepted["job_id"], timeout=60)
@@ -51,7 +46,7 @@ def serving(process: ControllerProcess) -> Iterator[ControllerProcess]:
         yield process
     finally:
         process.stop()
-        remove_local_cvms(process.state_dir)
+        remove_all(process.state_dir)
 
 
 def sshd_processes(*words: str) -> list[int]:

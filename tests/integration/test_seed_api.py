@@ -23,10 +23,11 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from support import Owner, make_owner, remove_local_cvms, serving
+from support import Owner, make_owner, serving
 
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
+from duet.providers.local import remove_all
 from duet.controller.process import ControllerProcess, free_port
 
 PSS_MAX = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
@@ -370,7 +371,7 @@ def test_quote_binds_the_rsa_key_and_the_key_survives_a_restart(tmp_path: Path, 
         assert httpx.get(process.url + "/quote", timeout=30).json()["public_key"] == first["public_key"]
     finally:
         process.stop()
-        remove_local_cvms(process.state_dir)
+        remove_all(process.state_dir)
 
 
 # --- duet seed-client runs a script written for the seed's client -----------------------------------
@@ -440,4 +441,4 @@ def test_the_seed_protocol_on_its_own_plain_listener_beside_https(tmp_path: Path
             assert httpx.get(controller.url + "/quote", verify=False, timeout=10).status_code == 404
             assert "plain HTTP, no replay protection" in controller.log()
     finally:
-        remove_local_cvms(controller.state_dir)
+        remove_all(controller.state_dir)

@@ -32,7 +32,6 @@ def start(
         if provider is not None and provider not in PROVIDERS:
             raise output.UsageError(f"unknown provider {provider!r}; use {', '.join(PROVIDERS)}", code="bad_provider")
         accepted = client.start(cvm_type, provider=provider)
-        output.first_contact_notice(context, client)
         if no_wait:
             output.emit(context, accepted, lambda console: console.print(f"job {accepted['job_id']} started CVM {accepted['cvm_id']}"))
             return
@@ -62,7 +61,6 @@ def run(
         if not commands:
             raise output.UsageError("no command given: duet cvm run ID -- CMD, or --cmd CMD", code="no_command")
         result = client.run(cvm_id, commands, timeout_s=timeout, output_limit=output_limit)
-        output.first_contact_notice(context, client)
         output.emit(context, result, lambda console: _render_results(console, result["results"]))
         if any(item["exit_status"] != 0 for item in result["results"]):
             raise typer.Exit(output.EXIT_REFUSED)

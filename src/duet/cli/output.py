@@ -98,7 +98,3 @@ def warn(message: str) -> None:
     """A trust warning: always on stderr, so that --json output stays one object on stdout."""
     sys.stderr.write(f"warning: {message}\n")
 
-
-def first_contact_notice(context: CliContext, client: Any) -> None:
-    """Kept for callers; trust warnings are now printed when the client is made
-    (:meth:`CliContext.client`), on every run, and pinning happens only in ``duet verify``."""

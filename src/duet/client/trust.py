@@ -103,11 +103,6 @@ class TrustStore:
         pins[url.rstrip("/")] = pin.to_dict()
         self._save(pins)
 
-    def forget(self, url: str) -> None:
-        pins = self._load()
-        if pins.pop(url.rstrip("/"), None) is not None:
-            self._save(pins)
-
 
 # --- TLS pinning -----------------------------------------------------------------------------
 #

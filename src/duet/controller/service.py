@@ -87,7 +87,6 @@ class LifecycleService:
                 tx, cvm=cvm_id, event="cvm.provisioning", actor=request.signer, request_digest=request.digest,
                 type=params.cvm_type, provider=provider, job=job_id, **request.ledger_marks(),
             )
-        del private_key
         self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key, provider))
         return {"job_id": job_id, "cvm_id": cvm_id, "mode": "provisioning", "provider": provider}
 

@@ -193,12 +193,8 @@ class Ledger:
     def entries(self, start: int = 0, end: int | None = None, cvm: str | None = None) -> list[dict[str, Any]]:
         end = self.tree.size if end is None else end
         self._check_range(start, end)
-        if cvm is None:
-            rows = self.store.db.execute("SELECT entry FROM ledger WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end))
-        else:
-            rows = self.store.db.execute(
-                "SELECT entry FROM ledger WHERE cvm_id = ? AND seq >= ? AND seq < ? ORDER BY seq", (cvm, start, end)
-            )
+        where, args = _range_filter(start, end, cvm)
+        rows = self.store.db.execute(f"SELECT entry FROM ledger WHERE {where} ORDER BY seq", args)
         return [json.loads(row[0]) for row in rows]
 
     def page(self, start: int = 0, end: int | None = None, cvm: str | None = None, limit: int = MAX_PAGE) -> dict[str, Any]:
@@ -206,7 +202,7 @@ class Ledger:
         end = self.tree.size if end is None else end
         self._check_range(start, end)
         limit = max(1, min(limit, MAX_PAGE))
-        where, args = ("seq >= ? AND seq < ?", (start, end)) if cvm is None else ("cvm_id = ? AND seq >= ? AND seq < ?", (cvm, start, end))
+        where, args = _range_filter(start, end, cvm)
         rows = self.store.db.execute(f"SELECT seq, entry FROM ledger WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
         stop = rows[-1][0] + 1 if len(rows) == limit else end
         return {
@@ -215,3 +211,10 @@ class Ledger:
             "end": min(stop, end),
             "tree_size": self.tree.size,
         }
+
+
+def _range_filter(start: int, end: int, cvm: str | None) -> tuple[str, tuple[Any, ...]]:
+    """SQL condition and arguments for entries start <= seq < end, optionally of one CVM."""
+    if cvm is None:
+        return "seq >= ? AND seq < ?", (start, end)
+    return "cvm_id = ? AND seq >= ? AND seq < ?", (cvm, start, end)

@@ -204,7 +204,6 @@ class AwsProvider:
             params = run_instances_params(cfg, name=name, tags=tags, instance_type=instance_type, sg_id=sg_id,
                                           user_data=cloud_init.user_data(host_key))
             instance_id = (await self._call(lambda: ec2.run_instances(**params)))["Instances"][0]["InstanceId"]
-            del params
             step = f"waiting for instance {instance_id} to run"
             progress(step)
             await self._call(lambda: self._waiter(ec2, "instance_running", [instance_id]))
@@ -332,10 +331,7 @@ class AwsProvider:
                        resources=machine.resources | {"instance_id": iid})
 
     def lockdown_command(self, machine: Machine) -> str:
-        key = machine.resources.get("authorized_key", "")
-        if not key:
-            raise ConfigError(f"CVM {machine.cvm_id}: machine record lacks the authorized key", code="machine_incomplete")
-        return cloud_init.lockdown_command(key)
+        return cloud_init.machine_lockdown_command(machine)
 
 
 def _tag(tags: list[dict[str, str]] | None, key: str) -> str:

@@ -333,7 +333,6 @@ class AzureProvider:
             body = vm_body(cfg, names, tags, vm_size=vm_size, image=image, nic_id=nic.id,
                            ssh_public_key=ssh_public_key, custom_data=cloud_init.user_data_b64(host_key))
             await self._call(lambda: compute.virtual_machines.begin_create_or_update(rg, names.vm, body).result())
-            del body
             step = f"reading public IP {names.public_ip}"
             progress(step)
             address = (await self._call(lambda: network.public_ip_addresses.get(rg, names.public_ip))).ip_address
@@ -439,7 +438,4 @@ class AzureProvider:
         return replace(machine, host=address or machine.host)
 
     def lockdown_command(self, machine: Machine) -> str:
-        key = machine.resources.get("authorized_key", "")
-        if not key:
-            raise ConfigError(f"CVM {machine.cvm_id}: machine record lacks the authorized key", code="machine_incomplete")
-        return cloud_init.lockdown_command(key)
+        return cloud_init.machine_lockdown_command(machine)

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from duet.errors import ConfigError
+from duet.providers.base import Machine
+
 
 @dataclass(frozen=True)
 class HostKey:
@@ -107,3 +110,11 @@ def lockdown_command(controller_public_key: str) -> str:
         "sudo systemctl mask \"$u\" >/dev/null 2>&1 || true; done; "
         f"! grep -qF {blob} \"$f\" 2>/dev/null"
     )
+
+
+def machine_lockdown_command(machine: Machine) -> str:
+    """The lockdown of a cloud CVM, from the controller key its machine record keeps."""
+    key = machine.resources.get("authorized_key", "")
+    if not key:
+        raise ConfigError(f"CVM {machine.cvm_id}: machine record lacks the authorized key", code="machine_incomplete")
+    return lockdown_command(key)

@@ -246,7 +246,6 @@ class GcpProvider:
                                          user_data=cloud_init.user_data(host_key))
             op = await self._call(lambda: c["instances"].insert_unary(
                 project=cfg.project, zone=cfg.zone, instance_resource=instance))
-            del instance
             await self._call(lambda: self._wait(op, zonal=True))
             step = f"reading the address of {name}"
             progress(step)
@@ -337,7 +336,4 @@ class GcpProvider:
         return replace(machine, host=address or machine.host)
 
     def lockdown_command(self, machine: Machine) -> str:
-        key = machine.resources.get("authorized_key", "")
-        if not key:
-            raise ConfigError(f"CVM {machine.cvm_id}: machine record lacks the authorized key", code="machine_incomplete")
-        return cloud_init.lockdown_command(key)
+        return cloud_init.machine_lockdown_command(machine)
