@@ -1,0 +1,304 @@
+"""The lifecycle's vocabulary and its rules, replayed from ledger entries (design.md §5, §6).
+
+One replay serves two readers. The controller derives what it enforces (each CVM's mode,
+final flag, lockdown, key, jobs, commands in flight) from its own verified ledger at start,
+so no row of the database decides anything. The auditor replays the same entries and
+reports every entry the rules forbid: a log that hashes correctly but shows a command
+started while the CVM was in service is a finding, not a pass.
+
+Pure: no I/O, no clock. Entries are fed in ledger order with ``apply``; unknown events are
+kept in the chain but change nothing, so older auditors read newer ledgers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# --- modes ---------------------------------------------------------------------------------
+
+PROVISIONING: Final = "provisioning"
+IN_UPDATE: Final = "in-update"
+IN_SERVICE: Final = "in-service"
+STOPPING: Final = "stopping"
+STOPPED: Final = "stopped"
+FAILED: Final = "failed"
+
+ACTIVE_MODES: Final = (IN_UPDATE, IN_SERVICE)
+MARKABLE_MODES: Final = (IN_UPDATE, IN_SERVICE)
+
+# --- events --------------------------------------------------------------------------------
+
+CVM_PROVISIONING: Final = "cvm.provisioning"
+CVM_CREATED: Final = "cvm.created"
+CVM_READY: Final = "cvm.ready"
+CVM_FAILED: Final = "cvm.failed"
+CVM_RESUMED: Final = "cvm.resumed"
+CVM_LOCKED: Final = "cvm.locked"
+CVM_STOPPING: Final = "cvm.stopping"
+CVM_STOPPED: Final = "cvm.stopped"
+CVM_STOP_FAILED: Final = "cvm.stop_failed"
+MODE_CHANGED: Final = "mode.changed"
+HOSTKEY_MISMATCH: Final = "hostkey.mismatch"
+COMMAND_STARTED: Final = "command.started"
+COMMAND_FINISHED: Final = "command.finished"
+COMMAND_FAILED: Final = "command.failed"
+COMMAND_INTERRUPTED: Final = "command.interrupted"
+CONTROLLER_STARTED: Final = "controller.started"
+CONTROLLER_OWNERS: Final = "controller.owners"
+CONTROLLER_OWNERS_REFUSED: Final = "controller.owners_refused"
+
+COMMAND_OUTCOMES: Final = (COMMAND_FINISHED, COMMAND_FAILED, COMMAND_INTERRUPTED)
+OWNER_EVENTS: Final = frozenset({CVM_PROVISIONING, COMMAND_STARTED, MODE_CHANGED, CVM_STOPPING})
+"""Events only an owner's signed request causes: their actor is an owner key, never the controller."""
+
+CONTROLLER_ACTOR: Final = "controller"
+"""The ledger actor for what the controller does on its own; every other actor is an owner key id."""
+
+# --- the transition table --------------------------------------------------------------------
+
+MODE_AFTER: Final[dict[str, str]] = {
+    CVM_PROVISIONING: PROVISIONING,
+    CVM_READY: IN_UPDATE,
+    CVM_FAILED: FAILED,
+    CVM_STOPPING: STOPPING,
+    CVM_STOPPED: STOPPED,
+}
+"""Events that move a CVM to a fixed mode (``mode.changed`` names its own)."""
+
+ALLOWED_IN: Final[dict[str, tuple[str, ...]]] = {
+    CVM_CREATED: (PROVISIONING,),
+    CVM_READY: (PROVISIONING,),
+    CVM_FAILED: (PROVISIONING,),
+    CVM_RESUMED: ACTIVE_MODES,
+    MODE_CHANGED: MARKABLE_MODES,
+    COMMAND_STARTED: (IN_UPDATE,),
+    CVM_STOPPING: (IN_UPDATE, IN_SERVICE, FAILED),
+    CVM_STOPPED: (STOPPING,),
+    CVM_STOP_FAILED: (STOPPING,),
+    CVM_LOCKED: (IN_SERVICE, STOPPING),
+}
+"""The modes a CVM must be in for each event; anything else is a forbidden sequence."""
+
+MODE_CHANGES: Final = frozenset({(IN_UPDATE, IN_SERVICE), (IN_SERVICE, IN_UPDATE), (IN_SERVICE, IN_SERVICE)})
+"""(previous, new) pairs ``mark`` may record; in-service → in-service only to add ``final``."""
+
+AFTER_LOCKDOWN: Final = frozenset({CVM_STOPPING, CVM_STOPPED, CVM_STOP_FAILED})
+"""Once the controller has locked itself out of a CVM, only stopping it remains."""
+
+KEY_DESTROYING: Final = frozenset({CVM_FAILED, CVM_STOPPED})
+"""Events after which the controller holds no key for the CVM (``cvm.locked`` with ok too)."""
+
+# --- lockdown states -------------------------------------------------------------------------
+
+LOCKDOWN_PENDING: Final = "pending"
+LOCKDOWN_DONE: Final = "done"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """An entry the rules forbid: a stable code, a plain message, the entry's seq."""
+
+    code: str
+    message: str
+    seq: int | None
+
+
+@dataclass
+class JobFacts:
+    id: str
+    kind: str
+    """``start`` or ``stop``."""
+    cvm_id: str
+    status: str = "running"
+    error: dict[str, str] | None = None
+    created_at: str = ""
+    updated_at: str = ""
+
+
+@dataclass
+class CvmFacts:
+    """What the ledger says of one CVM, entry by entry."""
+
+    id: str
+    type: str
+    provider: str
+    mode: str
+    created_at: str
+    updated_at: str
+    final: bool = False
+    failure: str | None = None
+    machine_sha256: str | None = None
+    host_key_fingerprint: str | None = None
+    key_destroyed: bool = False
+    lockdown: str | None = None
+    """None, ``pending`` (final, lockdown not verified yet) or ``done``."""
+    lockdown_error: str | None = None
+    lockdown_failures: int = 0
+    """``cvm.locked`` entries with ``ok: false`` so far."""
+    last_seq: int = -1
+    running: dict[int, str] = field(default_factory=dict)
+    """Commands started and not yet ended: started seq → command."""
+
+
+@dataclass
+class LifecycleReplay:
+    """Feeds ledger entries in order; keeps the derived state and the violations found.
+
+    ``owners`` is the owner set in force; it starts as ``initial_owners`` (e.g. the attested
+    identity's set, for an audit that does not see the controller's own entries) and follows
+    ``controller.owners`` entries. None means not known yet: actors are then not checked.
+    """
+
+    initial_owners: Iterable[str] | None = None
+    cvms: dict[str, CvmFacts] = field(default_factory=dict)
+    jobs: dict[str, JobFacts] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+    owners: frozenset[str] | None = None
+    size: int = 0
+    """Entries applied so far (the seq the next entry must have when replaying a whole ledger)."""
+    _owners_from_ledger: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.initial_owners is not None:
+            self.owners = frozenset(self.initial_owners)
+
+    def apply_all(self, entries: Iterable[dict[str, Any]]) -> "LifecycleReplay":
+        for entry in entries:
+            self.apply(entry)
+        return self
+
+    def apply(self, entry: dict[str, Any]) -> list[Violation]:
+        """Apply one entry; returns the violations it adds (also kept in ``violations``)."""
+        found: list[Violation] = []
+        seq = entry.get("seq") if isinstance(entry.get("seq"), int) else None
+        event = entry.get("event")
+        if not isinstance(event, str):
+            return found
+
+        def violation(code: str, message: str) -> None:
+            found.append(Violation(code, message, seq))
+
+        actor = entry.get("actor")
+        if event in OWNER_EVENTS and actor == CONTROLLER_ACTOR:
+            violation("unknown_actor", f"{event} names the controller as its actor; only an owner's signed request causes it")
+        if actor != CONTROLLER_ACTOR and self.owners is not None and actor not in self.owners:
+            violation("unknown_actor", f"{event} was signed by {str(actor)[:16]}…, which is not in the owner set in force")
+        if seq is not None:
+            self.size = max(self.size, seq + 1)
+        if event == CONTROLLER_STARTED:
+            resumed = entry.get("resumed_from")
+            if resumed != seq:
+                violation("resumed_elsewhere",
+                          f"the controller says it resumed from {resumed!r} entries, but its start entry is entry {seq}: "
+                          "entries were added or removed between two runs")
+        elif event == CONTROLLER_OWNERS:
+            owners = entry.get("owners")
+            new = frozenset(o for o in owners if isinstance(o, str)) if isinstance(owners, list) else frozenset()
+            if self.owners is not None and self._owners_from_ledger and new != self.owners:
+                violation("owners_changed", "the owner set changed without a governed change: the ledger shows "
+                          f"{len(self.owners)} owner(s) before and {len(new)} after, with no approvals")
+            self.owners, self._owners_from_ledger = new, True
+        cvm_id = entry.get("cvm")
+        if isinstance(cvm_id, str):
+            self._apply_cvm(cvm_id, event, entry, seq, violation)
+        self.violations.extend(found)
+        return found
+
+
+    def _apply_cvm(self, cvm_id: str, event: str, entry: dict[str, Any], seq: int | None, violation: Any) -> None:
+        time = str(entry.get("time") or "")
+        cvm = self.cvms.get(cvm_id)
+        if event == CVM_PROVISIONING:
+            if cvm is not None:
+                violation("cvm_reused", f"CVM {cvm_id[:16]}… is provisioned a second time")
+            self.cvms[cvm_id] = CvmFacts(
+                id=cvm_id, type=str(entry.get("type")), provider=str(entry.get("provider")), mode=PROVISIONING,
+                created_at=time, updated_at=time, last_seq=seq if seq is not None else -1,
+            )
+            job = entry.get("job")
+            if isinstance(job, str):
+                self.jobs[job] = JobFacts(job, "start", cvm_id, created_at=time, updated_at=time)
+            return
+        if cvm is None:
+            violation("unknown_cvm", f"{event} about CVM {cvm_id[:16]}…, which was never provisioned")
+            return
+        if seq is not None:
+            cvm.last_seq = seq
+        if cvm.lockdown == LOCKDOWN_DONE and event not in AFTER_LOCKDOWN:
+            violation("after_lockdown", f"{event} after the controller locked itself out of CVM {cvm_id[:16]}…; "
+                      "only a stop may follow")
+        allowed = ALLOWED_IN.get(event)
+        if allowed is not None and cvm.mode not in allowed:
+            what = "a command started" if event == COMMAND_STARTED else event
+            violation("forbidden_in_mode" if event != COMMAND_STARTED else "command_outside_update",
+                      f"{what} while CVM {cvm_id[:16]}… was {cvm.mode} (allowed only in {', '.join(allowed)})")
+        if event in MODE_AFTER:
+            cvm.mode = MODE_AFTER[event]
+            cvm.updated_at = time
+        if event == CVM_CREATED or event == CVM_RESUMED:
+            cvm.machine_sha256 = _str(entry.get("machine_sha256"))
+            cvm.host_key_fingerprint = _str(entry.get("host_key_fingerprint"))
+        elif event == CVM_READY:
+            self._end_job(cvm_id, "start", "succeeded", None, time)
+        elif event == CVM_FAILED:
+            cvm.failure = _str(entry.get("reason"))
+            code = _str(entry.get("code")) or "start_failed"
+            self._end_job(cvm_id, "start", "failed", {"code": code, "message": cvm.failure or ""}, time)
+        elif event == MODE_CHANGED:
+            self._mode_changed(cvm, entry, violation)
+            cvm.updated_at = time
+        elif event == CVM_LOCKED:
+            if not cvm.final:
+                violation("forbidden_in_mode", f"cvm.locked on CVM {cvm_id[:16]}…, which was never marked final")
+            if entry.get("ok") is True:
+                cvm.lockdown, cvm.lockdown_error = LOCKDOWN_DONE, None
+            else:
+                cvm.lockdown_error = _str(entry.get("error")) or "unknown"
+                cvm.lockdown_failures += 1
+        elif event == CVM_STOPPING:
+            job = entry.get("job")
+            if isinstance(job, str):
+                self.jobs[job] = JobFacts(job, "stop", cvm_id, created_at=time, updated_at=time)
+        elif event == CVM_STOPPED:
+            self._end_job(cvm_id, "stop", "succeeded", None, time)
+        elif event == CVM_STOP_FAILED:
+            self._end_job(cvm_id, "stop", "failed", {"code": "stop_failed", "message": _str(entry.get("reason")) or ""}, time)
+        elif event == COMMAND_STARTED and seq is not None:
+            cvm.running[seq] = str(entry.get("command"))
+        elif event in COMMAND_OUTCOMES:
+            started = entry.get("started_seq")
+            if not isinstance(started, int) or cvm.running.pop(started, None) is None:
+                violation("orphan_outcome", f"{event} names command entry {started!r}, which is not a running command of this CVM")
+        if event in KEY_DESTROYING or (event == CVM_LOCKED and entry.get("ok") is True) or entry.get("key_destroyed") is True:
+            cvm.key_destroyed = True
+
+    @staticmethod
+    def _mode_changed(cvm: CvmFacts, entry: dict[str, Any], violation: Any) -> None:
+        previous, new, final = entry.get("previous"), entry.get("mode"), entry.get("final") is True
+        if previous != cvm.mode:
+            violation("forbidden_transition", f"mode.changed says the CVM was {previous!r}, but it was {cvm.mode}")
+        if cvm.mode in MARKABLE_MODES and (cvm.mode, new) not in MODE_CHANGES:
+            violation("forbidden_transition", f"mode change {cvm.mode} → {new!r} is not allowed")
+        if cvm.final and new == IN_UPDATE:
+            violation("final_reopened", f"CVM {cvm.id[:16]}… was marked final, yet returned to in-update")
+        if cvm.final and not final:
+            violation("final_reopened", f"CVM {cvm.id[:16]}… lost its final flag")
+        if final and new != IN_SERVICE and not cvm.final:
+            violation("forbidden_transition", f"mode change to {new!r} marked final: only in-service can be final")
+        if (cvm.mode, new) == (IN_SERVICE, IN_SERVICE) and (cvm.final or not final):
+            violation("forbidden_transition", "in-service → in-service changes nothing unless it adds final")
+        if isinstance(new, str) and new in MARKABLE_MODES:
+            cvm.mode = new
+        if final and not cvm.final and new == IN_SERVICE:
+            cvm.final, cvm.lockdown = True, LOCKDOWN_PENDING
+
+    def _end_job(self, cvm_id: str, kind: str, status: str, error: dict[str, str] | None, time: str) -> None:
+        for job in self.jobs.values():
+            if job.cvm_id == cvm_id and job.kind == kind and job.status == "running":
+                job.status, job.error, job.updated_at = status, error, time
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
