@@ -14,8 +14,6 @@ import time
 import asyncssh
 from _setup import median_ms, running_controller
 
-from duet.controller.store import StateCipher, Store
-
 ROUNDS = 60
 
 
@@ -45,11 +43,8 @@ def main() -> None:
             through.append(time.perf_counter() - started)
             assert result["results"][0]["exit_status"] == 0
 
-        state = bench.controller.state_dir
-        store = Store(state / "duet.sqlite3", StateCipher(state / "sealed" / "state.key"))
-        machine = store.get_cvm(cvm_id).machine or {}
-        client_key = store.ssh_private_key(cvm_id) or ""
-        store.close()
+        machine = bench.controller.cvm_machine(cvm_id)
+        client_key = bench.controller.cvm_login_key(cvm_id) or ""
         raw = asyncio.run(raw_ssh(machine["port"], machine["username"], machine["host_key"], client_key))
 
     controller_ms, raw_ms = median_ms(through), median_ms(raw)

@@ -6,11 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from duet import keys
 from duet.client.sdk import DuetClient
 from duet.controller.process import ControllerProcess
 from duet.providers.local import remove_all
+
+if TYPE_CHECKING:
+    from duet.ledger.log import Ledger
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,21 @@ def sshd_processes(*words: str) -> list[int]:
             if "sshd" in line and all(word in line for word in words):
                 found.append(int(entry.name))
     return found
+
+
+def open_ledger(directory: Path, controller: str = "c" * 64) -> "Ledger":
+    """A ledger on its own database, anchored in a real sealed state kept beside it, so it
+    can be closed and opened again (and attacked on disk) like a controller's."""
+    from duet.controller.sealed_state import SealedState
+    from duet.controller.store import Store
+    from duet.ledger.log import Ledger
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path = directory / "anchor-signing.pem"
+    first_start = not key_path.exists()
+    if first_start:
+        keys.write_private_key(key_path, keys.generate("ed25519"))
+    anchor = SealedState.open(directory / "sealed", keys.load_private_key(key_path), first_start=first_start,
+                              owners={"o" * 64: "test owner"})
+    return Ledger(Store(directory / "db.sqlite3"), controller, anchor)
+

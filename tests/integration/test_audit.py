@@ -1,7 +1,10 @@
 """``duet audit`` and the ledger API against a real controller process whose disk is attacked.
 
-The host may roll the controller's database back, edit an entry or delete one; every time,
-``duet audit`` must say what failed and exit non-zero. Honest histories must verify (exit 0).
+The host may roll the controller's database back, edit an entry or delete one. An edit of the
+database alone is caught by the controller itself (it serves only entries matching its tree,
+and will not start on a ledger that does not reproduce its sealed head); a rollback of the
+whole state directory, sealed state included, only auditors can catch: ``duet audit`` must
+say what failed and exit non-zero. Honest histories must verify (exit 0).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import httpx
 import pytest
 from support import Owner, start_cvm
 
-from duet.client.sdk import DuetClient
+from duet.client.sdk import ApiError, DuetClient
 from duet.controller.process import ControllerProcess
+from duet.errors import DuetError
 from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import verify_answer
 
 DB_FILES = ("duet.sqlite3", "duet.sqlite3-wal", "duet.sqlite3-shm")
+STATE = (*DB_FILES, "sealed")
+"""The whole state: a host that rolls back the database alone is refused at start."""
 
 
 def duet_audit(controller: ControllerProcess, home: Path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -44,22 +50,40 @@ def codes(report: dict[str, Any]) -> list[str]:
     return [finding["code"] for finding in report["findings"]]
 
 
-def backup(controller: ControllerProcess, to: Path) -> None:
+def backup(controller: ControllerProcess, to: Path, names: tuple[str, ...] = STATE) -> None:
     controller.stop()
     to.mkdir()
-    for name in DB_FILES:
-        if (controller.state_dir / name).exists():
-            shutil.copy2(controller.state_dir / name, to / name)
+    for name in names:
+        source = controller.state_dir / name
+        if source.is_dir():
+            shutil.copytree(source, to / name)
+        elif source.exists():
+            shutil.copy2(source, to / name)
     controller.start()
 
 
-def restore(controller: ControllerProcess, frm: Path) -> None:
+def restore(controller: ControllerProcess, frm: Path, *, start: bool = True) -> None:
     controller.stop()
-    for name in DB_FILES:
-        (controller.state_dir / name).unlink(missing_ok=True)
-        if (frm / name).exists():
-            shutil.copy2(frm / name, controller.state_dir / name)
-    controller.start()
+    for name in STATE:
+        target, source = controller.state_dir / name, frm / name
+        if source.exists():
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+        elif name in DB_FILES:
+            target.unlink(missing_ok=True)
+    if start:
+        controller.start()
+
+
+def refused_start(controller: ControllerProcess) -> str:
+    """(Re)start the controller, which must refuse; returns its log."""
+    controller.stop()
+    with pytest.raises(DuetError, match="exited at start"):
+        controller.start()
+    return " ".join(controller.log().split())  # the console wraps long lines
 
 
 def db(controller: ControllerProcess) -> sqlite3.Connection:
@@ -101,7 +125,7 @@ def test_a_rolled_back_disk_is_reported_against_the_head_seen_before(
     rc, seen, _ = duet_audit(controller, home, cvm_id)
     assert rc == 0
 
-    restore(controller, tmp_path / "old-db")  # the host rolls the disk back; the controller restarts
+    restore(controller, tmp_path / "old-db")  # the host rolls all state back; the controller restarts
     rc, report, _ = duet_audit(controller, home, cvm_id)
 
     assert rc == 3 and codes(report) == ["ledger_shrank"]
@@ -118,7 +142,21 @@ def test_a_rolled_back_disk_is_reported_against_the_head_seen_before(
     assert rc == 3 and codes(report) == ["inconsistent_head"]
 
 
-def test_an_entry_altered_on_disk_is_reported(client: DuetClient, controller: ControllerProcess, home: Path) -> None:
+def test_a_database_rolled_back_alone_is_refused_at_start(client: DuetClient, controller: ControllerProcess,
+                                                          tmp_path: Path) -> None:
+    cvm_id = start_cvm(client)
+    backup(controller, tmp_path / "old-db", DB_FILES)
+    client.run(cvm_id, ["echo two"])
+    controller.stop()
+    for name in DB_FILES:
+        (controller.state_dir / name).unlink(missing_ok=True)
+        if (tmp_path / "old-db" / name).exists():
+            shutil.copy2(tmp_path / "old-db" / name, controller.state_dir / name)
+    assert "its tail was deleted" in refused_start(controller)
+
+
+def test_an_entry_altered_on_disk_is_not_served_and_stops_the_next_start(
+        client: DuetClient, controller: ControllerProcess, home: Path) -> None:
     cvm_id = start_cvm(client)
     result = client.run(cvm_id, ["echo secret-step"])["results"][0]
     assert duet_audit(controller, home, cvm_id)[0] == 0
@@ -127,18 +165,19 @@ def test_an_entry_altered_on_disk_is_reported(client: DuetClient, controller: Co
         entry = json.loads(conn.execute("SELECT entry FROM ledger WHERE seq = ?", (seq,)).fetchone()[0])
         conn.execute("UPDATE ledger SET entry = ? WHERE seq = ?", (canonical({**entry, "command": "echo harmless"}), seq))
 
-    rc, report, _ = duet_audit(controller, home, cvm_id)
-    assert rc == 3 and codes(report) == ["entry_altered"] and report["findings"][0]["seq"] == seq
-    assert [row["seq"] for row in report["timeline"] if not row["verified"]] == [seq]
-    rc, report, _ = duet_audit(controller, home)
-    assert rc == 3 and codes(report) == ["entry_altered"]
+    for scope in ((cvm_id,), ()):
+        rc, report, _ = duet_audit(controller, home, *scope)
+        assert rc != 0 and report["error"]["code"] == "ledger_corrupted", report
+        assert f"entry {seq} was altered" in report["error"]["message"]
+    with pytest.raises(ApiError) as refused:
+        client.state(cvm_id)  # the controller signs nothing built from the altered row
+    assert refused.value.code == "ledger_corrupted"
 
-    controller.restart()  # the tree is rebuilt from the edited disk: another root for the same size
-    rc, report, _ = duet_audit(controller, home, cvm_id)
-    assert rc == 3 and codes(report) == ["fork"]
+    assert "do not hash to the root sealed" in refused_start(controller)
 
 
-def test_a_deleted_entry_is_reported(client: DuetClient, controller: ControllerProcess, home: Path) -> None:
+def test_a_deleted_entry_is_not_served_and_stops_the_next_start(client: DuetClient, controller: ControllerProcess,
+                                                               home: Path) -> None:
     cvm_id = start_cvm(client)
     client.run(cvm_id, ["echo a", "echo b"])
     assert duet_audit(controller, home, cvm_id)[0] == 0
@@ -147,13 +186,9 @@ def test_a_deleted_entry_is_reported(client: DuetClient, controller: ControllerP
         conn.execute("DELETE FROM ledger WHERE seq = ?", (deleted,))
 
     rc, report, _ = duet_audit(controller, home, cvm_id)
-    assert rc == 3 and "entry_missing" in codes(report) and report["findings"][0]["seq"] == deleted
-    rc, report, _ = duet_audit(controller, home)
-    assert rc == 3 and codes(report) == ["entry_missing"] and report["findings"][0]["seq"] == deleted
+    assert rc != 0 and report["error"]["code"] == "ledger_corrupted" and str(deleted) in report["error"]["message"]
 
-    controller.restart()
-    rc, report, _ = duet_audit(controller, home, cvm_id)
-    assert rc == 3 and codes(report) == ["ledger_shrank"]
+    assert "not contiguous" in refused_start(controller)
 
 
 def test_follow_prints_new_entries_and_stops_at_the_first_failure(

@@ -15,19 +15,13 @@ from support import start_cvm
 
 from duet.client.sdk import ApiError, DuetClient
 from duet.controller.process import ControllerProcess
-from duet.controller.store import StateCipher, Store
 from duet.providers.local import LocalProvider, _find_sshd
 
 
 def cvm_login_key(controller: ControllerProcess, cvm_id: str) -> str:
-    """The CVM's private key as the controller holds it (read from its store, as only a test may)."""
-    store = Store(controller.state_dir / "duet.sqlite3", StateCipher(controller.state_dir / "sealed" / "state.key"))
-    try:
-        key = store.ssh_private_key(cvm_id)
-        assert key is not None
-        return key
-    finally:
-        store.close()
+    key = controller.cvm_login_key(cvm_id)
+    assert key is not None
+    return key
 
 
 async def try_login(port: int, username: str, client_key: str) -> str:

@@ -7,6 +7,7 @@ the root of the evidence differs), and the client trusts the simulated root expl
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from duet.client.sdk import DuetClient, NotVerified
 from duet.client.trust import TrustStore
 from duet.client.verify import verify_attestation, verify_controller
 from duet.controller.process import ControllerProcess
-from duet.errors import VerificationError
+from duet.errors import DuetError, VerificationError
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import new_nonce, sign_answer
 from duet.tee.simulated import SimulatedSgxTee, simulated_root_pem
@@ -159,6 +160,11 @@ def test_pinned_client_refuses_the_controller_after_its_key_was_replaced(
         old = client.head()["controller"]
     attested.stop()
     (attested.state_dir / "sealed" / "controller-signing.pem").unlink()  # the host swaps the controller key
+    with pytest.raises(DuetError, match="exited at start"):
+        attested.start()  # ... which sealed state, signed by the old key, refuses
+    assert "signing key is missing" in attested.log()
+    for name in ("sealed/anchor.json", "duet.sqlite3", "duet.sqlite3-wal", "duet.sqlite3-shm"):
+        (attested.state_dir / name).unlink(missing_ok=True)  # so the host installs a new controller in its place
     attested.start()
 
     with pinned_client(attested.url, home, owner) as client, pytest.raises(VerificationError) as refused:
@@ -200,6 +206,32 @@ def test_pinned_client_refuses_another_tls_certificate(tmp_path: Path, attested:
     assert presented[:16] in refused.value.message and str(pinned.tls_cert_sha256)[:16] in refused.value.message
     rc, _, err = duet(home, "--url", attested.url, "cvm", "list")
     assert rc == 3 and "tls_pin_mismatch" in err
+
+
+def test_a_pinned_controller_showing_another_owner_set_is_refused(tmp_path: Path, attested: ControllerProcess,
+                                                                  sim_root: Path, owner: Owner) -> None:
+    """The controller refuses to start with another owner set than its sealed one, so the change is made
+    on the client's side: the pin remembers another set (a stranger's) than the identity now shows."""
+    home = tmp_path / "user"
+    _verify_and_pin(attested.url, home, sim_root)
+    pinned = TrustStore(home).get(attested.url)
+    assert pinned is not None and pinned.owners == (owner.key_id,)
+    stranger = make_owner(tmp_path, "stranger")
+    remembered = dataclasses.replace(pinned, owners=(stranger.key_id,))
+    TrustStore(home).put(attested.url, remembered)
+
+    with pinned_client(attested.url, home) as client, pytest.raises(VerificationError) as refused:
+        client.check_identity()
+    assert refused.value.code == "owners_changed"
+    assert owner.key_id[:16] in refused.value.message and stranger.key_id[:16] in refused.value.message
+
+    rc, out, _ = duet(home, "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root))
+    assert rc == 3 and (out["failed_step"], out["code"]) == ("pin", "owners_changed")
+    assert TrustStore(home).get(attested.url) == remembered
+    rc, out, _ = duet(home, "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root), "--replace")
+    assert rc == 0 and TrustStore(home).get(attested.url).owners == (owner.key_id,)  # type: ignore[union-attr]
+    with pinned_client(attested.url, home) as client:
+        assert client.check_identity().owners == (owner.key_id,)
 
 
 def test_a_stale_tofu_pin_is_not_trusted(tmp_path: Path, attested: ControllerProcess) -> None:

@@ -100,6 +100,8 @@ def controller_serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024 * 1024,
     command_timeout: Annotated[float, typer.Option(help="Default per-command timeout in seconds.")] = 300.0,
     output_limit: Annotated[int, typer.Option(help="Default bytes kept per output stream of a command.")] = 1024 * 1024,
+    lockdown_timeout: Annotated[float, typer.Option(help="Seconds one attempt of the --final lockdown may take on the CVM.")] = 60.0,
+    lockdown_retry: Annotated[float, typer.Option(help="Seconds before an unverified --final lockdown is retried (doubling, up to 300).")] = 5.0,
     seed_api: Annotated[bool, typer.Option(
         "--seed-api", help="Also serve the seed's protocol (/quote, /start_cvm, ...) for its clients. It has NO replay protection.",
     )] = False,
@@ -124,7 +126,8 @@ def controller_serve(
         provider_env = read_env_file(env_file) if env_file else {}
     settings = Settings(
         provider_env=provider_env, state_dir=state_dir, owner_keys=tuple(owner_key or ()), providers=tuple(dict.fromkeys(provider or ["local"])), tee=tee, host=host, port=port,
-        max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit, seed_api=seed_api or seed_address is not None, seed_listen=seed_address,
+        max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit,
+        lockdown_timeout_s=lockdown_timeout, lockdown_retry_s=lockdown_retry, lockdown_retry_max_s=max(lockdown_retry, 300.0), seed_api=seed_api or seed_address is not None, seed_listen=seed_address,
         tls=not no_tls, maa_url=maa_url, **({"gramine_sealed_dir": sealed_dir} if sealed_dir else {}),
     )
     with output.errors(CliContext(url="", key_path=None, json=False)):

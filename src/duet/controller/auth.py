@@ -10,6 +10,7 @@ Nonces are persisted, so a restart does not reopen a replay window.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -71,18 +72,29 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
 
 
 class RequestAuthenticator:
-    def __init__(self, store: Store, controller_id: str, settings: Settings) -> None:
+    """Owners come from the sealed pin, given once (never from the database's owners table);
+    seen nonces are kept in memory and persisted, so deleting rows while the controller runs
+    reopens nothing."""
+
+    def __init__(self, store: Store, controller_id: str, settings: Settings, owners: dict[str, str]) -> None:
         self.store = store
         self.controller_id = controller_id
         self.settings = settings
-        self._owner_keys: dict[str, keys.PublicKey] = {}
-        self.reload_owners()
-
-    def reload_owners(self) -> None:
-        self._owner_keys = {
-            key_id: keys.load_public_key_bytes(pem.encode(), f"owner key {key_id[:16]}")
-            for key_id, pem in self.store.owners().items()
+        self.owner_keys: dict[str, keys.PublicKey] = {
+            key_id: keys.load_public_key_bytes(pem.encode(), f"owner key {key_id[:16]}") for key_id, pem in owners.items()
         }
+        """The pinned owner set (key id → public key); the seed gateway uses it too."""
+        self._nonces: dict[str, float] = dict.fromkeys(store.recent_nonces(time.time() - settings.nonce_retention_s), time.time())
+
+    def _consume_nonce(self, nonce: str, signer: str) -> bool:
+        now = time.time()
+        keep = self.settings.nonce_retention_s
+        if nonce in self._nonces:
+            return False
+        if len(self._nonces) > 4096:
+            self._nonces = {n: seen for n, seen in self._nonces.items() if seen >= now - keep}
+        self._nonces[nonce] = now
+        return self.store.consume_nonce(nonce, signer, now=now, keep_seconds=keep)
 
     def authenticate(self, body: bytes, op: str) -> AuthorizedRequest:
         raw = parse_json_object(body)
@@ -91,7 +103,7 @@ class RequestAuthenticator:
         except ValidationError as exc:
             raise BadRequest(f"not a signed duet request: {describe_validation_error(exc)}", code="bad_envelope") from None
         request = raw["request"]
-        public_key = self._owner_keys.get(envelope.signer)
+        public_key = self.owner_keys.get(envelope.signer)
         if public_key is None:
             raise Unauthorized(
                 f"signer {envelope.signer[:16]}… is not an owner key of this controller", code="unknown_signer"
@@ -112,7 +124,7 @@ class RequestAuthenticator:
             raise BadRequest(f"the request is for operation {envelope.request.op!r}, but was sent to the route of {op!r}", code="wrong_op")
         self._check_time(envelope.request.issued_at)
         params = self._params(op, envelope.request.params)
-        if not self.store.consume_nonce(envelope.request.nonce, envelope.signer, keep_seconds=self.settings.nonce_retention_s):
+        if not self._consume_nonce(envelope.request.nonce, envelope.signer):
             raise Conflict("this request was already received once; a signed request is accepted only once", code="replayed_request")
         return AuthorizedRequest(op=op, params=params, signer=envelope.signer, digest=request_digest(request))
 

@@ -4,7 +4,7 @@ The signing key is created at first start and kept in the sealed directory; the 
 id is its key id. The identity document also names the owner keys, so that whoever verifies
 the controller's attestation learns who may administer its CVMs.
 
-Owner keys are pinned in sealed state at first start. Why: under Gramine the owner key files
+Owner keys are pinned in sealed state (controller/sealed_state.py) at first start. Why: under Gramine the owner key files
 are *allowed* files, which are not measured, so the host could swap them between two starts.
 A later start with a different owner set is refused (and recorded in the ledger by the
 runtime), never silently accepted.
@@ -13,8 +13,6 @@ runtime), never silently accepted.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +25,6 @@ from duet.errors import ConfigError
 from duet.protocol.canonical import canonical
 
 SIGNING_KEY_FILE = "controller-signing.pem"
-OWNERS_FILE = "owners.json"
 
 
 class OwnerKeysChanged(ConfigError):
@@ -47,31 +44,12 @@ class OwnerKeysChanged(ConfigError):
         self.pinned, self.given = pinned, given
 
 
-def pin_owners(sealed_dir: Path, given: dict[str, str]) -> dict[str, str]:
-    """The owner keys (key id → public PEM) this controller accepts, pinned at first start.
-
-    ``given`` are the keys passed at this start. At first start they are pinned; later they
-    must be exactly the pinned set, or be empty (then the pinned set is used).
-    """
-    path = sealed_dir / OWNERS_FILE
-    if not path.exists():
-        if not given:
-            raise ConfigError("no owner key given: pass --owner-key PUB at least once", code="no_owner_keys")
-        sealed_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"owners": given}, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-        return dict(given)
-    try:
-        pinned: dict[str, str] = json.loads(path.read_text())["owners"]
-        if not isinstance(pinned, dict) or not pinned:
-            raise ValueError
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError("the sealed owner pin is damaged; refusing to guess who may administer",
-                          code="owner_pin_damaged") from None
+def check_owners(pinned: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+    """The owner keys (key id → public PEM) this controller accepts: the set pinned in sealed
+    state at first start. Keys given at a later start must be exactly that set, or none."""
     if given and sorted(given) != sorted(pinned):
         raise OwnerKeysChanged(sorted(pinned), sorted(given))
-    return pinned
+    return dict(pinned)
 
 
 def load_or_create_signing_key(sealed_dir: Path) -> keys.PrivateKey:

@@ -1,7 +1,8 @@
-"""Background jobs (start, stop): run as asyncio tasks, their progress kept in the store.
+"""Background jobs (start, stop, lockdown retries): asyncio tasks and their progress.
 
-A job's record is the truth a client polls; the task is only the worker. After a crash the
-records of jobs that were running are closed by the service's recovery, not here.
+A job's status comes from the ledger (``LifecycleReplay.jobs``); only the human-readable
+step of a running job lives here, in memory. After a crash, jobs that were running are
+closed by the service's recovery, not here.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from duet.controller.store import Store
-
 log = logging.getLogger("duet.jobs")
 
 
@@ -21,12 +20,16 @@ def new_job_id() -> str:
 
 
 class JobRunner:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self._steps: dict[str, str] = {}
 
     def progress(self, job_id: str) -> Callable[[str], None]:
-        return lambda step: self.store.update_job(job_id, step=step)
+        return lambda step: self._steps.__setitem__(job_id, step)
+
+    def step(self, job_id: str) -> str | None:
+        """The last step a job reported in this run of the controller."""
+        return self._steps.get(job_id)
 
     def spawn(self, job_id: str, work: Callable[[], Awaitable[None]]) -> None:
         async def runner() -> None:

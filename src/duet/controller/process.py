@@ -106,6 +106,33 @@ class ControllerProcess:
         self.stop()
         return self.start()
 
+    def cvm_login_key(self, cvm_id: str) -> str | None:
+        """A CVM's SSH private key as this controller holds it, for tests and benchmarks: the
+        ciphertext from the database opened with its data key from the sealed anchor, which only
+        an unprotected TEE (none, simulated) leaves readable. None once the key was destroyed."""
+        import base64
+        import sqlite3
+
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        from duet.controller.sealed_state import ANCHOR_FILE, read_anchor
+
+        data_keys = read_anchor(self.state_dir / "sealed" / ANCHOR_FILE)["data_keys"]
+        with sqlite3.connect(self.state_dir / "duet.sqlite3") as db:
+            row = db.execute("SELECT ssh_private_key FROM cvms WHERE id = ?", (cvm_id,)).fetchone()
+        if cvm_id not in data_keys or row is None or row[0] is None:
+            return None
+        sealed = bytes(row[0])
+        return AESGCM(base64.b64decode(data_keys[cvm_id])).decrypt(sealed[:12], sealed[12:], cvm_id.encode()).decode()
+
+    def cvm_machine(self, cvm_id: str) -> dict[str, object]:
+        """The CVM's machine record as stored (address, user, pinned host key)."""
+        import json
+        import sqlite3
+
+        with sqlite3.connect(self.state_dir / "duet.sqlite3") as db:
+            return json.loads(db.execute("SELECT machine FROM cvms WHERE id = ?", (cvm_id,)).fetchone()[0])  # type: ignore[no-any-return]
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

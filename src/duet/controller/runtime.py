@@ -13,13 +13,16 @@ from typing import Any
 
 from duet import keys
 from duet.controller.auth import RequestAuthenticator
-from duet.controller.identity import Identity, OwnerKeysChanged, load_or_create_signing_key, pin_owners
+from duet.controller.identity import SIGNING_KEY_FILE, Identity, OwnerKeysChanged, check_owners, load_or_create_signing_key
+from duet.controller.sealed_state import ANCHOR_FILE, SealedState, SealedStateError
 from duet.controller.service import LifecycleService
 from duet.controller.settings import Settings
-from duet.controller.store import StateCipher, Store
+from duet.controller.startup import VerifiedState, load_verified_state
+from duet.controller.store import Store
 from duet.controller.tls import TlsIdentity, load_or_create_tls
 from duet.errors import ConfigError
 from duet.ledger.log import Ledger
+from duet.protocol import lifecycle as lc
 from duet.providers import make_provider
 from duet.remote.ssh import SshPool
 from duet.tee.base import TeeBackend
@@ -73,53 +76,66 @@ class Controller:
 
 
 def open_controller(settings: Settings) -> Controller:
+    """Open the controller's sealed state, verify the stored ledger and rows against it, and
+    wire the service; any disagreement stops here with an error that says what differs."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.state_dir, 0o700)
     tee = make_tee(settings)
-    sealed = tee.sealed_dir()
-    signing_key = load_or_create_signing_key(sealed)
+    sealed_dir = tee.sealed_dir()
+    first_start = not (sealed_dir / SIGNING_KEY_FILE).exists()
+    if first_start and (sealed_dir / ANCHOR_FILE).exists():
+        raise SealedStateError(f"the controller's signing key is missing from {sealed_dir}, but its sealed anchor "
+                               "exists: the key was deleted or replaced. Refusing to start (and to make a new key)")
+    signing_key = load_or_create_signing_key(sealed_dir)
     controller_id = keys.key_id(signing_key.public_key())
-    tls = load_or_create_tls(sealed, controller_id)
-    store = Store(settings.database, StateCipher(sealed / "state.key"))
-    ledger = Ledger(store, controller_id)
+    tls = load_or_create_tls(sealed_dir, controller_id)
+    given = _owner_keys(settings)
+    store = Store(settings.database)
     try:
-        owners = pin_owners(sealed, _owner_keys(settings))
+        sealed = SealedState.open(sealed_dir, signing_key, first_start=first_start, owners=given)
+        verified = load_verified_state(store, controller_id, sealed)
+        owners = check_owners(sealed.owners, given)
     except OwnerKeysChanged as exc:
-        _record_refused_owners(store, ledger, exc)
+        _record_refused_owners(store, verified, exc)
         store.close()
         log.error("%s", exc.message)
         raise
     except BaseException:
         store.close()
         raise
-    _record_owners(store, ledger, owners)
+    store.replace_owners(owners)  # a cache for people reading the database; never read back
+    _record_start(store, verified, owners)
     identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)), tls_cert_sha256=tls.cert_sha256)
     env = {**os.environ, **settings.provider_env}
     providers = {
         name: make_provider(name, settings.state_dir, env, controller_id=controller_id) for name in settings.providers
     }
-    service = LifecycleService(settings, store, ledger, providers, SshPool())
-    authenticator = RequestAuthenticator(store, controller_id, settings)
-    return Controller(settings, identity, tee, store, ledger, service, authenticator, tls)
+    service = LifecycleService(settings, store, verified.ledger, providers, SshPool(), sealed=sealed,
+                               replay=verified.replay, machines=verified.machines)
+    authenticator = RequestAuthenticator(store, controller_id, settings, owners)
+    return Controller(settings, identity, tee, store, verified.ledger, service, authenticator, tls)
 
 
-def _record_refused_owners(store: Store, ledger: Ledger, exc: OwnerKeysChanged) -> None:
+def _record_refused_owners(store: Store, verified: VerifiedState, exc: OwnerKeysChanged) -> None:
     """A swapped owner-key file is an event auditors must see, even though nothing changed."""
     with store.transaction() as tx:
-        ledger.append(tx, cvm=None, event="controller.owners_refused", actor="controller",
-                      pinned=exc.pinned, given=exc.given)
+        verified.ledger.append(tx, cvm=None, event=lc.CONTROLLER_OWNERS_REFUSED, actor=lc.CONTROLLER_ACTOR,
+                               pinned=exc.pinned, given=exc.given)
 
 
-def _record_owners(store: Store, ledger: Ledger, owners: dict[str, str]) -> None:
-    """Every change of the owner set is a ledger event, so auditors see who could administer when."""
-    if store.owners() == owners:
-        return
+def _record_start(store: Store, verified: VerifiedState, owners: dict[str, str]) -> None:
+    """Each start is an entry naming the size it resumed from, so auditors can tell when
+    entries appeared or vanished between two runs; the owner set is recorded when the ledger
+    does not show it yet (first start), so auditors know who could administer from when."""
     with store.transaction() as tx:
-        store.replace_owners(tx, owners)
-        ledger.append(
-            tx, cvm=None, event="controller.owners", actor="controller", owners=sorted(owners),
-            owners_digest=hashlib.sha256("\n".join(sorted(owners)).encode()).hexdigest(),
-        )
+        ledger = verified.ledger
+        ledger.append(tx, cvm=None, event=lc.CONTROLLER_STARTED, actor=lc.CONTROLLER_ACTOR,
+                      resumed_from=verified.resumed_from)
+        if verified.replay.owners != frozenset(owners):
+            ledger.append(
+                tx, cvm=None, event=lc.CONTROLLER_OWNERS, actor=lc.CONTROLLER_ACTOR, owners=sorted(owners),
+                owners_digest=hashlib.sha256("\n".join(sorted(owners)).encode()).hexdigest(),
+            )
 
 
 def check_own_evidence(controller: Controller, maa_url: str) -> None:

@@ -37,7 +37,6 @@ from pydantic import BaseModel, ValidationError
 from duet import keys
 from duet.controller.api import read_body
 from duet.controller.auth import AuthorizedRequest, describe_validation_error, parse_json_object
-from duet.controller.store import JobRecord
 from duet.errors import ConfigError, DuetError, Forbidden, NotFound
 from duet.protocol import seed
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
@@ -106,8 +105,8 @@ class SeedGateway:
         self.key = key
         self.public_pem = keys.public_pem(key.public_key()).decode("ascii")
         self._quote: str | None = None
-        self._owners_source: dict[str, str] = {}
-        self._owners: list[tuple[str, rsa.RSAPublicKey]] = []
+        self._owners = [(key_id, key) for key_id, key in controller.authenticator.owner_keys.items()
+                        if isinstance(key, rsa.RSAPublicKey)]
 
     # --- trust ---------------------------------------------------------------------------
 
@@ -123,12 +122,8 @@ class SeedGateway:
         return {"quote": self._quote, "public_key": self.public_pem}
 
     def _rsa_owners(self) -> list[tuple[str, rsa.RSAPublicKey]]:
-        """The registered owner keys that can sign seed requests (RSA only), by key id."""
-        owners = self.controller.store.owners()
-        if owners != self._owners_source:
-            loaded = ((key_id, keys.load_public_key_bytes(pem.encode(), f"owner key {key_id[:16]}")) for key_id, pem in owners.items())
-            self._owners = [(key_id, key) for key_id, key in loaded if isinstance(key, rsa.RSAPublicKey)]
-            self._owners_source = owners
+        """The pinned owner keys that can sign seed requests (RSA only), by key id: the
+        attested set, never the database's owners table."""
         return self._owners
 
     def authorize(self, op: str, duet_op: str, body: bytes) -> tuple[dict[str, Any], AuthorizedRequest]:
@@ -145,7 +140,7 @@ class SeedGateway:
     def _require_cvm(self, params: dict[str, Any]) -> None:
         """The seed answers ``No such CVM.`` for any id it does not know, well-formed or not."""
         cvm_id = params.get("cvm_id")
-        if isinstance(cvm_id, str) and self.controller.store.find_cvm(cvm_id) is None:
+        if isinstance(cvm_id, str) and self.controller.service.find_cvm(cvm_id) is None:
             raise SeedRefusal(NO_SUCH_CVM)
 
     # --- operations ----------------------------------------------------------------------
@@ -155,7 +150,7 @@ class SeedGateway:
         model = _validate(StartParams, {"cvm_type": params.get("cvm_type")})
         accepted = await self.controller.service.start(_with(authorized, model))
         job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
-        if job.status != "succeeded":
+        if job["status"] != "succeeded":
             raise SeedRefusal(_job_reason(job))
         return {"success": True, "state": self._state(accepted["cvm_id"], long=False)}
 
@@ -168,7 +163,7 @@ class SeedGateway:
         except Forbidden as exc:
             if exc.code != "not_in_update":
                 raise
-            mode = self.controller.store.get_cvm(model.cvm_id).mode
+            mode = self.controller.service.get_cvm(model.cvm_id).mode
             raise SeedRefusal(IN_SERVICE if mode == "in-service" else f"Running commands not allowed while CVM is {mode}.") from None
         output: list[str] = []
         for item in result["results"]:
@@ -199,7 +194,7 @@ class SeedGateway:
         model = _validate(StopParams, {"cvm_id": params.get("cvm_id")})
         accepted = await self.controller.service.stop(_with(authorized, model))
         job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
-        if job.status != "succeeded":
+        if job["status"] != "succeeded":
             raise SeedRefusal(_job_reason(job))
         return {"success": True, "status": True}
 
@@ -221,7 +216,7 @@ class SeedGateway:
                 items.append({"command": entry["command"], "output_hash": seed.output_hash(lines)})
         return {"cvm_id": cvm_id, "command_outputs" if long else "command_output_hashes": items}
 
-    async def _job_end(self, job_id: str, cvm_id: str) -> JobRecord:
+    async def _job_end(self, job_id: str, cvm_id: str) -> dict[str, Any]:
         """Wait until a start or stop job ends: the seed's calls were synchronous.
 
         A job ends in the same transaction as a ledger entry of its CVM, so each such entry
@@ -233,8 +228,8 @@ class SeedGateway:
         try:
             while True:
                 changed.clear()
-                job = self.controller.store.get_job(job_id)
-                if job.status != "running":
+                job = self.controller.service.job(job_id)
+                if job["status"] != "running":
                     return job
                 try:
                     await asyncio.wait_for(changed.wait(), JOB_RECHECK_S)
@@ -248,9 +243,9 @@ def _with(authorized: AuthorizedRequest, params: Any) -> AuthorizedRequest:
     return dataclasses.replace(authorized, params=params)
 
 
-def _job_reason(job: JobRecord) -> str:
-    error = job.error or {}
-    return f"job {job.id} {job.status}: {error.get('message', 'no reason given')}"
+def _job_reason(job: dict[str, Any]) -> str:
+    error = job.get("error") or {}
+    return f"job {job['job_id']} {job['status']}: {error.get('message', 'no reason given')}"
 
 
 def _reason(exc: DuetError) -> str:

@@ -4,9 +4,14 @@ provisioning ──> in-update <──> in-service ──> stopping ──> stop
       └──> failed                  └── final: never back to in-update, only stop
 
 Every change is announced in the ledger in the same transaction that makes it, and effects
-outside the controller (a command on the CVM) happen only after their entry has committed:
-no entry, no effect. A per-CVM lock orders everything that touches one CVM, so no command
-can start after an ``in-service`` was acknowledged.
+outside the controller (a command on the CVM) happen only after their entry has committed
+and its head was sealed: no entry, no effect. A per-CVM lock orders everything that touches
+one CVM, so no command can start after an ``in-service`` was acknowledged.
+
+What the rules decide from lives in memory: each CVM's mode, final flag and lockdown come
+from replaying the ledger (``LifecycleReplay``, fed every committed entry), its machine from
+the row verified at start, its key from sealed state. The database is written, never read
+back to decide (design.md §1: the host owns the disk).
 """
 
 from __future__ import annotations
@@ -20,26 +25,54 @@ from typing import Any
 
 from duet.controller.auth import AuthorizedRequest
 from duet.controller.jobs import JobRunner, new_job_id
+from duet.controller.sealed_state import SealedState
 from duet.controller.settings import Settings
-from duet.controller.store import ACTIVE_MODES, CvmRecord, Store
-from duet.errors import Conflict, DuetError, Forbidden, InvalidParams, UpstreamError
+from duet.controller.store import Store, Transaction
+from duet.errors import Conflict, DuetError, Forbidden, InvalidParams, NotFound, UpstreamError
 from duet.ledger.history import command_rows, mode_rows
 from duet.ledger.log import Ledger
-from duet.protocol.canonical import canonical, sha256_hex
+from duet.protocol import lifecycle as lc
+from duet.protocol.canonical import canonical, sha256_hex, timestamp
+from duet.protocol.lifecycle import CONTROLLER_ACTOR, CvmFacts, LifecycleReplay
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
-from duet.providers.base import CvmSpec, Machine, Provider
-from duet.remote.ssh import ExecResult, HostKeyMismatch, SshPool, SshTarget, fingerprint, generate_client_key
+from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, Machine, Provider
+from duet.remote.ssh import ExecResult, HostKeyMismatch, SshPool, SshTarget, SshUnavailable, fingerprint, generate_client_key
 
 log = logging.getLogger("duet.service")
 
-CONTROLLER = "controller"
+CONTROLLER = CONTROLLER_ACTOR
 """The ledger actor for what the controller does on its own."""
 
 BOOTSTRAP_COMMAND = "uname -a"
 
+MAX_RECORDED_LOCKDOWN_FAILURES = 5
+"""A pending lockdown's failures are recorded when their reason changes, at most this many times."""
+
 
 def _describe(exc: BaseException) -> str:
     return exc.message if isinstance(exc, DuetError) else f"{type(exc).__name__}: {exc}"
+
+
+def machine_digest(machine: Machine) -> str:
+    """What the ledger records of a machine record, so the stored row can be checked at start."""
+    return sha256_hex(canonical(machine.to_json()))
+
+
+def public_cvm(cvm: CvmFacts, machine: Machine | None) -> dict[str, Any]:
+    """What anybody may see about a CVM (no key material, no provider internals)."""
+    return {
+        "cvm_id": cvm.id,
+        "type": cvm.type,
+        "provider": cvm.provider,
+        "mode": cvm.mode,
+        "final": cvm.final,
+        "lockdown": cvm.lockdown,
+        "lockdown_error": cvm.lockdown_error if cvm.lockdown == lc.LOCKDOWN_PENDING else None,
+        "created_at": cvm.created_at,
+        "updated_at": cvm.updated_at,
+        "host_key": machine.host_key if machine and machine.host_key else None,
+        "failure": cvm.failure,
+    }
 
 
 class LifecycleService:
@@ -50,22 +83,42 @@ class LifecycleService:
         ledger: Ledger,
         providers: dict[str, Provider],
         ssh: SshPool,
+        *,
+        sealed: SealedState,
+        replay: LifecycleReplay,
+        machines: dict[str, Machine],
     ) -> None:
+        """``replay`` holds the state derived from the verified ledger so far; from here on it
+        is fed every committed entry. ``machines`` are the verified machine records."""
         self.settings = settings
         self.store = store
         self.ledger = ledger
         self.providers = providers
         self.default_provider = next(iter(providers))
         self.ssh = ssh
-        self.jobs = JobRunner(store)
+        self.sealed = sealed
+        self.replay = replay
+        self.machines = machines
+        self.jobs = JobRunner()
         self._locks: dict[str, asyncio.Lock] = {}
         self._state_cache: dict[str, tuple[int, bytes, str]] = {}
+        self._lockdown_wake: dict[str, asyncio.Event] = {}
+        ledger.subscribe(replay.apply)
 
     @asynccontextmanager
     async def _locked(self, cvm_id: str) -> AsyncIterator[None]:
         lock = self._locks.setdefault(cvm_id, asyncio.Lock())
         async with lock:
             yield
+
+    def get_cvm(self, cvm_id: str) -> CvmFacts:
+        cvm = self.replay.cvms.get(cvm_id)
+        if cvm is None:
+            raise NotFound(f"no CVM with id {cvm_id}; `duet cvm list` shows the known ones", code="unknown_cvm")
+        return cvm
+
+    def find_cvm(self, cvm_id: str) -> CvmFacts | None:
+        return self.replay.cvms.get(cvm_id)
 
     # --- start -------------------------------------------------------------------------
 
@@ -80,15 +133,15 @@ class LifecycleService:
         private_key, public_key = generate_client_key()
         cvm_id = hashlib.sha256(public_key.encode()).hexdigest()
         job_id = new_job_id()
+        sealed_key = self.sealed.encrypt_ssh_key(cvm_id, private_key)
         with self.store.transaction() as tx:
-            self.store.insert_cvm(tx, cvm_id, params.cvm_type, provider, public_key, private_key)
-            self.store.insert_job(tx, job_id, "start", cvm_id)
+            self.store.insert_cvm(tx, cvm_id, params.cvm_type, provider, public_key, sealed_key, timestamp())
             self.ledger.append(
-                tx, cvm=cvm_id, event="cvm.provisioning", actor=request.signer, request_digest=request.digest,
+                tx, cvm=cvm_id, event=lc.CVM_PROVISIONING, actor=request.signer, request_digest=request.digest,
                 type=params.cvm_type, provider=provider, job=job_id, **request.ledger_marks(),
             )
         self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key, provider))
-        return {"job_id": job_id, "cvm_id": cvm_id, "mode": "provisioning", "provider": provider}
+        return {"job_id": job_id, "cvm_id": cvm_id, "mode": lc.PROVISIONING, "provider": provider}
 
     async def _provision(self, job_id: str, cvm_id: str, cvm_type: str, public_key: str, provider: str) -> None:
         progress = self.jobs.progress(job_id)
@@ -97,23 +150,28 @@ class LifecycleService:
             try:
                 progress(f"creating the CVM with provider {provider}")
                 machine = await self.providers[provider].create(CvmSpec(cvm_id, cvm_type), public_key, progress)  # type: ignore[arg-type]
-                with self.store.transaction() as tx:
-                    self.store.update_cvm(tx, cvm_id, machine=machine.to_json())
-                    self.ledger.append(
-                        tx, cvm=cvm_id, event="cvm.created", actor=CONTROLLER,
-                        host=machine.host, port=machine.port, host_key_fingerprint=fingerprint(machine.host_key),
-                    )
+                self._record_machine(cvm_id, machine, lc.CVM_CREATED)
                 progress("waiting for SSH with the pinned host key")
-                target = self._target(cvm_id, machine)
+                target = self._target(cvm_id)
                 await self.ssh.wait_ready(target, timeout=self.settings.ssh_ready_timeout_s)
                 progress("running the bootstrap")
                 result = await self._bootstrap(cvm_id, cvm_type, target)
                 with self.store.transaction() as tx:
-                    self.store.update_cvm(tx, cvm_id, mode="in-update")
-                    self.store.update_job_in(tx, job_id, status="succeeded", step="ready")
-                    self.ledger.append(tx, cvm=cvm_id, event="cvm.ready", actor=CONTROLLER, mode="in-update", **result)
+                    self.store.update_cvm(tx, cvm_id, mode=lc.IN_UPDATE, now=timestamp())
+                    self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_READY, actor=CONTROLLER, mode=lc.IN_UPDATE, **result)
+                progress("ready")
             except Exception as exc:
                 await self._fail(job_id, cvm_id, machine, exc)
+
+    def _record_machine(self, cvm_id: str, machine: Machine, event: str) -> None:
+        """Store the machine with an entry naming its digest: the row is checked against it at start."""
+        with self.store.transaction() as tx:
+            self.store.update_cvm(tx, cvm_id, machine=machine.to_json(), now=timestamp())
+            self.ledger.append(
+                tx, cvm=cvm_id, event=event, actor=CONTROLLER, host=machine.host, port=machine.port,
+                host_key_fingerprint=fingerprint(machine.host_key), machine_sha256=machine_digest(machine),
+            )
+        self.machines[cvm_id] = machine
 
     async def _bootstrap(self, cvm_id: str, cvm_type: str, target: SshTarget) -> dict[str, Any]:
         """Record what the CVM says it is (guest attestation comes with the CVM attestation issue)."""
@@ -131,22 +189,28 @@ class LifecycleService:
     async def _fail(self, job_id: str, cvm_id: str, machine: Machine | None, exc: BaseException) -> None:
         reason = _describe(exc)
         log.warning("start of CVM %s failed: %s", cvm_id, reason)
+        self.jobs.progress(job_id)("failed")
         await self.ssh.drop(cvm_id)
         cleanup_error = await self._delete_resources(cvm_id, machine)
         with self.store.transaction() as tx:
             if isinstance(exc, HostKeyMismatch):
                 self._record_mismatch(tx, cvm_id, exc)
-            self.store.update_cvm(tx, cvm_id, mode="failed", failure=reason)
-            self.store.destroy_ssh_key(tx, cvm_id)
+            self.store.update_cvm(tx, cvm_id, mode=lc.FAILED, failure=reason, now=timestamp())
+            self._destroy_key(tx, cvm_id)
             code = exc.code if isinstance(exc, DuetError) else "start_failed"
-            self.store.update_job_in(tx, job_id, status="failed", step="failed", error={"code": code, "message": reason})
             self.ledger.append(
-                tx, cvm=cvm_id, event="cvm.failed", actor=CONTROLLER, reason=reason, cleanup_error=cleanup_error
+                tx, cvm=cvm_id, event=lc.CVM_FAILED, actor=CONTROLLER, reason=reason, code=code,
+                cleanup_error=cleanup_error, key_destroyed=True,
             )
+
+    def _destroy_key(self, tx: Transaction, cvm_id: str) -> None:
+        """Crypto-shred the CVM's SSH key: its data key leaves sealed state with this commit."""
+        self.sealed.destroy_data_key(cvm_id)
+        self.store.destroy_ssh_key(tx, cvm_id)
 
     async def _delete_resources(self, cvm_id: str, machine: Machine | None) -> str | None:
         """Delete what the provider made for the CVM; returns the error text if that failed."""
-        provider = self.store.get_cvm(cvm_id).provider
+        provider = self.get_cvm(cvm_id).provider
         record = machine or Machine(cvm_id=cvm_id, provider=provider)
         try:
             await self._provider(provider).delete(record, lambda step: None)
@@ -166,10 +230,10 @@ class LifecycleService:
         if limit > self.settings.max_output_limit:
             raise InvalidParams(f"output_limit may be at most {self.settings.max_output_limit} bytes", code="invalid_params")
         async with self._locked(params.cvm_id):
-            cvm = self.store.get_cvm(params.cvm_id)
-            if cvm.mode != "in-update":
+            cvm = self.get_cvm(params.cvm_id)
+            if cvm.mode != lc.IN_UPDATE:
                 raise Forbidden(self._refusal(cvm), code="not_in_update")
-            target = self._target(cvm.id, Machine.from_json(cvm.machine or {}))
+            target = self._target(cvm.id)
             results = [
                 await self._run_one(cvm.id, target, command, request, timeout=timeout, limit=limit)
                 for command in params.commands
@@ -177,8 +241,8 @@ class LifecycleService:
         return {"cvm_id": params.cvm_id, "results": results, "tree_size": self.ledger.size}
 
     @staticmethod
-    def _refusal(cvm: CvmRecord) -> str:
-        if cvm.mode == "in-service":
+    def _refusal(cvm: CvmFacts) -> str:
+        if cvm.mode == lc.IN_SERVICE:
             return f"CVM {cvm.id[:16]}… is in-service: commands are refused until the owner marks it in-update"
         return f"CVM {cvm.id[:16]}… is {cvm.mode}: commands run only while it is in-update"
 
@@ -187,19 +251,17 @@ class LifecycleService:
     ) -> dict[str, Any]:
         with self.store.transaction() as tx:
             started = self.ledger.append(
-                tx, cvm=cvm_id, event="command.started", actor=request.signer, request_digest=request.digest, command=command,
-                **request.ledger_marks(),
+                tx, cvm=cvm_id, event=lc.COMMAND_STARTED, actor=request.signer, request_digest=request.digest,
+                command=command, **request.ledger_marks(),
             )
-            self.store.command_started(tx, started["seq"], cvm_id, command)
         try:
             outcome = await self.ssh.run(cvm_id, target, command, timeout=timeout, output_limit=limit)
         except Exception as exc:
             with self.store.transaction() as tx:
                 if isinstance(exc, HostKeyMismatch):
                     self._record_mismatch(tx, cvm_id, exc)
-                self.store.command_ended(tx, started["seq"])
                 self.ledger.append(
-                    tx, cvm=cvm_id, event="command.failed", actor=CONTROLLER, request_digest=request.digest,
+                    tx, cvm=cvm_id, event=lc.COMMAND_FAILED, actor=CONTROLLER, request_digest=request.digest,
                     started_seq=started["seq"], reason=_describe(exc), **request.ledger_marks(),
                 )
             raise
@@ -224,9 +286,8 @@ class LifecycleService:
         with self.store.transaction() as tx:
             self.store.put_blob(tx, stdout_sha, outcome.stdout)
             self.store.put_blob(tx, stderr_sha, outcome.stderr)
-            self.store.command_ended(tx, started_seq)
             finished = self.ledger.append(
-                tx, cvm=cvm_id, event="command.finished", actor=CONTROLLER, request_digest=digest,
+                tx, cvm=cvm_id, event=lc.COMMAND_FINISHED, actor=CONTROLLER, request_digest=digest,
                 started_seq=started_seq, **summary, **(marks or {}),
             )
         return {
@@ -236,9 +297,9 @@ class LifecycleService:
             "stderr": outcome.stderr.decode(errors="replace"),
         }
 
-    def _record_mismatch(self, tx: Any, cvm_id: str, exc: HostKeyMismatch) -> None:
+    def _record_mismatch(self, tx: Transaction, cvm_id: str, exc: HostKeyMismatch) -> None:
         self.ledger.append(
-            tx, cvm=cvm_id, event="hostkey.mismatch", actor=CONTROLLER,
+            tx, cvm=cvm_id, event=lc.HOSTKEY_MISMATCH, actor=CONTROLLER,
             expected=exc.expected_fingerprint, presented=exc.presented_fingerprint,
         )
 
@@ -246,48 +307,117 @@ class LifecycleService:
 
     async def mark(self, request: AuthorizedRequest) -> dict[str, Any]:
         params: MarkParams = request.params
-        if params.final and params.mode != "in-service":
+        if params.final and params.mode != lc.IN_SERVICE:
             raise InvalidParams("final applies only to mode in-service", code="invalid_params")
         async with self._locked(params.cvm_id):
-            cvm = self.store.get_cvm(params.cvm_id)
-            if cvm.mode not in ACTIVE_MODES:
+            cvm = self.get_cvm(params.cvm_id)
+            if cvm.mode not in lc.MARKABLE_MODES:
                 raise Conflict(f"CVM {cvm.id[:16]}… is {cvm.mode}; only a running CVM can be marked", code="bad_transition")
-            if cvm.final and params.mode == "in-update":
+            if cvm.final and params.mode == lc.IN_UPDATE:
                 raise Forbidden(
                     f"CVM {cvm.id[:16]}… was marked in-service with --final: it can never return to in-update, only be stopped",
                     code="cvm_final",
                 )
-            if cvm.mode == params.mode and cvm.final == params.final:
-                return {"cvm_id": cvm.id, "mode": cvm.mode, "final": cvm.final, "changed": False, "tree_size": self.ledger.size}
+            if cvm.mode == params.mode and (cvm.final or not params.final):
+                if cvm.lockdown == lc.LOCKDOWN_PENDING:
+                    self._wake_lockdown(cvm.id)  # asked again: retry the pending lockdown now
+                return self._mark_answer(cvm, changed=False)
+            previous, was_final = cvm.mode, cvm.final
             with self.store.transaction() as tx:
-                self.store.update_cvm(tx, cvm.id, mode=params.mode, final=int(cvm.final or params.final))
+                # The final flag and the pending lockdown are one commit: a crash after it
+                # leaves a lockdown to retry at restart, never a silently unlocked final CVM.
+                self.store.update_cvm(tx, cvm.id, mode=params.mode, final=int(was_final or params.final), now=timestamp())
                 self.ledger.append(
-                    tx, cvm=cvm.id, event="mode.changed", actor=request.signer, request_digest=request.digest,
-                    previous=cvm.mode, mode=params.mode, final=cvm.final or params.final, **request.ledger_marks(),
+                    tx, cvm=cvm.id, event=lc.MODE_CHANGED, actor=request.signer, request_digest=request.digest,
+                    previous=previous, mode=params.mode, final=was_final or params.final, **request.ledger_marks(),
                 )
-            if params.final and not cvm.final:
-                await self._lock_down(cvm)
-        return {"cvm_id": cvm.id, "mode": params.mode, "final": cvm.final or params.final, "changed": True, "tree_size": self.ledger.size}
+            if params.final and not was_final and not await self._lock_down(cvm.id, attempt=1):
+                self._schedule_lockdown(cvm.id)
+        return self._mark_answer(cvm, changed=True)
 
-    async def _lock_down(self, cvm: CvmRecord) -> None:
-        """Remove the controller's own key from the CVM and stop SSH there, then forget the key."""
-        machine = Machine.from_json(cvm.machine or {})
+    def _mark_answer(self, cvm: CvmFacts, *, changed: bool) -> dict[str, Any]:
+        return {"cvm_id": cvm.id, "mode": cvm.mode, "final": cvm.final, "lockdown": cvm.lockdown,
+                "changed": changed, "tree_size": self.ledger.size}
+
+    # --- lockdown (mark --final) ----------------------------------------------------------
+
+    async def _lock_down(self, cvm_id: str, *, attempt: int) -> bool:
+        """One attempt to remove the controller's key from the CVM and stop SSH there.
+
+        Only a verified end counts: the command's exit 0 with its marker, or the session lost
+        after the command had started and a fresh connection then turned away. Anything else
+        (unreachable, timeout, another exit) is recorded as ``ok: false`` and retried; the key
+        is destroyed only once the lockdown is verified. Runs under the CVM's lock."""
+        machine = self.machines.get(cvm_id)
         error: str | None = None
         try:
-            outcome = await self.ssh.run(
-                cvm.id, self._target(cvm.id, machine), self._provider(cvm.provider).lockdown_command(machine),
-                timeout=60, output_limit=64 * 1024,
-            )
-            if outcome.exit_status not in (0, None, 255):
-                error = f"lockdown command exited {outcome.exit_status}: {outcome.stderr.decode(errors='replace')[:300]}"
-        except UpstreamError as exc:
-            # sshd stopping under our feet ends the session; that is the expected end.
-            if isinstance(exc, HostKeyMismatch):
+            target = self._target(cvm_id)
+            if machine is None:
+                raise Conflict("the controller has no machine record for this CVM", code="no_machine")
+            limit = self.settings.lockdown_timeout_s
+            outcome = await asyncio.wait_for(self.ssh.run(  # opening the channel has no time limit of its own
+                cvm_id, target, self._provider(machine.provider).lockdown_command(machine),
+                timeout=limit, output_limit=64 * 1024,
+            ), limit + 5)
+            if outcome.exit_status != 0 or LOCKDOWN_MARKER.encode() not in outcome.stdout:
+                ended = "timed out" if outcome.timed_out else f"exited {outcome.exit_status}"
+                error = f"the lockdown command {ended}: {outcome.stderr.decode(errors='replace').strip()[:300]}"
+        except SshUnavailable as exc:
+            if exc.reason == "lost" and exc.command_started:
+                if not await self.ssh.login_refused(target):
+                    error = "the SSH session ended during the lockdown, yet the CVM still accepts the controller's key"
+            else:
                 error = exc.message
-        await self.ssh.drop(cvm.id)
+        except DuetError as exc:
+            error = exc.message
+        except asyncio.TimeoutError:
+            error = f"the CVM did not answer the lockdown within {self.settings.lockdown_timeout_s + 5:g} s"
+        await self.ssh.drop(cvm_id)
+        cvm = self.get_cvm(cvm_id)
+        if error is not None and (error == cvm.lockdown_error or cvm.lockdown_failures >= MAX_RECORDED_LOCKDOWN_FAILURES):
+            log.warning("lockdown of CVM %s still pending (attempt %d): %s", cvm_id, attempt, error)
+            return False  # logged, not appended to the ledger at every retry: the ledger must not grow without bound
         with self.store.transaction() as tx:
-            self.store.destroy_ssh_key(tx, cvm.id)
-            self.ledger.append(tx, cvm=cvm.id, event="cvm.locked", actor=CONTROLLER, ok=error is None, error=error)
+            if error is None:
+                self._destroy_key(tx, cvm_id)
+            self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_LOCKED, actor=CONTROLLER, ok=error is None, error=error,
+                               attempt=attempt, key_destroyed=error is None)
+        if error is not None:
+            log.warning("lockdown of CVM %s failed (attempt %d), will retry: %s", cvm_id, attempt, error)
+        return error is None
+
+    def _schedule_lockdown(self, cvm_id: str) -> None:
+        """Retry a pending lockdown with backoff until it is verified or the CVM is stopped."""
+        if cvm_id in self._lockdown_wake:
+            return
+        wake = self._lockdown_wake[cvm_id] = asyncio.Event()
+
+        async def retry() -> None:
+            delay, attempt = self.settings.lockdown_retry_s, 1
+            try:
+                while True:
+                    try:
+                        await asyncio.wait_for(wake.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+                    wake.clear()
+                    attempt += 1
+                    async with self._locked(cvm_id):
+                        cvm = self.get_cvm(cvm_id)
+                        if cvm.lockdown != lc.LOCKDOWN_PENDING or cvm.mode != lc.IN_SERVICE:
+                            return
+                        if await self._lock_down(cvm_id, attempt=attempt):
+                            return
+                    delay = min(delay * 2, self.settings.lockdown_retry_max_s)
+            finally:
+                self._lockdown_wake.pop(cvm_id, None)
+
+        self.jobs.spawn(f"lockdown-{cvm_id[:16]}", retry)
+
+    def _wake_lockdown(self, cvm_id: str) -> None:
+        """Retry a pending lockdown now (scheduling the retries if none are)."""
+        self._schedule_lockdown(cvm_id)
+        self._lockdown_wake[cvm_id].set()
 
     # --- stop --------------------------------------------------------------------------
 
@@ -295,41 +425,37 @@ class LifecycleService:
         params: StopParams = request.params
         job_id = new_job_id()
         async with self._locked(params.cvm_id):
-            cvm = self.store.get_cvm(params.cvm_id)
-            if cvm.mode in ("stopping", "stopped"):
+            cvm = self.get_cvm(params.cvm_id)
+            if cvm.mode in (lc.STOPPING, lc.STOPPED):
                 raise Conflict(f"CVM {cvm.id[:16]}… is already {cvm.mode}", code="bad_transition")
-            if cvm.mode == "provisioning":
+            if cvm.mode == lc.PROVISIONING:
                 raise Conflict(
                     f"CVM {cvm.id[:16]}… is still being provisioned; stop it when its start job has ended", code="cvm_busy"
                 )
+            previous = cvm.mode
             with self.store.transaction() as tx:
-                self.store.update_cvm(tx, cvm.id, mode="stopping")
-                self.store.insert_job(tx, job_id, "stop", cvm.id)
+                self.store.update_cvm(tx, cvm.id, mode=lc.STOPPING, now=timestamp())
                 self.ledger.append(
-                    tx, cvm=cvm.id, event="cvm.stopping", actor=request.signer, request_digest=request.digest,
-                    previous=cvm.mode, job=job_id, **request.ledger_marks(),
+                    tx, cvm=cvm.id, event=lc.CVM_STOPPING, actor=request.signer, request_digest=request.digest,
+                    previous=previous, job=job_id, **request.ledger_marks(),
                 )
-        self.jobs.spawn(job_id, lambda: self._teardown(job_id, cvm))
-        return {"job_id": job_id, "cvm_id": cvm.id, "mode": "stopping"}
+        self.jobs.spawn(job_id, lambda: self._teardown(job_id, cvm.id))
+        return {"job_id": job_id, "cvm_id": cvm.id, "mode": lc.STOPPING}
 
-    async def _teardown(self, job_id: str, cvm: CvmRecord) -> None:
-        async with self._locked(cvm.id):
+    async def _teardown(self, job_id: str, cvm_id: str) -> None:
+        async with self._locked(cvm_id):
             self.jobs.progress(job_id)("deleting the CVM's resources")
-            await self.ssh.drop(cvm.id)
-            machine = Machine.from_json(cvm.machine) if cvm.machine else None
-            error = await self._delete_resources(cvm.id, machine)
+            await self.ssh.drop(cvm_id)
+            error = await self._delete_resources(cvm_id, self.machines.get(cvm_id))
             with self.store.transaction() as tx:
                 if error is None:
-                    self.store.update_cvm(tx, cvm.id, mode="stopped")
-                    self.store.destroy_ssh_key(tx, cvm.id)
-                    self.store.update_job_in(tx, job_id, status="succeeded", step="stopped")
-                    self.ledger.append(tx, cvm=cvm.id, event="cvm.stopped", actor=CONTROLLER)
+                    self.store.update_cvm(tx, cvm_id, mode=lc.STOPPED, now=timestamp())
+                    self._destroy_key(tx, cvm_id)
+                    self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_STOPPED, actor=CONTROLLER, key_destroyed=True)
                 else:
                     # Stay "stopping": a later stop or restart retries; nothing is silently orphaned.
-                    self.store.update_job_in(
-                        tx, job_id, status="failed", step="failed", error={"code": "stop_failed", "message": error}
-                    )
-                    self.ledger.append(tx, cvm=cvm.id, event="cvm.stop_failed", actor=CONTROLLER, reason=error)
+                    self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_STOP_FAILED, actor=CONTROLLER, reason=error)
+            self.jobs.progress(job_id)("stopped" if error is None else "failed")
 
     # --- reads -------------------------------------------------------------------------
 
@@ -344,10 +470,10 @@ class LifecycleService:
         cached = self._state_cache.get(cvm_id)
         if cached and cached[0] == size:
             return cached[1], cached[2]
-        cvm = self.store.get_cvm(cvm_id)
+        cvm = self.get_cvm(cvm_id)
         entries = self.ledger.entries(0, size, cvm=cvm_id)
         data = canonical({
-            "cvm": cvm.public(), "tree_size": size, "entry_count": len(entries),
+            "cvm": public_cvm(cvm, self.machines.get(cvm_id)), "tree_size": size, "entry_count": len(entries),
             "commands": command_rows(entries), "modes": mode_rows(entries),
         })
         digest = sha256_hex(data)
@@ -355,10 +481,18 @@ class LifecycleService:
         return data, digest
 
     def list_cvms(self) -> dict[str, Any]:
-        return {"cvms": [cvm.public() for cvm in self.store.list_cvms()], "tree_size": self.ledger.size}
+        cvms = sorted(self.replay.cvms.values(), key=lambda cvm: (cvm.created_at, cvm.id))
+        return {"cvms": [public_cvm(cvm, self.machines.get(cvm.id)) for cvm in cvms], "tree_size": self.ledger.size}
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self.store.get_job(job_id).public()
+        job = self.replay.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}", code="unknown_job")
+        step = self.jobs.step(job_id) or {"succeeded": "ready" if job.kind == "start" else "stopped"}.get(job.status, job.status)
+        return {
+            "job_id": job.id, "kind": job.kind, "cvm_id": job.cvm_id, "status": job.status, "step": step,
+            "error": job.error, "created_at": job.created_at, "updated_at": job.updated_at,
+        }
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -373,52 +507,50 @@ class LifecycleService:
             )
         return provider
 
-    def _target(self, cvm_id: str, machine: Machine) -> SshTarget:
-        key = self.store.ssh_private_key(cvm_id)
+    def _target(self, cvm_id: str) -> SshTarget:
+        """Where and how to log in: the machine verified at start, the key from sealed state."""
+        machine = self.machines.get(cvm_id)
+        key = self.sealed.decrypt_ssh_key(cvm_id, self.store.ssh_private_key_ciphertext(cvm_id))
         if key is None:
             raise Conflict(f"the controller no longer holds a key for CVM {cvm_id[:16]}…", code="no_key")
+        if machine is None:
+            raise Conflict(f"the controller has no machine record for CVM {cvm_id[:16]}…", code="no_machine")
         return SshTarget(machine.host, machine.port, machine.username, machine.host_key, key)
 
     # --- recovery after a restart -------------------------------------------------------
 
     async def recover(self) -> None:
-        """Bring the store back to a consistent state after a crash; nothing is lost or orphaned."""
-        for seq, cvm_id, command in self.store.interrupted_commands():
-            with self.store.transaction() as tx:
-                self.store.command_ended(tx, seq)
-                self.ledger.append(
-                    tx, cvm=cvm_id, event="command.interrupted", actor=CONTROLLER, started_seq=seq, command=command,
-                    reason="the controller stopped while the command ran; its outcome is unknown",
-                )
-        for job in self.store.running_jobs():
+        """Finish what a crash interrupted, from the ledger's own account of it; nothing is lost or orphaned."""
+        for cvm in list(self.replay.cvms.values()):
+            for seq, command in sorted(cvm.running.items()):
+                with self.store.transaction() as tx:
+                    self.ledger.append(
+                        tx, cvm=cvm.id, event=lc.COMMAND_INTERRUPTED, actor=CONTROLLER, started_seq=seq, command=command,
+                        reason="the controller stopped while the command ran; its outcome is unknown",
+                    )
+        for job in [job for job in self.replay.jobs.values() if job.status == "running"]:
             if job.kind == "start":
-                cvm = self.store.find_cvm(job.cvm_id)
-                machine = Machine.from_json(cvm.machine) if cvm and cvm.machine else None
-                await self._fail(job.id, job.cvm_id, machine, UpstreamError(
+                await self._fail(job.id, job.cvm_id, self.machines.get(job.cvm_id), UpstreamError(
                     "the controller stopped while the CVM was being provisioned; its resources were deleted",
                     code="interrupted",
                 ))
             else:
-                cvm = self.store.get_cvm(job.cvm_id)
-                await self._teardown(job.id, cvm)
-        active = self.store.list_cvms(ACTIVE_MODES)
+                await self._teardown(job.id, job.cvm_id)
+        active = [cvm for cvm in self.replay.cvms.values() if cvm.mode in lc.ACTIVE_MODES]
         for name, provider in self.providers.items():
-            await provider.reconcile([Machine.from_json(cvm.machine) for cvm in active if cvm.machine and cvm.provider == name])
+            await provider.reconcile([self.machines[cvm.id] for cvm in active if cvm.id in self.machines and cvm.provider == name])
         for cvm in active:
-            if cvm.final or not cvm.machine:
+            if cvm.lockdown == lc.LOCKDOWN_DONE or cvm.id not in self.machines:
                 continue
             if cvm.provider not in self.providers:
                 log.warning("CVM %s was made with provider %s, which is not enabled: it cannot be managed until it is",
                             cvm.id, cvm.provider)
                 continue
-            machine = await self.providers[cvm.provider].resume(Machine.from_json(cvm.machine))
-            if machine.to_json() != cvm.machine:
-                with self.store.transaction() as tx:
-                    self.store.update_cvm(tx, cvm.id, machine=machine.to_json())
-                    self.ledger.append(
-                        tx, cvm=cvm.id, event="cvm.resumed", actor=CONTROLLER, host=machine.host, port=machine.port,
-                        host_key_fingerprint=fingerprint(machine.host_key),
-                    )
+            machine = await self.providers[cvm.provider].resume(self.machines[cvm.id])
+            if machine.to_json() != self.machines[cvm.id].to_json():
+                self._record_machine(cvm.id, machine, lc.CVM_RESUMED)
+            if cvm.lockdown == lc.LOCKDOWN_PENDING:
+                self._wake_lockdown(cvm.id)  # final, but the lockdown was never verified: retry now
 
     async def close(self) -> None:
         await self.jobs.cancel_all()

@@ -30,6 +30,12 @@ class Settings:
     """Bytes kept per stream (stdout, stderr) of one command; the rest is cut and marked."""
     max_output_limit: int = 16 * MiB
     ssh_ready_timeout_s: float = 120.0
+    lockdown_timeout_s: float = 60.0
+    """How long one attempt of the ``--final`` lockdown command may take on the CVM."""
+    lockdown_retry_s: float = 5.0
+    lockdown_retry_max_s: float = 300.0
+    """A lockdown that could not be verified is retried after ``lockdown_retry_s``, doubling up
+    to ``lockdown_retry_max_s``, until it is verified or the CVM is stopped."""
     provider_env: dict[str, str] = field(default_factory=dict)
     tls: bool = True
     """Serve HTTPS with the sealed TLS key; ``False`` (``--no-tls``) is for development only."""

@@ -2,10 +2,17 @@
 
 Entries are written inside the caller's store transaction, so a state change and the entry
 recording it commit together. The in-memory tree only learns of an entry once its
-transaction has committed; it is rebuilt from the stored entries at start, so whatever is on
-disk is exactly what the tree commits to — a disk that was rolled back or edited while the
-controller was down therefore yields heads that auditors find inconsistent with the ones
-they saw before.
+transaction has committed, and right then the new head is sealed (``LedgerAnchor.seal``),
+before anything the entry announces may take effect.
+
+The database belongs to the host, so nothing read back from it is believed on its own:
+
+* at start the stored entries must reproduce the sealed head; entries after it (a crash
+  between the commit and the seal) must carry the sealed MAC key's tag; each row's
+  ``cvm_id`` column must be the entry's own hashed ``cvm``. Otherwise ``LedgerTampered``.
+* while running, every entry read from disk is checked against its leaf hash in the
+  in-memory tree before it is served or used, and one CVM's entries are found through an
+  in-memory index built from the hashed ``cvm`` field, never through the column.
 
 Each entry names ``cvm_prev``, the seq of the previous entry about the same CVM (``null`` for
 the first), so an auditor reading one CVM's entries through the filtered view can tell when
@@ -15,14 +22,15 @@ one was left out: every link must lead to an entry it was shown.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from duet.controller.store import Store, Transaction
-from duet.errors import InvalidParams
+from duet.errors import ConfigError, DuetError, InvalidParams
 from duet.ledger.merkle import MerkleTree, leaf_hash
 from duet.protocol.canonical import canonical, timestamp
 
@@ -89,20 +97,81 @@ class Subscription:
             pass
 
 
+class LedgerTampered(ConfigError):
+    """The stored ledger is not the one the controller sealed: refuse to start on it."""
+
+    code = "ledger_tampered"
+
+
+class LedgerCorrupted(DuetError):
+    """A stored entry changed on disk while the controller ran: it is not served."""
+
+    code, status = "ledger_corrupted", 500
+
+
+class SealedHeadLike(Protocol):
+    tree_size: int
+    root: bytes
+
+
+class LedgerAnchor(Protocol):
+    """What the ledger needs of sealed state (controller/sealed_state.py is one)."""
+
+    head: SealedHeadLike
+
+    def entry_mac(self, entry_bytes: bytes) -> bytes: ...
+    def entry_mac_valid(self, entry_bytes: bytes, mac: bytes | None) -> bool: ...
+    def seal(self, tree_size: int, root: bytes) -> None: ...
+
+
 class Ledger:
-    def __init__(self, store: Store, controller_id: str) -> None:
+    def __init__(self, store: Store, controller_id: str, anchor: LedgerAnchor,
+                 on_entry: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Load and verify the stored ledger; ``on_entry`` sees every entry once, in order
+        (the controller derives its state from them)."""
         self.store = store
         self.controller_id = controller_id
-        hashes, problems = [], []
-        for position, (seq, data) in enumerate(store.db.execute("SELECT seq, entry FROM ledger ORDER BY seq")):
-            hashes.append(leaf_hash(bytes(data)))
-            if seq != position and len(problems) < 5:
-                problems.append(f"row {position} has seq {seq}")
-        self.tree = MerkleTree(hashes)
-        if problems:
-            # Serve what is on disk as it is: auditors then see exactly what is wrong with it.
-            log.error("the stored ledger is not contiguous (%s): it was edited outside the controller", "; ".join(problems))
+        self.anchor = anchor
+        self.tree = MerkleTree()
+        self._by_cvm: dict[str | None, list[int]] = {}
         self._listeners: list[EntryListener] = []
+        self._load(on_entry)
+
+    def _load(self, on_entry: Callable[[dict[str, Any]], None] | None) -> None:
+        sealed = self.anchor.head
+        rows = self.store.db.execute("SELECT seq, cvm_id, entry, mac FROM ledger ORDER BY seq")
+        for position, (seq, column_cvm, data, mac) in enumerate(rows):
+            data = bytes(data)
+            if seq != position:
+                raise LedgerTampered(f"the stored ledger is not contiguous: entry {position} is missing (the next row has "
+                                     f"seq {seq}); refusing to start on a ledger edited outside the controller")
+            if position == sealed.tree_size and self.tree.root() != sealed.root:
+                raise _root_mismatch(sealed.tree_size)
+            if position >= sealed.tree_size and not self.anchor.entry_mac_valid(data, mac):
+                raise LedgerTampered(f"entry {position} lies after the sealed head ({sealed.tree_size} entries) and was not "
+                                     "written by this controller (its MAC does not verify): refusing to start")
+            try:
+                entry = json.loads(data)
+            except ValueError:
+                raise LedgerTampered(f"entry {position} is not JSON; refusing to start") from None
+            if not isinstance(entry, dict) or entry.get("seq") != position:
+                raise LedgerTampered(f"entry {position} names another seq; refusing to start")
+            if column_cvm != entry.get("cvm"):
+                raise LedgerTampered(f"entry {position} is filed under CVM {str(column_cvm)[:16]}… in the database but is "
+                                     f"about {str(entry.get('cvm'))[:16]}…: the row was re-tagged; refusing to start")
+            self.tree.append(leaf_hash(data))
+            self._by_cvm.setdefault(entry.get("cvm"), []).append(position)
+            if on_entry is not None:
+                on_entry(entry)
+        if self.tree.size < sealed.tree_size:
+            raise LedgerTampered(f"the stored ledger has {self.tree.size} entries, but the sealed head says "
+                                 f"{sealed.tree_size}: its tail was deleted; refusing to start")
+        if self.tree.size == sealed.tree_size and self.tree.root() != sealed.root:
+            raise _root_mismatch(sealed.tree_size)
+        if self.tree.size != sealed.tree_size:
+            log.warning("%d ledger entries were committed after the last sealed head (a crash before sealing); "
+                        "their MACs verify, sealing them now", self.tree.size - sealed.tree_size)
+            self.anchor.seal(self.tree.size, self.tree.root())
 
     @property
     def size(self) -> int:
@@ -134,27 +203,41 @@ class Ledger:
         pending = tx.ledger_entries
         if not pending:
             tx.on_commit(lambda: self._committed(tx))
-        # Sees this transaction's own uncommitted entries too; (cvm_id, seq) is indexed.
-        prev = tx.execute("SELECT max(seq) FROM ledger WHERE cvm_id IS ?", (cvm,)).fetchone()[0]
         entry = {
             "seq": self.tree.size + len(pending),
             "time": timestamp(),
             "cvm": cvm,
-            "cvm_prev": prev,
+            "cvm_prev": self._previous(tx, cvm),
             "event": event,
             "actor": actor,
             "request_digest": request_digest,
             **fields,
         }
         data = canonical(entry)
-        tx.execute("INSERT INTO ledger (seq, cvm_id, entry) VALUES (?, ?, ?)", (entry["seq"], cvm, data))
+        tx.execute("INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (?, ?, ?, ?)",
+                   (entry["seq"], cvm, data, self.anchor.entry_mac(data)))
         pending.append(data)
+        tx.ledger_cvms.append(cvm)
         return entry
 
+    def _previous(self, tx: Transaction, cvm: str | None) -> int | None:
+        """The seq of the CVM's latest entry, this transaction's own included (from memory)."""
+        for offset in range(len(tx.ledger_cvms) - 1, -1, -1):
+            if tx.ledger_cvms[offset] == cvm:
+                return self.tree.size + offset
+        seqs = self._by_cvm.get(cvm)
+        return seqs[-1] if seqs else None
+
     def _committed(self, tx: Transaction) -> None:
-        for data in tx.ledger_entries:
+        entries = []
+        for data, cvm in zip(tx.ledger_entries, tx.ledger_cvms):
+            self._by_cvm.setdefault(cvm, []).append(self.tree.size)
             self.tree.append(leaf_hash(data))
-            entry = json.loads(data)
+            entries.append(json.loads(data))
+        # Sealed before anything the entries announce takes effect: callers act only after
+        # the transaction (and so this callback) has returned.
+        self.anchor.seal(self.tree.size, self.tree.root())
+        for entry in entries:
             for listener in list(self._listeners):
                 try:
                     listener(entry)
@@ -190,31 +273,63 @@ class Ledger:
                 code="bad_range",
             )
 
+    def cvm_seqs(self, cvm: str) -> list[int]:
+        """Seqs of one CVM's committed entries, from the in-memory index (a copy)."""
+        return list(self._by_cvm.get(cvm, ()))
+
+    def _seqs(self, start: int, end: int, cvm: str | None, limit: int | None) -> list[int]:
+        if cvm is None:
+            stop = end if limit is None else min(end, start + limit)
+            return list(range(start, stop))
+        seqs = self._by_cvm.get(cvm, [])
+        low, high = bisect.bisect_left(seqs, start), bisect.bisect_left(seqs, end)
+        if limit is not None:
+            high = min(high, low + limit)
+        return seqs[low:high]
+
+    def _read(self, seqs: list[int]) -> Iterator[dict[str, Any]]:
+        """The entries at ``seqs`` (ascending), each checked against its leaf hash in memory."""
+        for chunk_start in range(0, len(seqs), 500):
+            chunk = seqs[chunk_start:chunk_start + 500]
+            if chunk[-1] - chunk[0] + 1 == len(chunk):
+                rows = self.store.db.execute("SELECT seq, entry FROM ledger WHERE seq >= ? AND seq <= ? ORDER BY seq",
+                                             (chunk[0], chunk[-1])).fetchall()
+            else:
+                marks = ",".join("?" * len(chunk))
+                rows = self.store.db.execute(f"SELECT seq, entry FROM ledger WHERE seq IN ({marks}) ORDER BY seq",
+                                             chunk).fetchall()
+            if [row[0] for row in rows] != chunk:
+                missing = sorted(set(chunk) - {row[0] for row in rows})
+                raise LedgerCorrupted(f"ledger entries {missing[:5]} were deleted from the database while the controller "
+                                      "ran; they are not served")
+            for seq, data in rows:
+                data = bytes(data)
+                if leaf_hash(data) != self.tree.leaf(seq):
+                    log.error("ledger entry %d on disk no longer matches its hash: the database was edited", seq)
+                    raise LedgerCorrupted(f"ledger entry {seq} was altered in the database while the controller ran; "
+                                          "the controller serves only entries that match its tree")
+                yield json.loads(data)
+
     def entries(self, start: int = 0, end: int | None = None, cvm: str | None = None) -> list[dict[str, Any]]:
         end = self.tree.size if end is None else end
         self._check_range(start, end)
-        where, args = _range_filter(start, end, cvm)
-        rows = self.store.db.execute(f"SELECT entry FROM ledger WHERE {where} ORDER BY seq", args)
-        return [json.loads(row[0]) for row in rows]
+        return list(self._read(self._seqs(start, end, cvm, None)))
 
     def page(self, start: int = 0, end: int | None = None, cvm: str | None = None, limit: int = MAX_PAGE) -> dict[str, Any]:
         """At most ``limit`` entries of [start, end); ``end`` in the answer is where the next page starts."""
         end = self.tree.size if end is None else end
         self._check_range(start, end)
         limit = max(1, min(limit, MAX_PAGE))
-        where, args = _range_filter(start, end, cvm)
-        rows = self.store.db.execute(f"SELECT seq, entry FROM ledger WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
-        stop = rows[-1][0] + 1 if len(rows) == limit else end
+        seqs = self._seqs(start, end, cvm, limit)
+        stop = seqs[-1] + 1 if len(seqs) == limit else end
         return {
-            "entries": [json.loads(row[1]) for row in rows],
+            "entries": list(self._read(seqs)),
             "start": start,
             "end": min(stop, end),
             "tree_size": self.tree.size,
         }
 
 
-def _range_filter(start: int, end: int, cvm: str | None) -> tuple[str, tuple[Any, ...]]:
-    """SQL condition and arguments for entries start <= seq < end, optionally of one CVM."""
-    if cvm is None:
-        return "seq >= ? AND seq < ?", (start, end)
-    return "cvm_id = ? AND seq >= ? AND seq < ?", (cvm, start, end)
+def _root_mismatch(size: int) -> LedgerTampered:
+    return LedgerTampered(f"the first {size} stored ledger entries do not hash to the root sealed by this controller: "
+                          "an entry was edited, removed or re-ordered in the database; refusing to start")

@@ -176,6 +176,13 @@ class MerkleTree:
                 f"{name} must be an integer between {lowest} and the tree size {self._size}, got {size!r}"
             )
 
+    def leaf(self, index: int) -> bytes:
+        """The leaf hash at ``index`` (to check an entry read back from storage)."""
+        self._check_size("index", index, lowest=0)
+        if index >= self.size:
+            raise MerkleError(f"leaf {index} is beyond the tree of size {self.size}")
+        return self._block(0, index)
+
     def _block(self, level: int, index: int) -> bytes:
         start = index * HASH_SIZE
         return bytes(self._levels[level][start : start + HASH_SIZE])

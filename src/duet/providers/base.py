@@ -8,8 +8,8 @@ was interrupted before it returned.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
 CvmType = Literal["snp", "tdx"]
@@ -34,6 +34,10 @@ class CvmSpec:
     cvm_id: str
     cvm_type: CvmType
     options: dict[str, str] = field(default_factory=dict)
+
+
+LOCKDOWN_MARKER = "duet-lockdown-complete"
+"""Printed by every lockdown command as its last act: with exit status 0, the proof it ran to the end."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from duet.errors import ConfigError
-from duet.providers.base import Machine
+from duet.providers.base import LOCKDOWN_MARKER, Machine
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ def lockdown_command(controller_public_key: str) -> str:
         "for u in ssh.socket ssh.service sshd.service; do "
         "sudo systemctl disable --now \"$u\" >/dev/null 2>&1 || true; "
         "sudo systemctl mask \"$u\" >/dev/null 2>&1 || true; done; "
-        f"! grep -qF {blob} \"$f\" 2>/dev/null"
+        f"if grep -qF {blob} \"$f\" 2>/dev/null; then echo 'the key is still authorized' >&2; exit 1; fi; "
+        f"echo {LOCKDOWN_MARKER}"
     )
 
 

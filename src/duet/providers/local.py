@@ -29,8 +29,8 @@ import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from duet.errors import Conflict, ConfigError, InvalidParams, NotFound, UpstreamError
-from duet.providers.base import CvmSpec, Machine, Progress
+from duet.errors import ConfigError, Conflict, InvalidParams, NotFound, UpstreamError
+from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, Machine, Progress
 
 _HOST_KEY = "ssh_host_ed25519_key"
 _CONFIG = "sshd_config"
@@ -371,7 +371,7 @@ class LocalProvider:
             f": > {keys} && touch {locked} && "
             f"pid=$(cat {pidfile}) && kids=$(pgrep -P \"$pid\" || true) && kill \"$pid\" && "
             'if [ -n "$kids" ]; then (sleep 1; kill $kids) </dev/null >/dev/null 2>&1 & fi; '
-            "echo locked"
+            f"echo {LOCKDOWN_MARKER}"
         )
 
 

@@ -82,9 +82,11 @@ class SshUnavailable(UpstreamError):
 
     code = "ssh_unavailable"
 
-    def __init__(self, message: str, *, reason: str = "error") -> None:
+    def __init__(self, message: str, *, reason: str = "error", command_started: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        self.command_started = command_started
+        """For ``lost``: the remote shell had started the command (its pid marker arrived)."""
 
 
 def generate_client_key() -> tuple[str, str]:
@@ -350,6 +352,7 @@ class SshPool:
                 f"connection to {target.host}:{target.port} was lost while a command ran; "
                 "it may have run partly, check the CVM before retrying",
                 reason="lost",
+                command_started=session.remote_pid is not None,
             )
         status = None if timed_out else chan.get_exit_status()
         if status == -1:  # asyncssh's stand-in when the command died of a signal
@@ -391,6 +394,19 @@ class SshPool:
             conn.close()
             await conn.wait_closed()
             return
+
+    async def login_refused(self, target: SshTarget) -> bool:
+        """Whether a fresh connection is turned away (nothing listens, or the key is refused).
+
+        Only a refusal counts: a timeout or a network error says nothing about the CVM, so
+        it is no evidence that a lockdown took effect."""
+        try:
+            conn = await _connect(target, timeout=self._connect_timeout)
+        except SshUnavailable as exc:
+            return exc.reason in ("refused", "auth")
+        conn.close()
+        await conn.wait_closed()
+        return False
 
     async def drop(self, cvm_id: str) -> None:
         entry = self._conns.pop(cvm_id, None)

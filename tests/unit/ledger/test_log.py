@@ -7,18 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
+from support import open_ledger
 
 from duet import keys
-from duet.controller.store import StateCipher, Store
+from duet.controller.sealed_state import SealedStateError, read_anchor_file
 from duet.errors import InvalidParams, VerificationError
 from duet.ledger.heads import sign_head, verify_head
-from duet.ledger.log import MAX_PAGE, Ledger
+from duet.ledger.log import MAX_PAGE, Ledger, LedgerCorrupted, LedgerTampered
 from duet.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol.canonical import canonical
 
 
 def make_ledger(directory: Path, controller: str = "c" * 64) -> Ledger:
-    return Ledger(Store(directory / "db.sqlite3", StateCipher(directory / "state.key")), controller)
+    return open_ledger(directory, controller)
 
 
 def add(ledger: Ledger, cvm: str | None, event: str = "x", **fields: object) -> dict[str, object]:
@@ -66,16 +67,68 @@ def test_the_tree_is_rebuilt_from_disk_with_the_same_root(tmp_path: Path) -> Non
     assert again.size == 10 and again.head()["root_hash"] == root
 
 
-def test_an_edited_disk_yields_another_root(tmp_path: Path) -> None:
+def test_an_edited_disk_is_refused_at_open(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path)
     for i in range(4):
         add(ledger, "a", n=i)
-    root = ledger.head()["root_hash"]
     entry = json.loads(ledger.store.db.execute("SELECT entry FROM ledger WHERE seq = 2").fetchone()[0])
     entry["n"] = 99
     ledger.store.db.execute("UPDATE ledger SET entry = ? WHERE seq = 2", (canonical(entry),))
     ledger.store.close()
-    assert make_ledger(tmp_path).head()["root_hash"] != root
+    with pytest.raises(LedgerTampered, match="do not hash to the root sealed"):
+        make_ledger(tmp_path)
+
+
+@pytest.mark.parametrize("attack,message", [
+    ("DELETE FROM ledger WHERE seq = 5", "its tail was deleted"),
+    ("DELETE FROM ledger WHERE seq = 2", "not contiguous"),
+    ("UPDATE ledger SET cvm_id = NULL WHERE seq = 3", "re-tagged"),
+])
+def test_a_truncated_or_retagged_ledger_is_refused_at_open(tmp_path: Path, attack: str, message: str) -> None:
+    ledger = make_ledger(tmp_path)
+    for i in range(6):
+        add(ledger, "a", n=i)
+    ledger.store.db.execute(attack)
+    ledger.store.close()
+    with pytest.raises(LedgerTampered, match=message):
+        make_ledger(tmp_path)
+
+
+def test_an_entry_appended_by_the_host_is_refused_but_a_crash_tail_is_kept(tmp_path: Path) -> None:
+    ledger = make_ledger(tmp_path)
+    for i in range(3):
+        add(ledger, "a", n=i)
+    sealed_size = ledger.anchor.head.tree_size
+    # A commit whose seal never happened (a crash in between): the entry carries the MAC.
+    forged_free = {"seq": 3, "time": "t", "cvm": "a", "cvm_prev": 2, "event": "x", "actor": "test", "request_digest": None}
+    data = canonical(forged_free)
+    ledger.store.db.execute("INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (3, 'a', ?, ?)", (data, ledger.anchor.entry_mac(data)))
+    ledger.store.close()
+    again = make_ledger(tmp_path)
+    assert sealed_size == 3 and again.size == 4 and again.anchor.head.tree_size == 4
+    # The host's own entry: no valid MAC.
+    forged = canonical({**forged_free, "seq": 4, "cvm_prev": 3, "event": "mode.changed"})
+    again.store.db.execute("INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (4, 'a', ?, ?)", (forged, b"\0" * 32))
+    again.store.close()
+    with pytest.raises(LedgerTampered, match="not written by this controller"):
+        make_ledger(tmp_path)
+
+
+def test_entries_edited_while_running_are_not_served_and_the_index_ignores_the_column(tmp_path: Path) -> None:
+    ledger = make_ledger(tmp_path)
+    for i in range(6):
+        add(ledger, "a" if i % 2 else "b", n=i)
+    ledger.store.db.execute("UPDATE ledger SET cvm_id = NULL WHERE cvm_id = 'a'")
+    assert [e["seq"] for e in ledger.entries(cvm="a")] == [1, 3, 5]
+    assert [e["cvm_prev"] for e in ledger.entries(cvm="a")] == [None, 1, 3]
+    assert add(ledger, "a")["cvm_prev"] == 5
+    entry = json.loads(ledger.store.db.execute("SELECT entry FROM ledger WHERE seq = 3").fetchone()[0])
+    ledger.store.db.execute("UPDATE ledger SET entry = ? WHERE seq = 3", (canonical({**entry, "n": 99}),))
+    with pytest.raises(LedgerCorrupted, match="entry 3 was altered"):
+        ledger.entries(cvm="a")
+    ledger.store.db.execute("DELETE FROM ledger WHERE seq = 3")
+    with pytest.raises(LedgerCorrupted, match="deleted"):
+        ledger.page(0, None, "a")
 
 
 def test_each_entry_links_to_the_previous_entry_of_its_cvm(tmp_path: Path) -> None:
@@ -163,3 +216,21 @@ async def test_end_stops_a_feed_from_another_thread(tmp_path: Path) -> None:
     subscription = ledger.subscription()
     await asyncio.to_thread(subscription.end)
     assert await subscription.get(timeout=1) is None
+
+
+def test_the_sealed_anchor_survives_a_torn_write_of_its_newer_slot(tmp_path: Path) -> None:
+    ledger = make_ledger(tmp_path)
+    for i in range(3):
+        add(ledger, "a", n=i)
+    path = ledger.anchor.path  # type: ignore[attr-defined]
+    generation, slot_size, data = read_anchor_file(path)
+    assert data["head"]["tree_size"] == 3
+    image = bytearray(path.read_bytes())
+    newer = (generation % 2) * slot_size
+    image[newer + 100:newer + 110] = b"x" * 10  # a crash in the middle of writing it
+    path.write_bytes(bytes(image))
+    assert read_anchor_file(path)[0] == generation - 1 and read_anchor_file(path)[2]["head"]["tree_size"] == 2
+    image[slot_size - newer + 100:slot_size - newer + 110] = b"x" * 10  # both slots torn: nothing to trust
+    path.write_bytes(bytes(image))
+    with pytest.raises(SealedStateError, match="no intact slot"):
+        read_anchor_file(path)

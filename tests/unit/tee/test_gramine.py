@@ -150,7 +150,7 @@ def test_a_gramine_controller_binds_its_identity_and_is_judged_against_intel(
     controller = open_controller(settings)
     try:
         # The keys are in the (encrypted) sealed mount, not in the state directory on the host's disk.
-        assert {"controller-signing.pem", "controller-tls.key", "owners.json"} <= {p.name for p in sealed.iterdir()}
+        assert {"controller-signing.pem", "controller-tls.key", "anchor.json"} <= {p.name for p in sealed.iterdir()}
         assert not (settings.state_dir / "sealed").exists()
         result = controller.attestation()
         assert result["evidence"]["type"] == "sgx-dcap"

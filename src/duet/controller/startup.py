@@ -1,0 +1,95 @@
+"""Verified start: rebuild what the controller enforces from what the host cannot forge.
+
+Order matters. The sealed anchor (sealed_state.py) is the only trusted input; the ledger
+must reproduce its head (ledger/log.py); the state the controller enforces is replayed from
+those entries (protocol/lifecycle.py); and only then are the database's CVM rows compared
+with it. Any disagreement stops the start and says what differs: an edited mode, a reopened
+final CVM, a machine pointed elsewhere, a deleted row. A row is never "repaired" from the
+ledger silently, because a row that disagrees means someone other than the controller wrote
+to its disk, and the owner must hear of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from duet.controller.sealed_state import SealedState, SealedStateError
+from duet.controller.service import machine_digest
+from duet.controller.store import CvmRow, Store
+from duet.ledger.log import Ledger
+from duet.protocol import lifecycle as lc
+from duet.protocol.lifecycle import CvmFacts, LifecycleReplay
+from duet.providers.base import Machine
+
+log = logging.getLogger("duet.controller")
+
+
+class StoredStateTampered(SealedStateError):
+    """A database row disagrees with the verified ledger."""
+
+    code = "state_tampered"
+
+
+@dataclass
+class VerifiedState:
+    ledger: Ledger
+    replay: LifecycleReplay
+    machines: dict[str, Machine]
+    resumed_from: int
+    """The ledger size this start resumed from (recorded as ``controller.started``)."""
+
+
+def load_verified_state(store: Store, controller_id: str, sealed: SealedState) -> VerifiedState:
+    replay = LifecycleReplay()
+    ledger = Ledger(store, controller_id, sealed, on_entry=replay.apply)
+    for violation in replay.violations:
+        log.error("the controller's own ledger breaks a lifecycle rule at seq %s: %s", violation.seq, violation.message)
+    machines = _check_rows(store.cvm_rows(), replay.cvms, sealed)
+    _shred_destroyed_keys(replay, sealed)
+    return VerifiedState(ledger, replay, machines, ledger.size)
+
+
+def _check_rows(rows: list[CvmRow], derived: dict[str, CvmFacts], sealed: SealedState) -> dict[str, Machine]:
+    """Compare each stored row with the ledger's account; return the verified machines."""
+    problems: list[str] = []
+    machines: dict[str, Machine] = {}
+    by_id = {row.id: row for row in rows}
+    for cvm_id in sorted(derived.keys() - by_id.keys()):
+        problems.append(f"CVM {cvm_id[:16]}… is in the ledger but its database row was deleted")
+    for row in rows:
+        cvm = derived.get(row.id)
+        if cvm is None:
+            problems.append(f"CVM {row.id[:16]}… has a database row but no ledger entry (the row was inserted)")
+            continue
+        for name, stored, expected in (("mode", row.mode, cvm.mode), ("final", row.final, cvm.final),
+                                       ("type", row.type, cvm.type), ("provider", row.provider, cvm.provider),
+                                       ("failure", row.failure, cvm.failure)):
+            if stored != expected:
+                problems.append(f"CVM {row.id[:16]}…: {name} is {stored!r} in the database but {expected!r} in the ledger")
+        stored_digest = machine_digest(Machine.from_json(row.machine)) if row.machine else None
+        if stored_digest != cvm.machine_sha256:
+            problems.append(f"CVM {row.id[:16]}…: its machine record (address, host key) is not the one the ledger "
+                            "recorded")
+        elif row.machine:
+            machines[row.id] = Machine.from_json(row.machine)
+        if cvm.key_destroyed and row.ssh_private_key is not None:
+            problems.append(f"CVM {row.id[:16]}…: its SSH key was destroyed, yet the database holds a key again")
+        if not cvm.key_destroyed and cvm.mode in lc.ACTIVE_MODES and not sealed.has_data_key(row.id):
+            problems.append(f"CVM {row.id[:16]}…: the ledger says the controller holds its key, but sealed state has "
+                            "no data key for it (sealed state was replaced)")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise StoredStateTampered(f"the state database disagrees with the verified ledger, so someone else wrote to it: "
+                                  f"{shown}. Refusing to start; restore the database from a backup of this controller.")
+    return machines
+
+
+def _shred_destroyed_keys(replay: LifecycleReplay, sealed: SealedState) -> None:
+    """A key the ledger says was destroyed is destroyed, whatever sealed state held (a crash
+    between the commit and the seal, or an older anchor written back)."""
+    stale = {cvm_id for cvm_id in sealed.cvms_with_keys() if cvm_id not in replay.cvms or replay.cvms[cvm_id].key_destroyed}
+    for cvm_id in stale:
+        sealed.destroy_data_key(cvm_id)
+    if stale:
+        sealed.seal(sealed.head.tree_size, sealed.head.root)
