@@ -1,7 +1,8 @@
-"""``duet audit [CVM_ID] [--long] [--follow]``: verify the ledger and show a CVM's timeline.
+"""``duet audit [CVM_ID] [--long] [--follow] [--compare FILE|URL]``: verify the ledger and show a CVM's timeline.
 
-Exit status: 0 only when everything verified; 3 when anything did not (what failed is said,
-entry by entry); 1 when the controller could not be asked at all.
+Exit status: 0 only when everything verified; 3 when anything did not (what failed or broke
+a lifecycle rule is said, entry by entry, and each other view that does not agree); 1 when the
+controller, or a view to compare with, could not be asked at all. docs/audit.md lists the findings.
 """
 
 
@@ -25,15 +26,23 @@ def audit(
     long: Annotated[bool, typer.Option("--long", help="Also fetch every output and check it against its recorded SHA-256.")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep auditing each new head (live events, else every --interval s).")] = False,
     interval: Annotated[float, typer.Option(help="With --follow: re-audit at least this often, in seconds.")] = 10.0,
+    compare: Annotated[Optional[list[str]], typer.Option(
+        "--compare", metavar="FILE|URL",
+        help="Also check that another view of this controller agrees with this one: another auditor's saved head "
+             "(FILE, e.g. their <state dir>/heads/<controller>.json) or another copy's URL. Repeatable; once, at the start.",
+    )] = None,
 ) -> None:
-    """Verify, trusting no one, that the ledger is complete, unaltered and never forked or rolled back."""
-    from duet.client.audit import Auditor, HeadStore
+    """Verify, trusting no one, that the ledger is complete, unaltered, lawful and never forked or rolled back."""
+    from duet.client.audit import Auditor, HeadStore, load_view
 
     context: CliContext = ctx.obj
     with output.errors(context), context.client() as client:
         store = HeadStore(client.trust.path.parent)
+        others = [load_view(spec, client.pin()) for spec in compare or []]
         auditor = Auditor(client, store, cvm=cvm_id, long=long)
         result = auditor.audit()
+        for other in others:
+            auditor.compare(other, result)
         _report(context, result, first=True)
         if not result.ok:
             raise typer.Exit(output.EXIT_UNTRUSTED)
@@ -112,6 +121,7 @@ def _report(context: CliContext, result: Any, *, first: bool) -> None:
         _header(console, result)
     if data["timeline"]:
         _table(console, data["timeline"], cvm_column=result.cvm is None, long=bool(result.outputs))
+    _comparisons(console, result)
     if result.ok:
         head = result.head
         console.print(
@@ -149,6 +159,26 @@ def _header(console: "Console", result: Any) -> None:
         )
 
 
+_RELATIONS = {
+    "same": "the same head",
+    "prefix": "a prefix of this one (proven by the controller)",
+    "extension": "an extension of this one (proven by {source})",
+}
+
+
+def _comparisons(console: "Console", result: Any) -> None:
+    """Say which other views agree; those that do not are findings, printed with the others."""
+    from rich.markup import escape
+
+    for record in result.comparisons:
+        if record["consistent"]:
+            relation = _RELATIONS[record["relation"]].format(source=record["source"])
+            console.print(
+                f"[green]✓ the two views are consistent[/]: {escape(record['source'])} holds a head of "
+                f"{record['head']['tree_size']} entries signed {record['head']['timestamp']}, {escape(relation)}"
+            )
+
+
 def _table(console: "Console", rows: list[dict[str, Any]], *, cvm_column: bool, long: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -165,7 +195,8 @@ def _table(console: "Console", rows: list[dict[str, Any]], *, cvm_column: bool, 
             str(row["event"]) + (" [yellow](seed protocol)[/]" if row.get("protocol") == "seed" else ""),
             row["mode"] or "", escape(row["command"] or ""),
             "" if row["exit_status"] is None else str(row["exit_status"]), escape(row["detail"]),
-            "[green]✓[/]" if row["verified"] else "[bold red]✗[/]",
+            ("[green]✓[/]" if row["verified"] else "[bold red]✗[/]")
+            + (f" [bold red]⚠ FORBIDDEN: {row['violation']}[/]" if row.get("violation") else ""),
         ]
         if long:
             cells.append(escape(row.get("stdout", "")))
