@@ -14,9 +14,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -79,13 +77,13 @@ def errors(context: CliContext) -> Iterator[None]:
         untrusted = exc.code in {
             "bad_answer_signature", "wrong_controller", "answer_not_bound", "stale_answer", "unsigned_answer",
             "bad_identity", "bad_pin", "blob_mismatch", "controller_key_changed", "tls_pin_mismatch",
-            "controller_not_verified", "plain_http",
+            "controller_not_verified", "plain_http", "controller_changed", "owners_changed",
         }
         if context.json:
             sys.stdout.write(json.dumps({"error": {"code": exc.code, "message": exc.message}}, sort_keys=True) + "\n")
         elif exc.code in ("controller_not_verified", "plain_http"):
             _console("err_console").print(f"[bold red]refused[/] ({exc.code}): {exc.message}")
-        elif exc.code in ("controller_key_changed", "tls_pin_mismatch"):
+        elif exc.code in ("controller_key_changed", "tls_pin_mismatch", "controller_changed", "owners_changed"):
             _console("err_console").print(f"[bold red]REFUSED CONTROLLER[/] ({exc.code}): {exc.message}")
         elif untrusted:
             _console("err_console").print(f"[bold red]UNTRUSTED ANSWER[/]: {exc.message} ({exc.code}). Nothing in it was used.")

@@ -1,7 +1,8 @@
 """``duet verify``: verify the controller's attestation and pin it for every later command.
 
-Exit status: 0 verified and pinned; 3 (untrusted) when a check failed or the controller is not
-the one pinned before; 2 when an option is unusable.
+Exit status: 0 verified and pinned; 3 (untrusted) when a check failed, or the controller is not
+the one pinned before or shows another owner set than the pinned one
+(:func:`duet.client.trust.check_repin`; ``--replace`` pins it anyway); 2 when an option is unusable.
 """
 
 
@@ -23,13 +24,15 @@ def verify(
         "`duet controller sim-root`. Repeatable. Real SGX evidence is always checked against Intel's root.")] = None,
     maa_url: Annotated[Optional[str], typer.Option(help="Also have Azure Attestation (this instance) judge the quote.")] = None,
     save: Annotated[Optional[Path], typer.Option(help="Keep the evidence, identity and verdict in this directory.")] = None,
-    replace: Annotated[bool, typer.Option(help="Pin this controller even if another one is pinned for the URL.")] = False,
+    replace: Annotated[bool, typer.Option(help="Pin this controller even if another one, or the same one with another "
+                                          "owner set, is pinned for the URL.")] = False,
 ) -> None:
     """Verify the controller (evidence, identity binding, policy, TLS certificate) and pin it."""
     from duet.attestation import sgx_dcap as dcap
     from duet.attestation.policy import Policy
-    from duet.client.trust import TrustStore
+    from duet.client.trust import TrustStore, check_repin
     from duet.client.verify import verify_controller
+    from duet.errors import VerificationError
 
     context: CliContext = ctx.obj
     with output.errors(context):
@@ -42,17 +45,14 @@ def verify(
                                     maa_url=maa_url)
         trust = TrustStore.default()
         result = verdict.to_dict()
-        previous = trust.get(context.url)
-        if verdict.pin is not None and previous is not None and previous.verified_at and not replace and (
-                previous.controller != verdict.pin.controller or previous.tls_cert_sha256 != verdict.pin.tls_cert_sha256):
-            result.update(ok=False, failed_step="pin", code="controller_changed", pinned=None, message=(
-                f"the controller at {context.url} is not the one you pinned on {previous.verified_at} "
-                f"(pinned {previous.controller[:16]}…, TLS {str(previous.tls_cert_sha256)[:16]}…; now "
-                f"{verdict.pin.controller[:16]}…, TLS {str(verdict.pin.tls_cert_sha256)[:16]}…). It verified, but "
-                "a replaced controller key usually means a new installation; pass --replace to pin it."))
-        elif verdict.ok and verdict.pin is not None:
-            trust.put(context.url, verdict.pin)
-            result["pinned_in"] = str(trust.path)
+        if verdict.ok and verdict.pin is not None:
+            try:
+                check_repin(trust.get(context.url), verdict.pin, url=context.url, replace=replace)
+            except VerificationError as exc:
+                result.update(ok=False, failed_step="pin", code=exc.code, message=exc.message, pinned=None)
+            else:
+                trust.put(context.url, verdict.pin)
+                result["pinned_in"] = str(trust.path)
         if save is not None:
             result["saved_in"] = str(_save(save, verdict, result))
         output.emit(context, result, lambda console: _render(console, verdict, result, context))

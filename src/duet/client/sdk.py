@@ -28,6 +28,7 @@ from duet import keys
 from duet.client.trust import (
     ControllerPin,
     TrustStore,
+    check_same_identity,
     peer_certificate,
     pinned_ssl_context,
     presented_certificate,
@@ -152,8 +153,36 @@ class DuetClient:
             raise NotVerified(f"the controller at {self.url} is not verified: {_verify_hint(self.url)}")
         return self._pin
 
+    def check_identity(self) -> ControllerPin:
+        """Fetch the identity the controller serves now and hold it to the pin; return it.
+
+        Answers are checked against the pinned key, but a controller does not restate its owner
+        set in them: this is how a long-lived client (``duet audit``, a service polling its CVMs)
+        notices that the host restarted the controller with other owners, or swapped it. One
+        ``GET /v1/attestation``, one signature check, no evidence verification (the answer is
+        signed by the pinned, attested key, so the enclave itself vouches for the document) —
+        cheap enough to call before each audit. Ordinary calls do not make it: it would add a
+        round trip to each of them.
+
+        Raises :class:`~duet.errors.VerificationError` ``controller_changed`` (another controller
+        id, signing key or TLS certificate) or ``owners_changed`` (another owner set; see
+        :func:`duet.client.trust.check_same_identity`), and :class:`NotVerified` as :meth:`pin`
+        does. Over HTTPS a changed TLS certificate is usually refused earlier, at the handshake
+        (``tls_pin_mismatch``). The pin is never changed here; ``duet verify --replace`` does that.
+        With ``insecure`` and no pin, the identity fetched at first contact is the one held to.
+        """
+        fetched_now = self._pin is None and self._stored is None
+        pinned = self.pin()
+        if fetched_now and self.first_contact:
+            return pinned  # pin() just fetched it: nothing older to compare with, no second request
+        shown = self._fetch_identity()
+        check_same_identity(pinned, shown, url=self.url,
+                            remedy=f"verify it again: `duet --url {self.url} verify --replace`.")
+        return shown
+
     def _fetch_identity(self) -> ControllerPin:
-        """The identity as presented, checked only for self-consistency (insecure mode)."""
+        """The identity as presented now, checked for self-consistency: its id is its key's, the
+        answer is signed by that key and fresh, and the connection's certificate is the named one."""
         nonce = new_nonce()
         _, answer, cert = self._send_raw("GET", "/v1/attestation", params={"nonce": nonce})
         try:

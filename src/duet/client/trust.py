@@ -7,6 +7,13 @@ TLS certificate the attested identity names (every TLS connection must present e
 A controller that later presents another key or certificate is refused, never silently
 re-pinned; pinning a different controller for the same URL takes ``duet verify --replace``.
 
+The pin also remembers the owner set the attested identity named (who may administer CVMs).
+The same controller showing another set later is refused as well (``owners_changed``): an
+owner set changes only through recorded ledger entries, and a host that swapped the owner keys
+behind the enclave's back must not become an owner silently. :func:`check_repin` is the rule
+``duet verify`` applies before it overwrites a pin; :func:`check_same_identity` is the rule a
+client applies to the identity a pinned controller serves now.
+
 Pins written by older duet versions (trust on first use, no ``verified_at``) are not trusted:
 the controller must be verified again.
 """
@@ -17,6 +24,7 @@ import hashlib
 import json
 import os
 import ssl
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -102,6 +110,59 @@ class TrustStore:
         pins = self._load()
         pins[url.rstrip("/")] = pin.to_dict()
         self._save(pins)
+
+
+# --- a pinned controller that shows another identity ----------------------------------------
+
+
+def short_id(key_id: str | None) -> str:
+    """A key id or hash as people compare them in messages: its first 16 hex characters."""
+    return f"{str(key_id)[:16]}…"
+
+
+def _short_ids(key_ids: Iterable[str]) -> str:
+    return ", ".join(short_id(key_id) for key_id in sorted(key_ids)) or "none"
+
+
+def check_same_identity(pinned: ControllerPin, shown: ControllerPin, *, url: str, remedy: str) -> None:
+    """Raise unless ``shown`` is the identity ``pinned`` remembers: same controller id (so the
+    same signing key: both ids were checked to be their key's id, which compares keys whatever
+    their PEM's formatting) and TLS certificate (else ``controller_changed``), same owner set in
+    any order (else ``owners_changed``).
+
+    No ledger entry can legitimately change an owner set yet (governed ``owners.changed`` entries
+    come later), so every difference is one without the entries that would have changed it.
+    ``remedy`` ends the message with what the user can do about it.
+    """
+    when = f"you pinned on {pinned.verified_at}" if pinned.verified_at else "seen at first contact"
+    if (pinned.controller, pinned.tls_cert_sha256) != (shown.controller, shown.tls_cert_sha256):
+        raise VerificationError(
+            f"the controller at {url} is not the one {when} (pinned {short_id(pinned.controller)}, TLS "
+            f"{short_id(pinned.tls_cert_sha256)}; now {short_id(shown.controller)}, TLS "
+            f"{short_id(shown.tls_cert_sha256)}). A replaced controller key usually means a new installation; "
+            f"{remedy}", code="controller_changed")
+    added, removed = set(shown.owners) - set(pinned.owners), set(pinned.owners) - set(shown.owners)
+    if added or removed:
+        raise VerificationError(
+            f"the controller at {url} ({short_id(pinned.controller)}, same key and TLS certificate) now shows "
+            f"another owner set than the one {when} (added {_short_ids(added)}; removed {_short_ids(removed)}). "
+            "Owner sets change only through recorded ledger entries, and none recorded this change: the host may "
+            "have swapped the owner keys. Ask the controller's owners whether they changed it; if they did, "
+            f"{remedy}", code="owners_changed")
+
+
+def check_repin(previous: ControllerPin | None, new: ControllerPin, *, url: str, replace: bool) -> None:
+    """Raise unless ``new`` (just verified) may overwrite the pin ``previous`` for ``url``.
+
+    Verification proves what a controller runs, not that it is the one the user chose before:
+    a re-verified controller with another key, TLS certificate (``controller_changed``) or owner
+    set (``owners_changed``) is pinned only when the user asks with ``replace``. Pins without
+    ``verified_at`` (older trust-on-first-use ones) were never trusted, so they are overwritten.
+    Lives in the SDK so that every program that pins, not only the CLI, keeps the rule.
+    """
+    if previous is None or not previous.verified_at or replace:
+        return
+    check_same_identity(previous, new, url=url, remedy="pass --replace to pin it (`duet verify --replace`).")
 
 
 # --- TLS pinning -----------------------------------------------------------------------------
