@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -256,3 +258,37 @@ def test_a_machine_rewritten_in_the_database_is_not_used(client: DuetClient, con
     assert "hostkey.mismatch" not in [e["event"] for e in events(client, real)]
     assert f"CVM {real[:16]}…: its machine record (address, host key) is not the one the ledger recorded" in \
         refused_start(controller)
+
+
+# --- 8. two copies of the state directory, one identity, two histories ----------------------------
+
+
+def test_two_copies_side_by_side_are_told_apart_by_comparing_heads(
+        client: DuetClient, controller: ControllerProcess, owner: Owner, tmp_path: Path) -> None:
+    controller.stop()
+    shutil.copytree(controller.state_dir, tmp_path / "copy")  # the host copies the whole state, sealed state too
+    controller.start()
+    copy = ControllerProcess(tmp_path / "copy", [])
+    with serving(copy), DuetClient(copy.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user-b"),
+                                   insecure=True) as other:
+        start_cvm(client)  # the owner's work goes to one copy ...
+        start_cvm(other)  # ... and other work to the other: two histories under one identity
+        assert client.head()["controller"] == other.head()["controller"]
+
+        first, second = tmp_path / "auditor-a", tmp_path / "auditor-b"
+        assert audit(controller, first)[0] == 0
+        assert audit(copy, second)[0] == 0  # each auditor alone sees a consistent log
+
+        saved = first / "heads" / f"{client.head()['controller']}.json"
+        for view in (str(saved), controller.url):
+            rc, report = audit(copy, second, "--compare", view)
+            assert rc == 3 and "fork" in [f["code"] for f in report["findings"]], report
+        assert audit(controller, first, "--compare", controller.url)[0] == 0  # one copy agrees with itself
+
+
+def audit(controller: ControllerProcess, home: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "duet", "--url", controller.url, "--json", "audit", *args], capture_output=True,
+        text=True, timeout=60, env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
+    )
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])

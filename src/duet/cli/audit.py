@@ -37,6 +37,7 @@ def audit(
 
     context: CliContext = ctx.obj
     with output.errors(context), context.client() as client:
+        client.check_identity()  # the owner set (and keys) it shows now must be the ones the user verified
         store = HeadStore(client.trust.path.parent)
         others = [load_view(spec, client.pin()) for spec in compare or []]
         auditor = Auditor(client, store, cvm=cvm_id, long=long)

@@ -80,7 +80,7 @@ def mark(
             raise output.UsageError(f"unknown mode {mode!r}; use in-service or in-update", code="bad_mode")
         result = client.mark(cvm_id, mode, final=final)
         output.emit(context, result, lambda console: console.print(
-            f"CVM {cvm_id[:16]}… is [bold]{result['mode']}[/]" + (" (final)" if result["final"] else "")
+            f"CVM {cvm_id[:16]}… is [bold]{result['mode']}[/]" + _final_text(result)
             + ("" if result["changed"] else " (unchanged)")
         ))
 
@@ -111,7 +111,7 @@ def list_cvms(ctx: typer.Context) -> None:
     context: CliContext = ctx.obj
     with output.errors(context), context.client() as client:
         cvms = client.list_cvms()
-        rows = [[cvm["cvm_id"], cvm["type"], cvm["provider"], cvm["mode"], "yes" if cvm["final"] else "", cvm["created_at"]]
+        rows = [[cvm["cvm_id"], cvm["type"], cvm["provider"], cvm["mode"], _final_text(cvm).strip(" ()"), cvm["created_at"]]
                 for cvm in cvms]
         output.emit_plain(context, {"cvms": cvms}, lambda: output.plain_table(
             ["CVM id", "type", "provider", "mode", "final", "created"], rows))
@@ -162,9 +162,19 @@ def _render_results(console: "Console", results: list[dict[str, Any]]) -> None:
             console.print(item["stderr"], end="" if item["stderr"].endswith("\n") else "\n", style="red", markup=False, highlight=False)
 
 
+def _final_text(cvm: dict[str, Any]) -> str:
+    """" (final)", or " (final, lockdown pending)" while the controller has not verified that it
+    locked itself out: the owner must know the CVM may still be reachable."""
+    if not cvm.get("final"):
+        return ""
+    return " (final, lockdown pending)" if cvm.get("lockdown") == "pending" else " (final)"
+
+
 def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool) -> str:
     head = (f"CVM {cvm['cvm_id']}  type {cvm['type']}  provider {cvm['provider']}  mode {cvm['mode']}"
-            + ("  (final)" if cvm["final"] else "") + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "") + "\n\n")
+            + (" " + _final_text(cvm) if cvm["final"] else "") + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "")
+            + (f"\nlockdown not verified yet (retrying): {cvm['lockdown_error']}" if cvm.get("lockdown_error") else "")
+            + "\n\n")
 
     def exit_text(item: dict[str, Any]) -> str:
         return str(item["status"] if item.get("exit_status") is None else item["exit_status"])
