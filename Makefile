@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test deps sshd bench clean
+.PHONY: demo test lint deps sshd bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,7 +28,13 @@ sshd:
 demo: deps
 	$(VENV)/bin/duet demo
 
-test: deps
+# Lint and types first: CI (.ci/run = make test) fails on a lint or type error before any test runs.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: deps lint
 	$(PY) -m pytest -q
 
 bench: deps

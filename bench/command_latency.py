@@ -12,6 +12,7 @@ import asyncio
 import time
 
 import asyncssh
+
 from _setup import median_ms, running_controller
 
 ROUNDS = 60

@@ -19,12 +19,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import httpx  # noqa: E402
-from support import make_owner  # noqa: E402
+import httpx
 
-from duet.controller.process import ControllerProcess  # noqa: E402
-from duet.controller.store import SCHEMA  # noqa: E402
-from duet.protocol.canonical import canonical  # noqa: E402
+from duet.controller.process import ControllerProcess
+from duet.controller.store import SCHEMA
+from duet.protocol.canonical import canonical
+from support import make_owner
 
 SAMPLES = 500
 BUDGET_MS = 5.0

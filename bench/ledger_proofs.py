@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion  # noqa: E402
+from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 
 SIZES = (1_000, 1_000_000)
 SAMPLES = 2_000

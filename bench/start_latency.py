@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from _setup import median_ms, running_controller
-
 from duet.providers.base import CvmSpec
 from duet.providers.local import LocalProvider
 from duet.remote.ssh import generate_client_key

@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from duet import keys  # noqa: E402
-from duet.controller.sealed_state import SealedState  # noqa: E402
-from duet.controller.startup import load_verified_state  # noqa: E402
-from duet.controller.store import Store  # noqa: E402
-from duet.ledger.log import Ledger  # noqa: E402
-from duet.ledger.merkle import EMPTY_ROOT, MerkleTree, leaf_hash  # noqa: E402
-from duet.protocol.canonical import timestamp  # noqa: E402
+from duet import keys
+from duet.controller.sealed_state import SealedState
+from duet.controller.startup import load_verified_state
+from duet.controller.store import Store
+from duet.ledger.log import Ledger
+from duet.ledger.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
+from duet.protocol.canonical import timestamp
 
 CVMS = 100
 COMMANDS = 49_900

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Owner, make_owner, serving
 
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
 from duet.controller.process import ControllerProcess
+from support import Owner, make_owner, serving
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ def sshd_processes(*words: str) -> list[int]:
     return found
 
 
-def open_ledger(directory: Path, controller: str = "c" * 64) -> "Ledger":
+def open_ledger(directory: Path, controller: str = "c" * 64) -> Ledger:
     """A ledger on its own database, anchored in a real sealed state kept beside it, so it
     can be closed and opened again (and attacked on disk) like a controller's."""
     from duet.controller.sealed_state import SealedState

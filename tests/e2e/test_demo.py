@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from support import sshd_processes
-
 from duet.cli.demo import run_demo
 from duet.client.sdk import DuetClient
+from support import sshd_processes
 
 
 def sshd_processes_of_demos() -> list[int]:

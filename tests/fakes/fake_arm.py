@@ -33,7 +33,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
-
 from tests.fakes.sshd import LocalSshd
 from tests.fakes.tls import make_server_context
 
@@ -101,7 +100,7 @@ class FakeArm:
         self._threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True) for s in (self._arm, self._identity)]
 
     # ---- lifecycle ----
-    def start(self) -> "FakeArm":
+    def start(self) -> FakeArm:
         for t in self._threads:
             t.start()
         return self

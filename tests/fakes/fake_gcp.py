@@ -52,7 +52,7 @@ class FakeGcp:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
-    def start(self) -> "FakeGcp":
+    def start(self) -> FakeGcp:
         self._thread.start()
         return self
 

@@ -21,9 +21,10 @@ import functools
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any
 
 import jwt
 from cryptography import x509
@@ -40,7 +41,7 @@ def _b64url_decode(text: str) -> bytes:
 
 def _self_signed(key: rsa.RSAPrivateKey, cn: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
             .not_valid_after(now + timedelta(days=365)).sign(key, hashes.SHA256()))
@@ -65,7 +66,7 @@ class FakeMaa:
         self._other_key = _rsa_key("other")
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
-    def start(self) -> "FakeMaa":
+    def start(self) -> FakeMaa:
         self._thread.start()
         return self
 
@@ -73,7 +74,7 @@ class FakeMaa:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "FakeMaa":
+    def __enter__(self) -> FakeMaa:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -134,7 +135,7 @@ class FakeMaa:
         except (ValueError, KeyError, TypeError, dcap.QuoteFormatError):
             return 400, {"error": {"code": "InvalidParameter", "message": "The quote could not be parsed"}}
         if self.trusted_roots:
-            verdict = dcap.verify_quote(quote, trusted_root_keys=self.trusted_roots, now=datetime.now(timezone.utc))
+            verdict = dcap.verify_quote(quote, trusted_root_keys=self.trusted_roots, now=datetime.now(UTC))
             if not verdict.ok:
                 return 400, {"error": {"code": "InvalidParameter", "message": f"Quote verification failed: {verdict.code}"}}
         return 200, {"token": self.issue(quote)}

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 def make_server_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
     """(server SSL context for 127.0.0.1, path of the CA bundle a client must trust)."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "duet test CA")])
     ca = (

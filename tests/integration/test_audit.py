@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Owner, start_cvm
 
 from duet.client.sdk import ApiError, DuetClient
 from duet.controller.process import ControllerProcess
@@ -30,6 +29,7 @@ from duet.errors import DuetError
 from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import verify_answer
+from support import Owner, start_cvm
 
 DB_FILES = ("duet.sqlite3", "duet.sqlite3-wal", "duet.sqlite3-shm")
 STATE = (*DB_FILES, "sealed")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from support import start_cvm
-
 from duet.client.sdk import DuetClient
+from support import start_cvm
 
 
 def test_a_command_past_its_timeout_is_killed_and_recorded(client: DuetClient) -> None:

@@ -6,11 +6,10 @@ import threading
 import time
 from typing import Any
 
-from support import sshd_processes, start_cvm
-
 from duet.client.sdk import DuetClient
 from duet.controller.process import ControllerProcess
 from duet.providers.local import LocalProvider
+from support import sshd_processes, start_cvm
 
 
 def sshd_processes_for(cvm_id: str) -> list[int]:

@@ -11,11 +11,11 @@ from typing import Any
 
 import asyncssh
 import pytest
-from support import start_cvm
 
 from duet.client.sdk import ApiError, DuetClient
 from duet.controller.process import ControllerProcess
 from duet.providers.local import LocalProvider, _find_sshd
+from support import start_cvm
 
 
 def cvm_login_key(controller: ControllerProcess, cvm_id: str) -> str:

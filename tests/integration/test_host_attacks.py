@@ -25,7 +25,6 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from support import Owner, make_owner, serving, start_cvm
 
 from duet import keys
 from duet.client.sdk import ApiError, DuetClient
@@ -34,6 +33,7 @@ from duet.controller.process import ControllerProcess, free_port
 from duet.controller.sealed_state import read_anchor
 from duet.errors import DuetError
 from duet.providers.local import LocalProvider, _find_sshd
+from support import Owner, make_owner, serving, start_cvm
 
 
 def db(controller: ControllerProcess) -> sqlite3.Connection:

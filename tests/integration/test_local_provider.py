@@ -86,7 +86,7 @@ async def cvm(provider: LocalProvider) -> AsyncIterator[Cvm]:
     await provider.delete(Machine(cvm_id="cvm-a", provider="local"), lambda _: None)
 
 
-async def run(pool: SshPool, cvm: Cvm, command: str, *, timeout: float = 10.0, output_limit: int = LIMIT):  # noqa: ANN201
+async def run(pool: SshPool, cvm: Cvm, command: str, *, timeout: float = 10.0, output_limit: int = LIMIT):
     return await pool.run(cvm.machine.cvm_id, cvm.target, command, timeout=timeout, output_limit=output_limit)
 
 

@@ -7,17 +7,17 @@ code, sign the refusal, and change nothing (the ledger does not grow, no CVM app
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from support import make_owner, start_cvm
 
 from duet.client.sdk import DuetClient
 from duet.errors import VerificationError
 from duet.protocol.canonical import timestamp
 from duet.protocol.envelope import request_digest, sign_request, verify_answer
+from support import make_owner, start_cvm
 
 
 def post(client: DuetClient, path: str, body: bytes | dict[str, Any], *, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -73,7 +73,7 @@ def test_request_for_another_controller_is_refused(client: DuetClient, owner: An
 @pytest.mark.parametrize("age", [timedelta(minutes=6), timedelta(days=1), -timedelta(minutes=6)])
 def test_request_issued_outside_the_window_is_refused(client: DuetClient, owner: Any, age: timedelta) -> None:
     before = snapshot(client)
-    issued = timestamp(datetime.now(timezone.utc) - age)
+    issued = timestamp(datetime.now(UTC) - age)
     envelope = sign_request("cvm.start", client.pin().controller, {"cvm_type": "snp"}, owner.key, issued_at=issued)
     status, result = post(client, "/v1/cvms", envelope)
     assert status == 401

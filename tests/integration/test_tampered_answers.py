@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import start_cvm
 
 from duet.client.sdk import DuetClient
 from duet.controller.process import ControllerProcess
+from support import start_cvm
 
 
 class TamperingProxy:

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Owner, make_owner, serving
 
 from duet import keys
 from duet.attestation import sgx_dcap as dcap
@@ -32,6 +31,7 @@ from duet.errors import DuetError, VerificationError
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import new_nonce, sign_answer
 from duet.tee.simulated import SimulatedSgxTee, simulated_root_pem
+from support import Owner, make_owner, serving
 
 
 def duet(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, Any, str]:

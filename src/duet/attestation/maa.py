@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -110,7 +110,7 @@ def verify_token(token: str, *, instance: str, jwks: Any, now: datetime | None =
                  leeway_s: float = DEFAULT_LEEWAY_S) -> MaaSgxClaims:
     """Check an MAA SGX token (module docstring, steps 1–4); raise :class:`MaaError` on the first failure."""
     instance = instance_url(instance)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -151,7 +151,7 @@ def verify_token(token: str, *, instance: str, jwks: Any, now: datetime | None =
         raise _fail("claims", "maa_bad_claim", "the MAA token's exp/nbf are not numbers") from None
     if stamp > exp + leeway_s:
         raise _fail("expiry", "maa_expired", f"the MAA token expired at "
-                    f"{datetime.fromtimestamp(exp, timezone.utc).isoformat()}")
+                    f"{datetime.fromtimestamp(exp, UTC).isoformat()}")
     if stamp < nbf - leeway_s:
         raise _fail("expiry", "maa_not_yet_valid", "the MAA token is not valid yet (check the clocks)")
     kind = claims.get("x-ms-attestation-type", claims.get("tee"))
@@ -170,7 +170,7 @@ def verify_token(token: str, *, instance: str, jwks: Any, now: datetime | None =
         mr_signer=_hex(_claim(claims, "x-ms-sgx-mrsigner", "sgx-mrsigner"), "x-ms-sgx-mrsigner"),
         isv_prod_id=prod_id, isv_svn=svn, debug=debug,
         report_data=_hex(report_data, "x-ms-sgx-report-data", 64) if report_data is not None else None,
-        issuer=instance, expires=datetime.fromtimestamp(exp, timezone.utc), claims=claims,
+        issuer=instance, expires=datetime.fromtimestamp(exp, UTC), claims=claims,
     )
 
 
@@ -186,7 +186,7 @@ class MaaClient:
         if self._own_http:
             self._http.close()
 
-    def __enter__(self) -> "MaaClient":
+    def __enter__(self) -> MaaClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

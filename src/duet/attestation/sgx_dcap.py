@@ -26,11 +26,12 @@ import base64
 import hashlib
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal, Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature

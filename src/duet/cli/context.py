@@ -18,7 +18,7 @@ class CliContext:
     insecure: bool = False
     """``--insecure`` / ``DUET_INSECURE``: use a controller that was not verified (said on every run)."""
 
-    def client(self, *, owner: bool = False) -> "DuetClient":
+    def client(self, *, owner: bool = False) -> DuetClient:
         """A client for the controller at ``url``; its trust warnings go to stderr on every run
         (stdout stays one JSON object with --json)."""
         from duet.cli.output import warn

@@ -10,6 +10,7 @@ the report data matches; 1 when the evidence fails; 2 when the input or an optio
 
 import json
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any, Optional
 
@@ -120,7 +121,7 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Verify a quote offline: signatures to a pinned root, then policy; say which step failed."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from duet.attestation import sgx_dcap as dcap
     from duet.attestation.policy import Policy, PolicyError, enforce_policy
@@ -131,14 +132,14 @@ def verify(
         return typer.Exit(2)
 
     try:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if at is not None:
             try:
                 now = datetime.fromisoformat(at.replace("Z", "+00:00"))
             except ValueError:
                 raise usage(f"--at {at!r} is not an ISO 8601 time") from None
             if now.tzinfo is None:
-                now = now.replace(tzinfo=timezone.utc)
+                now = now.replace(tzinfo=UTC)
         if trust_root:
             roots = [dcap.load_trust_root(p.read_bytes(), str(p)) for p in trust_root]
         else:

@@ -114,6 +114,7 @@ def controller_serve(
     env_file: Annotated[Optional[Path], typer.Option(help="Provider settings as KEY=VALUE lines, e.g. the seed's azure_config.env; the environment is read too.")] = None,
 ) -> None:
     """Serve the controller over HTTPS (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
+    import dataclasses
     import logging
 
     from duet.controller.app import serve
@@ -128,8 +129,10 @@ def controller_serve(
         provider_env=provider_env, state_dir=state_dir, owner_keys=tuple(owner_key or ()), providers=tuple(dict.fromkeys(provider or ["local"])), tee=tee, host=host, port=port,
         max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit,
         lockdown_timeout_s=lockdown_timeout, lockdown_retry_s=lockdown_retry, lockdown_retry_max_s=max(lockdown_retry, 300.0), seed_api=seed_api or seed_address is not None, seed_listen=seed_address,
-        tls=not no_tls, maa_url=maa_url, **({"gramine_sealed_dir": sealed_dir} if sealed_dir else {}),
+        tls=not no_tls, maa_url=maa_url,
     )
+    if sealed_dir:
+        settings = dataclasses.replace(settings, gramine_sealed_dir=sealed_dir)
     with output.errors(CliContext(url="", key_path=None, json=False)):
         serve(settings)
 

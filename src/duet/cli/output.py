@@ -24,10 +24,10 @@ from duet.errors import DuetError
 if TYPE_CHECKING:
     from rich.console import Console
 
-_consoles: dict[str, "Console"] = {}
+_consoles: dict[str, Console] = {}
 
 
-def _console(name: str) -> "Console":
+def _console(name: str) -> Console:
     if name not in _consoles:
         from rich.console import Console
 
@@ -35,7 +35,7 @@ def _console(name: str) -> "Console":
     return _consoles[name]
 
 
-def __getattr__(name: str) -> "Console":
+def __getattr__(name: str) -> Console:
     """``output.console`` and ``output.err_console``, made when first used."""
     if name in ("console", "err_console"):
         return _console(name)
@@ -49,7 +49,7 @@ class UsageError(DuetError):
     code, status = "usage", 400
 
 
-def emit(context: CliContext, data: Any, render: Callable[["Console"], None]) -> None:
+def emit(context: CliContext, data: Any, render: Callable[[Console], None]) -> None:
     if context.json:
         sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
     else:

@@ -20,7 +20,7 @@ import base64
 import hashlib
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -82,7 +82,7 @@ def quote_binds_key(quote_b64: str, public_pem: str) -> bool:
 
     try:
         quote = base64.b64decode(quote_b64, validate=True)
-        verdict = sgx_dcap.verify_quote(quote, trusted_root_keys=[sgx_dcap.intel_sgx_root_key()], now=datetime.now(timezone.utc))
+        verdict = sgx_dcap.verify_quote(quote, trusted_root_keys=[sgx_dcap.intel_sgx_root_key()], now=datetime.now(UTC))
     except ValueError:
         return False
     if not verdict.ok:

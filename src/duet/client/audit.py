@@ -96,7 +96,7 @@ class HeadStore:
         self.directory = directory / "heads"
 
     @classmethod
-    def default(cls) -> "HeadStore":
+    def default(cls) -> HeadStore:
         return cls(user_state_dir())
 
     def _path(self, controller: str) -> Path:

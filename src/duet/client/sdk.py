@@ -122,7 +122,7 @@ class DuetClient:
                        "with --no-tls); answers are still checked against the controller's key.")
         return out
 
-    def __enter__(self) -> "DuetClient":
+    def __enter__(self) -> DuetClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -70,7 +70,7 @@ class ControllerPin:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ControllerPin":
+    def from_dict(cls, data: dict[str, Any]) -> ControllerPin:
         known = {f.name for f in fields(cls)}
         try:
             values = {name: value for name, value in data.items() if name in known}
@@ -85,7 +85,7 @@ class TrustStore:
         self.path = directory / "controllers.json"
 
     @classmethod
-    def default(cls) -> "TrustStore":
+    def default(cls) -> TrustStore:
         return cls(user_state_dir())
 
     def _load(self) -> dict[str, dict[str, Any]]:

@@ -30,7 +30,7 @@ import binascii
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx
@@ -40,6 +40,7 @@ from duet.attestation import sgx_dcap as dcap
 from duet.attestation.policy import Policy, PolicyCheck
 from duet.client.trust import ControllerPin, peer_certificate, sha256_hex, unverified_ssl_context
 from duet.errors import DuetError
+from duet.keys import PublicKey
 from duet.protocol.canonical import canonical, timestamp
 from duet.protocol.envelope import new_nonce, verify_answer
 
@@ -126,13 +127,13 @@ def verify_attestation(
     nonce: str,
     tls_cert_der: bytes | None,
     policy: Policy,
-    trust_roots: Sequence[dcap.PublicKey] = (),
+    trust_roots: Sequence[PublicKey] = (),
     insecure: bool = False,
     now: datetime | None = None,
     maa: MaaCheck | None = None,
 ) -> ControllerVerdict:
     """Judge one ``GET /v1/attestation`` answer (offline, apart from ``maa``)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     verdict = ControllerVerdict(url=url.rstrip("/"), answer=answer, tls_cert_der=tls_cert_der)
 
     def ok(step: str, detail: str) -> None:
@@ -293,7 +294,7 @@ def fetch_attestation(url: str, *, timeout: float = 30.0,
     return answer, nonce, cert
 
 
-def verify_controller(url: str, *, policy: Policy, trust_roots: Sequence[dcap.PublicKey] = (), insecure: bool = False,
+def verify_controller(url: str, *, policy: Policy, trust_roots: Sequence[PublicKey] = (), insecure: bool = False,
                       maa_url: str | None = None, now: datetime | None = None,
                       transport: httpx.BaseTransport | None = None) -> ControllerVerdict:
     """Fetch the controller's attestation over a fresh connection and judge it."""

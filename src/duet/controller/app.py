@@ -98,7 +98,7 @@ def serve(settings: Settings) -> None:
         runner.run(_serve_both(uvicorn.Server(main), uvicorn.Server(seed)))
 
 
-async def _serve_both(main: "uvicorn.Server", seed: "uvicorn.Server") -> None:
+async def _serve_both(main: uvicorn.Server, seed: uvicorn.Server) -> None:
     """Both listeners in one event loop. The main server starts last, so its signal handlers
     are the ones in force: a SIGTERM ends it (and its lifespan), and then the seed listener."""
     seed_task = asyncio.create_task(seed.serve())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -133,7 +133,7 @@ class RequestAuthenticator:
             issued = parse_timestamp(issued_at)
         except ValueError:
             raise BadRequest(f"issued_at {issued_at!r} is not an RFC 3339 time with a zone", code="bad_envelope") from None
-        skew = (datetime.now(timezone.utc) - issued).total_seconds()
+        skew = (datetime.now(UTC) - issued).total_seconds()
         limit = self.settings.request_skew_s
         if skew > limit:
             raise Unauthorized(

@@ -65,7 +65,7 @@ class ControllerProcess:
             args.append("--no-tls")
         return args + list(self.extra_args)
 
-    def start(self, timeout: float = 30.0) -> "ControllerProcess":
+    def start(self, timeout: float = 30.0) -> ControllerProcess:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -102,7 +102,7 @@ class ControllerProcess:
             self.process.kill()
             self.process.wait()
 
-    def restart(self) -> "ControllerProcess":
+    def restart(self) -> ControllerProcess:
         self.stop()
         return self.start()
 
@@ -136,7 +136,7 @@ class ControllerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> "ControllerProcess":
+    def __enter__(self) -> ControllerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

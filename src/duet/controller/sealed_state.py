@@ -84,7 +84,7 @@ class SealedState:
 
     @classmethod
     def open(cls, sealed_dir: Path, signing_key: keys.PrivateKey, *, first_start: bool,
-             owners: dict[str, str]) -> "SealedState":
+             owners: dict[str, str]) -> SealedState:
         """Load the anchor; create it only on a first start (no signing key existed before).
 
         ``owners`` are the keys given at this start, pinned when the anchor is created. A

@@ -100,7 +100,7 @@ def _validate(model: type[BaseModel], params: dict[str, Any], renamed: dict[str,
 class SeedGateway:
     """Translates the seed's six operations to the lifecycle service and back."""
 
-    def __init__(self, controller: "Controller", key: rsa.RSAPrivateKey) -> None:
+    def __init__(self, controller: Controller, key: rsa.RSAPrivateKey) -> None:
         self.controller = controller
         self.key = key
         self.public_pem = keys.public_pem(key.public_key()).decode("ascii")
@@ -233,7 +233,7 @@ class SeedGateway:
                     return job
                 try:
                     await asyncio.wait_for(changed.wait(), JOB_RECHECK_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             unsubscribe()
@@ -317,7 +317,7 @@ async def stop_cvm(request: Request) -> Response:
     return await _answer(request, "stop-cvm", SeedGateway.stop)
 
 
-def install_seed_api(app: FastAPI, controller: "Controller") -> None:
+def install_seed_api(app: FastAPI, controller: Controller) -> None:
     """Serve the seed protocol on ``app``: create or load the RSA key, mount the routes, warn."""
     key = load_or_create_seed_key(controller.tee.sealed_dir())
     app.state.seed_gateway = SeedGateway(controller, key)

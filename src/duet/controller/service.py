@@ -370,7 +370,7 @@ class LifecycleService:
                 error = exc.message
         except DuetError as exc:
             error = exc.message
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = f"the CVM did not answer the lockdown within {self.settings.lockdown_timeout_s + 5:g} s"
         await self.ssh.drop(cvm_id)
         cvm = self.get_cvm(cvm_id)
@@ -398,7 +398,7 @@ class LifecycleService:
                 while True:
                     try:
                         await asyncio.wait_for(wake.wait(), delay)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     wake.clear()
                     attempt += 1

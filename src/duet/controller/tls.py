@@ -16,7 +16,7 @@ import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -28,7 +28,7 @@ from duet.errors import ConfigError
 
 TLS_KEY_FILE = "controller-tls.key"
 TLS_CERT_FILE = "controller-tls.pem"
-NOT_AFTER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+NOT_AFTER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def make_certificate(key: ec.EllipticCurvePrivateKey, controller_id: str) -> x50
         x509.NameAttribute(NameOID.COMMON_NAME, f"duet controller {controller_id[:16]}"),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "duet"),
     ])
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -86,12 +86,12 @@ def load_or_create_tls(sealed_dir: Path, controller_id: str) -> TlsIdentity:
     """
     key_path, cert_path = sealed_dir / TLS_KEY_FILE, sealed_dir / TLS_CERT_FILE
     if not key_path.exists() and not cert_path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = make_certificate(key, controller_id)
+        new_key = ec.generate_private_key(ec.SECP256R1())
+        cert = make_certificate(new_key, controller_id)
         sealed_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            f.write(new_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if not (key_path.exists() and cert_path.exists()):

@@ -41,7 +41,7 @@ RESERVED_FIELDS = frozenset({"seq", "time", "cvm", "event", "actor", "request_di
 MAX_PAGE = 1000
 """Most entries one read returns; a reader pages on from the answer's ``end``."""
 
-EntryListener = Callable[[dict[str, Any]], None]
+EntryListener = Callable[[dict[str, Any]], object]
 
 
 class Subscription:
@@ -52,7 +52,7 @@ class Subscription:
     the consumer ends its stream and the reader resumes from the entries it last saw.
     """
 
-    def __init__(self, ledger: "Ledger", maxsize: int) -> None:
+    def __init__(self, ledger: Ledger, maxsize: int) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._maxsize = maxsize
@@ -110,14 +110,17 @@ class LedgerCorrupted(DuetError):
 
 
 class SealedHeadLike(Protocol):
-    tree_size: int
-    root: bytes
+    @property
+    def tree_size(self) -> int: ...
+    @property
+    def root(self) -> bytes: ...
 
 
 class LedgerAnchor(Protocol):
     """What the ledger needs of sealed state (controller/sealed_state.py is one)."""
 
-    head: SealedHeadLike
+    @property
+    def head(self) -> SealedHeadLike: ...
 
     def entry_mac(self, entry_bytes: bytes) -> bytes: ...
     def entry_mac_valid(self, entry_bytes: bytes, mac: bytes | None) -> bool: ...
@@ -126,7 +129,7 @@ class LedgerAnchor(Protocol):
 
 class Ledger:
     def __init__(self, store: Store, controller_id: str, anchor: LedgerAnchor,
-                 on_entry: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_entry: Callable[[dict[str, Any]], object] | None = None) -> None:
         """Load and verify the stored ledger; ``on_entry`` sees every entry once, in order
         (the controller derives its state from them)."""
         self.store = store
@@ -137,7 +140,7 @@ class Ledger:
         self._listeners: list[EntryListener] = []
         self._load(on_entry)
 
-    def _load(self, on_entry: Callable[[dict[str, Any]], None] | None) -> None:
+    def _load(self, on_entry: Callable[[dict[str, Any]], object] | None) -> None:
         sealed = self.anchor.head
         rows = self.store.db.execute("SELECT seq, cvm_id, entry, mac FROM ledger ORDER BY seq")
         for position, (seq, column_cvm, data, mac) in enumerate(rows):

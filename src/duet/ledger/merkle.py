@@ -90,7 +90,7 @@ class MerkleTree:
         while count >= 2:
             below, above = self._levels[level], bytearray()
             for i in range(0, (count // 2) * 2 * HASH_SIZE, 2 * HASH_SIZE):
-                above += node_hash(below[i : i + HASH_SIZE], below[i + HASH_SIZE : i + 2 * HASH_SIZE])
+                above += node_hash(bytes(below[i : i + HASH_SIZE]), bytes(below[i + HASH_SIZE : i + 2 * HASH_SIZE]))
             self._levels.append(above)
             level, count = level + 1, count // 2
         self._size = len(leaves)

@@ -7,7 +7,7 @@ any language can recompute the same bytes.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import rfc8785
@@ -28,8 +28,8 @@ def digest(obj: Any) -> str:
 
 def timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 UTC time with millisecond precision, e.g. ``2026-11-27T07:00:00.123Z``."""
-    moment = moment or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -37,4 +37,4 @@ def parse_timestamp(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         raise ValueError(f"time {text!r} has no time zone")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)

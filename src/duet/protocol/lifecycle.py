@@ -164,7 +164,7 @@ class LifecycleReplay:
         if self.initial_owners is not None:
             self.owners = frozenset(self.initial_owners)
 
-    def apply_all(self, entries: Iterable[dict[str, Any]]) -> "LifecycleReplay":
+    def apply_all(self, entries: Iterable[dict[str, Any]]) -> LifecycleReplay:
         for entry in entries:
             self.apply(entry)
         return self

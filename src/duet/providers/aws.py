@@ -15,9 +15,10 @@ import asyncio
 import hashlib
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers import cloud_init
@@ -56,7 +57,7 @@ class AwsConfig:
     delete_retry_seconds: float = 300.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "AwsConfig":
+    def from_env(cls, env: Mapping[str, str]) -> AwsConfig:
         region = first_setting(env, "DUET_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
         ami = first_setting(env, "DUET_AWS_AMI")
         missing = [n for n, v in (("DUET_AWS_REGION (or AWS_REGION)", region), ("DUET_AWS_AMI", ami)) if not v]

@@ -17,9 +17,10 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers import cloud_init
@@ -72,7 +73,7 @@ class AzureConfig:
     """azure-core's own retries of connection errors and 5xx answers (None: the SDK default, 10)."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "AzureConfig":
+    def from_env(cls, env: Mapping[str, str]) -> AzureConfig:
         sub = first_setting(env, "DUET_AZURE_SUBSCRIPTION_ID", "SUBSCRIPTION_ID", "AZURE_SUBSCRIPTION_ID")
         rg = first_setting(env, "DUET_AZURE_RESOURCE_GROUP", "RESOURCE_GROUP_NAME", "AZURE_RESOURCE_GROUP")
         loc = first_setting(env, "DUET_AZURE_LOCATION", "LOCATION", "AZURE_LOCATION")
@@ -131,7 +132,7 @@ class Names:
     subnet: str
 
     @classmethod
-    def of(cls, cvm_id: str, prefix: str, resource_group: str, subnet: str = "default") -> "Names":
+    def of(cls, cvm_id: str, prefix: str, resource_group: str, subnet: str = "default") -> Names:
         slug = re.sub(r"[^a-z0-9-]", "-", cvm_id.lower()).strip("-")[:20].strip("-")
         digest = hashlib.sha256(cvm_id.encode()).hexdigest()[:8]
         return cls(base=f"{prefix}-{slug}-{digest}" if slug else f"{prefix}-{digest}", resource_group=resource_group, subnet=subnet)
@@ -259,7 +260,7 @@ class AzureProvider:
             try:
                 from azure.mgmt.resource.resources import ResourceManagementClient
             except ImportError:  # azure-mgmt-resource < 24
-                from azure.mgmt.resource import ResourceManagementClient  # type: ignore[no-redef]
+                from azure.mgmt.resource import ResourceManagementClient  # type: ignore[no-redef,attr-defined]
 
             # azure-core logs every request and response header at INFO; keep the controller's log readable
             logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)

@@ -8,9 +8,9 @@ was interrupted before it returned.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 CvmType = Literal["snp", "tdx"]
 CVM_TYPES: tuple[str, ...] = ("snp", "tdx")
@@ -58,7 +58,7 @@ class Machine:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Machine":
+    def from_json(cls, data: dict[str, Any]) -> Machine:
         return cls(**data)
 
 

@@ -15,10 +15,12 @@ would poll the public endpoint even when another one is configured (providers.md
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers import cloud_init
@@ -59,7 +61,7 @@ class GcpConfig:
     prefix: str = "duet"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "GcpConfig":
+    def from_env(cls, env: Mapping[str, str]) -> GcpConfig:
         project = first_setting(env, "DUET_GCP_PROJECT", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT")
         zone = first_setting(env, "DUET_GCP_ZONE", "CLOUDSDK_COMPUTE_ZONE")
         missing = [n for n, v in (("DUET_GCP_PROJECT", project), ("DUET_GCP_ZONE", zone)) if not v]
@@ -193,7 +195,7 @@ class GcpProvider:
 
                     # only a service-account key is accepted from a file: other credential
                     # configurations can make google-auth fetch or execute things
-                    creds = service_account.Credentials.from_service_account_file(
+                    creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                         self.config.credentials_file, scopes=_SCOPES)
                 else:
                     creds, _ = google.auth.default(scopes=_SCOPES)
@@ -284,7 +286,7 @@ class GcpProvider:
             progress(label)
             try:
                 op = await self._call(fn)
-                await self._call(lambda: self._wait(op, zonal=zonal))
+                await self._call(functools.partial(self._wait, op, zonal=zonal))
             except gexc.NotFound:
                 continue
             except Exception as exc:

@@ -174,7 +174,7 @@ async def _connect(target: SshTarget, *, timeout: float = _CONNECT_TIMEOUT_S) ->
         ) from None
     except asyncssh.Error as exc:
         raise SshUnavailable(f"SSH connection to {where} failed: {exc.reason}") from None
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         raise SshUnavailable(f"SSH connection to {where} timed out after {timeout:g} s", reason="timeout") from None
     except ConnectionRefusedError:
         raise SshUnavailable(f"SSH connection to {where} refused: nothing listens on that port", reason="refused") from None
@@ -315,6 +315,7 @@ class SshPool:
             conn = await self._connection(cvm_id, target)
             try:
                 chan, session = await conn.create_session(lambda: _Collector(limit), _PROLOGUE + command, encoding=None)
+                assert isinstance(session, _Collector)
                 return conn, chan, session
             except (asyncssh.Error, OSError) as exc:
                 reason = getattr(exc, "reason", None) or type(exc).__name__

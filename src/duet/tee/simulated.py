@@ -30,7 +30,7 @@ import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +156,11 @@ class SimulatedPlatform:
 
 
 def _generate(directory: Path) -> None:
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(days=1)  # tolerate clock skew between controller and clients
     keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in _KEY_FILES}
     root = make_certificate(ROOT_CN, keys["root"], ROOT_CN, keys["root"], ca=True, path_length=1,
-                            not_before=start, not_after=datetime(2049, 12, 31, 23, 59, 59, tzinfo=timezone.utc))
+                            not_before=start, not_after=datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC))
     inter = make_certificate(INTERMEDIATE_CN, keys["intermediate"], ROOT_CN, keys["root"], ca=True, path_length=0,
                              not_before=start, not_after=start + timedelta(days=15 * 365))
     pck = make_certificate(PCK_CN, keys["pck"], INTERMEDIATE_CN, keys["intermediate"], ca=False, path_length=None,

@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from support import Owner, start_cvm
+from tests.fakes.fake_arm import FakeArm
 
 from duet.client.sdk import ApiError, DuetClient
 from duet.client.trust import TrustStore
@@ -21,7 +21,7 @@ from duet.providers import controller_scoped
 from duet.providers.azure import AzureProvider
 from duet.providers.base import CvmSpec
 from duet.remote.ssh import fingerprint
-from tests.fakes.fake_arm import FakeArm
+from support import Owner, start_cvm
 
 
 def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env, client_key) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import asyncssh
 import pytest
 import yaml
+from tests.fakes.fake_arm import FakeArm
 
 from duet.errors import ConfigError, UpstreamError
 from duet.providers.azure import AzureConfig, AzureProvider
 from duet.providers.base import CvmSpec, Machine
-from tests.fakes.fake_arm import FakeArm
 
 STEPS = ["networkSecurityGroups", "virtualNetworks", "subnets", "publicIPAddresses", "networkInterfaces", "virtualMachines"]
 

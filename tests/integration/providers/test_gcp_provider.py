@@ -14,11 +14,11 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.fakes.fake_gcp import FakeGcp
 
 from duet.errors import ConfigError, UpstreamError
 from duet.providers.base import CvmSpec, Machine
 from duet.providers.gcp import GcpConfig, GcpProvider
-from tests.fakes.fake_gcp import FakeGcp
 
 SA_EMAIL = "duet-controller@proj-1.iam.gserviceaccount.com"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from duet.attestation import sgx_dcap as dcap
@@ -16,7 +16,7 @@ DEBUG = ASSETS / "azure-samples_intelsdk_enclave.info.debug_sgx_quote_v3.bin"
 OCCLUM = ASSETS / "trustee_occlum_sgx_quote_v3.bin"
 REAL_QUOTES = (RELEASE, DEBUG, OCCLUM)
 # Inside every real PCK chain's validity (leaves: 2023-02-27/2023-04-26 .. 2030).
-REAL_NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+REAL_NOW = datetime(2026, 1, 1, tzinfo=UTC)
 REPORT_DATA = bytes(range(64))
 
 
@@ -42,7 +42,7 @@ def tamper_leaf_certificate_signature(quote: bytes) -> bytes:
 
 
 def verify_sim(quote: bytes, sim_tee: SimulatedSgxTee) -> dcap.Verdict:
-    return dcap.verify_quote(quote, trusted_root_keys=[sim_tee.root_key()], now=datetime.now(timezone.utc))
+    return dcap.verify_quote(quote, trusted_root_keys=[sim_tee.root_key()], now=datetime.now(UTC))
 
 
 def verify_real(quote: bytes) -> dcap.Verdict:

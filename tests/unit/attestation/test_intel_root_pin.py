@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 from cryptography import x509
@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from sgx_helpers import ASSETS, REPORT_DATA, verify_sim
 
 from duet.attestation import sgx_dcap as dcap
-from duet.tee.simulated import ROOT_CN, SimulatedSgxTee, assemble_quote, build_header, build_report_body, \
-    make_certificate
+from duet.tee.simulated import ROOT_CN, SimulatedSgxTee, assemble_quote, build_header, build_report_body, make_certificate
 
 SHIPPED_PEM = resources.files("duet.attestation").joinpath("roots", dcap.INTEL_SGX_ROOT_CA_FILE).read_bytes()
 DER_COPY = (ASSETS / "dcap-qvl_Intel_SGX_Root_CA.der").read_bytes()
@@ -41,7 +40,7 @@ def test_load_trust_root_accepts_der_certificates_and_public_keys() -> None:
 def test_a_reissued_root_certificate_for_the_same_key_is_accepted(sim_tee: SimulatedSgxTee) -> None:
     """What happens with Intel's two root certificates, reproduced with the simulated root key."""
     p = sim_tee.platform
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     reissued = make_certificate(ROOT_CN, p.keys["root"], ROOT_CN, p.keys["root"], ca=True, path_length=1,
                                 not_before=now - timedelta(days=3), not_after=now + timedelta(days=3650))
     assert reissued.public_bytes(serialization.Encoding.DER) != p.certs["root"].public_bytes(serialization.Encoding.DER)

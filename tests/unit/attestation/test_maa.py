@@ -6,11 +6,12 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.fakes.fake_maa import FakeMaa
 
 from duet.attestation.maa import MaaClient, MaaError, verify_token
 from duet.attestation.policy import Policy
@@ -19,13 +20,12 @@ from duet.errors import ConfigError
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import new_nonce, sign_answer
 from duet.tee.simulated import SimulatedSgxTee
-from tests.fakes.fake_maa import FakeMaa
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "maa"
 TOKEN = (ASSETS / "azure-sdk-cpp_SgxEnclave_Shared_2022-05-31.jwt").read_text().strip()
 JWKS = json.loads((ASSETS / "azure-sdk-cpp_sharedwus_2022-05-31_certs.jwks.json").read_text())
 INSTANCE = "https://sharedwus.wus.attest.azure.net"
-VALID_AT = datetime(2022, 6, 1, 0, 0, tzinfo=timezone.utc)  # between the token's nbf (05-31 22:47Z) and exp (06-01 06:47Z)
+VALID_AT = datetime(2022, 6, 1, 0, 0, tzinfo=UTC)  # between the token's nbf (05-31 22:47Z) and exp (06-01 06:47Z)
 MRENCLAVE = "292a1f4b519e46627eb2478a3d9851405653c5b4b0a6925de843834d9216850e"
 RD = hashlib.sha512(b"identity").digest()
 
@@ -39,7 +39,7 @@ def test_recorded_token_verifies_at_its_time() -> None:
     assert claims.mr_signer.hex() == "4aea5f9a0ed04b11f889aadfe6a1d376213a29a95a85ce7337ae6f7fece6610c"
     assert (claims.isv_prod_id, claims.isv_svn, claims.debug) == (1, 1, True)
     assert claims.report_data is not None and claims.report_data.hex().startswith("28542e44fe7e73f6")
-    assert claims.expires == datetime.fromtimestamp(1654066076, timezone.utc)
+    assert claims.expires == datetime.fromtimestamp(1654066076, UTC)
 
 
 def test_recorded_token_is_judged_by_the_same_policy() -> None:
@@ -51,8 +51,8 @@ def test_recorded_token_is_judged_by_the_same_policy() -> None:
 
 
 @pytest.mark.parametrize("now, code", [
-    (datetime(2022, 6, 2, tzinfo=timezone.utc), "maa_expired"),
-    (datetime(2022, 5, 30, tzinfo=timezone.utc), "maa_not_yet_valid"),
+    (datetime(2022, 6, 2, tzinfo=UTC), "maa_expired"),
+    (datetime(2022, 5, 30, tzinfo=UTC), "maa_not_yet_valid"),
 ])
 def test_recorded_token_outside_its_validity(now: datetime, code: str) -> None:
     with pytest.raises(MaaError) as err:
@@ -162,10 +162,9 @@ def test_duet_verify_asks_maa_too(maa: FakeMaa, platform: SimulatedSgxTee, how: 
 
 @pytest.mark.parametrize("how", [None, "debug", "other_report_data", "tampered"])
 def test_the_controller_refuses_to_serve_unless_maa_vouches_for_it(tmp_path: Path, maa: FakeMaa, how: str | None) -> None:
-    from support import make_owner
-
     from duet.controller.runtime import check_own_evidence, open_controller
     from duet.controller.settings import Settings
+    from support import make_owner
 
     owner = make_owner(tmp_path)
     settings = Settings(state_dir=tmp_path / "state", owner_keys=(owner.pub_path,), tee="simulated")

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from sgx_helpers import DEBUG, OCCLUM, REAL_NOW, REAL_QUOTES, RELEASE, REPORT_DATA, flip, \
-    tamper_leaf_certificate_signature, verify_real, verify_sim
+from sgx_helpers import (
+    DEBUG,
+    OCCLUM,
+    REAL_NOW,
+    REAL_QUOTES,
+    RELEASE,
+    REPORT_DATA,
+    flip,
+    tamper_leaf_certificate_signature,
+    verify_real,
+    verify_sim,
+)
 
 from duet.attestation import sgx_dcap as dcap
 from duet.tee.simulated import SimulatedSgxTee
@@ -29,13 +39,13 @@ def test_real_quotes_verify_to_the_pinned_intel_root(path) -> None:
 
 def test_simulated_quote_verifies_only_with_the_simulated_root_trusted(sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
     assert verify_sim(sim_quote, sim_tee).ok
-    v = dcap.verify_quote(sim_quote, trusted_root_keys=[dcap.intel_sgx_root_key()], now=datetime.now(timezone.utc))
+    v = dcap.verify_quote(sim_quote, trusted_root_keys=[dcap.intel_sgx_root_key()], now=datetime.now(UTC))
     assert not v.ok and v.code == "untrusted_root"
 
 
 def test_verify_accepts_a_parsed_quote(sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
     assert dcap.verify_quote(dcap.parse_quote(sim_quote), trusted_root_keys=[sim_tee.root_key()],
-                             now=datetime.now(timezone.utc)).ok
+                             now=datetime.now(UTC)).ok
 
 
 # --- one tampered input per step; each run on a real Intel quote and on a simulated one -----------
@@ -53,7 +63,7 @@ def _quote_and_verifier(source: str, sim_tee: SimulatedSgxTee, sim_quote: bytes)
 def test_unknown_root(source: str, sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
     quote, _ = _quote_and_verifier(source, sim_tee, sim_quote)
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
-    v = dcap.verify_quote(quote, trusted_root_keys=[other], now=REAL_NOW if source == "intel" else datetime.now(timezone.utc))
+    v = dcap.verify_quote(quote, trusted_root_keys=[other], now=REAL_NOW if source == "intel" else datetime.now(UTC))
     assert (v.ok, v.failed_step, v.code) == (False, "pck_chain", "untrusted_root")
     assert "is not a trusted root key" in v.message and dcap.spki_sha256(other) in v.message
     with pytest.raises(dcap.QuoteVerificationError) as err:
@@ -124,11 +134,11 @@ def test_parse_failure_is_a_verdict_not_an_exception(sim_tee: SimulatedSgxTee, s
 def test_expired_and_not_yet_valid_certificates() -> None:
     quote = OCCLUM.read_bytes()
     root = [dcap.intel_sgx_root_key()]
-    late = dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2030, 4, 27, tzinfo=timezone.utc))
+    late = dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2030, 4, 27, tzinfo=UTC))
     assert late.code == "certificate_expired" and "'Intel SGX PCK Certificate' expired at 2030-04-26" in late.message
-    early = dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2023, 4, 1, tzinfo=timezone.utc))
+    early = dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2023, 4, 1, tzinfo=UTC))
     assert early.code == "certificate_not_yet_valid" and "valid only from 2023-04-26" in early.message
-    assert dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2023, 4, 27, tzinfo=timezone.utc)).ok
+    assert dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2023, 4, 27, tzinfo=UTC)).ok
 
 
 def test_naive_time_is_refused(sim_quote: bytes, sim_tee: SimulatedSgxTee) -> None:
@@ -173,5 +183,5 @@ def test_chain_without_root_certificate_verifies_against_the_pinned_key(sim_tee:
                            qe_report_signature=p.qe_report_signature, qe_auth_data=p.qe_auth_data, pck_chain_pem=chain)
     assert verify_sim(quote, sim_tee).ok
     v = dcap.verify_quote(quote, trusted_root_keys=[dcap.intel_sgx_root_key()],
-                          now=datetime.now(timezone.utc) + timedelta(seconds=1))
+                          now=datetime.now(UTC) + timedelta(seconds=1))
     assert v.code == "untrusted_root"

@@ -58,7 +58,7 @@ class EntryLedger:
         self.entries.append(entry)
         self.tree.append(leaf_hash(canonical(entry)))
 
-    def prefix(self, size: int) -> "EntryLedger":
+    def prefix(self, size: int) -> EntryLedger:
         """A copy of the first ``size`` entries: the start of a fork, or an older view."""
         return EntryLedger(copy.deepcopy(self.entries[:size]))
 

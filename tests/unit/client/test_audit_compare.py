@@ -206,7 +206,7 @@ class CliSource(FakeSource):
         super().__init__(ledger, owners=(OWNER,))
         self.trust = SimpleNamespace(path=home / "controllers.json")
 
-    def __enter__(self) -> "CliSource":
+    def __enter__(self) -> CliSource:
         return self
 
     def __exit__(self, *exc: object) -> None:

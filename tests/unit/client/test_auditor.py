@@ -14,7 +14,6 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import open_ledger
 
 from duet import keys
 from duet.client.audit import Auditor, HeadStore
@@ -23,6 +22,7 @@ from duet.errors import NotFound, VerificationError
 from duet.ledger.heads import sign_head
 from duet.ledger.log import Ledger
 from duet.protocol.canonical import canonical
+from support import open_ledger
 
 KEY = keys.generate("ed25519")
 CONTROLLER = keys.key_id(KEY.public_key())

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from support import open_ledger
 
 from duet import keys
 from duet.controller.sealed_state import SealedStateError, read_anchor_file
@@ -16,6 +15,7 @@ from duet.ledger.heads import sign_head, verify_head
 from duet.ledger.log import MAX_PAGE, Ledger, LedgerCorrupted, LedgerTampered
 from duet.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol.canonical import canonical
+from support import open_ledger
 
 
 def make_ledger(directory: Path, controller: str = "c" * 64) -> Ledger:

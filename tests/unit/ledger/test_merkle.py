@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -41,7 +41,7 @@ def _k(n: int) -> int:
     return k
 
 
-@lru_cache(maxsize=None)
+@cache
 def ref_mth(d: tuple[bytes, ...]) -> bytes:
     if len(d) == 0:
         return _sha(b"")

@@ -54,7 +54,7 @@ class CountingServer(asyncssh.SSHServer):
         self.state.live.append(conn)
 
 
-def make_handler(state: ServerState):  # noqa: ANN201 - a closure for asyncssh
+def make_handler(state: ServerState):
     async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
         state.sessions += 1
         command = process.command or ""
@@ -145,7 +145,7 @@ async def run(pool: SshPool, cvm: FakeCvm, command: str, **kw: float) -> ExecRes
     return await pool.run("cvm-1", cvm.target, command, timeout=kw.get("timeout", 5.0), output_limit=int(kw.get("output_limit", LIMIT)))
 
 
-async def poll(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
+async def poll(predicate, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached before the deadline"

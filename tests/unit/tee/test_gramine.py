@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -98,7 +98,7 @@ def test_quotes_come_from_dev_attestation_over_the_report_data(fake: FakeAttesta
     evidence = tee.quote(RD)
     assert set(evidence) == {"type", "quote"} and evidence["type"] == "sgx-dcap"
     verdict = dcap.verify_quote(base64.b64decode(evidence["quote"]), trusted_root_keys=[platform.root_key()],
-                                now=datetime.now(timezone.utc))
+                                now=datetime.now(UTC))
     assert verdict.ok and verdict.quote is not None and verdict.quote.report_body.report_data == RD
     assert fake.report_data == RD and fake.quotes == 1
     assert tee.sealed_dir() == sealed and (sealed.stat().st_mode & 0o777) == 0o700

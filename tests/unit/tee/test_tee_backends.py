@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -47,7 +47,7 @@ def test_simulated_quote_verifies_with_its_root_only(tmp_path: Path) -> None:
     assert evidence["type"] == "simulated-sgx" and "not by Intel" in evidence["warning"]
     assert evidence["simulated_root_key_sha256"] == dcap.spki_sha256(tee.root_key())
     quote = base64.b64decode(evidence["quote"])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     v = dcap.verify_quote(quote, trusted_root_keys=[tee.root_key()], now=now)
     assert v.ok, v.message
     assert v.quote is not None
@@ -67,7 +67,7 @@ def test_simulated_platform_is_persisted_and_reused(tmp_path: Path) -> None:
     # A quote from the restarted backend verifies with the root handed out before the restart.
     key = x509.load_pem_x509_certificate(first.root_pem()).public_key()
     assert dcap.verify_quote(base64.b64decode(second.quote(RD)["quote"]), trusted_root_keys=[key],
-                             now=datetime.now(timezone.utc)).ok
+                             now=datetime.now(UTC)).ok
     sim = tmp_path / "simulated-tee"
     assert _mode(sim) == 0o700
     for name in ("root", "intermediate", "pck", "attestation"):
