@@ -209,6 +209,9 @@ class CliSource(FakeSource):
     def __enter__(self) -> CliSource:
         return self
 
+    def check_identity(self) -> None:
+        """The identity it serves is the pinned one (tests/unit/client/test_repin.py tests the check)."""
+
     def __exit__(self, *exc: object) -> None:
         pass
 
