@@ -21,8 +21,13 @@ ROUNDS = 60
 async def raw_ssh(port: int, username: str, host_key: str, client_key: str) -> list[float]:
     known = asyncssh.import_known_hosts(f"[127.0.0.1]:{port} {host_key}\n")
     async with asyncssh.connect(
-        "127.0.0.1", port, username=username, client_keys=[asyncssh.import_private_key(client_key)],
-        known_hosts=known, agent_path=None, config=(),
+        "127.0.0.1",
+        port,
+        username=username,
+        client_keys=[asyncssh.import_private_key(client_key)],
+        known_hosts=known,
+        agent_path=None,
+        config=(),
     ) as conn:
         await conn.run("true")
         samples = []

@@ -33,8 +33,24 @@ BUDGET_MS = 5.0
 def fill(db_path: Path, n: int) -> None:
     db = sqlite3.connect(db_path)
     db.executescript(SCHEMA)
-    rows = ((i, "bench", canonical({"seq": i, "time": "2026-01-01T00:00:00.000Z", "cvm": "bench", "cvm_prev": i - 1 if i else None,
-                                    "event": "bench.entry", "actor": "bench", "request_digest": None})) for i in range(n))
+    rows = (
+        (
+            i,
+            "bench",
+            canonical(
+                {
+                    "seq": i,
+                    "time": "2026-01-01T00:00:00.000Z",
+                    "cvm": "bench",
+                    "cvm_prev": i - 1 if i else None,
+                    "event": "bench.entry",
+                    "actor": "bench",
+                    "request_digest": None,
+                }
+            ),
+        )
+        for i in range(n)
+    )
     db.executemany("INSERT INTO ledger (seq, cvm_id, entry) VALUES (?, ?, ?)", rows)
     db.commit()
     db.close()
@@ -67,14 +83,22 @@ def main() -> int:
             with httpx.Client(base_url=controller.url, timeout=30, verify=False) as http:
                 size = http.get("/v1/ledger/head").json()["result"]["tree_size"]
                 head = timed(http, "/v1/ledger/head", [{}] * SAMPLES)
-                inc = timed(http, "/v1/ledger/proof/inclusion",
-                            [{"index": rng.randrange(size), "tree_size": size} for _ in range(SAMPLES)])
-                con = timed(http, "/v1/ledger/proof/consistency",
-                            [{"first": rng.randint(1, size), "second": size} for _ in range(SAMPLES)])
+                inc = timed(
+                    http,
+                    "/v1/ledger/proof/inclusion",
+                    [{"index": rng.randrange(size), "tree_size": size} for _ in range(SAMPLES)],
+                )
+                con = timed(
+                    http,
+                    "/v1/ledger/proof/consistency",
+                    [{"first": rng.randint(1, size), "second": size} for _ in range(SAMPLES)],
+                )
     ok = True
     for name, times in (("signed head", head), ("inclusion proof", inc), ("consistency proof", con)):
         p50, p99 = statistics.median(times), times[int(len(times) * 0.99) - 1]
-        print(f"{name:18s} at {size:,} entries: p50 {p50:.2f} ms, p99 {p99:.2f} ms  (ratio to head p50: {p50 / statistics.median(head):.2f})")
+        print(
+            f"{name:18s} at {size:,} entries: p50 {p50:.2f} ms, p99 {p99:.2f} ms  (ratio to head p50: {p50 / statistics.median(head):.2f})"
+        )
         ok &= p50 < BUDGET_MS
     print("PASS" if ok else f"FAIL: a proof's median exceeds {BUDGET_MS} ms")
     return 0 if ok else 1

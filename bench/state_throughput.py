@@ -24,7 +24,9 @@ def wrk(url: str, connections: int) -> float:
     threads = min(connections, 2)
     done = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{DURATION_S}s", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     match = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
     if not match or "Non-2xx" in done.stdout:
@@ -56,10 +58,14 @@ def main() -> None:
         print(f"{label}: state answer for a CVM with {size} ledger entries, about {answer_kb:.0f} KB")
         for connections in (1, 8):
             state, head = results[("state", connections)], results[("head", connections)]
-            print(f"  {connections} connection(s): {state:.0f} signed state reads/s; baseline signed head {head:.0f}/s; "
-                  f"ratio state/head {state / head:.2f}")
-        print(f"  from 8 connections: {results[('state', 8)]:.0f}/s vs target 1500/s and the seed's 315/s "
-              f"({results[('state', 8)] / 315:.1f}x the seed)")
+            print(
+                f"  {connections} connection(s): {state:.0f} signed state reads/s; baseline signed head {head:.0f}/s; "
+                f"ratio state/head {state / head:.2f}"
+            )
+        print(
+            f"  from 8 connections: {results[('state', 8)]:.0f}/s vs target 1500/s and the seed's 315/s "
+            f"({results[('state', 8)] / 315:.1f}x the seed)"
+        )
 
 
 if __name__ == "__main__":

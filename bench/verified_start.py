@@ -56,12 +56,32 @@ def fill(ledger: Ledger, store: Store) -> None:
         with store.transaction() as tx:
             for i in range(1000):
                 cvm = hashlib.sha256(b"cvm %d" % ((batch * 1000 + i) % CVMS)).hexdigest()
-                started = ledger.append(tx, cvm=cvm, event="command.started", actor=OWNER, request_digest="d" * 64,
-                                        command=f"apt-get install -y package-{i}")
-                ledger.append(tx, cvm=cvm, event="command.finished", actor="controller", request_digest="d" * 64,
-                              started_seq=started["seq"], command=f"apt-get install -y package-{i}", exit_status=0,
-                              duration_ms=12.5, timed_out=False, stdout_sha256="e" * 64, stdout_size=100,
-                              stdout_truncated=False, stderr_sha256="f" * 64, stderr_size=0, stderr_truncated=False)
+                started = ledger.append(
+                    tx,
+                    cvm=cvm,
+                    event="command.started",
+                    actor=OWNER,
+                    request_digest="d" * 64,
+                    command=f"apt-get install -y package-{i}",
+                )
+                ledger.append(
+                    tx,
+                    cvm=cvm,
+                    event="command.finished",
+                    actor="controller",
+                    request_digest="d" * 64,
+                    started_seq=started["seq"],
+                    command=f"apt-get install -y package-{i}",
+                    exit_status=0,
+                    duration_ms=12.5,
+                    timed_out=False,
+                    stdout_sha256="e" * 64,
+                    stdout_size=100,
+                    stdout_truncated=False,
+                    stderr_sha256="f" * 64,
+                    stderr_size=0,
+                    stderr_truncated=False,
+                )
 
 
 def open_anchor(directory: Path, key: keys.PrivateKey, first: bool) -> SealedState:
@@ -115,8 +135,16 @@ def command_commits_us(ledger: Ledger, store: Store) -> list[float]:
         digest = hashlib.sha256(output + b"%d" % i).hexdigest()
         with store.transaction() as tx:
             store.put_blob(tx, digest, output)
-            ledger.append(tx, cvm=cvm, event="command.finished", actor="controller", started_seq=started["seq"],
-                          exit_status=0, stdout_sha256=digest, stdout_size=len(output))
+            ledger.append(
+                tx,
+                cvm=cvm,
+                event="command.finished",
+                actor="controller",
+                started_seq=started["seq"],
+                exit_status=0,
+                stdout_sha256=digest,
+                stdout_size=len(output),
+            )
         times.append((time.perf_counter_ns() - t0) / 1000)
     return times
 
@@ -138,10 +166,14 @@ def main() -> None:
         first_baseline = baseline_start(db)
         verified = sorted(verified_start(db, base, key, controller) for _ in range(RUNS))
         baseline = sorted(baseline_start(db) for _ in range(RUNS))
-        print(f"verified start, first run:   {first_verified * 1000:8.1f} ms   baseline (main: read + hash) first run: "
-              f"{first_baseline * 1000:8.1f} ms   ratio {first_verified / first_baseline:.2f}x")
-        print(f"verified start, median of {RUNS}: {statistics.median(verified) * 1000:8.1f} ms   baseline median: "
-              f"{statistics.median(baseline) * 1000:8.1f} ms   ratio {statistics.median(verified) / statistics.median(baseline):.2f}x")
+        print(
+            f"verified start, first run:   {first_verified * 1000:8.1f} ms   baseline (main: read + hash) first run: "
+            f"{first_baseline * 1000:8.1f} ms   ratio {first_verified / first_baseline:.2f}x"
+        )
+        print(
+            f"verified start, median of {RUNS}: {statistics.median(verified) * 1000:8.1f} ms   baseline median: "
+            f"{statistics.median(baseline) * 1000:8.1f} ms   ratio {statistics.median(verified) / statistics.median(baseline):.2f}x"
+        )
         print(f"verified start per entry: {statistics.median(verified) / size * 1e6:.2f} µs")
 
         for name in ("anchored", "no anchor"):
@@ -153,9 +185,11 @@ def main() -> None:
         command_commits_us(plain, plain_store)
         with_anchor = statistics.median(command_commits_us(anchored, anchored_store))
         without = statistics.median(command_commits_us(plain, plain_store))
-        print(f"one command's two ledger commits: {with_anchor:.0f} µs with the sealed anchor (MAC + sealed head per "
-              f"commit), {without:.0f} µs without (main before); overhead {with_anchor - without:.0f} µs per command, "
-              f"ratio {with_anchor / without:.2f}x")
+        print(
+            f"one command's two ledger commits: {with_anchor:.0f} µs with the sealed anchor (MAC + sealed head per "
+            f"commit), {without:.0f} µs without (main before); overhead {with_anchor - without:.0f} µs per command, "
+            f"ratio {with_anchor / without:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def open_ledger(directory: Path, controller: str = "c" * 64) -> Ledger:
     first_start = not key_path.exists()
     if first_start:
         keys.write_private_key(key_path, keys.generate("ed25519"))
-    anchor = SealedState.open(directory / "sealed", keys.load_private_key(key_path), first_start=first_start,
-                              owners={"o" * 64: "test owner"})
+    anchor = SealedState.open(
+        directory / "sealed", keys.load_private_key(key_path), first_start=first_start, owners={"o" * 64: "test owner"}
+    )
     return Ledger(Store(directory / "db.sqlite3"), controller, anchor)
-

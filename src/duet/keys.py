@@ -76,8 +76,12 @@ def _check_supported(key: object, path: Path | str) -> None:
         raise ConfigError(f"{path}: only the P-256 curve is accepted for ECDSA keys", code="bad_key")
     if not isinstance(
         key,
-        ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey | ec.EllipticCurvePrivateKey
-        | ec.EllipticCurvePublicKey | rsa.RSAPrivateKey | rsa.RSAPublicKey,
+        ed25519.Ed25519PrivateKey
+        | ed25519.Ed25519PublicKey
+        | ec.EllipticCurvePrivateKey
+        | ec.EllipticCurvePublicKey
+        | rsa.RSAPrivateKey
+        | rsa.RSAPublicKey,
     ):
         raise ConfigError(f"{path}: unsupported key type {type(key).__name__}", code="bad_key")
 

@@ -74,8 +74,15 @@ class Operation:
 
 
 class FakeArm:
-    def __init__(self, workdir: Path, *, subscription: str = "sub-1", resource_groups: tuple[str, ...] = ("rg-duet",),
-                 ssh_port: int | None = None, polls: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        subscription: str = "sub-1",
+        resource_groups: tuple[str, ...] = ("rg-duet",),
+        ssh_port: int | None = None,
+        polls: int = 1,
+    ) -> None:
         self.workdir = workdir
         self.subscription = subscription
         self.resource_groups = {rg.lower() for rg in resource_groups}
@@ -115,10 +122,14 @@ class FakeArm:
     def env(self) -> dict[str, str]:
         """The environment a controller needs to talk to this fake (managed identity included)."""
         env = {
-            "SUBSCRIPTION_ID": self.subscription, "RESOURCE_GROUP_NAME": sorted(self.resource_groups)[0],
-            "LOCATION": "westeurope", "MANAGED_IDENTITY_CLIENT_ID": "mi-client-1",
-            "DUET_AZURE_ARM_ENDPOINT": self.endpoint, "REQUESTS_CA_BUNDLE": str(self.ca_path),
-            "DUET_AZURE_POLL_SECONDS": "0", "DUET_AZURE_DELETE_RETRY_SECONDS": "0",
+            "SUBSCRIPTION_ID": self.subscription,
+            "RESOURCE_GROUP_NAME": sorted(self.resource_groups)[0],
+            "LOCATION": "westeurope",
+            "MANAGED_IDENTITY_CLIENT_ID": "mi-client-1",
+            "DUET_AZURE_ARM_ENDPOINT": self.endpoint,
+            "REQUESTS_CA_BUNDLE": str(self.ca_path),
+            "DUET_AZURE_POLL_SECONDS": "0",
+            "DUET_AZURE_DELETE_RETRY_SECONDS": "0",
         }
         if self.ssh_port:
             env["DUET_SSH_PORT"] = str(self.ssh_port)
@@ -129,13 +140,21 @@ class FakeArm:
         return {"IDENTITY_ENDPOINT": self.identity_endpoint, "IDENTITY_HEADER": self.identity_header}
 
     # ---- test helpers ----
-    def fail(self, type_suffix: str, code: str, message: str, *, method: str = "PUT", asynchronous: bool = False,
-             status: int = 400, times: int = 1) -> None:
+    def fail(
+        self,
+        type_suffix: str,
+        code: str,
+        message: str,
+        *,
+        method: str = "PUT",
+        asynchronous: bool = False,
+        status: int = 400,
+        times: int = 1,
+    ) -> None:
         self.failures.append(Failure(method, type_suffix.lower(), code, message, asynchronous, status, times))
 
     def bodies(self, type_suffix: str, method: str = "PUT") -> list[dict[str, Any]]:
-        return [r["body"] for r in self.requests
-                if r["method"] == method and r["type"].lower().endswith(type_suffix.lower())]
+        return [r["body"] for r in self.requests if r["method"] == method and r["type"].lower().endswith(type_suffix.lower())]
 
     def names(self, type_suffix: str = "") -> list[str]:
         with self.lock:
@@ -200,8 +219,14 @@ class FakeArm:
             if target is None:
                 return 400, _err("InvalidResourceReference", f"Resource {ref} referenced by resource {rid} was not found."), {}
             if target["properties"].get("provisioningState") != "Succeeded":
-                return 400, _err("ReferencedResourceNotProvisioned",
-                                 f"Cannot proceed with operation because resource {ref} is not in Succeeded state."), {}
+                return (
+                    400,
+                    _err(
+                        "ReferencedResourceNotProvisioned",
+                        f"Cannot proceed with operation because resource {ref} is not in Succeeded state.",
+                    ),
+                    {},
+                )
         failure = self._take_failure("PUT", rtype)
         if failure and not failure.asynchronous:
             return failure.status, _err(failure.code, failure.message), {}
@@ -238,8 +263,12 @@ class FakeArm:
                 current["properties"]["provisioningState"] = "Succeeded" if ok else "Failed"
                 if ok and disk_id:
                     self.resources[disk_id.lower()] = {
-                        "id": disk_id, "name": disk_id.rsplit("/", 1)[1], "type": "Microsoft.Compute/disks",
-                        "location": res.get("location"), "properties": {"provisioningState": "Succeeded"}}
+                        "id": disk_id,
+                        "name": disk_id.rsplit("/", 1)[1],
+                        "type": "Microsoft.Compute/disks",
+                        "location": res.get("location"),
+                        "properties": {"provisioningState": "Succeeded"},
+                    }
                 if ok and rtype.lower() == "microsoft.compute/virtualmachines":
                     self._boot(rid, name, vm_body)
 
@@ -375,8 +404,15 @@ def _handler(fake: FakeArm, role: str) -> type[BaseHTTPRequestHandler]:
                 with fake.lock:
                     fake.tokens.add(token)
                     fake.token_requests.append(query)
-                return self._send(200, {"access_token": token, "expires_on": str(int(time.time()) + 3600),
-                                        "resource": query.get("resource", ""), "token_type": "Bearer"})
+                return self._send(
+                    200,
+                    {
+                        "access_token": token,
+                        "expires_on": str(int(time.time()) + 3600),
+                        "resource": query.get("resource", ""),
+                        "token_type": "Bearer",
+                    },
+                )
             auth = self.headers.get("Authorization", "")
             if not auth.startswith("Bearer ") or auth[7:] not in fake.tokens:
                 return self._send(401, _err("InvalidAuthenticationToken", "The access token is invalid."))
@@ -398,13 +434,15 @@ def _handler(fake: FakeArm, role: str) -> type[BaseHTTPRequestHandler]:
                     return self._send(404, _err("InvalidResourceType", f"no route for {url.path}"))
                 rid = _canonical_id(m).lower()
                 rtype = f"{m['ns']}/{m['subtype'] or m['type']}"
-                fake.requests.append({"method": self.command, "path": url.path, "type": rtype,
-                                      "api_version": query["api-version"], "body": body})
+                fake.requests.append(
+                    {"method": self.command, "path": url.path, "type": rtype, "api_version": query["api-version"], "body": body}
+                )
                 if m["action"] == "instanceView" and self.command == "GET":
                     if rid not in fake.resources:
                         return self._send(404, _err("ResourceNotFound", f"The Resource '{rid}' was not found."))
-                    return self._send(200, {"statuses": [{"code": "ProvisioningState/succeeded"},
-                                                         {"code": "PowerState/running"}]})
+                    return self._send(
+                        200, {"statuses": [{"code": "ProvisioningState/succeeded"}, {"code": "PowerState/running"}]}
+                    )
                 if m["action"] == "start" and self.command == "POST":
                     return self._send(200 if rid in fake.resources else 404)
                 if self.command == "PUT":

@@ -60,8 +60,9 @@ class FakeGcp:
         self._server.shutdown()
         self._server.server_close()
 
-    def fail(self, kind: str, reason: str, message: str, *, method: str = "POST", asynchronous: bool = False,
-             times: int = 1) -> None:
+    def fail(
+        self, kind: str, reason: str, message: str, *, method: str = "POST", asynchronous: bool = False, times: int = 1
+    ) -> None:
         self.failures.append(Failure(kind, method, reason, message, asynchronous, times))
 
     def bodies(self, kind: str) -> list[dict[str, Any]]:
@@ -81,8 +82,14 @@ class FakeGcp:
     def _operation(self, project: str, zone: str | None, target: str, apply: Any, failure: Failure | None) -> dict[str, Any]:
         name = f"operation-{uuid.uuid4().hex[:12]}"
         where = f"zones/{zone}" if zone else "global"
-        op = {"kind": "compute#operation", "id": str(uuid.uuid4().int >> 64), "name": name, "status": "RUNNING",
-              "selfLink": f"{self.endpoint}/compute/v1/projects/{project}/{where}/operations/{name}", "targetLink": target}
+        op = {
+            "kind": "compute#operation",
+            "id": str(uuid.uuid4().int >> 64),
+            "name": name,
+            "status": "RUNNING",
+            "selfLink": f"{self.endpoint}/compute/v1/projects/{project}/{where}/operations/{name}",
+            "targetLink": target,
+        }
         if zone:
             op["zone"] = f"{self.endpoint}/compute/v1/projects/{project}/zones/{zone}"
         self.operations[name] = {"op": op, "apply": apply, "failure": failure}
@@ -114,8 +121,13 @@ class FakeGcp:
         link = f"{self.endpoint}/compute/v1/projects/{project}/" + (f"zones/{zone}/" if zone else "global/") + kind
         failure = self._take(kind, method)
         if failure and not failure.asynchronous:
-            return 400, {"error": {"code": 400, "message": failure.message,
-                                   "errors": [{"reason": failure.reason, "message": failure.message, "domain": "global"}]}}
+            return 400, {
+                "error": {
+                    "code": 400,
+                    "message": failure.message,
+                    "errors": [{"reason": failure.reason, "message": failure.message, "domain": "global"}],
+                }
+            }
         if method == "GET" and name is None:
             return 200, {"kind": f"compute#{kind}List", "items": [copy.deepcopy(r) for r in store.values()]}
         if method == "GET":
@@ -123,8 +135,13 @@ class FakeGcp:
         if method == "POST" and name is None:
             res = copy.deepcopy(body)
             if res["name"] in store:
-                return 409, {"error": {"code": 409, "message": f"The resource '{res['name']}' already exists",
-                                       "errors": [{"reason": "alreadyExists", "message": "exists"}]}}
+                return 409, {
+                    "error": {
+                        "code": 409,
+                        "message": f"The resource '{res['name']}' already exists",
+                        "errors": [{"reason": "alreadyExists", "message": "exists"}],
+                    }
+                }
             res["selfLink"] = f"{link}/{res['name']}"
             if kind == "instances":
                 res["status"] = "RUNNING"
@@ -139,8 +156,9 @@ class FakeGcp:
         if method == "POST" and m.groupdict().get("action") == "start":
             if name not in store:
                 return _not_found(f"{kind} {name}")
-            return 200, self._operation(project, zone, f"{link}/{name}",
-                                        lambda: store[name].__setitem__("status", "RUNNING"), failure)
+            return 200, self._operation(
+                project, zone, f"{link}/{name}", lambda: store[name].__setitem__("status", "RUNNING"), failure
+            )
         if method == "DELETE":
             if name not in store:
                 return _not_found(f"{kind} {name}")
@@ -188,15 +206,30 @@ def _handler(fake: FakeGcp) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(n)) if n else None
             auth = self.headers.get("Authorization", "")
             if not auth.startswith("Bearer "):
-                return self._send(401, {"error": {"code": 401, "message": "Request is missing required authentication credential.",
-                                                  "errors": [{"reason": "required"}]}})
+                return self._send(
+                    401,
+                    {
+                        "error": {
+                            "code": 401,
+                            "message": "Request is missing required authentication credential.",
+                            "errors": [{"reason": "required"}],
+                        }
+                    },
+                )
             with fake.lock:
                 fake.token_issuers.append(_jwt_issuer(auth[7:]))
                 for kind, rx in _ROUTES:
                     m = rx.match(url.path)
                     if m:
-                        fake.requests.append({"method": self.command, "kind": kind, "path": url.path, "body": body,
-                                              "query": {k: v[0] for k, v in parse_qs(url.query).items()}})
+                        fake.requests.append(
+                            {
+                                "method": self.command,
+                                "kind": kind,
+                                "path": url.path,
+                                "body": body,
+                                "query": {k: v[0] for k, v in parse_qs(url.query).items()},
+                            }
+                        )
                         return self._send(*fake.handle(self.command, kind, m, body))
             return self._send(404, {"error": {"code": 404, "message": f"no route {url.path}"}})
 

@@ -42,9 +42,16 @@ def _b64url_decode(text: str) -> bytes:
 def _self_signed(key: rsa.RSAPrivateKey, cn: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.now(UTC)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=365)).sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -88,11 +95,19 @@ class FakeMaa:
         body = dcap.parse_quote(quote).report_body
         now = int(time.time())
         return {
-            "iss": self.url, "iat": now, "nbf": now, "exp": now + 8 * 3600, "jti": "fake",
-            "x-ms-ver": "1.0", "x-ms-attestation-type": "sgx",
-            "x-ms-sgx-mrenclave": body.mr_enclave.hex(), "x-ms-sgx-mrsigner": body.mr_signer.hex(),
-            "x-ms-sgx-product-id": body.isv_prod_id, "x-ms-sgx-svn": body.isv_svn,
-            "x-ms-sgx-is-debuggable": body.debug, "x-ms-sgx-report-data": body.report_data.hex(),
+            "iss": self.url,
+            "iat": now,
+            "nbf": now,
+            "exp": now + 8 * 3600,
+            "jti": "fake",
+            "x-ms-ver": "1.0",
+            "x-ms-attestation-type": "sgx",
+            "x-ms-sgx-mrenclave": body.mr_enclave.hex(),
+            "x-ms-sgx-mrsigner": body.mr_signer.hex(),
+            "x-ms-sgx-product-id": body.isv_prod_id,
+            "x-ms-sgx-svn": body.isv_svn,
+            "x-ms-sgx-is-debuggable": body.debug,
+            "x-ms-sgx-report-data": body.report_data.hex(),
         }
 
     def issue(self, quote: bytes) -> str:
@@ -159,8 +174,9 @@ def _handler(fake: FakeMaa) -> type[BaseHTTPRequestHandler]:
             if self.path == "/certs":
                 self._send(200, fake.jwks())
             elif self.path == "/.well-known/openid-configuration":
-                self._send(200, {"issuer": fake.url, "jwks_uri": fake.url + "/certs",
-                                 "id_token_signing_alg_values_supported": ["RS256"]})
+                self._send(
+                    200, {"issuer": fake.url, "jwks_uri": fake.url + "/certs", "id_token_signing_alg_values_supported": ["RS256"]}
+                )
             else:
                 self._send(404, {"error": {"code": "NotFound", "message": self.path}})
 

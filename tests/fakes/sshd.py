@@ -50,7 +50,8 @@ class LocalSshd:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
         self._proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
             stderr=open(self.root / "sshd.log", "wb"),
         )
         deadline = time.monotonic() + timeout

@@ -41,7 +41,10 @@ def duet_audit(controller: ControllerProcess, home: Path, *args: str) -> tuple[i
     proc = subprocess.run(
         [sys.executable, "-m", "duet", "--url", controller.url, "--json", "audit", *args],
         # The fixture controller is plain HTTP with TEE none: the auditor uses it unverified (--insecure).
-        capture_output=True, text=True, timeout=60, env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
     )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -142,8 +145,9 @@ def test_a_rolled_back_disk_is_reported_against_the_head_seen_before(
     assert rc == 3 and codes(report) == ["inconsistent_head"]
 
 
-def test_a_database_rolled_back_alone_is_refused_at_start(client: DuetClient, controller: ControllerProcess,
-                                                          tmp_path: Path) -> None:
+def test_a_database_rolled_back_alone_is_refused_at_start(
+    client: DuetClient, controller: ControllerProcess, tmp_path: Path
+) -> None:
     cvm_id = start_cvm(client)
     backup(controller, tmp_path / "old-db", DB_FILES)
     client.run(cvm_id, ["echo two"])
@@ -156,7 +160,8 @@ def test_a_database_rolled_back_alone_is_refused_at_start(client: DuetClient, co
 
 
 def test_an_entry_altered_on_disk_is_not_served_and_stops_the_next_start(
-        client: DuetClient, controller: ControllerProcess, home: Path) -> None:
+    client: DuetClient, controller: ControllerProcess, home: Path
+) -> None:
     cvm_id = start_cvm(client)
     result = client.run(cvm_id, ["echo secret-step"])["results"][0]
     assert duet_audit(controller, home, cvm_id)[0] == 0
@@ -176,8 +181,9 @@ def test_an_entry_altered_on_disk_is_not_served_and_stops_the_next_start(
     assert "do not hash to the root sealed" in refused_start(controller)
 
 
-def test_a_deleted_entry_is_not_served_and_stops_the_next_start(client: DuetClient, controller: ControllerProcess,
-                                                               home: Path) -> None:
+def test_a_deleted_entry_is_not_served_and_stops_the_next_start(
+    client: DuetClient, controller: ControllerProcess, home: Path
+) -> None:
     cvm_id = start_cvm(client)
     client.run(cvm_id, ["echo a", "echo b"])
     assert duet_audit(controller, home, cvm_id)[0] == 0
@@ -198,7 +204,10 @@ def test_follow_prints_new_entries_and_stops_at_the_first_failure(
     backup(controller, tmp_path / "old-db")
     follower = subprocess.Popen(
         [sys.executable, "-m", "duet", "--url", controller.url, "--json", "audit", cvm_id, "--follow", "--interval", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
     )
     try:
         lines: list[dict[str, Any]] = []

@@ -22,7 +22,9 @@ def test_a_command_past_its_timeout_is_killed_and_recorded(client: DuetClient) -
 
 def test_output_beyond_the_cap_is_cut_and_marked(client: DuetClient) -> None:
     cvm_id = start_cvm(client)
-    result = client.run(cvm_id, ["head -c 100000 /dev/zero | tr '\\0' a; head -c 50 /dev/zero | tr '\\0' b >&2"], output_limit=1000)["results"][0]
+    result = client.run(
+        cvm_id, ["head -c 100000 /dev/zero | tr '\\0' a; head -c 50 /dev/zero | tr '\\0' b >&2"], output_limit=1000
+    )["results"][0]
     assert result["exit_status"] == 0
     assert result["stdout"] == "a" * 1000 and result["stdout_truncated"] is True
     assert result["stderr"] == "b" * 50 and result["stderr_truncated"] is False

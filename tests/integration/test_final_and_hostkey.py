@@ -26,8 +26,14 @@ def cvm_login_key(controller: ControllerProcess, cvm_id: str) -> str:
 
 async def try_login(port: int, username: str, client_key: str) -> str:
     async with asyncssh.connect(
-        "127.0.0.1", port, username=username, client_keys=[asyncssh.import_private_key(client_key)],
-        known_hosts=None, agent_path=None, config=(), connect_timeout=5,
+        "127.0.0.1",
+        port,
+        username=username,
+        client_keys=[asyncssh.import_private_key(client_key)],
+        known_hosts=None,
+        agent_path=None,
+        config=(),
+        connect_timeout=5,
     ) as conn:
         return (await conn.run("echo in", check=True)).stdout  # type: ignore[return-value]
 

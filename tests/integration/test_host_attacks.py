@@ -106,15 +106,19 @@ def test_a_mode_edited_in_the_database_reopens_nothing(client: DuetClient, contr
 @pytest.fixture
 def quick_lockdown(tmp_path: Path, owner: Owner) -> Iterator[tuple[ControllerProcess, DuetClient]]:
     """A controller whose lockdown attempts end within seconds and are retried after 1 s."""
-    process = ControllerProcess(tmp_path / "state", [owner.pub_path],
-                                extra_args=("--lockdown-timeout", "5", "--lockdown-retry", "1"))
-    with serving(process), DuetClient(process.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"),
-                                      insecure=True) as client:
+    process = ControllerProcess(
+        tmp_path / "state", [owner.pub_path], extra_args=("--lockdown-timeout", "5", "--lockdown-retry", "1")
+    )
+    with (
+        serving(process),
+        DuetClient(process.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client,
+    ):
         yield process, client
 
 
 def test_final_with_the_cvm_unreachable_stays_pending_and_completes_once_reachable(
-        quick_lockdown: tuple[ControllerProcess, DuetClient]) -> None:
+    quick_lockdown: tuple[ControllerProcess, DuetClient],
+) -> None:
     controller, client = quick_lockdown
     cvm_id = start_cvm(client)
     kill_cvm_sshd(controller, cvm_id)
@@ -135,8 +139,11 @@ def test_final_with_the_cvm_unreachable_stays_pending_and_completes_once_reachab
     assert recorded <= 2  # (the first attempt may still find the dying connection: another message)
 
     revive_cvm_sshd(controller, cvm_id)
-    done = wait_until(lambda: [e for e in events(client, cvm_id) if e["event"] == "cvm.locked" and e["ok"]],
-                      timeout=30, what="the retried lockdown")
+    done = wait_until(
+        lambda: [e for e in events(client, cvm_id) if e["event"] == "cvm.locked" and e["ok"]],
+        timeout=30,
+        what="the retried lockdown",
+    )
     assert done[0]["key_destroyed"] is True and done[0]["attempt"] >= 2
     assert client.state(cvm_id)["cvm"]["lockdown"] == "done"
     assert controller.cvm_login_key(cvm_id) is None
@@ -144,26 +151,30 @@ def test_final_with_the_cvm_unreachable_stays_pending_and_completes_once_reachab
     wait_until(lambda: LocalProvider(controller.state_dir / "local-cvms").sshd_pid(cvm_id) is None, what="sshd to stop")
 
 
-def test_kill_9_between_final_and_lockdown_ends_locked_after_restart(
-        tmp_path: Path, owner: Owner) -> None:
+def test_kill_9_between_final_and_lockdown_ends_locked_after_restart(tmp_path: Path, owner: Owner) -> None:
     process = ControllerProcess(tmp_path / "state", [owner.pub_path], extra_args=("--lockdown-retry", "600"))
-    with serving(process), DuetClient(process.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"),
-                                      insecure=True) as client:
+    with (
+        serving(process),
+        DuetClient(process.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client,
+    ):
         cvm_id = start_cvm(client)
         kill_cvm_sshd(process, cvm_id)
         assert client.mark(cvm_id, "in-service", final=True)["lockdown"] == "pending"
         process.kill()  # the next retry (in 10 minutes) never comes
 
         process.start()  # recovery brings the CVM's sshd back and retries the pending lockdown at once
-        done = wait_until(lambda: [e for e in events(client, cvm_id) if e["event"] == "cvm.locked" and e["ok"]],
-                          what="the lockdown after restart")
+        done = wait_until(
+            lambda: [e for e in events(client, cvm_id) if e["event"] == "cvm.locked" and e["ok"]],
+            what="the lockdown after restart",
+        )
         assert done[0]["key_destroyed"] is True
         assert client.state(cvm_id)["cvm"]["lockdown"] == "done"
         assert process.cvm_login_key(cvm_id) is None
 
 
 def test_a_destroyed_key_written_back_with_the_old_mode_does_not_come_back(
-        client: DuetClient, controller: ControllerProcess) -> None:
+    client: DuetClient, controller: ControllerProcess
+) -> None:
     cvm_id = start_cvm(client)
     with db(controller) as conn:
         old_ciphertext = conn.execute("SELECT ssh_private_key FROM cvms WHERE id = ?", (cvm_id,)).fetchone()[0]
@@ -200,15 +211,19 @@ def seed_call(url: str, path: str, params: dict[str, Any], key: rsa.RSAPrivateKe
 def test_an_owner_inserted_in_the_database_is_not_an_owner(tmp_path: Path, owner: Owner) -> None:
     seed_port = free_port()
     process = ControllerProcess(tmp_path / "state", [owner.pub_path], extra_args=("--seed-listen", f"127.0.0.1:{seed_port}"))
-    with serving(process), DuetClient(process.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"),
-                                      insecure=True) as client:
+    with (
+        serving(process),
+        DuetClient(process.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client,
+    ):
         cvm_id = start_cvm(client)
         client.mark(cvm_id, "in-service")
         operator = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = operator.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         with db(process) as conn:
-            conn.execute("INSERT INTO owners (key_id, public_pem, added_at) VALUES (?, ?, 'now')",
-                         (keys.key_id(operator.public_key()), pem.decode()))
+            conn.execute(
+                "INSERT INTO owners (key_id, public_pem, added_at) VALUES (?, ?, 'now')",
+                (keys.key_id(operator.public_key()), pem.decode()),
+            )
 
         seed = f"http://127.0.0.1:{seed_port}"
         answer = seed_call(seed, "/mark_cvm", {"cvm_id": cvm_id, "cvm_mode": "in-update"}, operator)
@@ -219,8 +234,9 @@ def test_an_owner_inserted_in_the_database_is_not_an_owner(tmp_path: Path, owner
         assert {e["actor"] for e in client.entries()} <= {owner.key_id, "controller"}
 
 
-def test_deleted_sealed_state_is_tampering_not_a_first_start(client: DuetClient, controller: ControllerProcess,
-                                                             tmp_path: Path) -> None:
+def test_deleted_sealed_state_is_tampering_not_a_first_start(
+    client: DuetClient, controller: ControllerProcess, tmp_path: Path
+) -> None:
     start_cvm(client)
     operator = make_owner(tmp_path, "operator")
     (controller.state_dir / "sealed" / "anchor.json").unlink()
@@ -256,21 +272,22 @@ def test_a_machine_rewritten_in_the_database_is_not_used(client: DuetClient, con
     result = client.run(real, ["pwd"])["results"][0]
     assert result["stdout"].strip() == str(cvm_dir(controller, real) / "home")
     assert "hostkey.mismatch" not in [e["event"] for e in events(client, real)]
-    assert f"CVM {real[:16]}…: its machine record (address, host key) is not the one the ledger recorded" in \
-        refused_start(controller)
+    assert f"CVM {real[:16]}…: its machine record (address, host key) is not the one the ledger recorded" in refused_start(
+        controller
+    )
 
 
 # --- 8. two copies of the state directory, one identity, two histories ----------------------------
 
 
 def test_two_copies_side_by_side_are_told_apart_by_comparing_heads(
-        client: DuetClient, controller: ControllerProcess, owner: Owner, tmp_path: Path) -> None:
+    client: DuetClient, controller: ControllerProcess, owner: Owner, tmp_path: Path
+) -> None:
     controller.stop()
     shutil.copytree(controller.state_dir, tmp_path / "copy")  # the host copies the whole state, sealed state too
     controller.start()
     copy = ControllerProcess(tmp_path / "copy", [])
-    with serving(copy), DuetClient(copy.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user-b"),
-                                   insecure=True) as other:
+    with serving(copy), DuetClient(copy.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user-b"), insecure=True) as other:
         start_cvm(client)  # the owner's work goes to one copy ...
         start_cvm(other)  # ... and other work to the other: two histories under one identity
         assert client.head()["controller"] == other.head()["controller"]
@@ -288,7 +305,10 @@ def test_two_copies_side_by_side_are_told_apart_by_comparing_heads(
 
 def audit(controller: ControllerProcess, home: Path, *args: str) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
-        [sys.executable, "-m", "duet", "--url", controller.url, "--json", "audit", *args], capture_output=True,
-        text=True, timeout=60, env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
+        [sys.executable, "-m", "duet", "--url", controller.url, "--json", "audit", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
     )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])

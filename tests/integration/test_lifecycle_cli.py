@@ -15,7 +15,13 @@ from duet.controller.process import ControllerProcess
 
 def duet(controller: ControllerProcess, owner: Any, user_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # The fixture controller is plain HTTP with TEE none: used unverified (DUET_INSECURE), see test_verify.py.
-    env = {**os.environ, "DUET_URL": controller.url, "DUET_KEY": str(owner.path), "DUET_HOME": str(user_dir), "DUET_INSECURE": "1"}
+    env = {
+        **os.environ,
+        "DUET_URL": controller.url,
+        "DUET_KEY": str(owner.path),
+        "DUET_HOME": str(user_dir),
+        "DUET_INSECURE": "1",
+    }
     return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -39,7 +45,9 @@ def test_whole_lifecycle_through_the_cli(controller: ControllerProcess, owner: A
     assert ran["results"][0]["exit_status"] == 0
     assert (ran["results"][0]["stdout"], ran["results"][0]["stderr"]) == ("hello\n", "oops\n")
 
-    several = duet_json(controller, owner, user, "cvm", "run", cvm_id, "--cmd", "echo one > f", "--cmd", "cat f", "--cmd", "exit 3", ok=False)
+    several = duet_json(
+        controller, owner, user, "cvm", "run", cvm_id, "--cmd", "echo one > f", "--cmd", "cat f", "--cmd", "exit 3", ok=False
+    )
     assert [item["exit_status"] for item in several["results"]] == [0, 0, 3]
     assert several["results"][1]["stdout"] == "one\n"
 
@@ -88,7 +96,9 @@ def test_readable_output_without_json(controller: ControllerProcess, owner: Any,
 def test_owner_operation_without_a_key_is_refused_plainly(controller: ControllerProcess, owner: Any, tmp_path: Path) -> None:
     env = {**os.environ, "DUET_URL": controller.url, "DUET_HOME": str(tmp_path / "user")}
     env.pop("DUET_KEY", None)
-    done = subprocess.run([sys.executable, "-m", "duet", "--json", "cvm", "start"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "duet", "--json", "cvm", "start"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0
     assert json.loads(done.stdout)["error"]["code"] == "no_owner_key"
 
@@ -96,8 +106,12 @@ def test_owner_operation_without_a_key_is_refused_plainly(controller: Controller
 def test_keygen_writes_a_private_key_only_the_user_can_read(tmp_path: Path) -> None:
     for key_type in ("ed25519", "ecdsa", "rsa"):
         out = tmp_path / f"{key_type}.pem"
-        done = subprocess.run([sys.executable, "-m", "duet", "--json", "keygen", "--out", str(out), "--type", key_type],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "duet", "--json", "keygen", "--out", str(out), "--type", key_type],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         assert out.stat().st_mode & 0o777 == 0o600
@@ -105,12 +119,18 @@ def test_keygen_writes_a_private_key_only_the_user_can_read(tmp_path: Path) -> N
         from duet import keys
 
         assert result["key_id"] == keys.key_id(keys.load_private_key(out).public_key())
-    again = subprocess.run([sys.executable, "-m", "duet", "--json", "keygen", "--out", str(tmp_path / "rsa.pem")],
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "duet", "--json", "keygen", "--out", str(tmp_path / "rsa.pem")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode != 0 and json.loads(again.stdout)["error"]["code"] == "key_exists"
 
 
-def test_start_on_a_provider_the_controller_did_not_enable_is_refused(controller: ControllerProcess, owner: Any, tmp_path: Path) -> None:
+def test_start_on_a_provider_the_controller_did_not_enable_is_refused(
+    controller: ControllerProcess, owner: Any, tmp_path: Path
+) -> None:
     user = tmp_path / "user"
     refused = duet_json(controller, owner, user, "cvm", "start", "--provider", "gcp", ok=False)
     assert refused["error"]["code"] == "provider_not_enabled"

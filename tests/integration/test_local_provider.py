@@ -317,7 +317,9 @@ async def test_sshd_survives_sigkill_of_the_controller(provider: LocalProvider, 
     private, public = generate_client_key()
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(provider.root), SSHD, public],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     try:
         line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)  # type: ignore[union-attr]

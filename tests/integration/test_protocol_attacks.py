@@ -20,7 +20,9 @@ from duet.protocol.envelope import request_digest, sign_request, verify_answer
 from support import make_owner, start_cvm
 
 
-def post(client: DuetClient, path: str, body: bytes | dict[str, Any], *, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def post(
+    client: DuetClient, path: str, body: bytes | dict[str, Any], *, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = httpx.post(client.url + path, content=content, headers=headers or {"content-type": "application/json"}, timeout=30)
     answer = response.json()
@@ -35,7 +37,9 @@ def snapshot(client: DuetClient) -> tuple[int, list[dict[str, Any]]]:
 
 def test_replayed_request_is_refused_and_changes_nothing(client: DuetClient, owner: Any) -> None:
     cvm_id = start_cvm(client)
-    envelope = sign_request("cvm.run", client.pin().controller, {"cvm_id": cvm_id, "commands": ["echo once >> count.txt"]}, owner.key)
+    envelope = sign_request(
+        "cvm.run", client.pin().controller, {"cvm_id": cvm_id, "commands": ["echo once >> count.txt"]}, owner.key
+    )
     status, result = post(client, f"/v1/cvms/{cvm_id}/run", envelope)
     assert status == 200 and result["results"][0]["exit_status"] == 0
     before = snapshot(client)
@@ -130,7 +134,9 @@ def test_answers_are_bound_to_their_request(client: DuetClient, owner: Any) -> N
     other = sign_request("cvm.start", client.pin().controller, {"cvm_type": "tdx"}, owner.key)
     pin = client.pin()
     with pytest.raises(Exception, match="different request"):
-        verify_answer(answer, controller=pin.controller, public_key=pin.public_key(), request_digest=request_digest(other["request"]))
+        verify_answer(
+            answer, controller=pin.controller, public_key=pin.public_key(), request_digest=request_digest(other["request"])
+        )
 
 
 def _signed(client: DuetClient, owner: Any, op: str, params: Any) -> dict[str, Any]:
@@ -160,17 +166,57 @@ def malformed_probes(client: DuetClient, owner: Any, cvm_id: str) -> list[tuple[
         ("command not a string", run_path, _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": [42]}), 422),
         ("blank command", run_path, _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["  "]}), 422),
         ("missing commands", run_path, _signed(client, owner, "cvm.run", {"cvm_id": cvm_id}), 422),
-        ("negative timeout", run_path, _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["true"], "timeout_s": -1}), 422),
-        ("huge timeout", run_path, _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["true"], "timeout_s": 1e9}), 422),
-        ("unknown param", run_path, _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["true"], "sudo": True}), 422),
+        (
+            "negative timeout",
+            run_path,
+            _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["true"], "timeout_s": -1}),
+            422,
+        ),
+        (
+            "huge timeout",
+            run_path,
+            _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["true"], "timeout_s": 1e9}),
+            422,
+        ),
+        (
+            "unknown param",
+            run_path,
+            _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["true"], "sudo": True}),
+            422,
+        ),
         ("unknown cvm type", "/v1/cvms", _signed(client, owner, "cvm.start", {"cvm_type": "sgx"}), 422),
         ("cvm type wrong type", "/v1/cvms", _signed(client, owner, "cvm.start", {"cvm_type": 1}), 422),
-        ("unknown mode", f"/v1/cvms/{cvm_id}/mark", _signed(client, owner, "cvm.mark", {"cvm_id": cvm_id, "mode": "maintenance"}), 422),
-        ("final in-update", f"/v1/cvms/{cvm_id}/mark", _signed(client, owner, "cvm.mark", {"cvm_id": cvm_id, "mode": "in-update", "final": True}), 422),
-        ("final as string", f"/v1/cvms/{cvm_id}/mark", _signed(client, owner, "cvm.mark", {"cvm_id": cvm_id, "mode": "in-service", "final": "yes"}), 422),
-        ("unknown cvm", f"/v1/cvms/{'0' * 64}/run", _signed(client, owner, "cvm.run", {"cvm_id": "0" * 64, "commands": ["true"]}), 404),
+        (
+            "unknown mode",
+            f"/v1/cvms/{cvm_id}/mark",
+            _signed(client, owner, "cvm.mark", {"cvm_id": cvm_id, "mode": "maintenance"}),
+            422,
+        ),
+        (
+            "final in-update",
+            f"/v1/cvms/{cvm_id}/mark",
+            _signed(client, owner, "cvm.mark", {"cvm_id": cvm_id, "mode": "in-update", "final": True}),
+            422,
+        ),
+        (
+            "final as string",
+            f"/v1/cvms/{cvm_id}/mark",
+            _signed(client, owner, "cvm.mark", {"cvm_id": cvm_id, "mode": "in-service", "final": "yes"}),
+            422,
+        ),
+        (
+            "unknown cvm",
+            f"/v1/cvms/{'0' * 64}/run",
+            _signed(client, owner, "cvm.run", {"cvm_id": "0" * 64, "commands": ["true"]}),
+            404,
+        ),
         ("cvm id not hex", "/v1/cvms/xyz/run", _signed(client, owner, "cvm.run", {"cvm_id": "xyz", "commands": ["true"]}), 422),
-        ("path and params differ", f"/v1/cvms/{'1' * 64}/run", _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["true"]}), 400),
+        (
+            "path and params differ",
+            f"/v1/cvms/{'1' * 64}/run",
+            _signed(client, owner, "cvm.run", {"cvm_id": cvm_id, "commands": ["true"]}),
+            400,
+        ),
         ("oversized body", run_path, b'{"pad": "' + b"x" * (1024 * 1024 + 10) + b'"}', 413),
         ("unknown route", "/v1/cvms/nope/reboot", valid, 404),
     ]

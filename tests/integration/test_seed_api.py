@@ -102,9 +102,13 @@ def write_rsa_owner(directory: Path, name: str, key: rsa.RSAPrivateKey) -> RsaOw
     """As the seed's key generator writes them: PKCS#8 private PEM, SubjectPublicKeyInfo public PEM."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     pub_path = directory / f"{name}.pub"
-    pub_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub_path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return RsaOwner(key, path, pub_path)
 
 
@@ -125,11 +129,17 @@ def v1_owner(tmp_path_factory: pytest.TempPathFactory) -> Owner:
 
 
 @pytest.fixture(scope="module")
-def seed_controller(tmp_path_factory: pytest.TempPathFactory, rsa_owner: RsaOwner, v1_owner: Owner) -> Iterator[ControllerProcess]:
+def seed_controller(
+    tmp_path_factory: pytest.TempPathFactory, rsa_owner: RsaOwner, v1_owner: Owner
+) -> Iterator[ControllerProcess]:
     """One controller for the module (its RSA-4096 key takes a moment to make); tests use their own CVMs."""
-    with serving(ControllerProcess(
-        tmp_path_factory.mktemp("seed-controller") / "state", [v1_owner.pub_path, rsa_owner.pub_path], extra_args=("--seed-api",)
-    )) as process:
+    with serving(
+        ControllerProcess(
+            tmp_path_factory.mktemp("seed-controller") / "state",
+            [v1_owner.pub_path, rsa_owner.pub_path],
+            extra_args=("--seed-api",),
+        )
+    ) as process:
         yield process
 
 
@@ -153,7 +163,9 @@ def start(spec: SpecClient) -> str:
 # --- the seed's scenario ----------------------------------------------------------------------
 
 
-def test_seed_scenario_start_run_mark_refuse_state_stop(spec: SpecClient, seed_controller: ControllerProcess, v1: DuetClient) -> None:
+def test_seed_scenario_start_run_mark_refuse_state_stop(
+    spec: SpecClient, seed_controller: ControllerProcess, v1: DuetClient
+) -> None:
     assert spec.quote_answer["quote"] == ""  # no TEE
 
     started = spec.call("/start_cvm", {"cvm_type": "snp"})
@@ -203,8 +215,10 @@ def test_answers_are_signed_over_json_dumps_bytes_only(spec: SpecClient) -> None
     cvm_id = start(spec)
     response = httpx.post(
         spec.url + "/run_commands",
-        json={"params": {"cvm_id": cvm_id, "commands": ["printf 'caf\\303\\251\\n'"]},
-              "signature": spec_sign(spec.owner_key, {"cvm_id": cvm_id, "commands": ["printf 'caf\\303\\251\\n'"]})},
+        json={
+            "params": {"cvm_id": cvm_id, "commands": ["printf 'caf\\303\\251\\n'"]},
+            "signature": spec_sign(spec.owner_key, {"cvm_id": cvm_id, "commands": ["printf 'caf\\303\\251\\n'"]}),
+        },
         timeout=60,
     )
     answer = response.json()
@@ -242,8 +256,10 @@ def test_bad_signatures_get_the_seeds_privileged_error_signed_and_change_nothing
             "other params": {"params": params, "signature": spec_sign(spec.owner_key, {**params, "x": 1})},
             "no signature": {"params": params},
             "not base64": {"params": params, "signature": "%%%"},
-            "salt not maximal": {"params": params, "signature": base64.b64encode(
-                spec.owner_key.sign(spec_bytes(params), salt32, hashes.SHA256())).decode()},
+            "salt not maximal": {
+                "params": params,
+                "signature": base64.b64encode(spec.owner_key.sign(spec_bytes(params), salt32, hashes.SHA256())).decode(),
+            },
         }
         for name, body in bodies.items():
             assert spec.post(path, body) == {"success": False, "error": PRIVILEGED_ERRORS[path]}, (path, name)
@@ -254,8 +270,14 @@ def test_bad_input_is_answered_in_the_body_signed(spec: SpecClient, v1: DuetClie
     cvm_id = start(spec)
     before = v1.head()["tree_size"]
     unknown = "0" * 64
-    assert spec.call("/run_commands", {"cvm_id": unknown, "commands": ["id"]}) == {"success": False, "error": "run-commands: No such CVM."}
-    assert spec.call("/mark_cvm", {"cvm_id": unknown, "cvm_mode": "in-service"}) == {"success": False, "error": "mark-cvm: No such CVM."}
+    assert spec.call("/run_commands", {"cvm_id": unknown, "commands": ["id"]}) == {
+        "success": False,
+        "error": "run-commands: No such CVM.",
+    }
+    assert spec.call("/mark_cvm", {"cvm_id": unknown, "cvm_mode": "in-service"}) == {
+        "success": False,
+        "error": "mark-cvm: No such CVM.",
+    }
     assert spec.call("/stop_cvm", {"cvm_id": unknown}) == {"success": False, "error": "stop-cvm: No such CVM."}
     assert spec.state(unknown, long=False) == {"success": False, "error": "get-cvm-state: No such CVM."}
     bad_mode = spec.call("/mark_cvm", {"cvm_id": cvm_id, "cvm_mode": "in-between"})
@@ -268,7 +290,9 @@ def test_bad_input_is_answered_in_the_body_signed(spec: SpecClient, v1: DuetClie
     assert response.status_code == 200
     garbage = response.json()
     spec.controller_key.verify(base64.b64decode(garbage["signature"]), spec_bytes(garbage["result"]), PSS_MAX, hashes.SHA256())
-    assert garbage["result"]["success"] is False and garbage["result"]["error"].startswith("run-commands: the request body is not valid JSON")
+    assert garbage["result"]["success"] is False and garbage["result"]["error"].startswith(
+        "run-commands: the request body is not valid JSON"
+    )
     assert v1.head()["tree_size"] == before
 
 
@@ -299,13 +323,19 @@ def test_mixed_use_seed_started_cvm_is_audited_with_its_seed_marks(
     seed_run = by_seq[marked["command.started"][0]]
     assert seed_run["command"] == "echo via seed"
     assert seed_run["request_digest"] == hashlib.sha256(spec_bytes(run_params)).hexdigest()
-    assert seed_run["actor"] == hashlib.sha256(
-        spec.owner_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    ).hexdigest()
+    assert (
+        seed_run["actor"]
+        == hashlib.sha256(
+            spec.owner_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ).hexdigest()
+    )
     v1_run = next(e for e in entries if e["event"] == "command.started" and e["command"] == "echo via v1")
     assert "protocol" not in v1_run  # v1 entries are unchanged
     # The seed's view shows the v1 command too: one CVM, one history.
-    assert [item["command"] for item in spec.state(cvm_id, long=True)["state"]["command_outputs"]] == ["echo via seed", "echo via v1"]
+    assert [item["command"] for item in spec.state(cvm_id, long=True)["state"]["command_outputs"]] == [
+        "echo via seed",
+        "echo via v1",
+    ]
 
     audit = _duet_audit(tmp_path, seed_controller.url, cvm_id)
     assert audit["ok"] is True, audit["findings"]
@@ -319,7 +349,10 @@ def _duet_audit(tmp_path: Path, url: str, cvm_id: str) -> dict[str, Any]:
     """``duet --json audit CVM_ID`` in its own user directory."""
     result = subprocess.run(
         [sys.executable, "-m", "duet", "--json", "--url", url, "audit", cvm_id],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "DUET_HOME": str(tmp_path / "auditor"), "DUET_INSECURE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DUET_HOME": str(tmp_path / "auditor"), "DUET_INSECURE": "1"},
     )
     assert result.stdout, result.stderr
     return json.loads(result.stdout.splitlines()[0])  # type: ignore[no-any-return]
@@ -332,7 +365,9 @@ def test_a_replayed_seed_request_runs_again_and_the_ledger_shows_it(spec: SpecCl
     body = {"params": params, "signature": spec_sign(spec.owner_key, params)}
     assert spec.post("/run_commands", body)["output"] == ["1\n"]
     assert spec.post("/run_commands", body)["output"] == ["2\n"]
-    digests = [e["request_digest"] for e in v1.entries(cvm=cvm_id) if e["event"] == "command.started" and e.get("protocol") == "seed"]
+    digests = [
+        e["request_digest"] for e in v1.entries(cvm=cvm_id) if e["event"] == "command.started" and e.get("protocol") == "seed"
+    ]
     assert digests == [hashlib.sha256(spec_bytes(params)).hexdigest()] * 2
 
 
@@ -341,7 +376,10 @@ def test_start_up_warns_that_the_seed_protocol_has_no_replay_protection(seed_con
 
 
 def test_the_seed_protocol_is_off_by_default(tmp_path: Path, rsa_owner: RsaOwner) -> None:
-    with ControllerProcess(tmp_path / "state", [rsa_owner.pub_path], ) as controller:
+    with ControllerProcess(
+        tmp_path / "state",
+        [rsa_owner.pub_path],
+    ) as controller:
         assert httpx.get(controller.url + "/quote", timeout=10).status_code == 404
         assert httpx.post(controller.url + "/start_cvm", json={"params": {"cvm_type": "snp"}}, timeout=10).status_code == 404
         assert not (controller.state_dir / "sealed" / "controller-seed-rsa.pem").exists()
@@ -403,7 +441,11 @@ def test_seed_style_end_to_end_script_runs_with_duet_seed_client(
     script.write_text(SEED_STYLE_SCRIPT)
     duet = Path(sys.executable).parent / "duet"
     result = subprocess.run(
-        ["bash", str(script), f"{duet} seed-client"], cwd=workdir, capture_output=True, text=True, timeout=180,
+        ["bash", str(script), f"{duet} seed-client"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=180,
         env={**os.environ, "DUET_URL": seed_controller.url},
     )
     out = result.stdout
@@ -419,7 +461,11 @@ def test_seed_style_end_to_end_script_runs_with_duet_seed_client(
     assert str({"cvm_id": cvm_id, "cvm_mode": "in-service"}) in lines
     assert f"ERROR: {IN_SERVICE_ERROR}" in lines
     state_start = lines.index("command: python3 --version")
-    assert lines[state_start + 1] == "-" * 20 and lines[state_start + 2].startswith("Python 3.") and lines[state_start + 3] == "=" * 20
+    assert (
+        lines[state_start + 1] == "-" * 20
+        and lines[state_start + 2].startswith("Python 3.")
+        and lines[state_start + 3] == "=" * 20
+    )
     assert lines[lines.index("===========End of command: stop-cvm===========") - 1] == "True"
     assert v1.state(cvm_id)["cvm"]["mode"] == "stopped"
 
@@ -427,8 +473,12 @@ def test_seed_style_end_to_end_script_runs_with_duet_seed_client(
 def test_the_seed_protocol_on_its_own_plain_listener_beside_https(tmp_path: Path, rsa_owner: RsaOwner, v1_owner: Owner) -> None:
     """The seed's clients speak plain HTTP; /v1 stays HTTPS. One controller, one set of CVMs."""
     seed_port = free_port()
-    controller = ControllerProcess(tmp_path / "state", [v1_owner.pub_path, rsa_owner.pub_path], tls=True,
-                                   extra_args=("--seed-listen", f"127.0.0.1:{seed_port}"))
+    controller = ControllerProcess(
+        tmp_path / "state",
+        [v1_owner.pub_path, rsa_owner.pub_path],
+        tls=True,
+        extra_args=("--seed-listen", f"127.0.0.1:{seed_port}"),
+    )
     try:
         with controller:
             assert controller.url.startswith("https://")

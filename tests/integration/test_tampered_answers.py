@@ -78,12 +78,19 @@ def proxy(controller: ControllerProcess) -> Iterator[TamperingProxy]:
 
 
 def duet_cli(proxy: TamperingProxy, owner: Any, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DUET_URL": f"http://127.0.0.1:{proxy.port}", "DUET_KEY": str(owner.path),
-           "DUET_HOME": str(tmp_path / "user"), "DUET_INSECURE": "1"}
+    env = {
+        **os.environ,
+        "DUET_URL": f"http://127.0.0.1:{proxy.port}",
+        "DUET_KEY": str(owner.path),
+        "DUET_HOME": str(tmp_path / "user"),
+        "DUET_INSECURE": "1",
+    }
     return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_an_altered_answer_is_refused_and_the_user_told(proxy: TamperingProxy, in_update_cvm: str, owner: Any, tmp_path: Path) -> None:
+def test_an_altered_answer_is_refused_and_the_user_told(
+    proxy: TamperingProxy, in_update_cvm: str, owner: Any, tmp_path: Path
+) -> None:
     done = duet_cli(proxy, owner, tmp_path, "cvm", "state", in_update_cvm)
     assert proxy.tampered >= 1, "the proxy must have altered the answer for this test to mean anything"
     assert done.returncode == 3
@@ -91,13 +98,17 @@ def test_an_altered_answer_is_refused_and_the_user_told(proxy: TamperingProxy, i
     assert "in-servic" not in done.stdout  # nothing of the forged answer is shown
 
 
-def test_an_altered_answer_is_a_json_error_for_scripts(proxy: TamperingProxy, in_update_cvm: str, owner: Any, tmp_path: Path) -> None:
+def test_an_altered_answer_is_a_json_error_for_scripts(
+    proxy: TamperingProxy, in_update_cvm: str, owner: Any, tmp_path: Path
+) -> None:
     done = duet_cli(proxy, owner, tmp_path, "--json", "cvm", "state", in_update_cvm)
     assert done.returncode == 3
     assert json.loads(done.stdout)["error"]["code"] == "bad_answer_signature"
 
 
-def test_the_same_call_without_the_lie_succeeds(controller: ControllerProcess, in_update_cvm: str, owner: Any, tmp_path: Path) -> None:
+def test_the_same_call_without_the_lie_succeeds(
+    controller: ControllerProcess, in_update_cvm: str, owner: Any, tmp_path: Path
+) -> None:
     honest = TamperingProxy(controller.port, b"never-in-any-answer", b"never-in-any-answer")
     try:
         done = duet_cli(honest, owner, tmp_path, "--json", "cvm", "state", in_update_cvm)

@@ -36,8 +36,13 @@ from support import Owner, make_owner, serving
 
 def duet(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, Any, str]:
     """Run the CLI with its own user state directory; (exit status, stdout JSON or text, stderr)."""
-    result = subprocess.run([sys.executable, "-m", "duet", *args], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "DUET_HOME": str(home), **(env or {})})
+    result = subprocess.run(
+        [sys.executable, "-m", "duet", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DUET_HOME": str(home), **(env or {})},
+    )
     try:
         out: Any = json.loads(result.stdout)
     except ValueError:
@@ -69,8 +74,9 @@ def pinned_client(url: str, home: Path, owner: Owner | None = None) -> DuetClien
 # --- duet verify, then every other command ------------------------------------------------------
 
 
-def test_verify_pins_the_controller_and_then_commands_work(tmp_path: Path, attested: ControllerProcess, sim_root: Path,
-                                                            owner: Owner) -> None:
+def test_verify_pins_the_controller_and_then_commands_work(
+    tmp_path: Path, attested: ControllerProcess, sim_root: Path, owner: Owner
+) -> None:
     home = tmp_path / "user"
     rc, out, err = duet(home, "--url", attested.url, "cvm", "list")
     assert rc == 3 and "duet" in err and "verify" in err and "not verified" in err
@@ -78,8 +84,15 @@ def test_verify_pins_the_controller_and_then_commands_work(tmp_path: Path, attes
     rc, out, err = duet(home, "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root))
     assert rc == 0, (out, err)
     assert out["ok"] and out["tee"] == "simulated-sgx" and out["simulated"] and out["attested"]
-    assert [c["step"] for c in out["checks"]] == ["identity", "answer_signature", "tls_certificate", "evidence",
-                                                   "report_data", "policy", "maa"]
+    assert [c["step"] for c in out["checks"]] == [
+        "identity",
+        "answer_signature",
+        "tls_certificate",
+        "evidence",
+        "report_data",
+        "policy",
+        "maa",
+    ]
     measured = {m["check"]: m for m in out["measurements"]}
     assert measured["mrenclave"]["actual"] == SimulatedSgxTee(attested.state_dir).mr_enclave.hex()
     assert out["owners"] == [owner.key_id]
@@ -105,12 +118,14 @@ def test_simulated_evidence_is_refused_without_an_explicit_root(tmp_path: Path, 
     assert verdict.failure is not None and (verdict.failure.step, verdict.failure.code) == ("evidence", "untrusted_root")
 
 
-def test_policy_violation_is_refused_with_measurements_side_by_side(tmp_path: Path, attested: ControllerProcess,
-                                                                    sim_root: Path) -> None:
+def test_policy_violation_is_refused_with_measurements_side_by_side(
+    tmp_path: Path, attested: ControllerProcess, sim_root: Path
+) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(f'mrenclave = ["{"00" * 32}"]\nmin_isv_svn = 2\n')
-    rc, out, _ = duet(tmp_path / "user", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root),
-                      "--policy", str(policy))
+    rc, out, _ = duet(
+        tmp_path / "user", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root), "--policy", str(policy)
+    )
     assert rc == 3 and not out["ok"] and (out["failed_step"], out["code"]) == ("policy", "policy_violation")
     rows = {m["check"]: m for m in out["measurements"]}
     assert rows["mrenclave"]["expected"] == "00" * 32 and not rows["mrenclave"]["ok"]
@@ -153,7 +168,8 @@ def _verify_and_pin(url: str, home: Path, root: Path) -> None:
 
 
 def test_pinned_client_refuses_the_controller_after_its_key_was_replaced(
-        tmp_path: Path, attested: ControllerProcess, sim_root: Path, owner: Owner) -> None:
+    tmp_path: Path, attested: ControllerProcess, sim_root: Path, owner: Owner
+) -> None:
     home = tmp_path / "user"
     _verify_and_pin(attested.url, home, sim_root)
     with pinned_client(attested.url, home) as client:
@@ -187,8 +203,7 @@ def test_pinned_client_refuses_the_controller_after_its_key_was_replaced(
         assert client.head()["controller"] == out["controller"]
 
 
-def test_pinned_client_refuses_another_tls_certificate(tmp_path: Path, attested: ControllerProcess,
-                                                       sim_root: Path) -> None:
+def test_pinned_client_refuses_another_tls_certificate(tmp_path: Path, attested: ControllerProcess, sim_root: Path) -> None:
     home = tmp_path / "user"
     _verify_and_pin(attested.url, home, sim_root)
     pinned = TrustStore(home).get(attested.url)
@@ -208,8 +223,9 @@ def test_pinned_client_refuses_another_tls_certificate(tmp_path: Path, attested:
     assert rc == 3 and "tls_pin_mismatch" in err
 
 
-def test_a_pinned_controller_showing_another_owner_set_is_refused(tmp_path: Path, attested: ControllerProcess,
-                                                                  sim_root: Path, owner: Owner) -> None:
+def test_a_pinned_controller_showing_another_owner_set_is_refused(
+    tmp_path: Path, attested: ControllerProcess, sim_root: Path, owner: Owner
+) -> None:
     """The controller refuses to start with another owner set than its sealed one, so the change is made
     on the client's side: the pin remembers another set (a stranger's) than the identity now shows."""
     home = tmp_path / "user"
@@ -239,8 +255,9 @@ def test_a_stale_tofu_pin_is_not_trusted(tmp_path: Path, attested: ControllerPro
     identity = httpx.get(attested.url + "/v1/attestation", verify=False).json()["result"]["identity"]
     store = TrustStore(tmp_path / "user")
     store.path.parent.mkdir(parents=True)
-    store.path.write_text(json.dumps({attested.url: {"controller": identity["controller"],
-                                                     "signing_key": identity["signing_key"], "tee": "none"}}))
+    store.path.write_text(
+        json.dumps({attested.url: {"controller": identity["controller"], "signing_key": identity["signing_key"], "tee": "none"}})
+    )
     with pinned_client(attested.url, tmp_path / "user") as client, pytest.raises(NotVerified, match="older duet"):
         client.head()
 
@@ -248,24 +265,30 @@ def test_a_stale_tofu_pin_is_not_trusted(tmp_path: Path, attested: ControllerPro
 # --- the report-data binding, checked on answers the controller never sent ----------------------
 
 
-def _answer(tee: SimulatedSgxTee, key: keys.PrivateKey, document: dict[str, Any], report_data: bytes,
-            nonce: str) -> Any:
+def _answer(tee: SimulatedSgxTee, key: keys.PrivateKey, document: dict[str, Any], report_data: bytes, nonce: str) -> Any:
     result = {"identity": document, "evidence": tee.quote(report_data)}
-    return json.loads(sign_answer(canonical(result), controller=document["controller"], signing_key=key,
-                                  request_digest=None, nonce=nonce))
+    return json.loads(
+        sign_answer(canonical(result), controller=document["controller"], signing_key=key, request_digest=None, nonce=nonce)
+    )
 
 
 def test_evidence_about_another_identity_is_refused(tmp_path: Path) -> None:
     tee = SimulatedSgxTee(tmp_path)
     key = keys.generate()
     cert = b"certificate DER"
-    document = {"controller": keys.key_id(key.public_key()), "signing_key": keys.public_pem(key.public_key()).decode(),
-                "tls_cert_sha256": hashlib.sha256(cert).hexdigest(), "owners": ["ab" * 32], "version": "0.1.0"}
+    document = {
+        "controller": keys.key_id(key.public_key()),
+        "signing_key": keys.public_pem(key.public_key()).decode(),
+        "tls_cert_sha256": hashlib.sha256(cert).hexdigest(),
+        "owners": ["ab" * 32],
+        "version": "0.1.0",
+    }
     nonce = new_nonce()
 
     def judge(answer: Any) -> Any:
-        return verify_attestation("https://c.example", answer, nonce=nonce, tls_cert_der=cert, policy=Policy(),
-                                  trust_roots=[tee.root_key()])
+        return verify_attestation(
+            "https://c.example", answer, nonce=nonce, tls_cert_der=cert, policy=Policy(), trust_roots=[tee.root_key()]
+        )
 
     good = judge(_answer(tee, key, document, hashlib.sha512(canonical(document)).digest(), nonce))
     assert good.ok, good.failure
@@ -281,15 +304,22 @@ def test_evidence_about_another_identity_is_refused(tmp_path: Path) -> None:
     bad = judge(_answer(tee, key, document, hashlib.sha512(canonical(document)).digest(), new_nonce()))
     assert bad.failure is not None and (bad.failure.step, bad.failure.code) == ("answer_signature", "stale_answer")
     # The connection's certificate is not the one the identity names.
-    bad = verify_attestation("https://c.example", _answer(tee, key, document, hashlib.sha512(canonical(document)).digest(), nonce),
-                             nonce=nonce, tls_cert_der=b"another", policy=Policy(), trust_roots=[tee.root_key()])
+    bad = verify_attestation(
+        "https://c.example",
+        _answer(tee, key, document, hashlib.sha512(canonical(document)).digest(), nonce),
+        nonce=nonce,
+        tls_cert_der=b"another",
+        policy=Policy(),
+        trust_roots=[tee.root_key()],
+    )
     assert bad.failure is not None and (bad.failure.step, bad.failure.code) == ("tls_certificate", "tls_pin_mismatch")
 
 
 def test_save_keeps_what_was_verified(tmp_path: Path, attested: ControllerProcess, sim_root: Path) -> None:
     saved = tmp_path / "saved"
-    rc, out, _ = duet(tmp_path / "user", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root),
-                      "--save", str(saved))
+    rc, out, _ = duet(
+        tmp_path / "user", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root), "--save", str(saved)
+    )
     assert rc == 0 and out["saved_in"] == str(saved)
     identity = json.loads((saved / "identity.json").read_text())
     quote = dcap.parse_quote((saved / "quote.bin").read_bytes())
@@ -301,8 +331,10 @@ def test_save_keeps_what_was_verified(tmp_path: Path, attested: ControllerProces
     der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(serialization.Encoding.DER)
     assert hashlib.sha256(der).hexdigest() == identity["tls_cert_sha256"]
     assert json.loads((saved / "verdict.json").read_text())["ok"] is True
-    assert base64.b64decode(json.loads((saved / "attestation.json").read_text())["result"]["evidence"]["quote"]) == \
-        (saved / "quote.bin").read_bytes()
+    assert (
+        base64.b64decode(json.loads((saved / "attestation.json").read_text())["result"]["evidence"]["quote"])
+        == (saved / "quote.bin").read_bytes()
+    )
 
 
 # --- owner keys pinned in sealed state ----------------------------------------------------------
@@ -319,8 +351,10 @@ def test_owner_keys_are_pinned_at_first_start(tmp_path: Path, owner: Owner) -> N
     assert "owner_keys_changed" in swapped.log() and stranger.key_id[:16] in swapped.log()
 
     # Without --owner-key the pinned owners are used; the refused swap is in the ledger.
-    with ControllerProcess(tmp_path / "ostate", [], port=process.port) as again, \
-            DuetClient(again.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
+    with (
+        ControllerProcess(tmp_path / "ostate", [], port=process.port) as again,
+        DuetClient(again.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client,
+    ):
         assert client.pin().owners == (owner.key_id,)
         events = [(e["event"], e.get("given")) for e in client.entries()]
         assert ("controller.owners_refused", [stranger.key_id]) in events
@@ -331,12 +365,24 @@ def test_verify_with_azure_attestation(tmp_path: Path, attested: ControllerProce
     from tests.fakes.fake_maa import FakeMaa
 
     with FakeMaa(trusted_roots=[root_key(sim_root)]) as maa:
-        rc, out, err = duet(tmp_path / "user", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root),
-                            "--maa-url", maa.url, "--save", str(tmp_path / "saved"))
+        rc, out, err = duet(
+            tmp_path / "user",
+            "--json",
+            "--url",
+            attested.url,
+            "verify",
+            "--trust-root",
+            str(sim_root),
+            "--maa-url",
+            maa.url,
+            "--save",
+            str(tmp_path / "saved"),
+        )
         assert rc == 0, (out, err)
         assert [c["ok"] for c in out["checks"] if c["step"] == "maa"] == [True]
         assert all(m["ok"] for m in out["maa_measurements"]) and (tmp_path / "saved" / "maa-token.jwt").exists()
         maa.misbehave = "debug"
-        rc, out, _ = duet(tmp_path / "user2", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root),
-                          "--maa-url", maa.url)
+        rc, out, _ = duet(
+            tmp_path / "user2", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root), "--maa-url", maa.url
+        )
         assert rc == 3 and (out["failed_step"], out["code"]) == ("maa", "maa_policy_violation")

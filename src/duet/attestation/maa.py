@@ -75,7 +75,7 @@ def signing_certificates(jwks: Any) -> dict[str, x509.Certificate]:
     out: dict[str, x509.Certificate] = {}
     keys = jwks.get("keys") if isinstance(jwks, dict) else None
     if not isinstance(keys, list):
-        raise MaaError("the MAA signing keys are not a JWKS ({\"keys\": [...]})", code="maa_bad_jwks", step="keys")
+        raise MaaError('the MAA signing keys are not a JWKS ({"keys": [...]})', code="maa_bad_jwks", step="keys")
     for jwk in keys:
         try:
             out[str(jwk["kid"])] = x509.load_der_x509_certificate(base64.b64decode(jwk["x5c"][0]))
@@ -106,8 +106,9 @@ def _hex(value: Any, name: str, size: int | None = 32) -> bytes:
     return raw
 
 
-def verify_token(token: str, *, instance: str, jwks: Any, now: datetime | None = None,
-                 leeway_s: float = DEFAULT_LEEWAY_S) -> MaaSgxClaims:
+def verify_token(
+    token: str, *, instance: str, jwks: Any, now: datetime | None = None, leeway_s: float = DEFAULT_LEEWAY_S
+) -> MaaSgxClaims:
     """Check an MAA SGX token (module docstring, steps 1–4); raise :class:`MaaError` on the first failure."""
     instance = instance_url(instance)
     now = now or datetime.now(UTC)
@@ -116,8 +117,7 @@ def verify_token(token: str, *, instance: str, jwks: Any, now: datetime | None =
     except jwt.PyJWTError as exc:
         raise _fail("header", "maa_malformed_token", f"the MAA answer is not a JWT: {exc}") from None
     if header.get("alg") != "RS256":
-        raise _fail("header", "maa_bad_algorithm",
-                    f"the MAA token uses alg {header.get('alg')!r}; only RS256 is accepted")
+        raise _fail("header", "maa_bad_algorithm", f"the MAA token uses alg {header.get('alg')!r}; only RS256 is accepted")
     jku = header.get("jku")
     if jku is not None and instance_url(str(jku)) != instance + "/certs":
         raise _fail("header", "maa_wrong_jku", f"the MAA token names signing keys at {jku}, not at {instance}/certs")
@@ -125,16 +125,22 @@ def verify_token(token: str, *, instance: str, jwks: Any, now: datetime | None =
     kid = header.get("kid")
     cert = certs.get(str(kid))
     if cert is None:
-        raise _fail("keys", "maa_unknown_key", f"the MAA token is signed with key {kid!r}, which {instance}/certs "
-                    "does not list")
+        raise _fail("keys", "maa_unknown_key", f"the MAA token is signed with key {kid!r}, which {instance}/certs does not list")
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise _fail("keys", "maa_signer_expired", f"the certificate of MAA signing key {kid} is not valid at "
-                    f"{now.isoformat()}")
+        raise _fail("keys", "maa_signer_expired", f"the certificate of MAA signing key {kid} is not valid at {now.isoformat()}")
     try:
         claims: dict[str, Any] = jwt.decode(
-            token, key=cert.public_key(), algorithms=["RS256"], issuer=instance,  # type: ignore[arg-type]
-            options={"require": ["exp", "iat", "nbf", "iss"], "verify_exp": False, "verify_nbf": False,
-                     "verify_iat": False, "verify_aud": False},
+            token,
+            key=cert.public_key(),  # type: ignore[arg-type]
+            algorithms=["RS256"],
+            issuer=instance,
+            options={
+                "require": ["exp", "iat", "nbf", "iss"],
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+            },
         )
     except jwt.InvalidSignatureError:
         raise _fail("signature", "maa_bad_signature", "the MAA token's signature does not verify") from None
@@ -150,8 +156,7 @@ def verify_token(token: str, *, instance: str, jwks: Any, now: datetime | None =
     except (TypeError, ValueError):
         raise _fail("claims", "maa_bad_claim", "the MAA token's exp/nbf are not numbers") from None
     if stamp > exp + leeway_s:
-        raise _fail("expiry", "maa_expired", f"the MAA token expired at "
-                    f"{datetime.fromtimestamp(exp, UTC).isoformat()}")
+        raise _fail("expiry", "maa_expired", f"the MAA token expired at {datetime.fromtimestamp(exp, UTC).isoformat()}")
     if stamp < nbf - leeway_s:
         raise _fail("expiry", "maa_not_yet_valid", "the MAA token is not valid yet (check the clocks)")
     kind = claims.get("x-ms-attestation-type", claims.get("tee"))
@@ -168,9 +173,13 @@ def verify_token(token: str, *, instance: str, jwks: Any, now: datetime | None =
     return MaaSgxClaims(
         mr_enclave=_hex(_claim(claims, "x-ms-sgx-mrenclave", "sgx-mrenclave"), "x-ms-sgx-mrenclave"),
         mr_signer=_hex(_claim(claims, "x-ms-sgx-mrsigner", "sgx-mrsigner"), "x-ms-sgx-mrsigner"),
-        isv_prod_id=prod_id, isv_svn=svn, debug=debug,
+        isv_prod_id=prod_id,
+        isv_svn=svn,
+        debug=debug,
         report_data=_hex(report_data, "x-ms-sgx-report-data", 64) if report_data is not None else None,
-        issuer=instance, expires=datetime.fromtimestamp(exp, UTC), claims=claims,
+        issuer=instance,
+        expires=datetime.fromtimestamp(exp, UTC),
+        claims=claims,
     )
 
 
@@ -202,9 +211,15 @@ class MaaClient:
         except ValueError:
             body = None
         if response.status_code != 200:
-            detail = body.get("error", {}).get("message") if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
-            raise _fail(step, "maa_refused", f"Azure Attestation at {self.instance} refused the quote "
-                        f"(HTTP {response.status_code}{': ' + str(detail) if detail else ''})")
+            detail = (
+                body.get("error", {}).get("message") if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
+            )
+            raise _fail(
+                step,
+                "maa_refused",
+                f"Azure Attestation at {self.instance} refused the quote "
+                f"(HTTP {response.status_code}{': ' + str(detail) if detail else ''})",
+            )
         return body
 
     def attest_sgx(self, quote: bytes) -> str:

@@ -61,8 +61,7 @@ def _hex32(value: Any, key: str, source: str) -> bytes:
     except ValueError:
         raise ConfigError(f"{source}: {key} value {value!r} is not hex", code="bad_policy") from None
     if len(raw) != 32:
-        raise ConfigError(f"{source}: {key} value {value!r} must be 32 bytes (64 hex digits), got {len(raw)}",
-                          code="bad_policy")
+        raise ConfigError(f"{source}: {key} value {value!r} must be 32 bytes (64 hex digits), got {len(raw)}", code="bad_policy")
     return raw
 
 
@@ -85,8 +84,9 @@ class Policy:
     def from_dict(cls, data: dict[str, Any], source: str = "policy") -> Policy:
         unknown = set(data) - _KEYS
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(_KEYS))}", code="bad_policy")
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}", code="bad_policy"
+            )
         mre = data.get("mrenclave", [])
         if isinstance(mre, str):
             mre = [mre]
@@ -122,16 +122,46 @@ class Policy:
     def check(self, quote: Union[ParsedQuote, ReportBody]) -> list[PolicyCheck]:
         """Every check with what was expected and found; ``ok`` False marks a violation."""
         body = quote.report_body if isinstance(quote, ParsedQuote) else quote
-        out = [PolicyCheck("debug", "debug allowed" if self.allow_debug else "not a debug enclave",
-                           "debug" if body.debug else "not debug", self.allow_debug or not body.debug)]
-        out.append(PolicyCheck("mrenclave", " or ".join(m.hex() for m in self.mrenclave) or "any",
-                               body.mr_enclave.hex(), not self.mrenclave or body.mr_enclave in self.mrenclave))
-        out.append(PolicyCheck("mrsigner", self.mrsigner.hex() if self.mrsigner else "any", body.mr_signer.hex(),
-                               self.mrsigner is None or body.mr_signer == self.mrsigner))
-        out.append(PolicyCheck("isv_prod_id", "any" if self.isv_prod_id is None else str(self.isv_prod_id),
-                               str(body.isv_prod_id), self.isv_prod_id is None or body.isv_prod_id == self.isv_prod_id))
-        out.append(PolicyCheck("min_isv_svn", "any" if self.min_isv_svn is None else f">= {self.min_isv_svn}",
-                               str(body.isv_svn), self.min_isv_svn is None or body.isv_svn >= self.min_isv_svn))
+        out = [
+            PolicyCheck(
+                "debug",
+                "debug allowed" if self.allow_debug else "not a debug enclave",
+                "debug" if body.debug else "not debug",
+                self.allow_debug or not body.debug,
+            )
+        ]
+        out.append(
+            PolicyCheck(
+                "mrenclave",
+                " or ".join(m.hex() for m in self.mrenclave) or "any",
+                body.mr_enclave.hex(),
+                not self.mrenclave or body.mr_enclave in self.mrenclave,
+            )
+        )
+        out.append(
+            PolicyCheck(
+                "mrsigner",
+                self.mrsigner.hex() if self.mrsigner else "any",
+                body.mr_signer.hex(),
+                self.mrsigner is None or body.mr_signer == self.mrsigner,
+            )
+        )
+        out.append(
+            PolicyCheck(
+                "isv_prod_id",
+                "any" if self.isv_prod_id is None else str(self.isv_prod_id),
+                str(body.isv_prod_id),
+                self.isv_prod_id is None or body.isv_prod_id == self.isv_prod_id,
+            )
+        )
+        out.append(
+            PolicyCheck(
+                "min_isv_svn",
+                "any" if self.min_isv_svn is None else f">= {self.min_isv_svn}",
+                str(body.isv_svn),
+                self.min_isv_svn is None or body.isv_svn >= self.min_isv_svn,
+            )
+        )
         return out
 
     def enforce(self, quote: Union[ParsedQuote, ReportBody]) -> None:
@@ -147,8 +177,10 @@ def enforce_policy(policy: Policy, quote: Union[ParsedQuote, ReportBody]) -> Non
     for c in policy.check(quote):
         if not c.ok:
             if c.check == "debug":
-                msg = ("the enclave is a debug enclave (ATTRIBUTES.FLAGS DEBUG bit set): its memory is readable "
-                       "by the host, so it proves nothing; set allow_debug = true only for development")
+                msg = (
+                    "the enclave is a debug enclave (ATTRIBUTES.FLAGS DEBUG bit set): its memory is readable "
+                    "by the host, so it proves nothing; set allow_debug = true only for development"
+                )
             else:
                 msg = f"{c.check}: expected {c.expected}, the quote has {c.actual}"
             raise PolicyError(msg, code=_CODES[c.check])

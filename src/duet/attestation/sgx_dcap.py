@@ -272,10 +272,13 @@ class CertificationData:
         d: dict[str, Any] = {"type": self.type, "size": self.size}
         if self.pck_chain_pem:
             d["pck_chain"] = [
-                {"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
-                 "not_valid_before": c.not_valid_before_utc.isoformat(),
-                 "not_valid_after": c.not_valid_after_utc.isoformat(),
-                 "sha256": c.fingerprint(hashes.SHA256()).hex()}
+                {
+                    "subject": c.subject.rfc4514_string(),
+                    "issuer": c.issuer.rfc4514_string(),
+                    "not_valid_before": c.not_valid_before_utc.isoformat(),
+                    "not_valid_after": c.not_valid_after_utc.isoformat(),
+                    "sha256": c.fingerprint(hashes.SHA256()).hex(),
+                }
                 for c in self.certificates()
             ]
         else:
@@ -375,43 +378,55 @@ def _pck_chain(data: bytes, offset: int) -> tuple[str, ...]:
     blocks = _PEM_CERT.findall(text)
     try:
         if blocks:
-            return tuple(x509.load_pem_x509_certificate(b).public_bytes(serialization.Encoding.PEM).decode()
-                         for b in blocks)
-        return tuple(x509.load_der_x509_certificate(d).public_bytes(serialization.Encoding.PEM).decode()
-                     for d in _split_der(text))
+            return tuple(x509.load_pem_x509_certificate(b).public_bytes(serialization.Encoding.PEM).decode() for b in blocks)
+        return tuple(
+            x509.load_der_x509_certificate(d).public_bytes(serialization.Encoding.PEM).decode() for d in _split_der(text)
+        )
     except ValueError as exc:
-        raise QuoteFormatError(f"PCK certificate chain does not parse: {exc}",
-                               field="certification data", offset=offset) from None
+        raise QuoteFormatError(
+            f"PCK certificate chain does not parse: {exc}", field="certification data", offset=offset
+        ) from None
 
 
 def parse_quote(quote: bytes) -> ParsedQuote:
     """Parse an SGX DCAP v3 quote by its own length fields; trailing bytes are allowed."""
     quote = bytes(quote)
     if len(quote) < SIGNATURE_DATA_OFFSET:
-        raise QuoteFormatError(f"only {len(quote)} bytes; header, report body and length need "
-                               f"{SIGNATURE_DATA_OFFSET}", field="signature_data_len", offset=SIGNATURE_DATA_LEN_OFFSET)
+        raise QuoteFormatError(
+            f"only {len(quote)} bytes; header, report body and length need {SIGNATURE_DATA_OFFSET}",
+            field="signature_data_len",
+            offset=SIGNATURE_DATA_LEN_OFFSET,
+        )
     h = read_fields(HEADER_FIELDS, quote)
     if h["version"] != QUOTE_VERSION:
         raise QuoteFormatError(f"version is {h['version']}, expected {QUOTE_VERSION}", field="version", offset=0)
     if h["att_key_type"] != ATT_KEY_TYPE_ECDSA_P256:
-        raise QuoteFormatError(f"att_key_type is {h['att_key_type']}, only 2 (ECDSA P-256) is supported",
-                               field="att_key_type", offset=2)
+        raise QuoteFormatError(
+            f"att_key_type is {h['att_key_type']}, only 2 (ECDSA P-256) is supported", field="att_key_type", offset=2
+        )
     if h["tee_type"] != TEE_TYPE_SGX:
         raise QuoteFormatError(f"tee_type is {h['tee_type']:#x}, expected 0 (SGX)", field="tee_type", offset=4)
     if h["qe_vendor_id"] != INTEL_QE_VENDOR_ID:
-        raise QuoteFormatError(f"qe_vendor_id is {h['qe_vendor_id'].hex()}, not Intel's quoting enclave",
-                               field="qe_vendor_id", offset=12)
+        raise QuoteFormatError(
+            f"qe_vendor_id is {h['qe_vendor_id'].hex()}, not Intel's quoting enclave", field="qe_vendor_id", offset=12
+        )
     header = QuoteHeader(**h)
     body = parse_report_body(quote, HEADER_SIZE, what="ISV enclave report body")
 
     (sig_len,) = struct.unpack_from("<I", quote, SIGNATURE_DATA_LEN_OFFSET)
     end = SIGNATURE_DATA_OFFSET + sig_len
     if sig_len < MIN_SIGNATURE_DATA_LEN:
-        raise QuoteFormatError(f"signature_data_len {sig_len} is below the minimum {MIN_SIGNATURE_DATA_LEN}",
-                               field="signature_data_len", offset=SIGNATURE_DATA_LEN_OFFSET)
+        raise QuoteFormatError(
+            f"signature_data_len {sig_len} is below the minimum {MIN_SIGNATURE_DATA_LEN}",
+            field="signature_data_len",
+            offset=SIGNATURE_DATA_LEN_OFFSET,
+        )
     if end > len(quote):
-        raise QuoteFormatError(f"signature_data_len {sig_len} runs past the end of the {len(quote)}-byte quote",
-                               field="signature_data_len", offset=SIGNATURE_DATA_LEN_OFFSET)
+        raise QuoteFormatError(
+            f"signature_data_len {sig_len} runs past the end of the {len(quote)}-byte quote",
+            field="signature_data_len",
+            offset=SIGNATURE_DATA_LEN_OFFSET,
+        )
     sig = quote[SIGNATURE_DATA_OFFSET:end]
     base = SIGNATURE_DATA_OFFSET
     s = read_fields(SIGNATURE_DATA_FIELDS, sig)
@@ -420,14 +435,20 @@ def parse_quote(quote: bytes) -> ParsedQuote:
     auth_len = s["qe_auth_data_size"]
     cert_hdr = QE_AUTH_DATA_OFFSET + auth_len
     if cert_hdr + CERT_DATA_HEADER_SIZE > sig_len:
-        raise QuoteFormatError(f"QE auth data size {auth_len} leaves no room for the certification data header",
-                               field="QE auth data size", offset=base + 576)
+        raise QuoteFormatError(
+            f"QE auth data size {auth_len} leaves no room for the certification data header",
+            field="QE auth data size",
+            offset=base + 576,
+        )
     qe_auth = sig[QE_AUTH_DATA_OFFSET:cert_hdr]
     c = read_fields(CERT_DATA_HEADER_FIELDS, sig, cert_hdr)
     cert_start = cert_hdr + CERT_DATA_HEADER_SIZE
     if cert_start + c["size"] > sig_len:
-        raise QuoteFormatError(f"certification data size {c['size']} runs past signature_data_len {sig_len}",
-                               field="certification data size", offset=base + cert_hdr + 2)
+        raise QuoteFormatError(
+            f"certification data size {c['size']} runs past signature_data_len {sig_len}",
+            field="certification data size",
+            offset=base + cert_hdr + 2,
+        )
     cert_data = sig[cert_start : cert_start + c["size"]]
     chain = _pck_chain(cert_data, base + cert_start) if c["type"] == CERT_TYPE_PCK_CHAIN else ()
 
@@ -441,8 +462,14 @@ def parse_quote(quote: bytes) -> ParsedQuote:
         certification_data=CertificationData(type=c["type"], size=c["size"], data=cert_data, pck_chain_pem=chain),
         unparsed_tail=sig_len - (cert_start + c["size"]),
     )
-    return ParsedQuote(header=header, report_body=body, signature_data_len=sig_len,
-                       signature_data=signature_data, raw=quote[:end], trailing_bytes=len(quote) - end)
+    return ParsedQuote(
+        header=header,
+        report_body=body,
+        signature_data_len=sig_len,
+        signature_data=signature_data,
+        raw=quote[:end],
+        trailing_bytes=len(quote) - end,
+    )
 
 
 def decode_quote_text(data: bytes) -> bytes:
@@ -482,8 +509,9 @@ Pinned in code so that a replaced roots/ file is detected, not silently trusted.
 
 
 def spki_sha256(key: PublicKey) -> str:
-    return hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+    return hashlib.sha256(
+        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ).hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -492,8 +520,9 @@ def intel_sgx_root_key() -> ec.EllipticCurvePublicKey:
     pem = resources.files("duet.attestation").joinpath("roots", INTEL_SGX_ROOT_CA_FILE).read_bytes()
     key = x509.load_pem_x509_certificate(pem).public_key()
     if spki_sha256(key) != INTEL_SGX_ROOT_KEY_SHA256:  # type: ignore[arg-type]
-        raise VerificationError(f"the shipped {INTEL_SGX_ROOT_CA_FILE} does not hold the pinned Intel SGX root key",
-                                code="bad_pinned_root")
+        raise VerificationError(
+            f"the shipped {INTEL_SGX_ROOT_CA_FILE} does not hold the pinned Intel SGX root key", code="bad_pinned_root"
+        )
     assert isinstance(key, ec.EllipticCurvePublicKey)
     return key
 
@@ -520,8 +549,13 @@ STEP_PCK_CHAIN = "pck_chain"
 STEP_QE_REPORT_SIGNATURE = "qe_report_signature"
 STEP_ATTESTATION_KEY_BINDING = "attestation_key_binding"
 STEP_ENCLAVE_SIGNATURE = "enclave_signature"
-STEPS: tuple[str, ...] = (STEP_PARSE, STEP_PCK_CHAIN, STEP_QE_REPORT_SIGNATURE,
-                          STEP_ATTESTATION_KEY_BINDING, STEP_ENCLAVE_SIGNATURE)
+STEPS: tuple[str, ...] = (
+    STEP_PARSE,
+    STEP_PCK_CHAIN,
+    STEP_QE_REPORT_SIGNATURE,
+    STEP_ATTESTATION_KEY_BINDING,
+    STEP_ENCLAVE_SIGNATURE,
+)
 
 PCK_LEAF_CN_PHRASE = "SGX PCK Certificate"  # as Intel's QVL checks it
 _MAX_CHAIN = 5
@@ -542,8 +576,7 @@ class Verdict:
     def raise_for_failure(self) -> ParsedQuote:
         """Exception form: return the parsed quote, or raise :class:`QuoteVerificationError`."""
         if not self.ok:
-            raise QuoteVerificationError(self.message, code=self.code or "verification_failed",
-                                         step=self.failed_step or "")
+            raise QuoteVerificationError(self.message, code=self.code or "verification_failed", step=self.failed_step or "")
         assert self.quote is not None
         return self.quote
 
@@ -597,8 +630,9 @@ def _fail(step: str, code: str, message: str) -> QuoteVerificationError:
     return QuoteVerificationError(message, code=code, step=step)
 
 
-def verify_pck_chain(certs: Sequence[x509.Certificate], *, trusted_root_keys: Sequence[PublicKey],
-                     now: datetime) -> list[x509.Certificate]:
+def verify_pck_chain(
+    certs: Sequence[x509.Certificate], *, trusted_root_keys: Sequence[PublicKey], now: datetime
+) -> list[x509.Certificate]:
     """Order the chain leaf→…→root by names, check each link's signature, CA flags and validity at
     ``now``, and require that the top is a pinned root key (or is signed by one).
 
@@ -609,7 +643,9 @@ def verify_pck_chain(certs: Sequence[x509.Certificate], *, trusted_root_keys: Se
         raise _fail(step, "bad_pck_chain", "the quote carries no PCK certificate chain")
     leaves = [c for c in certs if not _is_ca(c)]
     if len(leaves) != 1:
-        raise _fail(step, "bad_pck_chain", f"expected exactly one non-CA (PCK leaf) certificate in the chain, found {len(leaves)}")
+        raise _fail(
+            step, "bad_pck_chain", f"expected exactly one non-CA (PCK leaf) certificate in the chain, found {len(leaves)}"
+        )
     leaf = leaves[0]
     if PCK_LEAF_CN_PHRASE not in _cn(leaf):
         raise _fail(step, "bad_pck_chain", f"leaf certificate CN {_cn(leaf)!r} does not contain {PCK_LEAF_CN_PHRASE!r}")
@@ -630,21 +666,29 @@ def verify_pck_chain(certs: Sequence[x509.Certificate], *, trusted_root_keys: Se
         try:
             child.verify_directly_issued_by(parent)
         except (InvalidSignature, ValueError, TypeError) as exc:
-            raise _fail(step, "bad_pck_signature",
-                        f"PCK chain: the signature on {_cn(child)!r} does not verify with the key of its issuer "
-                        f"{_cn(parent)!r}" + (f" ({exc})" if str(exc) else "")) from None
+            raise _fail(
+                step,
+                "bad_pck_signature",
+                f"PCK chain: the signature on {_cn(child)!r} does not verify with the key of its issuer "
+                f"{_cn(parent)!r}" + (f" ({exc})" if str(exc) else ""),
+            ) from None
         chain.append(parent)
     else:
         raise _fail(step, "bad_pck_chain", f"PCK chain is longer than {_MAX_CHAIN} certificates")
 
     for cert in chain:
         if now < cert.not_valid_before_utc:
-            raise _fail(step, "certificate_not_yet_valid",
-                        f"{_cn(cert)!r} is valid only from {cert.not_valid_before_utc.isoformat()} "
-                        f"(checked at {now.isoformat()})")
+            raise _fail(
+                step,
+                "certificate_not_yet_valid",
+                f"{_cn(cert)!r} is valid only from {cert.not_valid_before_utc.isoformat()} (checked at {now.isoformat()})",
+            )
         if now > cert.not_valid_after_utc:
-            raise _fail(step, "certificate_expired",
-                        f"{_cn(cert)!r} expired at {cert.not_valid_after_utc.isoformat()} (checked at {now.isoformat()})")
+            raise _fail(
+                step,
+                "certificate_expired",
+                f"{_cn(cert)!r} expired at {cert.not_valid_after_utc.isoformat()} (checked at {now.isoformat()})",
+            )
 
     top = chain[-1]
     pinned = {spki_sha256(k): k for k in trusted_root_keys}
@@ -653,45 +697,64 @@ def verify_pck_chain(certs: Sequence[x509.Certificate], *, trusted_root_keys: Se
         return chain
     if any(_signed_by_key(top, k) for k in trusted_root_keys):
         return chain
-    raise _fail(step, "untrusted_root",
-                f"PCK chain ends at {_cn(top)!r} whose key (SPKI SHA-256 {top_key_id}) is not a trusted root key "
-                f"and is not signed by one; trusted: {', '.join(sorted(pinned)) or 'none'}")
+    raise _fail(
+        step,
+        "untrusted_root",
+        f"PCK chain ends at {_cn(top)!r} whose key (SPKI SHA-256 {top_key_id}) is not a trusted root key "
+        f"and is not signed by one; trusted: {', '.join(sorted(pinned)) or 'none'}",
+    )
 
 
 def _verify_parsed(q: ParsedQuote, trusted_root_keys: Sequence[PublicKey], now: datetime) -> list[x509.Certificate]:
     sd = q.signature_data
     cd = sd.certification_data
     if cd.type != CERT_TYPE_PCK_CHAIN:
-        raise _fail(STEP_PCK_CHAIN, "bad_pck_chain",
-                    f"certification data type is {cd.type}; only type 5 (PCK certificate chain) can be verified offline")
+        raise _fail(
+            STEP_PCK_CHAIN,
+            "bad_pck_chain",
+            f"certification data type is {cd.type}; only type 5 (PCK certificate chain) can be verified offline",
+        )
     chain = verify_pck_chain(cd.certificates(), trusted_root_keys=trusted_root_keys, now=now)
 
     pck_key = chain[0].public_key()
     assert isinstance(pck_key, ec.EllipticCurvePublicKey)
     if not _ecdsa_ok(pck_key, sd.qe_report_signature, sd.qe_report.raw):
-        raise _fail(STEP_QE_REPORT_SIGNATURE, "bad_qe_report_signature",
-                    "the QE report signature does not verify with the PCK leaf key: the quoting enclave's report "
-                    "was altered or was not signed by this platform's PCK key")
+        raise _fail(
+            STEP_QE_REPORT_SIGNATURE,
+            "bad_qe_report_signature",
+            "the QE report signature does not verify with the PCK leaf key: the quoting enclave's report "
+            "was altered or was not signed by this platform's PCK key",
+        )
 
     expected = hashlib.sha256(sd.attestation_key + sd.qe_auth_data).digest() + bytes(32)
     actual = sd.qe_report.report_data
     if actual[:32] != expected[:32]:
-        raise _fail(STEP_ATTESTATION_KEY_BINDING, "attestation_key_not_bound",
-                    "QE report REPORTDATA[0:32] is not SHA-256(attestation key ‖ QE auth data): "
-                    f"expected {expected[:32].hex()}, found {actual[:32].hex()}")
+        raise _fail(
+            STEP_ATTESTATION_KEY_BINDING,
+            "attestation_key_not_bound",
+            "QE report REPORTDATA[0:32] is not SHA-256(attestation key ‖ QE auth data): "
+            f"expected {expected[:32].hex()}, found {actual[:32].hex()}",
+        )
     if actual[32:] != expected[32:]:
-        raise _fail(STEP_ATTESTATION_KEY_BINDING, "attestation_key_not_bound",
-                    f"QE report REPORTDATA[32:64] must be zero, found {actual[32:].hex()}")
+        raise _fail(
+            STEP_ATTESTATION_KEY_BINDING,
+            "attestation_key_not_bound",
+            f"QE report REPORTDATA[32:64] must be zero, found {actual[32:].hex()}",
+        )
 
     try:
         att_key = attestation_public_key(sd.attestation_key)
     except ValueError:
-        raise _fail(STEP_ENCLAVE_SIGNATURE, "bad_attestation_key",
-                    "the attestation public key in the quote is not a point on P-256") from None
+        raise _fail(
+            STEP_ENCLAVE_SIGNATURE, "bad_attestation_key", "the attestation public key in the quote is not a point on P-256"
+        ) from None
     if not _ecdsa_ok(att_key, sd.isv_signature, q.signed_region):
-        raise _fail(STEP_ENCLAVE_SIGNATURE, "bad_enclave_signature",
-                    "the ISV enclave report signature does not verify with the attestation key: the header or "
-                    "report body (MRENCLAVE, ATTRIBUTES, REPORTDATA, ...) was altered")
+        raise _fail(
+            STEP_ENCLAVE_SIGNATURE,
+            "bad_enclave_signature",
+            "the ISV enclave report signature does not verify with the attestation key: the header or "
+            "report body (MRENCLAVE, ATTRIBUTES, REPORTDATA, ...) was altered",
+        )
     return chain
 
 
@@ -712,8 +775,13 @@ def verify_quote(quote: Union[bytes, ParsedQuote], *, trusted_root_keys: Sequenc
         return Verdict(False, STEP_PARSE, exc.message, None, code=exc.code)
     except QuoteVerificationError as exc:
         return Verdict(False, exc.step, exc.message, parsed, code=exc.code)
-    return Verdict(True, None, "quote signatures verify: PCK chain to a trusted root, QE report, attestation "
-                   "key binding, enclave report", parsed, pck_chain=tuple(c.subject.rfc4514_string() for c in chain))
+    return Verdict(
+        True,
+        None,
+        "quote signatures verify: PCK chain to a trusted root, QE report, attestation key binding, enclave report",
+        parsed,
+        pck_chain=tuple(c.subject.rfc4514_string() for c in chain),
+    )
 
 
 def check_report_data(quote: ParsedQuote, expected: bytes) -> None:
@@ -724,4 +792,6 @@ def check_report_data(quote: ParsedQuote, expected: bytes) -> None:
     if actual != expected:
         raise QuoteVerificationError(
             f"REPORTDATA does not match the expected binding: expected {expected.hex()}, quote has {actual.hex()}",
-            code="report_data_mismatch", step="report_data")
+            code="report_data_mismatch",
+            step="report_data",
+        )

@@ -5,7 +5,6 @@ a lifecycle rule is said, entry by entry, and each other view that does not agre
 controller, or a view to compare with, could not be asked at all. docs/audit.md lists the findings.
 """
 
-
 import json
 import sys
 import threading
@@ -23,14 +22,22 @@ if TYPE_CHECKING:
 def audit(
     ctx: typer.Context,
     cvm_id: Annotated[Optional[str], typer.Argument(help="Audit this CVM's history; without it, the whole ledger.")] = None,
-    long: Annotated[bool, typer.Option("--long", help="Also fetch every output and check it against its recorded SHA-256.")] = False,
-    follow: Annotated[bool, typer.Option("--follow", help="Keep auditing each new head (live events, else every --interval s).")] = False,
+    long: Annotated[
+        bool, typer.Option("--long", help="Also fetch every output and check it against its recorded SHA-256.")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep auditing each new head (live events, else every --interval s).")
+    ] = False,
     interval: Annotated[float, typer.Option(help="With --follow: re-audit at least this often, in seconds.")] = 10.0,
-    compare: Annotated[Optional[list[str]], typer.Option(
-        "--compare", metavar="FILE|URL",
-        help="Also check that another view of this controller agrees with this one: another auditor's saved head "
-             "(FILE, e.g. their <state dir>/heads/<controller>.json) or another copy's URL. Repeatable; once, at the start.",
-    )] = None,
+    compare: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--compare",
+            metavar="FILE|URL",
+            help="Also check that another view of this controller agrees with this one: another auditor's saved head "
+            "(FILE, e.g. their <state dir>/heads/<controller>.json) or another copy's URL. Repeatable; once, at the start.",
+        ),
+    ] = None,
 ) -> None:
     """Verify, trusting no one, that the ledger is complete, unaltered, lawful and never forked or rolled back."""
     from duet.client.audit import Auditor, HeadStore, load_view
@@ -194,8 +201,10 @@ def _table(console: "Console", rows: list[dict[str, Any]], *, cvm_column: bool, 
             cells.append((row["cvm"] or "")[:12])
         cells += [
             str(row["event"]) + (" [yellow](seed protocol)[/]" if row.get("protocol") == "seed" else ""),
-            row["mode"] or "", escape(row["command"] or ""),
-            "" if row["exit_status"] is None else str(row["exit_status"]), escape(row["detail"]),
+            row["mode"] or "",
+            escape(row["command"] or ""),
+            "" if row["exit_status"] is None else str(row["exit_status"]),
+            escape(row["detail"]),
             ("[green]✓[/]" if row["verified"] else "[bold red]✗[/]")
             + (f" [bold red]⚠ FORBIDDEN: {row['violation']}[/]" if row.get("violation") else ""),
         ]

@@ -1,6 +1,5 @@
 """``duet cvm ...``: the owner's and the users' commands for CVMs."""
 
-
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -21,7 +20,10 @@ PROVIDERS = ("local", "azure", "aws", "gcp")
 def start(
     ctx: typer.Context,
     cvm_type: Annotated[str, typer.Option("--type", help="snp or tdx.")] = "snp",
-    provider: Annotated[Optional[str], typer.Option(help="local, azure, aws or gcp (one the controller enabled); default: the controller's first.")] = None,
+    provider: Annotated[
+        Optional[str],
+        typer.Option(help="local, azure, aws or gcp (one the controller enabled); default: the controller's first."),
+    ] = None,
     no_wait: Annotated[bool, typer.Option(help="Return the job id at once instead of waiting.")] = False,
 ) -> None:
     """Start a CVM; shows progress until it is in-update."""
@@ -33,16 +35,22 @@ def start(
             raise output.UsageError(f"unknown provider {provider!r}; use {', '.join(PROVIDERS)}", code="bad_provider")
         accepted = client.start(cvm_type, provider=provider)
         if no_wait:
-            output.emit(context, accepted, lambda console: console.print(f"job {accepted['job_id']} started CVM {accepted['cvm_id']}"))
+            output.emit(
+                context, accepted, lambda console: console.print(f"job {accepted['job_id']} started CVM {accepted['cvm_id']}")
+            )
             return
         job = _wait(context, client, accepted["job_id"], f"Starting CVM {accepted['cvm_id'][:16]}…")
         state = client.state(accepted["cvm_id"])["cvm"]
         result = {"cvm_id": accepted["cvm_id"], "mode": state["mode"], "job": job}
         if job["status"] != "succeeded":
             raise _job_error(job)
-        output.emit(context, result, lambda console: console.print(
-            f"[green]CVM {accepted['cvm_id']} is {state['mode']}[/] (type {state['type']}, provider {state['provider']})"
-        ))
+        output.emit(
+            context,
+            result,
+            lambda console: console.print(
+                f"[green]CVM {accepted['cvm_id']} is {state['mode']}[/] (type {state['type']}, provider {state['provider']})"
+            ),
+        )
 
 
 @app.command()
@@ -71,7 +79,9 @@ def mark(
     ctx: typer.Context,
     cvm_id: Annotated[str, typer.Argument(help="The CVM's id.")],
     mode: Annotated[str, typer.Argument(help="in-service or in-update.")],
-    final: Annotated[bool, typer.Option(help="One way: never back to in-update; the controller gives up its own access.")] = False,
+    final: Annotated[
+        bool, typer.Option(help="One way: never back to in-update; the controller gives up its own access.")
+    ] = False,
 ) -> None:
     """Mark a CVM in-service (commands refused) or in-update (commands allowed)."""
     context: CliContext = ctx.obj
@@ -79,10 +89,15 @@ def mark(
         if mode not in MODES:
             raise output.UsageError(f"unknown mode {mode!r}; use in-service or in-update", code="bad_mode")
         result = client.mark(cvm_id, mode, final=final)
-        output.emit(context, result, lambda console: console.print(
-            f"CVM {cvm_id[:16]}… is [bold]{result['mode']}[/]" + _final_text(result)
-            + ("" if result["changed"] else " (unchanged)")
-        ))
+        output.emit(
+            context,
+            result,
+            lambda console: console.print(
+                f"CVM {cvm_id[:16]}… is [bold]{result['mode']}[/]"
+                + _final_text(result)
+                + ("" if result["changed"] else " (unchanged)")
+            ),
+        )
 
 
 @app.command()
@@ -111,10 +126,13 @@ def list_cvms(ctx: typer.Context) -> None:
     context: CliContext = ctx.obj
     with output.errors(context), context.client() as client:
         cvms = client.list_cvms()
-        rows = [[cvm["cvm_id"], cvm["type"], cvm["provider"], cvm["mode"], _final_text(cvm).strip(" ()"), cvm["created_at"]]
-                for cvm in cvms]
-        output.emit_plain(context, {"cvms": cvms}, lambda: output.plain_table(
-            ["CVM id", "type", "provider", "mode", "final", "created"], rows))
+        rows = [
+            [cvm["cvm_id"], cvm["type"], cvm["provider"], cvm["mode"], _final_text(cvm).strip(" ()"), cvm["created_at"]]
+            for cvm in cvms
+        ]
+        output.emit_plain(
+            context, {"cvms": cvms}, lambda: output.plain_table(["CVM id", "type", "provider", "mode", "final", "created"], rows)
+        )
 
 
 @app.command()
@@ -129,8 +147,11 @@ def stop(
         job = _wait(context, client, accepted["job_id"], f"Stopping CVM {cvm_id[:16]}…")
         if job["status"] != "succeeded":
             raise _job_error(job)
-        output.emit(context, {"cvm_id": cvm_id, "mode": "stopped", "job": job},
-                    lambda console: console.print(f"CVM {cvm_id[:16]}… stopped; its resources are deleted."))
+        output.emit(
+            context,
+            {"cvm_id": cvm_id, "mode": "stopped", "job": job},
+            lambda console: console.print(f"CVM {cvm_id[:16]}… stopped; its resources are deleted."),
+        )
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -147,7 +168,9 @@ def _job_error(job: dict[str, Any]) -> Exception:
     from duet.errors import DuetError
 
     error = job.get("error") or {}
-    return DuetError(f"job {job['job_id']} {job['status']}: {error.get('message', 'no reason given')}", code=error.get("code", "job_failed"))
+    return DuetError(
+        f"job {job['job_id']} {job['status']}: {error.get('message', 'no reason given')}", code=error.get("code", "job_failed")
+    )
 
 
 def _render_results(console: "Console", results: list[dict[str, Any]]) -> None:
@@ -159,11 +182,13 @@ def _render_results(console: "Console", results: list[dict[str, Any]]) -> None:
         if item["stdout"]:
             console.print(item["stdout"], end="" if item["stdout"].endswith("\n") else "\n", markup=False, highlight=False)
         if item["stderr"]:
-            console.print(item["stderr"], end="" if item["stderr"].endswith("\n") else "\n", style="red", markup=False, highlight=False)
+            console.print(
+                item["stderr"], end="" if item["stderr"].endswith("\n") else "\n", style="red", markup=False, highlight=False
+            )
 
 
 def _final_text(cvm: dict[str, Any]) -> str:
-    """" (final)", or " (final, lockdown pending)" while the controller has not verified that it
+    """ " (final)", or " (final, lockdown pending)" while the controller has not verified that it
     locked itself out: the owner must know the CVM may still be reachable."""
     if not cvm.get("final"):
         return ""
@@ -171,17 +196,28 @@ def _final_text(cvm: dict[str, Any]) -> str:
 
 
 def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool) -> str:
-    head = (f"CVM {cvm['cvm_id']}  type {cvm['type']}  provider {cvm['provider']}  mode {cvm['mode']}"
-            + (" " + _final_text(cvm) if cvm["final"] else "") + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "")
-            + (f"\nlockdown not verified yet (retrying): {cvm['lockdown_error']}" if cvm.get("lockdown_error") else "")
-            + "\n\n")
+    head = (
+        f"CVM {cvm['cvm_id']}  type {cvm['type']}  provider {cvm['provider']}  mode {cvm['mode']}"
+        + (" " + _final_text(cvm) if cvm["final"] else "")
+        + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "")
+        + (f"\nlockdown not verified yet (retrying): {cvm['lockdown_error']}" if cvm.get("lockdown_error") else "")
+        + "\n\n"
+    )
 
     def exit_text(item: dict[str, Any]) -> str:
         return str(item["status"] if item.get("exit_status") is None else item["exit_status"])
 
     if not long:
-        rows = [[str(item["seq"]), item["command"], exit_text(item), f"{item.get('duration_ms', 0):.1f}",
-                 (item.get("stdout_sha256") or "")[:16]] for item in commands]
+        rows = [
+            [
+                str(item["seq"]),
+                item["command"],
+                exit_text(item),
+                f"{item.get('duration_ms', 0):.1f}",
+                (item.get("stdout_sha256") or "")[:16],
+            ]
+            for item in commands
+        ]
         return head + output.plain_table(["seq", "command", "exit", "ms", "stdout sha256"], rows)
     blocks = []
     for item in commands:

@@ -53,8 +53,12 @@ def _show_results(results: list[dict[str, Any]]) -> None:
 
 
 def scenario(client: DuetClient) -> None:
-    _step(1, "Start a CVM", "The controller creates the CVM with an SSH key only it holds, pins the CVM's host key, "
-          "and runs a bootstrap. The CVM ends in-update.")
+    _step(
+        1,
+        "Start a CVM",
+        "The controller creates the CVM with an SSH key only it holds, pins the CVM's host key, "
+        "and runs a bootstrap. The CVM ends in-update.",
+    )
     accepted = client.start("snp")
     job = client.wait_job(accepted["job_id"], on_step=lambda step: console.print(f"  … {step}", style="dim"))
     cvm_id = accepted["cvm_id"]
@@ -75,18 +79,26 @@ def scenario(client: DuetClient) -> None:
         refused: ApiError | None = None
     except ApiError as exc:
         refused = exc
-    _expect(refused is not None and refused.code == "not_in_update" and refused.status == 403,
-            f"refused with 403 {refused.code if refused else '—'}: {refused.message if refused else 'it ran!'}")
+    _expect(
+        refused is not None and refused.code == "not_in_update" and refused.status == 403,
+        f"refused with 403 {refused.code if refused else '—'}: {refused.message if refused else 'it ran!'}",
+    )
 
-    _step(5, "Show the CVM's state with full outputs", "Users see every command, its exit status and its output; "
-          "each output is checked against the hash in the signed ledger.")
+    _step(
+        5,
+        "Show the CVM's state with full outputs",
+        "Users see every command, its exit status and its output; each output is checked against the hash in the signed ledger.",
+    )
     state = client.state(cvm_id)
     for row in state["commands"]:
         output = client.blob(row["stdout_sha256"]).decode(errors="replace").strip()
-        console.print(f"  seq {row['seq']:>3}  {row['command']:<45} exit {row['exit_status']}  → {output}",
-                      markup=False, highlight=False)
-    _expect([row["command"] for row in state["commands"]] == [item["command"] for item in ran["results"]],
-            "the history holds the three commands, and nothing of the refused one")
+        console.print(
+            f"  seq {row['seq']:>3}  {row['command']:<45} exit {row['exit_status']}  → {output}", markup=False, highlight=False
+        )
+    _expect(
+        [row["command"] for row in state["commands"]] == [item["command"] for item in ran["results"]],
+        "the history holds the three commands, and nothing of the refused one",
+    )
     _expect([row["mode"] for row in state["modes"]] == ["in-service"], "the mode change is in the ledger")
 
     _step(6, "Mark it in-update again and run a command", "Leaving in-service is recorded, so users learn of it.")
@@ -104,9 +116,13 @@ def scenario(client: DuetClient) -> None:
 
 
 def verify_step(controller: ControllerProcess, trust: TrustStore) -> None:
-    _step(0, "Verify the controller, then pin it", "What `duet verify --trust-root ROOT` does: check the evidence "
-          "(here SIMULATED SGX: a DCAP v3 quote signed by a locally generated root, trusted explicitly for this "
-          "demo — not Intel, no protection), that it binds this identity, the policy, and the TLS certificate.")
+    _step(
+        0,
+        "Verify the controller, then pin it",
+        "What `duet verify --trust-root ROOT` does: check the evidence "
+        "(here SIMULATED SGX: a DCAP v3 quote signed by a locally generated root, trusted explicitly for this "
+        "demo — not Intel, no protection), that it binds this identity, the policy, and the TLS certificate.",
+    )
     root = dcap.load_trust_root(simulated_root_pem(controller.state_dir), "simulated root")
     verdict = verify_controller(controller.url, policy=Policy(), trust_roots=[root])
     for check in verdict.checks:
@@ -114,19 +130,25 @@ def verify_step(controller: ControllerProcess, trust: TrustStore) -> None:
         console.print(f"  {mark} {check.step}: {check.detail}", highlight=False)
     for row in verdict.policy:
         console.print(f"      {row.check:<12} expected {row.expected:<20} found {row.actual}", highlight=False)
-    _expect(verdict.ok and verdict.pin is not None, "the controller verified (SIMULATED SGX) and is pinned, with its "
-            "TLS certificate; every later answer and connection is checked against the pin")
+    _expect(
+        verdict.ok and verdict.pin is not None,
+        "the controller verified (SIMULATED SGX) and is pinned, with its "
+        "TLS certificate; every later answer and connection is checked against the pin",
+    )
     assert verdict.pin is not None
     trust.put(controller.url, verdict.pin)
 
 
 def run_demo(*, keep: bool = False, play: Callable[[DuetClient], None] = scenario) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="duet-demo-"))
-    console.print(Panel.fit(
-        "duet demo: a controller on loopback, a local CVM (a real OpenSSH sshd), the owner's signed requests.\n"
-        "TEE: SIMULATED SGX — real DCAP v3 evidence, but signed by a local root, not Intel: no protection.",
-        title="duet", border_style="cyan",
-    ))
+    console.print(
+        Panel.fit(
+            "duet demo: a controller on loopback, a local CVM (a real OpenSSH sshd), the owner's signed requests.\n"
+            "TEE: SIMULATED SGX — real DCAP v3 evidence, but signed by a local root, not Intel: no protection.",
+            title="duet",
+            border_style="cyan",
+        )
+    )
     key = keys.generate()
     key_path = workdir / "owner.pem"
     keys.write_key_pair(key_path, key)

@@ -7,7 +7,6 @@ Exit status of ``verify``: 0 only when the signatures verify, the policy holds a
 the report data matches; 1 when the evidence fails; 2 when the input or an option is unusable.
 """
 
-
 import json
 import sys
 from datetime import UTC
@@ -43,8 +42,10 @@ def _value_text(value: Any, name: str = "") -> str:
 
 
 @app.command()
-def show(file: Path = typer.Argument(..., help="Quote: binary, base64, hex, or evidence JSON; '-' for stdin."),
-         as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+def show(
+    file: Path = typer.Argument(..., help="Quote: binary, base64, hex, or evidence JSON; '-' for stdin."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
     """Print every field of a quote, with its offset, as named in the spec."""
     from rich.console import Console
     from rich.table import Table
@@ -99,9 +100,14 @@ def show(file: Path = typer.Argument(..., help="Quote: binary, base64, hex, or e
         from cryptography.hazmat.primitives import hashes
 
         for i, c in enumerate(cd.certificates()):
-            chain.add_row(str(i), dcap.common_name(c.subject), dcap.common_name(c.issuer),
-                          c.not_valid_before_utc.isoformat(), c.not_valid_after_utc.isoformat(),
-                          c.fingerprint(hashes.SHA256()).hex())
+            chain.add_row(
+                str(i),
+                dcap.common_name(c.subject),
+                dcap.common_name(c.issuer),
+                c.not_valid_before_utc.isoformat(),
+                c.not_valid_after_utc.isoformat(),
+                c.fingerprint(hashes.SHA256()).hex(),
+            )
         console.print(chain)
     else:
         console.print(f"certification data (type {cd.type}): {cd.data.hex()}")
@@ -111,12 +117,17 @@ def show(file: Path = typer.Argument(..., help="Quote: binary, base64, hex, or e
 def verify(
     file: Path = typer.Argument(..., help="Quote: binary, base64, hex, or evidence JSON; '-' for stdin."),
     trust_root: Optional[list[Path]] = typer.Option(
-        None, "--trust-root", help="Trust this root (PEM/DER certificate or PEM public key) instead of the "
-        "shipped Intel SGX Root CA. Repeatable. Needed for simulated evidence (duet controller sim-root)."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML (docs/policy.md). Default: "
-                                          "any enclave, but never a debug enclave."),
-    at: Optional[str] = typer.Option(None, "--at", help="Check certificate validity at this ISO time "
-                                     "(e.g. 2025-01-01T00:00:00Z) instead of now."),
+        None,
+        "--trust-root",
+        help="Trust this root (PEM/DER certificate or PEM public key) instead of the "
+        "shipped Intel SGX Root CA. Repeatable. Needed for simulated evidence (duet controller sim-root).",
+    ),
+    policy: Optional[Path] = typer.Option(
+        None, "--policy", help="Policy TOML (docs/policy.md). Default: any enclave, but never a debug enclave."
+    ),
+    at: Optional[str] = typer.Option(
+        None, "--at", help="Check certificate validity at this ISO time (e.g. 2025-01-01T00:00:00Z) instead of now."
+    ),
     report_data: Optional[str] = typer.Option(None, "--report-data", help="Expected REPORTDATA, 128 hex digits."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -160,9 +171,15 @@ def verify(
 
     raw = _read_quote(file)
     verdict = dcap.verify_quote(raw, trusted_root_keys=roots, now=now)
-    result: dict[str, Any] = {"ok": verdict.ok, "failed_step": verdict.failed_step, "code": verdict.code,
-                              "message": verdict.message, "checked_at": now.isoformat(),
-                              "trusted_roots": [dcap.spki_sha256(k) for k in roots], "pck_chain": list(verdict.pck_chain)}
+    result: dict[str, Any] = {
+        "ok": verdict.ok,
+        "failed_step": verdict.failed_step,
+        "code": verdict.code,
+        "message": verdict.message,
+        "checked_at": now.isoformat(),
+        "trusted_roots": [dcap.spki_sha256(k) for k in roots],
+        "pck_chain": list(verdict.pck_chain),
+    }
     checks: list[Any] = []
     if verdict.ok:
         assert verdict.quote is not None
@@ -176,9 +193,14 @@ def verify(
         except dcap.QuoteVerificationError as exc:
             result.update(ok=False, failed_step=exc.step, code=exc.code, message=exc.message)
         body = verdict.quote.report_body
-        result["enclave"] = {"mr_enclave": body.mr_enclave.hex(), "mr_signer": body.mr_signer.hex(),
-                             "isv_prod_id": body.isv_prod_id, "isv_svn": body.isv_svn, "debug": body.debug,
-                             "report_data": body.report_data.hex()}
+        result["enclave"] = {
+            "mr_enclave": body.mr_enclave.hex(),
+            "mr_signer": body.mr_signer.hex(),
+            "isv_prod_id": body.isv_prod_id,
+            "isv_svn": body.isv_svn,
+            "debug": body.debug,
+            "report_data": body.report_data.hex(),
+        }
         result["policy"] = [c._asdict() for c in checks]
 
     if as_json:

@@ -5,7 +5,6 @@ Heavy modules (the server, the cloud SDKs, pydantic) are imported inside the com
 need them, so a client call starts fast.
 """
 
-
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -55,8 +54,13 @@ def main(
     url: Annotated[str, typer.Option(envvar="DUET_URL", help="Controller URL.")] = "https://127.0.0.1:6037",
     key: Annotated[Optional[Path], typer.Option(envvar="DUET_KEY", help="Owner private key (PEM) for owner operations.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per command, for scripts.")] = False,
-    insecure: Annotated[bool, typer.Option(envvar="DUET_INSECURE", help="Use a controller that was not verified "
-                                           "with `duet verify` (or plain HTTP); warned about on every run.")] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            envvar="DUET_INSECURE",
+            help="Use a controller that was not verified with `duet verify` (or plain HTTP); warned about on every run.",
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = CliContext(url=url, key_path=key, json=json_output, insecure=insecure)
 
@@ -92,26 +96,54 @@ def keygen(
 @controller_app.command("serve")
 def controller_serve(
     state_dir: Annotated[Path, typer.Option(help="Where the controller keeps its database and sealed keys.")],
-    owner_key: Annotated[Optional[list[Path]], typer.Option(help="An owner's public key (PEM); repeat for several owners. "
-                                                            "Pinned at first start; later starts may omit it.")] = None,
-    provider: Annotated[Optional[list[str]], typer.Option(help="Enable a provider: local, azure, aws or gcp; repeat for several (the first is the default).")] = None,
+    owner_key: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            help="An owner's public key (PEM); repeat for several owners. Pinned at first start; later starts may omit it."
+        ),
+    ] = None,
+    provider: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Enable a provider: local, azure, aws or gcp; repeat for several (the first is the default)."),
+    ] = None,
     tee: Annotated[str, typer.Option(help="none, simulated or gramine.")] = "none",
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:6037",
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024 * 1024,
     command_timeout: Annotated[float, typer.Option(help="Default per-command timeout in seconds.")] = 300.0,
     output_limit: Annotated[int, typer.Option(help="Default bytes kept per output stream of a command.")] = 1024 * 1024,
-    lockdown_timeout: Annotated[float, typer.Option(help="Seconds one attempt of the --final lockdown may take on the CVM.")] = 60.0,
-    lockdown_retry: Annotated[float, typer.Option(help="Seconds before an unverified --final lockdown is retried (doubling, up to 300).")] = 5.0,
-    seed_api: Annotated[bool, typer.Option(
-        "--seed-api", help="Also serve the seed's protocol (/quote, /start_cvm, ...) for its clients. It has NO replay protection.",
-    )] = False,
-    seed_listen: Annotated[Optional[str], typer.Option(
-        help="HOST:PORT: serve the seed's protocol there over plain HTTP, as its clients expect (implies --seed-api).",
-    )] = None,
-    no_tls: Annotated[bool, typer.Option("--no-tls", help="Serve plain HTTP (development only; clients need --insecure).")] = False,
-    maa_url: Annotated[Optional[str], typer.Option(help="Have Azure Attestation check this controller's quote at start; refuse to serve if it fails.")] = None,
-    sealed_dir: Annotated[Optional[Path], typer.Option(help="With --tee gramine: the encrypted mount for sealed state (default /duet/sealed).")] = None,
-    env_file: Annotated[Optional[Path], typer.Option(help="Provider settings as KEY=VALUE lines, e.g. the seed's azure_config.env; the environment is read too.")] = None,
+    lockdown_timeout: Annotated[
+        float, typer.Option(help="Seconds one attempt of the --final lockdown may take on the CVM.")
+    ] = 60.0,
+    lockdown_retry: Annotated[
+        float, typer.Option(help="Seconds before an unverified --final lockdown is retried (doubling, up to 300).")
+    ] = 5.0,
+    seed_api: Annotated[
+        bool,
+        typer.Option(
+            "--seed-api",
+            help="Also serve the seed's protocol (/quote, /start_cvm, ...) for its clients. It has NO replay protection.",
+        ),
+    ] = False,
+    seed_listen: Annotated[
+        Optional[str],
+        typer.Option(
+            help="HOST:PORT: serve the seed's protocol there over plain HTTP, as its clients expect (implies --seed-api).",
+        ),
+    ] = None,
+    no_tls: Annotated[
+        bool, typer.Option("--no-tls", help="Serve plain HTTP (development only; clients need --insecure).")
+    ] = False,
+    maa_url: Annotated[
+        Optional[str],
+        typer.Option(help="Have Azure Attestation check this controller's quote at start; refuse to serve if it fails."),
+    ] = None,
+    sealed_dir: Annotated[
+        Optional[Path], typer.Option(help="With --tee gramine: the encrypted mount for sealed state (default /duet/sealed).")
+    ] = None,
+    env_file: Annotated[
+        Optional[Path],
+        typer.Option(help="Provider settings as KEY=VALUE lines, e.g. the seed's azure_config.env; the environment is read too."),
+    ] = None,
 ) -> None:
     """Serve the controller over HTTPS (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
     import dataclasses
@@ -126,10 +158,23 @@ def controller_serve(
     with output.errors(CliContext(url="", key_path=None, json=False)):
         provider_env = read_env_file(env_file) if env_file else {}
     settings = Settings(
-        provider_env=provider_env, state_dir=state_dir, owner_keys=tuple(owner_key or ()), providers=tuple(dict.fromkeys(provider or ["local"])), tee=tee, host=host, port=port,
-        max_body_bytes=max_body_bytes, command_timeout_s=command_timeout, output_limit=output_limit,
-        lockdown_timeout_s=lockdown_timeout, lockdown_retry_s=lockdown_retry, lockdown_retry_max_s=max(lockdown_retry, 300.0), seed_api=seed_api or seed_address is not None, seed_listen=seed_address,
-        tls=not no_tls, maa_url=maa_url,
+        provider_env=provider_env,
+        state_dir=state_dir,
+        owner_keys=tuple(owner_key or ()),
+        providers=tuple(dict.fromkeys(provider or ["local"])),
+        tee=tee,
+        host=host,
+        port=port,
+        max_body_bytes=max_body_bytes,
+        command_timeout_s=command_timeout,
+        output_limit=output_limit,
+        lockdown_timeout_s=lockdown_timeout,
+        lockdown_retry_s=lockdown_retry,
+        lockdown_retry_max_s=max(lockdown_retry, 300.0),
+        seed_api=seed_api or seed_address is not None,
+        seed_listen=seed_address,
+        tls=not no_tls,
+        maa_url=maa_url,
     )
     if sealed_dir:
         settings = dataclasses.replace(settings, gramine_sealed_dir=sealed_dir)

@@ -41,6 +41,7 @@ def __getattr__(name: str) -> Console:
         return _console(name)
     raise AttributeError(name)
 
+
 EXIT_REFUSED = 1
 EXIT_UNTRUSTED = 3
 
@@ -75,9 +76,20 @@ def errors(context: CliContext) -> Iterator[None]:
         yield
     except DuetError as exc:
         untrusted = exc.code in {
-            "bad_answer_signature", "wrong_controller", "answer_not_bound", "stale_answer", "unsigned_answer",
-            "bad_identity", "bad_pin", "blob_mismatch", "controller_key_changed", "tls_pin_mismatch",
-            "controller_not_verified", "plain_http", "controller_changed", "owners_changed",
+            "bad_answer_signature",
+            "wrong_controller",
+            "answer_not_bound",
+            "stale_answer",
+            "unsigned_answer",
+            "bad_identity",
+            "bad_pin",
+            "blob_mismatch",
+            "controller_key_changed",
+            "tls_pin_mismatch",
+            "controller_not_verified",
+            "plain_http",
+            "controller_changed",
+            "owners_changed",
         }
         if context.json:
             sys.stdout.write(json.dumps({"error": {"code": exc.code, "message": exc.message}}, sort_keys=True) + "\n")
@@ -95,4 +107,3 @@ def errors(context: CliContext) -> Iterator[None]:
 def warn(message: str) -> None:
     """A trust warning: always on stderr, so that --json output stays one object on stdout."""
     sys.stderr.write(f"warning: {message}\n")
-

@@ -49,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The seed client's options, in its order (it prints them in that order)."""
     parser = argparse.ArgumentParser(prog="duet seed-client", description="The seed's client, speaking the seed protocol.")
     parser.add_argument("--url", default=os.environ.get("DUET_URL", DEFAULT_URL), help="Controller URL")
-    parser.add_argument("--service-owner-private-key-file", default="service_owner_private_key",
-                        help="Service owner private key to sign privileged commands")
+    parser.add_argument(
+        "--service-owner-private-key-file",
+        default="service_owner_private_key",
+        help="Service owner private key to sign privileged commands",
+    )
     parser.add_argument("--action", required=True, choices=list(ACTIONS))
     parser.add_argument("--cvm-type", metavar="CVM_TYPE", choices=["snp", "tdx"])
     parser.add_argument("--cvm-id", metavar="CVM_ID", help="Stop a CVM (privileged)")
@@ -112,7 +115,11 @@ class SeedClient:
         self.owner_key = owner_key
         self._http = httpx.Client(timeout=None)
         answer = self._call("GET", "/quote")
-        if not isinstance(answer, dict) or not isinstance(answer.get("public_key"), str) or not isinstance(answer.get("quote"), str):
+        if (
+            not isinstance(answer, dict)
+            or not isinstance(answer.get("public_key"), str)
+            or not isinstance(answer.get("quote"), str)
+        ):
             raise SeedClientError(f"{self.url} does not speak the seed protocol (is the controller started with --seed-api?)")
         verified = quote_binds_key(answer["quote"], answer["public_key"])
         print(f"Valid SGX controller: {verified}")
@@ -136,7 +143,9 @@ class SeedClient:
         except httpx.HTTPError as exc:
             raise SeedClientError(f"Request encountered an exception: {exc}") from None
         except ValueError:
-            raise SeedClientError(f"{self.url}{path} did not answer with JSON (is the controller started with --seed-api?)") from None
+            raise SeedClientError(
+                f"{self.url}{path} did not answer with JSON (is the controller started with --seed-api?)"
+            ) from None
 
     def request(self, path: str, params: dict[str, Any], *, privileged: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"params": params}

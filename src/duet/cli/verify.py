@@ -5,7 +5,6 @@ the one pinned before or shows another owner set than the pinned one
 (:func:`duet.client.trust.check_repin`; ``--replace`` pins it anyway); 2 when an option is unusable.
 """
 
-
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,14 +17,25 @@ from duet.cli.context import CliContext
 
 def verify(
     ctx: typer.Context,
-    policy: Annotated[Optional[Path], typer.Option(help="Policy TOML (docs/policy.md). Default: any enclave, never a debug one.")] = None,
-    trust_root: Annotated[Optional[list[Path]], typer.Option(
-        "--trust-root", help="Trust this root (PEM) for SIMULATED SGX evidence, e.g. the output of "
-        "`duet controller sim-root`. Repeatable. Real SGX evidence is always checked against Intel's root.")] = None,
+    policy: Annotated[
+        Optional[Path], typer.Option(help="Policy TOML (docs/policy.md). Default: any enclave, never a debug one.")
+    ] = None,
+    trust_root: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--trust-root",
+            help="Trust this root (PEM) for SIMULATED SGX evidence, e.g. the output of "
+            "`duet controller sim-root`. Repeatable. Real SGX evidence is always checked against Intel's root.",
+        ),
+    ] = None,
     maa_url: Annotated[Optional[str], typer.Option(help="Also have Azure Attestation (this instance) judge the quote.")] = None,
     save: Annotated[Optional[Path], typer.Option(help="Keep the evidence, identity and verdict in this directory.")] = None,
-    replace: Annotated[bool, typer.Option(help="Pin this controller even if another one, or the same one with another "
-                                          "owner set, is pinned for the URL.")] = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            help="Pin this controller even if another one, or the same one with another owner set, is pinned for the URL."
+        ),
+    ] = False,
 ) -> None:
     """Verify the controller (evidence, identity binding, policy, TLS certificate) and pin it."""
     from duet.attestation import sgx_dcap as dcap
@@ -41,8 +51,7 @@ def verify(
             roots = [dcap.load_trust_root(p.read_bytes(), str(p)) for p in trust_root or []]
         except OSError as exc:
             raise output.UsageError(f"cannot read {exc.filename}: {exc.strerror}", code="unreadable") from None
-        verdict = verify_controller(context.url, policy=pol, trust_roots=roots, insecure=context.insecure,
-                                    maa_url=maa_url)
+        verdict = verify_controller(context.url, policy=pol, trust_roots=roots, insecure=context.insecure, maa_url=maa_url)
         trust = TrustStore.default()
         result = verdict.to_dict()
         if verdict.ok and verdict.pin is not None:
@@ -90,12 +99,16 @@ def _render(console: Any, verdict: Any, result: dict[str, Any], context: CliCont
 
     tee = result["tee"] or "unknown"
     if verdict.simulated:
-        console.print("[bold yellow on black] SIMULATED SGX [/] evidence: signed by a locally generated root, not by "
-                      "Intel; it is accepted only with a root YOU pass (--trust-root), and it proves the protocol "
-                      "works, not that the code is protected.")
+        console.print(
+            "[bold yellow on black] SIMULATED SGX [/] evidence: signed by a locally generated root, not by "
+            "Intel; it is accepted only with a root YOU pass (--trust-root), and it proves the protocol "
+            "works, not that the code is protected."
+        )
     elif tee == "none":
         console.print("[bold red]TEE: none[/] — this controller is NOT attested; nothing proves which code it runs.")
-    console.print(f"Controller [bold]{escape(str(result['controller']))}[/] at {escape(context.url)}  TEE: [bold]{escape(tee)}[/]")
+    console.print(
+        f"Controller [bold]{escape(str(result['controller']))}[/] at {escape(context.url)}  TEE: [bold]{escape(tee)}[/]"
+    )
     for check in verdict.checks:
         mark = {True: "[green]✓[/]", False: "[bold red]✗[/]", None: "[yellow]-[/]"}[check.ok]
         code = f" [{check.code}]" if check.code else ""
@@ -119,12 +132,17 @@ def _render(console: Any, verdict: Any, result: dict[str, Any], context: CliCont
         for owner in verdict.owners:
             console.print(f"  {owner}")
     if result["ok"]:
-        console.print(f"[bold green]verified[/]: pinned controller {str(result['controller'])[:16]}… "
-                      f"({'SIMULATED SGX' if verdict.simulated else tee}) in {escape(str(result.get('pinned_in')))}")
+        console.print(
+            f"[bold green]verified[/]: pinned controller {str(result['controller'])[:16]}… "
+            f"({'SIMULATED SGX' if verdict.simulated else tee}) in {escape(str(result.get('pinned_in')))}"
+        )
         if not verdict.attested:
             console.print("[bold yellow]warning[/]: pinned WITHOUT attestation (--insecure).")
     else:
-        console.print(f"[bold red]NOT VERIFIED[/] ({escape(str(result['failed_step']))}, {escape(str(result['code']))}): "
-                      + escape(str(result["message"])) + "\nNothing was pinned.")
+        console.print(
+            f"[bold red]NOT VERIFIED[/] ({escape(str(result['failed_step']))}, {escape(str(result['code']))}): "
+            + escape(str(result["message"]))
+            + "\nNothing was pinned."
+        )
     if result.get("saved_in"):
         console.print(f"Evidence, identity and verdict saved in {escape(result['saved_in'])}")

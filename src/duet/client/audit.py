@@ -126,7 +126,9 @@ class HeadStore:
         suffix = 1
         while path.exists():  # two findings in one millisecond (e.g. several --compare): keep both
             path, suffix = self.directory / f"{current.controller}.{kind}.{stamp}-{suffix}.json", suffix + 1
-        self._write(path, {"kind": kind, "earlier_head": previous.to_json(), "later_head": current.to_json(), "consistency_proof": proof})
+        self._write(
+            path, {"kind": kind, "earlier_head": previous.to_json(), "later_head": current.to_json(), "consistency_proof": proof}
+        )
         return path
 
     def _write(self, path: Path, data: Any) -> None:
@@ -272,9 +274,12 @@ class Auditor:
         try:
             other = verify_head(_head_data(view, pin), controller=pin.controller, public_key=pin.public_key())
         except VerificationError as exc:
-            result.findings.append(Finding(
-                "compare_bad_signature",
-                f"the head from {view.where} is not one this controller signed ({exc.code}): {exc.message}"))
+            result.findings.append(
+                Finding(
+                    "compare_bad_signature",
+                    f"the head from {view.where} is not one this controller signed ({exc.code}): {exc.message}",
+                )
+            )
             return
         record["head"] = other.to_json()
         relation, problem, proof = self._relate(ours, other, view)
@@ -283,35 +288,57 @@ class Auditor:
             return
         earlier, later = (other, ours) if other.tree_size <= ours.tree_size else (ours, other)
         record["evidence"] = str(self.store.save_evidence("fork", earlier, later, proof))
-        result.findings.append(Finding("fork", f"FORK: {problem}. Both signed heads are kept as evidence in {record['evidence']}"))
+        result.findings.append(
+            Finding("fork", f"FORK: {problem}. Both signed heads are kept as evidence in {record['evidence']}")
+        )
 
     def _relate(self, ours: SignedHead, other: SignedHead, view: OtherView) -> tuple[str | None, str | None, list[str] | None]:
         """How ``other`` relates to ``ours``: (relation, None, proof) or (None, what is wrong, proof)."""
         if other.tree_size == ours.tree_size:
             if other.root_hash == ours.root_hash:
                 return "same", None, None
-            return None, (
-                f"{view.where} holds a head of {other.tree_size} entries with root {other.root_hash[:16]}… (signed "
-                f"{other.timestamp}), this controller now shows root {ours.root_hash[:16]}… for the same size: "
-                "two histories under one identity"), None
+            return (
+                None,
+                (
+                    f"{view.where} holds a head of {other.tree_size} entries with root {other.root_hash[:16]}… (signed "
+                    f"{other.timestamp}), this controller now shows root {ours.root_hash[:16]}… for the same size: "
+                    "two histories under one identity"
+                ),
+                None,
+            )
         if other.tree_size < ours.tree_size:
             proven, proof, refusal = _proven_extension(self.source, other, ours, "the controller")
             if proven:
                 return "prefix", None, proof
-            return None, (
-                f"this controller's head of {ours.tree_size} entries does not extend the head of {other.tree_size} "
-                f"entries (signed {other.timestamp}) from {view.where}{refusal}: they show different histories"), proof
+            return (
+                None,
+                (
+                    f"this controller's head of {ours.tree_size} entries does not extend the head of {other.tree_size} "
+                    f"entries (signed {other.timestamp}) from {view.where}{refusal}: they show different histories"
+                ),
+                proof,
+            )
         if view.proofs is None:
-            return None, (
-                f"{view.where} holds a head of {other.tree_size} entries this controller signed on {other.timestamp}, "
-                f"but it now shows only {ours.tree_size}: its history was rolled back, or it shows different "
-                "histories to different auditors"), None
+            return (
+                None,
+                (
+                    f"{view.where} holds a head of {other.tree_size} entries this controller signed on {other.timestamp}, "
+                    f"but it now shows only {ours.tree_size}: its history was rolled back, or it shows different "
+                    "histories to different auditors"
+                ),
+                None,
+            )
         proven, proof, refusal = _proven_extension(view.proofs, ours, other, view.where)
         if proven:
             return "extension", None, proof
-        return None, (
-            f"the head of {other.tree_size} entries served by {view.where} does not extend this controller's head of "
-            f"{ours.tree_size} entries{refusal}: they show different histories"), proof
+        return (
+            None,
+            (
+                f"the head of {other.tree_size} entries served by {view.where} does not extend this controller's head of "
+                f"{ours.tree_size} entries{refusal}: they show different histories"
+            ),
+            proof,
+        )
 
     # --- heads -------------------------------------------------------------------------
 
@@ -322,34 +349,40 @@ class Auditor:
             return True
         if head.tree_size < previous.tree_size:
             result.evidence = str(self.store.save_evidence("rollback", previous, head))
-            result.findings.append(Finding(
-                "ledger_shrank",
-                f"ROLLBACK: the controller now shows {head.tree_size} ledger entries, but on {previous.timestamp} it "
-                f"signed a head of {previous.tree_size}; its history was rolled back or rewritten. "
-                f"Both signed heads are kept as evidence in {result.evidence}",
-            ))
+            result.findings.append(
+                Finding(
+                    "ledger_shrank",
+                    f"ROLLBACK: the controller now shows {head.tree_size} ledger entries, but on {previous.timestamp} it "
+                    f"signed a head of {previous.tree_size}; its history was rolled back or rewritten. "
+                    f"Both signed heads are kept as evidence in {result.evidence}",
+                )
+            )
             return False
         if head.tree_size == previous.tree_size:
             if head.root_hash == previous.root_hash:
                 return True
             result.evidence = str(self.store.save_evidence("fork", previous, head))
-            result.findings.append(Finding(
-                "fork",
-                f"FORK: the controller signed two different histories of {head.tree_size} entries "
-                f"(root {previous.root_hash[:16]}… on {previous.timestamp}, root {head.root_hash[:16]}… now). "
-                f"Both signed heads are kept as evidence in {result.evidence}",
-            ))
+            result.findings.append(
+                Finding(
+                    "fork",
+                    f"FORK: the controller signed two different histories of {head.tree_size} entries "
+                    f"(root {previous.root_hash[:16]}… on {previous.timestamp}, root {head.root_hash[:16]}… now). "
+                    f"Both signed heads are kept as evidence in {result.evidence}",
+                )
+            )
             return False
         proven, proof, refusal = _proven_extension(self.source, previous, head, "the controller")
         if proven:
             return True
         result.evidence = str(self.store.save_evidence("inconsistent", previous, head, proof))
-        result.findings.append(Finding(
-            "inconsistent_head",
-            f"INCONSISTENT HISTORY: the head of {head.tree_size} entries does not extend the head of "
-            f"{previous.tree_size} entries seen on {previous.timestamp}: the ledger was rolled back or rewritten{refusal}. "
-            f"Both signed heads are kept as evidence in {result.evidence}",
-        ))
+        result.findings.append(
+            Finding(
+                "inconsistent_head",
+                f"INCONSISTENT HISTORY: the head of {head.tree_size} entries does not extend the head of "
+                f"{previous.tree_size} entries seen on {previous.timestamp}: the ledger was rolled back or rewritten{refusal}. "
+                f"Both signed heads are kept as evidence in {result.evidence}",
+            )
+        )
         return False
 
     # --- entries -------------------------------------------------------------------------
@@ -371,15 +404,21 @@ class Auditor:
             result.entries.append(entry)
             seq = entry.get("seq") if isinstance(entry, dict) else None
             if seq != position:
-                result.findings.append(Finding(
-                    "entry_missing" if isinstance(seq, int) and seq > position else "entry_misplaced",
-                    f"expected entry {position} but was shown seq {seq!r}: entries are missing or out of place", position,
-                ))
+                result.findings.append(
+                    Finding(
+                        "entry_missing" if isinstance(seq, int) and seq > position else "entry_misplaced",
+                        f"expected entry {position} but was shown seq {seq!r}: entries are missing or out of place",
+                        position,
+                    )
+                )
                 return
             leaves.append(leaf_hash(canonical(entry)))
         if len(leaves) != head.tree_size:
-            result.findings.append(Finding(
-                "entry_missing", f"the head covers {head.tree_size} entries but only {len(leaves)} were served", len(leaves)))
+            result.findings.append(
+                Finding(
+                    "entry_missing", f"the head covers {head.tree_size} entries but only {len(leaves)} were served", len(leaves)
+                )
+            )
             return
         if MerkleTree(leaves).root() == head.root:
             self._chain(result.entries, result)
@@ -396,10 +435,14 @@ class Auditor:
             result.entries.append(entry)
             seq = entry.get("seq") if isinstance(entry, dict) else None
             if not isinstance(seq, int) or seq < expected:
-                result.findings.append(Finding("entry_misplaced", f"entry with seq {seq!r} is out of order", seq if isinstance(seq, int) else None))
+                result.findings.append(
+                    Finding("entry_misplaced", f"entry with seq {seq!r} is out of order", seq if isinstance(seq, int) else None)
+                )
                 continue
             if self.cvm is not None and entry.get("cvm") != self.cvm:
-                result.findings.append(Finding("wrong_cvm", f"entry belongs to CVM {entry.get('cvm')!r}, not the one asked for", seq))
+                result.findings.append(
+                    Finding("wrong_cvm", f"entry belongs to CVM {entry.get('cvm')!r}, not the one asked for", seq)
+                )
             elif self.cvm is None and seq != expected:
                 result.findings.append(Finding("entry_missing", f"entries {expected}..{seq - 1} were not served", expected))
             expected = seq + 1
@@ -418,9 +461,13 @@ class Auditor:
             result.findings.append(Finding("no_inclusion_proof", f"the controller gave no inclusion proof: {exc.message}", seq))
             return
         if path is None or not verify_inclusion(leaf_hash(canonical(entry)), seq, head.tree_size, path, head.root):
-            result.findings.append(Finding(
-                "entry_altered",
-                f"entry {seq} ({entry.get('event')!r}) is not in the signed ledger as shown: it was altered", seq))
+            result.findings.append(
+                Finding(
+                    "entry_altered",
+                    f"entry {seq} ({entry.get('event')!r}) is not in the signed ledger as shown: it was altered",
+                    seq,
+                )
+            )
 
     def _chain(self, entries: list[dict[str, Any]], result: AuditResult) -> None:
         """Each entry names the previous one of its CVM; a link to an unseen entry means one was hidden."""
@@ -431,12 +478,14 @@ class Auditor:
             seen = self._last_by_cvm.get(cvm)
             if entry["cvm_prev"] != seen:
                 missing = entry["cvm_prev"]
-                result.findings.append(Finding(
-                    "entry_missing",
-                    f"entry {seq} follows entry {missing} of the same CVM, which was not shown "
-                    f"(the previous one shown is {seen}): entries were deleted or hidden",
-                    missing if isinstance(missing, int) else seq,
-                ))
+                result.findings.append(
+                    Finding(
+                        "entry_missing",
+                        f"entry {seq} follows entry {missing} of the same CVM, which was not shown "
+                        f"(the previous one shown is {seen}): entries were deleted or hidden",
+                        missing if isinstance(missing, int) else seq,
+                    )
+                )
             self._last_by_cvm[cvm] = seq
 
     # --- rules -------------------------------------------------------------------------
@@ -464,7 +513,9 @@ class Auditor:
                     result.outputs[digest] = self.source.blob(digest).decode(errors="replace")
                 except DuetError as exc:
                     code = "output_altered" if exc.code == "blob_mismatch" else "output_missing"
-                    result.findings.append(Finding(code, f"{stream} of `{entry.get('command')}`: {exc.message}", entry.get("seq")))
+                    result.findings.append(
+                        Finding(code, f"{stream} of `{entry.get('command')}`: {exc.message}", entry.get("seq"))
+                    )
 
 
 def _proven_extension(source: ProofSource, older: SignedHead, newer: SignedHead, who: str) -> tuple[bool, list[str] | None, str]:
@@ -477,8 +528,12 @@ def _proven_extension(source: ProofSource, older: SignedHead, newer: SignedHead,
         return False, None, f"; {who} refused the proof: {exc.message}"
     served = answer.get("proof") if isinstance(answer, dict) else None
     proof = _hashes(served)
-    proven = proof is not None and answer.get("first") == older.tree_size and answer.get("second") == newer.tree_size \
+    proven = (
+        proof is not None
+        and answer.get("first") == older.tree_size
+        and answer.get("second") == newer.tree_size
         and verify_consistency(older.tree_size, newer.tree_size, older.root, newer.root, proof)
+    )
     return proven, served if isinstance(served, list) else None, ""
 
 
@@ -486,8 +541,11 @@ def _hashes(values: Any) -> list[bytes] | None:
     if not isinstance(values, list):
         return None
     try:
-        return [bytes.fromhex(v) for v in values if isinstance(v, str) and len(v) == 64] if all(
-            isinstance(v, str) and len(v) == 64 for v in values) else None
+        return (
+            [bytes.fromhex(v) for v in values if isinstance(v, str) and len(v) == 64]
+            if all(isinstance(v, str) and len(v) == 64 for v in values)
+            else None
+        )
     except ValueError:
         return None
 
@@ -506,7 +564,9 @@ class RemoteController:
     no pin of its own), as for any mirror of a transparency log.
     """
 
-    def __init__(self, url: str, pin: ControllerPin, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, url: str, pin: ControllerPin, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.pin = pin
         self._timeout = timeout
@@ -581,7 +641,8 @@ def _get_json(url: str, params: dict[str, str], transport: httpx.BaseTransport |
     except ValueError:
         raise CompareError(
             f"{url} answered HTTP {response.status_code} with something that is not JSON; give the URL of a "
-            f"signed head (e.g. https://HOST:PORT{HEAD_PATH})") from None
+            f"signed head (e.g. https://HOST:PORT{HEAD_PATH})"
+        ) from None
 
 
 def _head_data(view: OtherView, pin: ControllerPin) -> Any:
@@ -624,9 +685,15 @@ def timeline(
             continue
         event = entry.get("event")
         row: dict[str, Any] = {
-            "seq": entry.get("seq"), "time": entry.get("time"), "cvm": entry.get("cvm"), "event": event,
-            "mode": mode, "actor": entry.get("actor"), "command": entry.get("command"),
-            "exit_status": entry.get("exit_status"), "verified": entry.get("seq") not in bad,
+            "seq": entry.get("seq"),
+            "time": entry.get("time"),
+            "cvm": entry.get("cvm"),
+            "event": event,
+            "mode": mode,
+            "actor": entry.get("actor"),
+            "command": entry.get("command"),
+            "exit_status": entry.get("exit_status"),
+            "verified": entry.get("seq") not in bad,
             "violation": (violations or {}).get(entry.get("seq")),  # type: ignore[arg-type]
             "protocol": entry.get("protocol", "v1"),
             "detail": _detail(entry),
@@ -666,8 +733,10 @@ def mode_label(replay: lc.LifecycleReplay, entry: Any) -> str | None:
 def _detail(entry: dict[str, Any]) -> str:
     event = entry.get("event")
     if event == lc.COMMAND_FINISHED:
-        return f"{entry.get('duration_ms', 0):.0f} ms, stdout {entry.get('stdout_size', 0)} B, stderr {entry.get('stderr_size', 0)} B" + (
-            ", timed out" if entry.get("timed_out") else "")
+        return (
+            f"{entry.get('duration_ms', 0):.0f} ms, stdout {entry.get('stdout_size', 0)} B, stderr {entry.get('stderr_size', 0)} B"
+            + (", timed out" if entry.get("timed_out") else "")
+        )
     if event == lc.MODE_CHANGED:
         return f"{entry.get('previous')} → {entry.get('mode')}"
     for name in ("reason", "error", "uname", "host_key_fingerprint"):

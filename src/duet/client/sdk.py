@@ -107,19 +107,27 @@ class DuetClient:
         out: list[str] = []
         if self._stored is None:
             if self.insecure:
-                out.append(f"--insecure: the controller at {self.url} is NOT verified; its identity is taken as it "
-                           "presents itself, so a man in the middle or a fake controller would not be noticed. "
-                           f"Run `duet --url {self.url} verify` to verify and pin it.")
+                out.append(
+                    f"--insecure: the controller at {self.url} is NOT verified; its identity is taken as it "
+                    "presents itself, so a man in the middle or a fake controller would not be noticed. "
+                    f"Run `duet --url {self.url} verify` to verify and pin it."
+                )
         else:
             if not self._stored.attested:
-                out.append(f"the controller at {self.url} is pinned but NOT attested (TEE: {self._stored.tee}); "
-                           "nothing proves which code it runs.")
+                out.append(
+                    f"the controller at {self.url} is pinned but NOT attested (TEE: {self._stored.tee}); "
+                    "nothing proves which code it runs."
+                )
             elif self._stored.tee == "simulated-sgx":
-                out.append(f"the controller at {self.url} runs in a SIMULATED SGX TEE: its evidence is signed by a "
-                           "root you chose to trust, not by Intel; it gives no protection.")
+                out.append(
+                    f"the controller at {self.url} runs in a SIMULATED SGX TEE: its evidence is signed by a "
+                    "root you chose to trust, not by Intel; it gives no protection."
+                )
         if not self.https:
-            out.append(f"plain HTTP to {self.url}: the connection is not encrypted (the controller was started "
-                       "with --no-tls); answers are still checked against the controller's key.")
+            out.append(
+                f"plain HTTP to {self.url}: the connection is not encrypted (the controller was started "
+                "with --no-tls); answers are still checked against the controller's key."
+            )
         return out
 
     def __enter__(self) -> DuetClient:
@@ -140,15 +148,19 @@ class DuetClient:
             return self._pin
         if self._stored is not None:
             if not self.https and not self.insecure:
-                raise NotVerified(f"{self.url} is plain HTTP (a controller started with --no-tls, for development); "
-                                  "pass --insecure to use it", code="plain_http")
+                raise NotVerified(
+                    f"{self.url} is plain HTTP (a controller started with --no-tls, for development); pass --insecure to use it",
+                    code="plain_http",
+                )
             self._pin = self._stored
         elif self.insecure:
             self._pin = self._fetch_identity()
             self.first_contact = True
         elif self._legacy_pin:
-            raise NotVerified(f"the controller at {self.url} was pinned on first use by an older duet, without "
-                              f"verification; {_verify_hint(self.url)}")
+            raise NotVerified(
+                f"the controller at {self.url} was pinned on first use by an older duet, without "
+                f"verification; {_verify_hint(self.url)}"
+            )
         else:
             raise NotVerified(f"the controller at {self.url} is not verified: {_verify_hint(self.url)}")
         return self._pin
@@ -176,8 +188,7 @@ class DuetClient:
         if fetched_now and self.first_contact:
             return pinned  # pin() just fetched it: nothing older to compare with, no second request
         shown = self._fetch_identity()
-        check_same_identity(pinned, shown, url=self.url,
-                            remedy=f"verify it again: `duet --url {self.url} verify --replace`.")
+        check_same_identity(pinned, shown, url=self.url, remedy=f"verify it again: `duet --url {self.url} verify --replace`.")
         return shown
 
     def _fetch_identity(self) -> ControllerPin:
@@ -194,8 +205,7 @@ class DuetClient:
             raise VerificationError("the controller id is not the id of its signing key", code="bad_identity")
         verify_answer(answer, controller=document["controller"], public_key=public_key, nonce=nonce)
         if cert is not None and sha256_hex(cert) != document.get("tls_cert_sha256"):
-            raise VerificationError("the controller's TLS certificate is not the one its identity names",
-                                    code="tls_pin_mismatch")
+            raise VerificationError("the controller's TLS certificate is not the one its identity names", code="tls_pin_mismatch")
         return ControllerPin(
             controller=document["controller"],
             signing_key=document["signing_key"],
@@ -233,10 +243,14 @@ class DuetClient:
                 raise self._tls_refusal(cert)
         return response
 
-    def _send_raw(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                  body: bytes | None = None) -> tuple[int, Any, bytes | None]:
+    def _send_raw(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, body: bytes | None = None
+    ) -> tuple[int, Any, bytes | None]:
         response = self._request(
-            method, path, params=params, content=body,
+            method,
+            path,
+            params=params,
+            content=body,
             headers={"content-type": "application/json"} if body is not None else None,
         )
         try:
@@ -247,15 +261,18 @@ class DuetClient:
                 code="unsigned_answer",
             ) from None
 
-    def _send(self, method: str, path: str, *, params: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, Any]:
+    def _send(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, body: bytes | None = None
+    ) -> tuple[int, Any]:
         status, answer, _ = self._send_raw(method, path, params=params, body=body)
         return status, answer
 
     def _verified(self, status: int, answer: Any, *, digest: str | None = None, nonce: str | None = None) -> Any:
         pin = self.pin()
         try:
-            result = verify_answer(answer, controller=pin.controller, public_key=pin.public_key(),
-                                   request_digest=digest, nonce=nonce)
+            result = verify_answer(
+                answer, controller=pin.controller, public_key=pin.public_key(), request_digest=digest, nonce=nonce
+            )
         except VerificationError as exc:
             if exc.code == "wrong_controller" and isinstance(answer, dict):
                 raise VerificationError(
@@ -292,7 +309,9 @@ class DuetClient:
         params = {"cvm_type": cvm_type} if provider is None else {"cvm_type": cvm_type, "provider": provider}
         return self.call("/v1/cvms", "cvm.start", params)  # type: ignore[no-any-return]
 
-    def run(self, cvm_id: str, commands: list[str], *, timeout_s: float | None = None, output_limit: int | None = None) -> dict[str, Any]:
+    def run(
+        self, cvm_id: str, commands: list[str], *, timeout_s: float | None = None, output_limit: int | None = None
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {"cvm_id": cvm_id, "commands": commands}
         if timeout_s is not None:
             params["timeout_s"] = timeout_s

@@ -140,7 +140,9 @@ def check_same_identity(pinned: ControllerPin, shown: ControllerPin, *, url: str
             f"the controller at {url} is not the one {when} (pinned {short_id(pinned.controller)}, TLS "
             f"{short_id(pinned.tls_cert_sha256)}; now {short_id(shown.controller)}, TLS "
             f"{short_id(shown.tls_cert_sha256)}). A replaced controller key usually means a new installation; "
-            f"{remedy}", code="controller_changed")
+            f"{remedy}",
+            code="controller_changed",
+        )
     added, removed = set(shown.owners) - set(pinned.owners), set(pinned.owners) - set(shown.owners)
     if added or removed:
         raise VerificationError(
@@ -148,7 +150,9 @@ def check_same_identity(pinned: ControllerPin, shown: ControllerPin, *, url: str
             f"another owner set than the one {when} (added {_short_ids(added)}; removed {_short_ids(removed)}). "
             "Owner sets change only through recorded ledger entries, and none recorded this change: the host may "
             "have swapped the owner keys. Ask the controller's owners whether they changed it; if they did, "
-            f"{remedy}", code="owners_changed")
+            f"{remedy}",
+            code="owners_changed",
+        )
 
 
 def check_repin(previous: ControllerPin | None, new: ControllerPin, *, url: str, replace: bool) -> None:

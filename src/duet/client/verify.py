@@ -99,9 +99,14 @@ class ControllerVerdict:
     def to_dict(self) -> dict[str, Any]:
         failure = self.failure
         return {
-            "ok": self.ok, "url": self.url, "controller": self.controller, "tee": self.evidence_type,
-            "attested": self.attested, "simulated": self.simulated,
-            "failed_step": failure.step if failure else None, "code": failure.code if failure else None,
+            "ok": self.ok,
+            "url": self.url,
+            "controller": self.controller,
+            "tee": self.evidence_type,
+            "attested": self.attested,
+            "simulated": self.simulated,
+            "failed_step": failure.step if failure else None,
+            "code": failure.code if failure else None,
             "message": failure.detail if failure else None,
             "checks": [{"step": c.step, "ok": c.ok, "detail": c.detail, "code": c.code} for c in self.checks],
             "measurements": [c._asdict() for c in self.policy],
@@ -161,8 +166,12 @@ def verify_attestation(
         verdict.evidence_type = str(evidence.get("type"))
         controller = keys.key_id(public_key)
         if controller != document.get("controller"):
-            raise fail("identity", "bad_identity", f"the identity names controller {str(document.get('controller'))[:16]}…, "
-                       f"but its signing key's id is {controller[:16]}…")
+            raise fail(
+                "identity",
+                "bad_identity",
+                f"the identity names controller {str(document.get('controller'))[:16]}…, "
+                f"but its signing key's id is {controller[:16]}…",
+            )
         ok("identity", f"controller {controller} is the key id of its signing key")
 
         # 2. answer signature
@@ -175,17 +184,28 @@ def verify_attestation(
         # 3. TLS certificate of this connection
         named = document.get("tls_cert_sha256")
         if verdict.url.startswith("https://") and tls_cert_der is None:
-            raise fail("tls_certificate", "no_tls_certificate", "the HTTPS connection's certificate could not be "
-                       "read, so it cannot be compared with the identity")
+            raise fail(
+                "tls_certificate",
+                "no_tls_certificate",
+                "the HTTPS connection's certificate could not be read, so it cannot be compared with the identity",
+            )
         if tls_cert_der is not None:
             seen = sha256_hex(tls_cert_der)
             if seen != named:
-                raise fail("tls_certificate", "tls_pin_mismatch", f"this connection presented certificate {seen}, "
-                           f"but the identity names {named}: someone may be intercepting the connection")
+                raise fail(
+                    "tls_certificate",
+                    "tls_pin_mismatch",
+                    f"this connection presented certificate {seen}, "
+                    f"but the identity names {named}: someone may be intercepting the connection",
+                )
             ok("tls_certificate", f"the connection's certificate is the one the identity names ({seen})")
         elif not insecure:
-            raise fail("tls_certificate", "plain_http", "plain HTTP: the connection cannot be bound to the identity "
-                       "(controller started with --no-tls); pass --insecure to accept that")
+            raise fail(
+                "tls_certificate",
+                "plain_http",
+                "plain HTTP: the connection cannot be bound to the identity "
+                "(controller started with --no-tls); pass --insecure to accept that",
+            )
         else:
             skip("tls_certificate", "plain HTTP: not bound to the identity (accepted because of --insecure)")
 
@@ -194,16 +214,24 @@ def verify_attestation(
         expected_rd = hashlib.sha512(canonical(document)).digest()
         if kind == "none":
             if not insecure:
-                raise fail("evidence", "not_attested", "the controller runs without a TEE (evidence type none): "
-                           "nothing proves which code it runs; pass --insecure to accept it for development")
+                raise fail(
+                    "evidence",
+                    "not_attested",
+                    "the controller runs without a TEE (evidence type none): "
+                    "nothing proves which code it runs; pass --insecure to accept it for development",
+                )
             skip("evidence", "TEE none: NOT attested (accepted because of --insecure)")
             skip("report_data", "no evidence")
             skip("policy", "no evidence")
         elif kind in ("sgx-dcap", "simulated-sgx"):
             if kind == "simulated-sgx" and not trust_roots:
-                raise fail("evidence", "simulated_needs_trust_root", "SIMULATED SGX evidence is signed by a locally "
-                           "generated root, not Intel; trust it explicitly with --trust-root (the output of "
-                           "`duet controller sim-root`), for development only")
+                raise fail(
+                    "evidence",
+                    "simulated_needs_trust_root",
+                    "SIMULATED SGX evidence is signed by a locally "
+                    "generated root, not Intel; trust it explicitly with --trust-root (the output of "
+                    "`duet controller sim-root`), for development only",
+                )
             roots = list(trust_roots) if kind == "simulated-sgx" else [dcap.intel_sgx_root_key()]
             try:
                 quote_bytes = base64.b64decode(str(evidence.get("quote")), validate=True)
@@ -215,20 +243,23 @@ def verify_attestation(
             label = "SIMULATED root you passed (not Intel)" if kind == "simulated-sgx" else "Intel SGX Root CA"
             ok("evidence", f"SGX DCAP v3 quote verifies to the {label}")
             if v.quote.report_body.report_data != expected_rd:
-                raise fail("report_data", "report_data_mismatch", "the quote's REPORTDATA is not SHA-512 of this "
-                           "identity document: the evidence is about another identity")
+                raise fail(
+                    "report_data",
+                    "report_data_mismatch",
+                    "the quote's REPORTDATA is not SHA-512 of this identity document: the evidence is about another identity",
+                )
             ok("report_data", "REPORTDATA = SHA-512(JCS(identity document))")
             verdict.policy = policy.check(v.quote)
             bad = [c for c in verdict.policy if not c.ok]
             if bad:
-                raise fail("policy", "policy_violation", "; ".join(f"{c.check}: expected {c.expected}, found {c.actual}"
-                                                                   for c in bad))
+                raise fail(
+                    "policy", "policy_violation", "; ".join(f"{c.check}: expected {c.expected}, found {c.actual}" for c in bad)
+                )
             ok("policy", "every measurement is acceptable under the policy")
             if maa is not None:
                 _check_maa(verdict, maa, quote_bytes, expected_rd, policy, ok, fail)
         else:
-            raise fail("evidence", "unknown_evidence_type", f"unknown evidence type {kind!r}; "
-                       f"known: {', '.join(EVIDENCE_TYPES)}")
+            raise fail("evidence", "unknown_evidence_type", f"unknown evidence type {kind!r}; known: {', '.join(EVIDENCE_TYPES)}")
         if maa is None:
             skip("maa", "not asked (--maa-url)")
         elif kind == "none":
@@ -237,16 +268,27 @@ def verify_attestation(
         return verdict
 
     verdict.pin = ControllerPin(
-        controller=controller, signing_key=document["signing_key"], tee=kind,
+        controller=controller,
+        signing_key=document["signing_key"],
+        tee=kind,
         tls_cert_sha256=named if tls_cert_der is not None else document.get("tls_cert_sha256"),
         tls_cert_pem=_pem(tls_cert_der) if tls_cert_der is not None else None,
-        owners=tuple(document.get("owners") or ()), attested=kind != "none", verified_at=timestamp(),
+        owners=tuple(document.get("owners") or ()),
+        attested=kind != "none",
+        verified_at=timestamp(),
     )
     return verdict
 
 
-def _check_maa(verdict: ControllerVerdict, maa: MaaCheck, quote: bytes, expected_rd: bytes, policy: Policy,
-               ok: Callable[[str, str], None], fail: Callable[[str, str, str], _Stop]) -> None:
+def _check_maa(
+    verdict: ControllerVerdict,
+    maa: MaaCheck,
+    quote: bytes,
+    expected_rd: bytes,
+    policy: Policy,
+    ok: Callable[[str, str], None],
+    fail: Callable[[str, str, str], _Stop],
+) -> None:
     from duet.attestation.maa import MaaError
 
     try:
@@ -254,15 +296,12 @@ def _check_maa(verdict: ControllerVerdict, maa: MaaCheck, quote: bytes, expected
     except MaaError as exc:
         raise fail("maa", exc.code, f"{exc.step}: {exc.message}") from None
     if claims.report_data != expected_rd:
-        raise fail("maa", "maa_report_data_mismatch", "Azure Attestation's token names other report data than "
-                   "this identity's")
+        raise fail("maa", "maa_report_data_mismatch", "Azure Attestation's token names other report data than this identity's")
     verdict.maa_policy = policy.check(cast(Any, claims))
     bad = [c for c in verdict.maa_policy if not c.ok]
     if bad:
-        raise fail("maa", "maa_policy_violation", "; ".join(f"{c.check}: expected {c.expected}, found {c.actual}"
-                                                            for c in bad))
-    ok("maa", f"Azure Attestation ({claims.issuer}) vouches for the quote; token valid until "
-       f"{claims.expires.isoformat()}")
+        raise fail("maa", "maa_policy_violation", "; ".join(f"{c.check}: expected {c.expected}, found {c.actual}" for c in bad))
+    ok("maa", f"Azure Attestation ({claims.issuer}) vouches for the quote; token valid until {claims.expires.isoformat()}")
 
 
 def _pem(der: bytes) -> str:
@@ -271,8 +310,9 @@ def _pem(der: bytes) -> str:
     return ssl.DER_cert_to_PEM_cert(der)
 
 
-def fetch_attestation(url: str, *, timeout: float = 30.0,
-                      transport: httpx.BaseTransport | None = None) -> tuple[Any, str, bytes | None]:
+def fetch_attestation(
+    url: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
+) -> tuple[Any, str, bytes | None]:
     """``(answer, nonce, certificate DER of the connection)`` of ``GET /v1/attestation``.
 
     The certificate is not judged by a CA here: it is compared with the attested identity.
@@ -280,8 +320,9 @@ def fetch_attestation(url: str, *, timeout: float = 30.0,
     nonce = new_nonce()
     https = url.startswith("https://")
     try:
-        with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, transport=transport,
-                          verify=unverified_ssl_context() if https else False) as http:
+        with httpx.Client(
+            base_url=url.rstrip("/"), timeout=timeout, transport=transport, verify=unverified_ssl_context() if https else False
+        ) as http:
             response = http.get("/v1/attestation", params={"nonce": nonce})
             cert = peer_certificate(response)
             answer = response.json()
@@ -294,9 +335,16 @@ def fetch_attestation(url: str, *, timeout: float = 30.0,
     return answer, nonce, cert
 
 
-def verify_controller(url: str, *, policy: Policy, trust_roots: Sequence[PublicKey] = (), insecure: bool = False,
-                      maa_url: str | None = None, now: datetime | None = None,
-                      transport: httpx.BaseTransport | None = None) -> ControllerVerdict:
+def verify_controller(
+    url: str,
+    *,
+    policy: Policy,
+    trust_roots: Sequence[PublicKey] = (),
+    insecure: bool = False,
+    maa_url: str | None = None,
+    now: datetime | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> ControllerVerdict:
     """Fetch the controller's attestation over a fresh connection and judge it."""
     answer, nonce, cert = fetch_attestation(url, transport=transport)
     maa: MaaCheck | None = None
@@ -307,5 +355,6 @@ def verify_controller(url: str, *, policy: Policy, trust_roots: Sequence[PublicK
             with MaaClient(maa_url) as client:
                 return client.attest_and_verify(quote, now=now)
 
-    return verify_attestation(url, answer, nonce=nonce, tls_cert_der=cert,
-                              policy=policy, trust_roots=trust_roots, insecure=insecure, now=now, maa=maa)
+    return verify_attestation(
+        url, answer, nonce=nonce, tls_cert_der=cert, policy=policy, trust_roots=trust_roots, insecure=insecure, now=now, maa=maa
+    )

@@ -157,20 +157,27 @@ def install_error_handlers(app: FastAPI) -> None:
         return signed(request, exc.to_json(), status=exc.status)
 
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()[:5])
         return signed(request, {"error": {"code": "invalid_params", "message": problems}}, status=422)
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "no_such_route", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return signed(request, {"error": {"code": code, "message": f"{request.method} {request.url.path}: {exc.detail}"}}, status=exc.status_code)
+        return signed(
+            request,
+            {"error": {"code": code, "message": f"{request.method} {request.url.path}: {exc.detail}"}},
+            status=exc.status_code,
+        )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return signed(
             request,
-            {"error": {"code": "internal_error", "message": "the controller hit an unexpected error; it is in the controller's log"}},
+            {
+                "error": {
+                    "code": "internal_error",
+                    "message": "the controller hit an unexpected error; it is in the controller's log",
+                }
+            },
             status=500,
         )
 

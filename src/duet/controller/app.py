@@ -30,7 +30,10 @@ def create_app(settings: Settings) -> FastAPI:
         await controller.service.recover()
         log.info(
             "controller %s ready: providers %s, TEE %s, %d ledger entries",
-            controller.identity.controller_id, ", ".join(settings.providers), controller.tee.name, controller.ledger.size,
+            controller.identity.controller_id,
+            ", ".join(settings.providers),
+            controller.tee.name,
+            controller.ledger.size,
         )
         try:
             yield
@@ -84,16 +87,18 @@ def serve(settings: Settings) -> None:
         ssl = {"ssl_keyfile": str(controller.tls.key_path), "ssl_certfile": str(controller.tls.cert_path)}
         log.info("serving HTTPS; TLS certificate sha256 %s (named in the attested identity)", controller.tls.cert_sha256)
     else:
-        log.warning("NO TLS (--no-tls): serving plain HTTP, for development only; clients reach this "
-                    "controller only with --insecure")
+        log.warning(
+            "NO TLS (--no-tls): serving plain HTTP, for development only; clients reach this controller only with --insecure"
+        )
     main = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False, **ssl)  # type: ignore[arg-type]
     if settings.seed_listen is None:
         uvicorn.Server(main).run()
         return
     seed_host, seed_port = settings.seed_listen
     log.warning("the seed's protocol is served on http://%s:%d (plain HTTP, no replay protection)", seed_host, seed_port)
-    seed = uvicorn.Config(create_seed_app(controller), host=seed_host, port=seed_port, log_level="info",
-                          access_log=False, lifespan="off")
+    seed = uvicorn.Config(
+        create_seed_app(controller), host=seed_host, port=seed_port, log_level="info", access_log=False, lifespan="off"
+    )
     with asyncio.Runner(loop_factory=main.get_loop_factory()) as runner:  # uvloop, as uvicorn.run would
         runner.run(_serve_both(uvicorn.Server(main), uvicorn.Server(seed)))
 

@@ -105,9 +105,7 @@ class RequestAuthenticator:
         request = raw["request"]
         public_key = self.owner_keys.get(envelope.signer)
         if public_key is None:
-            raise Unauthorized(
-                f"signer {envelope.signer[:16]}… is not an owner key of this controller", code="unknown_signer"
-            )
+            raise Unauthorized(f"signer {envelope.signer[:16]}… is not an owner key of this controller", code="unknown_signer")
         try:
             signature_ok = request_signature_valid(request, envelope.signature, public_key)
         except Exception:  # canonicalization of hostile input (e.g. huge numbers)
@@ -121,11 +119,15 @@ class RequestAuthenticator:
                 code="wrong_controller",
             )
         if envelope.request.op != op:
-            raise BadRequest(f"the request is for operation {envelope.request.op!r}, but was sent to the route of {op!r}", code="wrong_op")
+            raise BadRequest(
+                f"the request is for operation {envelope.request.op!r}, but was sent to the route of {op!r}", code="wrong_op"
+            )
         self._check_time(envelope.request.issued_at)
         params = self._params(op, envelope.request.params)
         if not self._consume_nonce(envelope.request.nonce, envelope.signer):
-            raise Conflict("this request was already received once; a signed request is accepted only once", code="replayed_request")
+            raise Conflict(
+                "this request was already received once; a signed request is accepted only once", code="replayed_request"
+            )
         return AuthorizedRequest(op=op, params=params, signer=envelope.signer, digest=request_digest(request))
 
     def _check_time(self, issued_at: str) -> None:
@@ -150,4 +152,6 @@ class RequestAuthenticator:
         try:
             return model.model_validate(params)
         except ValidationError as exc:
-            raise InvalidParams(f"invalid params for {op}: {describe_validation_error(exc, 'params.')}", code="invalid_params") from None
+            raise InvalidParams(
+                f"invalid params for {op}: {describe_validation_error(exc, 'params.')}", code="invalid_params"
+            ) from None

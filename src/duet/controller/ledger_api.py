@@ -30,10 +30,17 @@ async def ledger_head(request: Request, nonce: str | None = None) -> Response:
     return signed(request, sign_head(controller.ledger.head(), controller.identity.signing_key))
 
 
-@router.get("/ledger/entries", summary=f"Ledger entries start <= seq < end (at most {MAX_PAGE}; page on from `end`), optionally of one CVM")
+@router.get(
+    "/ledger/entries",
+    summary=f"Ledger entries start <= seq < end (at most {MAX_PAGE}; page on from `end`), optionally of one CVM",
+)
 async def ledger_entries(
-    request: Request, start: Size = 0, end: Size | None = None, cvm: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE, nonce: str | None = None,
+    request: Request,
+    start: Size = 0,
+    end: Size | None = None,
+    cvm: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    nonce: str | None = None,
 ) -> Response:
     _check_nonce(nonce)
     return signed(request, _controller(request).ledger.page(start, end, cvm, limit))
@@ -70,8 +77,9 @@ async def events(
     controller = _controller(request)
 
     def sign(result: bytes) -> bytes:
-        return sign_answer(result, controller=controller.identity.controller_id,
-                           signing_key=controller.identity.signing_key, nonce=nonce)
+        return sign_answer(
+            result, controller=controller.identity.controller_id, signing_key=controller.identity.signing_key, nonce=nonce
+        )
 
     return StreamingResponse(
         stream(controller.ledger, resume_point(from_seq, last_event_id), sign),

@@ -57,8 +57,20 @@ class ControllerProcess:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "duet", "controller", "serve", "--state-dir", str(self.state_dir),
-                *(arg for name in self.providers for arg in ("--provider", name)), "--tee", self.tee, "--listen", f"127.0.0.1:{self.port}"]
+        args = [
+            sys.executable,
+            "-m",
+            "duet",
+            "controller",
+            "serve",
+            "--state-dir",
+            str(self.state_dir),
+            *(arg for name in self.providers for arg in ("--provider", name)),
+            "--tee",
+            self.tee,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        ]
         for key in self.owner_keys:
             args += ["--owner-key", str(key)]
         if not self.tls:
@@ -68,15 +80,16 @@ class ControllerProcess:
     def start(self, timeout: float = 30.0) -> ControllerProcess:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
-        )
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise DuetError(f"the controller exited at start (status {self.process.returncode}); see {self.log_path}",
-                                code="controller_failed", status=500)
+                raise DuetError(
+                    f"the controller exited at start (status {self.process.returncode}); see {self.log_path}",
+                    code="controller_failed",
+                    status=500,
+                )
             try:
                 # A liveness probe only: it believes nothing it reads, so the certificate is not checked here.
                 if httpx.get(f"{self.url}/v1/ledger/head", timeout=1.0, verify=False).status_code == 200:
@@ -85,8 +98,9 @@ class ControllerProcess:
                 pass
             time.sleep(0.05)
         self.kill()
-        raise DuetError(f"the controller did not answer within {timeout:.0f} s; see {self.log_path}",
-                        code="controller_failed", status=500)
+        raise DuetError(
+            f"the controller did not answer within {timeout:.0f} s; see {self.log_path}", code="controller_failed", status=500
+        )
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process and self.process.poll() is None:

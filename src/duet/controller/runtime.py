@@ -84,8 +84,10 @@ def open_controller(settings: Settings) -> Controller:
     sealed_dir = tee.sealed_dir()
     first_start = not (sealed_dir / SIGNING_KEY_FILE).exists()
     if first_start and (sealed_dir / ANCHOR_FILE).exists():
-        raise SealedStateError(f"the controller's signing key is missing from {sealed_dir}, but its sealed anchor "
-                               "exists: the key was deleted or replaced. Refusing to start (and to make a new key)")
+        raise SealedStateError(
+            f"the controller's signing key is missing from {sealed_dir}, but its sealed anchor "
+            "exists: the key was deleted or replaced. Refusing to start (and to make a new key)"
+        )
     signing_key = load_or_create_signing_key(sealed_dir)
     controller_id = keys.key_id(signing_key.public_key())
     tls = load_or_create_tls(sealed_dir, controller_id)
@@ -107,11 +109,10 @@ def open_controller(settings: Settings) -> Controller:
     _record_start(store, verified, owners)
     identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)), tls_cert_sha256=tls.cert_sha256)
     env = {**os.environ, **settings.provider_env}
-    providers = {
-        name: make_provider(name, settings.state_dir, env, controller_id=controller_id) for name in settings.providers
-    }
-    service = LifecycleService(settings, store, verified.ledger, providers, SshPool(), sealed=sealed,
-                               replay=verified.replay, machines=verified.machines)
+    providers = {name: make_provider(name, settings.state_dir, env, controller_id=controller_id) for name in settings.providers}
+    service = LifecycleService(
+        settings, store, verified.ledger, providers, SshPool(), sealed=sealed, replay=verified.replay, machines=verified.machines
+    )
     authenticator = RequestAuthenticator(store, controller_id, settings, owners)
     return Controller(settings, identity, tee, store, verified.ledger, service, authenticator, tls)
 
@@ -119,8 +120,9 @@ def open_controller(settings: Settings) -> Controller:
 def _record_refused_owners(store: Store, verified: VerifiedState, exc: OwnerKeysChanged) -> None:
     """A swapped owner-key file is an event auditors must see, even though nothing changed."""
     with store.transaction() as tx:
-        verified.ledger.append(tx, cvm=None, event=lc.CONTROLLER_OWNERS_REFUSED, actor=lc.CONTROLLER_ACTOR,
-                               pinned=exc.pinned, given=exc.given)
+        verified.ledger.append(
+            tx, cvm=None, event=lc.CONTROLLER_OWNERS_REFUSED, actor=lc.CONTROLLER_ACTOR, pinned=exc.pinned, given=exc.given
+        )
 
 
 def _record_start(store: Store, verified: VerifiedState, owners: dict[str, str]) -> None:
@@ -129,11 +131,14 @@ def _record_start(store: Store, verified: VerifiedState, owners: dict[str, str])
     does not show it yet (first start), so auditors know who could administer from when."""
     with store.transaction() as tx:
         ledger = verified.ledger
-        ledger.append(tx, cvm=None, event=lc.CONTROLLER_STARTED, actor=lc.CONTROLLER_ACTOR,
-                      resumed_from=verified.resumed_from)
+        ledger.append(tx, cvm=None, event=lc.CONTROLLER_STARTED, actor=lc.CONTROLLER_ACTOR, resumed_from=verified.resumed_from)
         if verified.replay.owners != frozenset(owners):
             ledger.append(
-                tx, cvm=None, event=lc.CONTROLLER_OWNERS, actor=lc.CONTROLLER_ACTOR, owners=sorted(owners),
+                tx,
+                cvm=None,
+                event=lc.CONTROLLER_OWNERS,
+                actor=lc.CONTROLLER_ACTOR,
+                owners=sorted(owners),
                 owners_digest=hashlib.sha256("\n".join(sorted(owners)).encode()).hexdigest(),
             )
 
@@ -150,19 +155,27 @@ def check_own_evidence(controller: Controller, maa_url: str) -> None:
 
     evidence = controller.tee.quote(controller.identity.report_data())
     if "quote" not in evidence:
-        raise ConfigError(f"--maa-url needs an SGX TEE (--tee gramine or simulated); this one is {controller.tee.name}",
-                          code="maa_needs_sgx")
+        raise ConfigError(
+            f"--maa-url needs an SGX TEE (--tee gramine or simulated); this one is {controller.tee.name}", code="maa_needs_sgx"
+        )
     try:
         with MaaClient(maa_url) as maa:
             _, claims = maa.attest_and_verify(base64.b64decode(evidence["quote"]))
     except MaaError as exc:
-        raise ConfigError(f"Azure Attestation does not vouch for this controller ({exc.code}: {exc.message}); "
-                          "refusing to serve", code="maa_refused_controller") from None
+        raise ConfigError(
+            f"Azure Attestation does not vouch for this controller ({exc.code}: {exc.message}); refusing to serve",
+            code="maa_refused_controller",
+        ) from None
     if claims.report_data != controller.identity.report_data():
-        raise ConfigError("Azure Attestation's token is about other report data than this controller's identity; "
-                          "refusing to serve", code="maa_refused_controller")
+        raise ConfigError(
+            "Azure Attestation's token is about other report data than this controller's identity; refusing to serve",
+            code="maa_refused_controller",
+        )
     if claims.debug:
-        raise ConfigError("Azure Attestation says this enclave is debuggable; refusing to serve",
-                          code="maa_refused_controller")
-    log.info("Azure Attestation (%s): valid SGX controller, MRENCLAVE %s, MRSIGNER %s", maa_url,
-             claims.mr_enclave.hex(), claims.mr_signer.hex())
+        raise ConfigError("Azure Attestation says this enclave is debuggable; refusing to serve", code="maa_refused_controller")
+    log.info(
+        "Azure Attestation (%s): valid SGX controller, MRENCLAVE %s, MRSIGNER %s",
+        maa_url,
+        claims.mr_enclave.hex(),
+        claims.mr_signer.hex(),
+    )

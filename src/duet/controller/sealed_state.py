@@ -59,8 +59,16 @@ class SealedHead:
 class SealedState:
     """The anchor file, held in memory; ``seal`` writes it whole after each commit."""
 
-    def __init__(self, path: Path, signing_key: keys.PrivateKey, controller_id: str, data: dict[str, Any], *,
-                 generation: int = 0, slot_size: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        signing_key: keys.PrivateKey,
+        controller_id: str,
+        data: dict[str, Any],
+        *,
+        generation: int = 0,
+        slot_size: int = 0,
+    ) -> None:
         self.path = path
         self._generation, self._slot_size = generation, slot_size
         self._signing_key = signing_key
@@ -74,17 +82,19 @@ class SealedState:
             if data.get("format") != FORMAT or len(self.mac_key) != 32 or not self.owners:
                 raise ValueError
         except VerificationError:
-            raise SealedStateError(f"the sealed anchor {path} is not signed by this controller's signing key: the "
-                                   "signing key was replaced; refusing to start") from None
+            raise SealedStateError(
+                f"the sealed anchor {path} is not signed by this controller's signing key: the "
+                "signing key was replaced; refusing to start"
+            ) from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SealedStateError(f"the sealed anchor {path} is damaged ({type(exc).__name__}); refusing to start "
-                                   "on state that cannot be checked") from None
+            raise SealedStateError(
+                f"the sealed anchor {path} is damaged ({type(exc).__name__}); refusing to start on state that cannot be checked"
+            ) from None
 
     # --- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, sealed_dir: Path, signing_key: keys.PrivateKey, *, first_start: bool,
-             owners: dict[str, str]) -> SealedState:
+    def open(cls, sealed_dir: Path, signing_key: keys.PrivateKey, *, first_start: bool, owners: dict[str, str]) -> SealedState:
         """Load the anchor; create it only on a first start (no signing key existed before).
 
         ``owners`` are the keys given at this start, pinned when the anchor is created. A
@@ -100,13 +110,16 @@ class SealedState:
             raise SealedStateError(
                 f"the sealed anchor {path} is missing, but this controller's signing key exists: sealed state was "
                 "deleted (or the state directory is from a duet older than the sealed anchor). Refusing to start: "
-                "the owner set and the ledger's sealed head cannot be re-created from what the host left.")
+                "the owner set and the ledger's sealed head cannot be re-created from what the host left."
+            )
         if not owners:
             raise ConfigError("no owner key given: pass --owner-key PUB at least once", code="no_owner_keys")
         data = {
             "format": FORMAT,
-            "head": sign_head({"tree_size": 0, "root_hash": EMPTY_ROOT.hex(), "timestamp": timestamp(),
-                               "controller": controller_id}, signing_key),
+            "head": sign_head(
+                {"tree_size": 0, "root_hash": EMPTY_ROOT.hex(), "timestamp": timestamp(), "controller": controller_id},
+                signing_key,
+            ),
             "mac_key": base64.b64encode(secrets.token_bytes(32)).decode(),
             "data_keys": {},
             "owners": dict(owners),
@@ -146,8 +159,10 @@ class SealedState:
         try:
             return AESGCM(data_key).decrypt(ciphertext[:12], ciphertext[12:], cvm_id.encode()).decode()
         except (InvalidTag, ValueError):
-            raise SealedStateError(f"the stored SSH key of CVM {cvm_id[:16]}… does not decrypt with its sealed data "
-                                   "key: the database row was replaced") from None
+            raise SealedStateError(
+                f"the stored SSH key of CVM {cvm_id[:16]}… does not decrypt with its sealed data "
+                "key: the database row was replaced"
+            ) from None
 
     def has_data_key(self, cvm_id: str) -> bool:
         return cvm_id in self._data_keys
@@ -162,8 +177,15 @@ class SealedState:
     # --- writing -------------------------------------------------------------------------------
 
     def _document(self) -> dict[str, Any]:
-        head = sign_head({"tree_size": self.head.tree_size, "root_hash": self.head.root.hex(),
-                          "timestamp": timestamp(), "controller": self._controller_id}, self._signing_key)
+        head = sign_head(
+            {
+                "tree_size": self.head.tree_size,
+                "root_hash": self.head.root.hex(),
+                "timestamp": timestamp(),
+                "controller": self._controller_id,
+            },
+            self._signing_key,
+        )
         return {
             "format": FORMAT,
             "head": head,
@@ -195,7 +217,7 @@ class SealedState:
         record = _slot_record(self._generation, data)
         self._slot_size = max(MIN_SLOT, 1 << (2 * len(record) - 1).bit_length())
         image = bytearray(2 * self._slot_size)
-        image[(self._generation % 2) * self._slot_size:][:len(record)] = record
+        image[(self._generation % 2) * self._slot_size :][: len(record)] = record
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -234,7 +256,7 @@ def read_anchor_file(path: Path) -> tuple[int, int, dict[str, Any]]:
     except OSError as exc:
         raise SealedStateError(f"the sealed anchor {path} is unreadable ({exc.strerror}); refusing to start") from None
     slot_size = len(image) // 2
-    slots = [_parse_slot(image[i * slot_size:(i + 1) * slot_size]) for i in (0, 1)] if slot_size else []
+    slots = [_parse_slot(image[i * slot_size : (i + 1) * slot_size]) for i in (0, 1)] if slot_size else []
     intact = [slot for slot in slots if slot is not None]
     if not intact:
         raise SealedStateError(f"the sealed anchor {path} is damaged (no intact slot); refusing to start")

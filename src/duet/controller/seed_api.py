@@ -53,7 +53,7 @@ PROTOCOL = "seed"
 REPLAY_WARNING = (
     "seed protocol enabled (--seed-api): /quote, /start_cvm, /run_commands, /get_cvm_state, /mark_cvm, "
     "/stop_cvm are served beside /v1. This protocol has NO replay protection: anyone who captures a signed "
-    "seed request can send it again. Its ledger entries are marked \"protocol\": \"seed\"; prefer protocol v1."
+    'seed request can send it again. Its ledger entries are marked "protocol": "seed"; prefer protocol v1.'
 )
 
 PRIVILEGED = {
@@ -105,8 +105,9 @@ class SeedGateway:
         self.key = key
         self.public_pem = keys.public_pem(key.public_key()).decode("ascii")
         self._quote: str | None = None
-        self._owners = [(key_id, key) for key_id, key in controller.authenticator.owner_keys.items()
-                        if isinstance(key, rsa.RSAPublicKey)]
+        self._owners = [
+            (key_id, key) for key_id, key in controller.authenticator.owner_keys.items() if isinstance(key, rsa.RSAPublicKey)
+        ]
 
     # --- trust ---------------------------------------------------------------------------
 
@@ -131,7 +132,10 @@ class SeedGateway:
         raw = parse_json_object(body)
         params = raw.get("params")
         signature = raw.get("signature")
-        signer = next((key_id for key_id, key in self._rsa_owners() if isinstance(params, dict) and seed.verify(key, signature, params)), None)
+        signer = next(
+            (key_id for key_id, key in self._rsa_owners() if isinstance(params, dict) and seed.verify(key, signature, params)),
+            None,
+        )
         if signer is None or not isinstance(params, dict):
             raise SeedRefusal(PRIVILEGED[op])
         authorized = AuthorizedRequest(op=duet_op, params=None, signer=signer, digest=seed.digest(params), protocol=PROTOCOL)
@@ -164,7 +168,9 @@ class SeedGateway:
             if exc.code != "not_in_update":
                 raise
             mode = self.controller.service.get_cvm(model.cvm_id).mode
-            raise SeedRefusal(IN_SERVICE if mode == "in-service" else f"Running commands not allowed while CVM is {mode}.") from None
+            raise SeedRefusal(
+                IN_SERVICE if mode == "in-service" else f"Running commands not allowed while CVM is {mode}."
+            ) from None
         output: list[str] = []
         for item in result["results"]:
             output.extend(seed.output_lines(item["stdout"], item["stderr"]))
@@ -267,7 +273,9 @@ def _json(body: Any) -> Response:
     return Response(content=json.dumps(body).encode("ascii"), status_code=200, media_type="application/json")
 
 
-async def _answer(request: Request, op: str, handle: Callable[[SeedGateway, bytes], Awaitable[dict[str, Any]] | dict[str, Any]]) -> Response:
+async def _answer(
+    request: Request, op: str, handle: Callable[[SeedGateway, bytes], Awaitable[dict[str, Any]] | dict[str, Any]]
+) -> Response:
     """Run one seed operation; always HTTP 200 with a signed ``{"result", "signature"}``, errors included."""
     gateway = _gateway(request)
     try:

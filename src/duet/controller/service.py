@@ -137,8 +137,15 @@ class LifecycleService:
         with self.store.transaction() as tx:
             self.store.insert_cvm(tx, cvm_id, params.cvm_type, provider, public_key, sealed_key, timestamp())
             self.ledger.append(
-                tx, cvm=cvm_id, event=lc.CVM_PROVISIONING, actor=request.signer, request_digest=request.digest,
-                type=params.cvm_type, provider=provider, job=job_id, **request.ledger_marks(),
+                tx,
+                cvm=cvm_id,
+                event=lc.CVM_PROVISIONING,
+                actor=request.signer,
+                request_digest=request.digest,
+                type=params.cvm_type,
+                provider=provider,
+                job=job_id,
+                **request.ledger_marks(),
             )
         self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key, provider))
         return {"job_id": job_id, "cvm_id": cvm_id, "mode": lc.PROVISIONING, "provider": provider}
@@ -168,8 +175,14 @@ class LifecycleService:
         with self.store.transaction() as tx:
             self.store.update_cvm(tx, cvm_id, machine=machine.to_json(), now=timestamp())
             self.ledger.append(
-                tx, cvm=cvm_id, event=event, actor=CONTROLLER, host=machine.host, port=machine.port,
-                host_key_fingerprint=fingerprint(machine.host_key), machine_sha256=machine_digest(machine),
+                tx,
+                cvm=cvm_id,
+                event=event,
+                actor=CONTROLLER,
+                host=machine.host,
+                port=machine.port,
+                host_key_fingerprint=fingerprint(machine.host_key),
+                machine_sha256=machine_digest(machine),
             )
         self.machines[cvm_id] = machine
 
@@ -199,8 +212,14 @@ class LifecycleService:
             self._destroy_key(tx, cvm_id)
             code = exc.code if isinstance(exc, DuetError) else "start_failed"
             self.ledger.append(
-                tx, cvm=cvm_id, event=lc.CVM_FAILED, actor=CONTROLLER, reason=reason, code=code,
-                cleanup_error=cleanup_error, key_destroyed=True,
+                tx,
+                cvm=cvm_id,
+                event=lc.CVM_FAILED,
+                actor=CONTROLLER,
+                reason=reason,
+                code=code,
+                cleanup_error=cleanup_error,
+                key_destroyed=True,
             )
 
     def _destroy_key(self, tx: Transaction, cvm_id: str) -> None:
@@ -235,8 +254,7 @@ class LifecycleService:
                 raise Forbidden(self._refusal(cvm), code="not_in_update")
             target = self._target(cvm.id)
             results = [
-                await self._run_one(cvm.id, target, command, request, timeout=timeout, limit=limit)
-                for command in params.commands
+                await self._run_one(cvm.id, target, command, request, timeout=timeout, limit=limit) for command in params.commands
             ]
         return {"cvm_id": params.cvm_id, "results": results, "tree_size": self.ledger.size}
 
@@ -251,8 +269,13 @@ class LifecycleService:
     ) -> dict[str, Any]:
         with self.store.transaction() as tx:
             started = self.ledger.append(
-                tx, cvm=cvm_id, event=lc.COMMAND_STARTED, actor=request.signer, request_digest=request.digest,
-                command=command, **request.ledger_marks(),
+                tx,
+                cvm=cvm_id,
+                event=lc.COMMAND_STARTED,
+                actor=request.signer,
+                request_digest=request.digest,
+                command=command,
+                **request.ledger_marks(),
             )
         try:
             outcome = await self.ssh.run(cvm_id, target, command, timeout=timeout, output_limit=limit)
@@ -261,8 +284,14 @@ class LifecycleService:
                 if isinstance(exc, HostKeyMismatch):
                     self._record_mismatch(tx, cvm_id, exc)
                 self.ledger.append(
-                    tx, cvm=cvm_id, event=lc.COMMAND_FAILED, actor=CONTROLLER, request_digest=request.digest,
-                    started_seq=started["seq"], reason=_describe(exc), **request.ledger_marks(),
+                    tx,
+                    cvm=cvm_id,
+                    event=lc.COMMAND_FAILED,
+                    actor=CONTROLLER,
+                    request_digest=request.digest,
+                    started_seq=started["seq"],
+                    reason=_describe(exc),
+                    **request.ledger_marks(),
                 )
             raise
         return self._record_result(cvm_id, started["seq"], command, outcome, request.digest, request.ledger_marks())
@@ -287,8 +316,14 @@ class LifecycleService:
             self.store.put_blob(tx, stdout_sha, outcome.stdout)
             self.store.put_blob(tx, stderr_sha, outcome.stderr)
             finished = self.ledger.append(
-                tx, cvm=cvm_id, event=lc.COMMAND_FINISHED, actor=CONTROLLER, request_digest=digest,
-                started_seq=started_seq, **summary, **(marks or {}),
+                tx,
+                cvm=cvm_id,
+                event=lc.COMMAND_FINISHED,
+                actor=CONTROLLER,
+                request_digest=digest,
+                started_seq=started_seq,
+                **summary,
+                **(marks or {}),
             )
         return {
             **summary,
@@ -299,8 +334,12 @@ class LifecycleService:
 
     def _record_mismatch(self, tx: Transaction, cvm_id: str, exc: HostKeyMismatch) -> None:
         self.ledger.append(
-            tx, cvm=cvm_id, event=lc.HOSTKEY_MISMATCH, actor=CONTROLLER,
-            expected=exc.expected_fingerprint, presented=exc.presented_fingerprint,
+            tx,
+            cvm=cvm_id,
+            event=lc.HOSTKEY_MISMATCH,
+            actor=CONTROLLER,
+            expected=exc.expected_fingerprint,
+            presented=exc.presented_fingerprint,
         )
 
     # --- mark --------------------------------------------------------------------------
@@ -328,16 +367,29 @@ class LifecycleService:
                 # leaves a lockdown to retry at restart, never a silently unlocked final CVM.
                 self.store.update_cvm(tx, cvm.id, mode=params.mode, final=int(was_final or params.final), now=timestamp())
                 self.ledger.append(
-                    tx, cvm=cvm.id, event=lc.MODE_CHANGED, actor=request.signer, request_digest=request.digest,
-                    previous=previous, mode=params.mode, final=was_final or params.final, **request.ledger_marks(),
+                    tx,
+                    cvm=cvm.id,
+                    event=lc.MODE_CHANGED,
+                    actor=request.signer,
+                    request_digest=request.digest,
+                    previous=previous,
+                    mode=params.mode,
+                    final=was_final or params.final,
+                    **request.ledger_marks(),
                 )
             if params.final and not was_final and not await self._lock_down(cvm.id, attempt=1):
                 self._schedule_lockdown(cvm.id)
         return self._mark_answer(cvm, changed=True)
 
     def _mark_answer(self, cvm: CvmFacts, *, changed: bool) -> dict[str, Any]:
-        return {"cvm_id": cvm.id, "mode": cvm.mode, "final": cvm.final, "lockdown": cvm.lockdown,
-                "changed": changed, "tree_size": self.ledger.size}
+        return {
+            "cvm_id": cvm.id,
+            "mode": cvm.mode,
+            "final": cvm.final,
+            "lockdown": cvm.lockdown,
+            "changed": changed,
+            "tree_size": self.ledger.size,
+        }
 
     # --- lockdown (mark --final) ----------------------------------------------------------
 
@@ -355,10 +407,16 @@ class LifecycleService:
             if machine is None:
                 raise Conflict("the controller has no machine record for this CVM", code="no_machine")
             limit = self.settings.lockdown_timeout_s
-            outcome = await asyncio.wait_for(self.ssh.run(  # opening the channel has no time limit of its own
-                cvm_id, target, self._provider(machine.provider).lockdown_command(machine),
-                timeout=limit, output_limit=64 * 1024,
-            ), limit + 5)
+            outcome = await asyncio.wait_for(
+                self.ssh.run(  # opening the channel has no time limit of its own
+                    cvm_id,
+                    target,
+                    self._provider(machine.provider).lockdown_command(machine),
+                    timeout=limit,
+                    output_limit=64 * 1024,
+                ),
+                limit + 5,
+            )
             if outcome.exit_status != 0 or LOCKDOWN_MARKER.encode() not in outcome.stdout:
                 ended = "timed out" if outcome.timed_out else f"exited {outcome.exit_status}"
                 error = f"the lockdown command {ended}: {outcome.stderr.decode(errors='replace').strip()[:300]}"
@@ -380,8 +438,16 @@ class LifecycleService:
         with self.store.transaction() as tx:
             if error is None:
                 self._destroy_key(tx, cvm_id)
-            self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_LOCKED, actor=CONTROLLER, ok=error is None, error=error,
-                               attempt=attempt, key_destroyed=error is None)
+            self.ledger.append(
+                tx,
+                cvm=cvm_id,
+                event=lc.CVM_LOCKED,
+                actor=CONTROLLER,
+                ok=error is None,
+                error=error,
+                attempt=attempt,
+                key_destroyed=error is None,
+            )
         if error is not None:
             log.warning("lockdown of CVM %s failed (attempt %d), will retry: %s", cvm_id, attempt, error)
         return error is None
@@ -436,8 +502,14 @@ class LifecycleService:
             with self.store.transaction() as tx:
                 self.store.update_cvm(tx, cvm.id, mode=lc.STOPPING, now=timestamp())
                 self.ledger.append(
-                    tx, cvm=cvm.id, event=lc.CVM_STOPPING, actor=request.signer, request_digest=request.digest,
-                    previous=previous, job=job_id, **request.ledger_marks(),
+                    tx,
+                    cvm=cvm.id,
+                    event=lc.CVM_STOPPING,
+                    actor=request.signer,
+                    request_digest=request.digest,
+                    previous=previous,
+                    job=job_id,
+                    **request.ledger_marks(),
                 )
         self.jobs.spawn(job_id, lambda: self._teardown(job_id, cvm.id))
         return {"job_id": job_id, "cvm_id": cvm.id, "mode": lc.STOPPING}
@@ -472,10 +544,15 @@ class LifecycleService:
             return cached[1], cached[2]
         cvm = self.get_cvm(cvm_id)
         entries = self.ledger.entries(0, size, cvm=cvm_id)
-        data = canonical({
-            "cvm": public_cvm(cvm, self.machines.get(cvm_id)), "tree_size": size, "entry_count": len(entries),
-            "commands": command_rows(entries), "modes": mode_rows(entries),
-        })
+        data = canonical(
+            {
+                "cvm": public_cvm(cvm, self.machines.get(cvm_id)),
+                "tree_size": size,
+                "entry_count": len(entries),
+                "commands": command_rows(entries),
+                "modes": mode_rows(entries),
+            }
+        )
         digest = sha256_hex(data)
         self._state_cache[cvm_id] = (size, data, digest)
         return data, digest
@@ -490,8 +567,14 @@ class LifecycleService:
             raise NotFound(f"no job with id {job_id}", code="unknown_job")
         step = self.jobs.step(job_id) or {"succeeded": "ready" if job.kind == "start" else "stopped"}.get(job.status, job.status)
         return {
-            "job_id": job.id, "kind": job.kind, "cvm_id": job.cvm_id, "status": job.status, "step": step,
-            "error": job.error, "created_at": job.created_at, "updated_at": job.updated_at,
+            "job_id": job.id,
+            "kind": job.kind,
+            "cvm_id": job.cvm_id,
+            "status": job.status,
+            "step": step,
+            "error": job.error,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
         }
 
     # --- plumbing ----------------------------------------------------------------------
@@ -525,26 +608,41 @@ class LifecycleService:
             for seq, command in sorted(cvm.running.items()):
                 with self.store.transaction() as tx:
                     self.ledger.append(
-                        tx, cvm=cvm.id, event=lc.COMMAND_INTERRUPTED, actor=CONTROLLER, started_seq=seq, command=command,
+                        tx,
+                        cvm=cvm.id,
+                        event=lc.COMMAND_INTERRUPTED,
+                        actor=CONTROLLER,
+                        started_seq=seq,
+                        command=command,
                         reason="the controller stopped while the command ran; its outcome is unknown",
                     )
         for job in [job for job in self.replay.jobs.values() if job.status == "running"]:
             if job.kind == "start":
-                await self._fail(job.id, job.cvm_id, self.machines.get(job.cvm_id), UpstreamError(
-                    "the controller stopped while the CVM was being provisioned; its resources were deleted",
-                    code="interrupted",
-                ))
+                await self._fail(
+                    job.id,
+                    job.cvm_id,
+                    self.machines.get(job.cvm_id),
+                    UpstreamError(
+                        "the controller stopped while the CVM was being provisioned; its resources were deleted",
+                        code="interrupted",
+                    ),
+                )
             else:
                 await self._teardown(job.id, job.cvm_id)
         active = [cvm for cvm in self.replay.cvms.values() if cvm.mode in lc.ACTIVE_MODES]
         for name, provider in self.providers.items():
-            await provider.reconcile([self.machines[cvm.id] for cvm in active if cvm.id in self.machines and cvm.provider == name])
+            await provider.reconcile(
+                [self.machines[cvm.id] for cvm in active if cvm.id in self.machines and cvm.provider == name]
+            )
         for cvm in active:
             if cvm.lockdown == lc.LOCKDOWN_DONE or cvm.id not in self.machines:
                 continue
             if cvm.provider not in self.providers:
-                log.warning("CVM %s was made with provider %s, which is not enabled: it cannot be managed until it is",
-                            cvm.id, cvm.provider)
+                log.warning(
+                    "CVM %s was made with provider %s, which is not enabled: it cannot be managed until it is",
+                    cvm.id,
+                    cvm.provider,
+                )
                 continue
             machine = await self.providers[cvm.provider].resume(self.machines[cvm.id])
             if machine.to_json() != self.machines[cvm.id].to_json():

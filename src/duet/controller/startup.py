@@ -62,26 +62,33 @@ def _check_rows(rows: list[CvmRow], derived: dict[str, CvmFacts], sealed: Sealed
         if cvm is None:
             problems.append(f"CVM {row.id[:16]}… has a database row but no ledger entry (the row was inserted)")
             continue
-        for name, stored, expected in (("mode", row.mode, cvm.mode), ("final", row.final, cvm.final),
-                                       ("type", row.type, cvm.type), ("provider", row.provider, cvm.provider),
-                                       ("failure", row.failure, cvm.failure)):
+        for name, stored, expected in (
+            ("mode", row.mode, cvm.mode),
+            ("final", row.final, cvm.final),
+            ("type", row.type, cvm.type),
+            ("provider", row.provider, cvm.provider),
+            ("failure", row.failure, cvm.failure),
+        ):
             if stored != expected:
                 problems.append(f"CVM {row.id[:16]}…: {name} is {stored!r} in the database but {expected!r} in the ledger")
         stored_digest = machine_digest(Machine.from_json(row.machine)) if row.machine else None
         if stored_digest != cvm.machine_sha256:
-            problems.append(f"CVM {row.id[:16]}…: its machine record (address, host key) is not the one the ledger "
-                            "recorded")
+            problems.append(f"CVM {row.id[:16]}…: its machine record (address, host key) is not the one the ledger recorded")
         elif row.machine:
             machines[row.id] = Machine.from_json(row.machine)
         if cvm.key_destroyed and row.ssh_private_key is not None:
             problems.append(f"CVM {row.id[:16]}…: its SSH key was destroyed, yet the database holds a key again")
         if not cvm.key_destroyed and cvm.mode in lc.ACTIVE_MODES and not sealed.has_data_key(row.id):
-            problems.append(f"CVM {row.id[:16]}…: the ledger says the controller holds its key, but sealed state has "
-                            "no data key for it (sealed state was replaced)")
+            problems.append(
+                f"CVM {row.id[:16]}…: the ledger says the controller holds its key, but sealed state has "
+                "no data key for it (sealed state was replaced)"
+            )
     if problems:
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise StoredStateTampered(f"the state database disagrees with the verified ledger, so someone else wrote to it: "
-                                  f"{shown}. Refusing to start; restore the database from a backup of this controller.")
+        raise StoredStateTampered(
+            f"the state database disagrees with the verified ledger, so someone else wrote to it: "
+            f"{shown}. Refusing to start; restore the database from a backup of this controller."
+        )
     return machines
 
 

@@ -129,8 +129,9 @@ class Store:
 
     # --- CVMs (written with their ledger entries; read at start only) -------------------
 
-    def insert_cvm(self, tx: Transaction, cvm_id: str, cvm_type: str, provider: str, ssh_public_key: str,
-                   sealed_private_key: bytes, now: str) -> None:
+    def insert_cvm(
+        self, tx: Transaction, cvm_id: str, cvm_type: str, provider: str, ssh_public_key: str, sealed_private_key: bytes, now: str
+    ) -> None:
         try:
             tx.execute(
                 "INSERT INTO cvms (id, type, provider, mode, created_at, updated_at, ssh_public_key, ssh_private_key)"
@@ -159,11 +160,22 @@ class Store:
     def cvm_rows(self) -> list[CvmRow]:
         rows = self.db.execute(
             "SELECT id, type, provider, mode, final, created_at, updated_at, machine, ssh_public_key, ssh_private_key,"
-            " failure FROM cvms ORDER BY created_at, id").fetchall()
+            " failure FROM cvms ORDER BY created_at, id"
+        ).fetchall()
         return [
-            CvmRow(id=r[0], type=r[1], provider=r[2], mode=r[3], final=bool(r[4]), created_at=r[5], updated_at=r[6],
-                   machine=json.loads(r[7]) if r[7] else None, ssh_public_key=r[8],
-                   ssh_private_key=bytes(r[9]) if r[9] is not None else None, failure=r[10])
+            CvmRow(
+                id=r[0],
+                type=r[1],
+                provider=r[2],
+                mode=r[3],
+                final=bool(r[4]),
+                created_at=r[5],
+                updated_at=r[6],
+                machine=json.loads(r[7]) if r[7] else None,
+                ssh_public_key=r[8],
+                ssh_private_key=bytes(r[9]) if r[9] is not None else None,
+                failure=r[10],
+            )
             for r in rows
         ]
 

@@ -52,10 +52,12 @@ def cert_sha256(cert_der: bytes) -> str:
 def make_certificate(key: ec.EllipticCurvePrivateKey, controller_id: str) -> x509.Certificate:
     """A self-signed end-entity certificate (CA:FALSE, so a client that trusts it as its only
     anchor cannot be shown a certificate *issued* by it)."""
-    name = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, f"duet controller {controller_id[:16]}"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "duet"),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"duet controller {controller_id[:16]}"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "duet"),
+        ]
+    )
     now = datetime.now(UTC).replace(microsecond=0)
     return (
         x509.CertificateBuilder()
@@ -65,13 +67,30 @@ def make_certificate(key: ec.EllipticCurvePrivateKey, controller_id: str) -> x50
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(days=1))  # tolerate clients whose clock is behind
         .not_valid_after(NOT_AFTER)
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
@@ -91,20 +110,25 @@ def load_or_create_tls(sealed_dir: Path, controller_id: str) -> TlsIdentity:
         sealed_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(new_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
+            f.write(
+                new_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            )
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if not (key_path.exists() and cert_path.exists()):
         missing = TLS_CERT_FILE if key_path.exists() else TLS_KEY_FILE
-        raise ConfigError(f"the sealed TLS identity is incomplete ({missing} is missing in the sealed directory); "
-                          "restore it from backup, or remove both TLS files to create a new one (every client "
-                          "will then have to run `duet verify` again)", code="tls_identity_damaged")
+        raise ConfigError(
+            f"the sealed TLS identity is incomplete ({missing} is missing in the sealed directory); "
+            "restore it from backup, or remove both TLS files to create a new one (every client "
+            "will then have to run `duet verify` again)",
+            code="tls_identity_damaged",
+        )
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except ValueError:
         raise ConfigError("the sealed TLS key or certificate cannot be read", code="tls_identity_damaged") from None
-    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
-            cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+    if key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         raise ConfigError("the sealed TLS certificate does not belong to the sealed TLS key", code="tls_identity_damaged")
     return TlsIdentity(key_path, cert_path, cert.public_bytes(serialization.Encoding.DER))

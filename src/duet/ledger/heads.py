@@ -55,7 +55,9 @@ def sign_head(head: dict[str, Any], signing_key: keys.PrivateKey) -> dict[str, A
 def parse_head(data: Any) -> SignedHead:
     """Shape checks only; ``verify_head`` checks the signature."""
     if not isinstance(data, dict) or set(data) != {*HEAD_FIELDS, "signature"}:
-        raise VerificationError("the tree head is not a signed head {tree_size, root_hash, timestamp, controller, signature}", code="bad_head")
+        raise VerificationError(
+            "the tree head is not a signed head {tree_size, root_hash, timestamp, controller, signature}", code="bad_head"
+        )
     size, root = data["tree_size"], data["root_hash"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise VerificationError(f"the tree head's tree_size {size!r} is not a size", code="bad_head")
@@ -71,7 +73,8 @@ def verify_head(data: Any, *, controller: str, public_key: keys.PublicKey) -> Si
     head = parse_head(data)
     if head.controller != controller:
         raise VerificationError(
-            f"the tree head names controller {head.controller[:16]}…, not the pinned {controller[:16]}…", code="bad_head_signature"
+            f"the tree head names controller {head.controller[:16]}…, not the pinned {controller[:16]}…",
+            code="bad_head_signature",
         )
     try:
         signature = b64decode(head.signature)

@@ -128,8 +128,9 @@ class LedgerAnchor(Protocol):
 
 
 class Ledger:
-    def __init__(self, store: Store, controller_id: str, anchor: LedgerAnchor,
-                 on_entry: Callable[[dict[str, Any]], object] | None = None) -> None:
+    def __init__(
+        self, store: Store, controller_id: str, anchor: LedgerAnchor, on_entry: Callable[[dict[str, Any]], object] | None = None
+    ) -> None:
         """Load and verify the stored ledger; ``on_entry`` sees every entry once, in order
         (the controller derives its state from them)."""
         self.store = store
@@ -146,13 +147,17 @@ class Ledger:
         for position, (seq, column_cvm, data, mac) in enumerate(rows):
             data = bytes(data)
             if seq != position:
-                raise LedgerTampered(f"the stored ledger is not contiguous: entry {position} is missing (the next row has "
-                                     f"seq {seq}); refusing to start on a ledger edited outside the controller")
+                raise LedgerTampered(
+                    f"the stored ledger is not contiguous: entry {position} is missing (the next row has "
+                    f"seq {seq}); refusing to start on a ledger edited outside the controller"
+                )
             if position == sealed.tree_size and self.tree.root() != sealed.root:
                 raise _root_mismatch(sealed.tree_size)
             if position >= sealed.tree_size and not self.anchor.entry_mac_valid(data, mac):
-                raise LedgerTampered(f"entry {position} lies after the sealed head ({sealed.tree_size} entries) and was not "
-                                     "written by this controller (its MAC does not verify): refusing to start")
+                raise LedgerTampered(
+                    f"entry {position} lies after the sealed head ({sealed.tree_size} entries) and was not "
+                    "written by this controller (its MAC does not verify): refusing to start"
+                )
             try:
                 entry = json.loads(data)
             except ValueError:
@@ -160,20 +165,27 @@ class Ledger:
             if not isinstance(entry, dict) or entry.get("seq") != position:
                 raise LedgerTampered(f"entry {position} names another seq; refusing to start")
             if column_cvm != entry.get("cvm"):
-                raise LedgerTampered(f"entry {position} is filed under CVM {str(column_cvm)[:16]}… in the database but is "
-                                     f"about {str(entry.get('cvm'))[:16]}…: the row was re-tagged; refusing to start")
+                raise LedgerTampered(
+                    f"entry {position} is filed under CVM {str(column_cvm)[:16]}… in the database but is "
+                    f"about {str(entry.get('cvm'))[:16]}…: the row was re-tagged; refusing to start"
+                )
             self.tree.append(leaf_hash(data))
             self._by_cvm.setdefault(entry.get("cvm"), []).append(position)
             if on_entry is not None:
                 on_entry(entry)
         if self.tree.size < sealed.tree_size:
-            raise LedgerTampered(f"the stored ledger has {self.tree.size} entries, but the sealed head says "
-                                 f"{sealed.tree_size}: its tail was deleted; refusing to start")
+            raise LedgerTampered(
+                f"the stored ledger has {self.tree.size} entries, but the sealed head says "
+                f"{sealed.tree_size}: its tail was deleted; refusing to start"
+            )
         if self.tree.size == sealed.tree_size and self.tree.root() != sealed.root:
             raise _root_mismatch(sealed.tree_size)
         if self.tree.size != sealed.tree_size:
-            log.warning("%d ledger entries were committed after the last sealed head (a crash before sealing); "
-                        "their MACs verify, sealing them now", self.tree.size - sealed.tree_size)
+            log.warning(
+                "%d ledger entries were committed after the last sealed head (a crash before sealing); "
+                "their MACs verify, sealing them now",
+                self.tree.size - sealed.tree_size,
+            )
             self.anchor.seal(self.tree.size, self.tree.root())
 
     @property
@@ -217,8 +229,10 @@ class Ledger:
             **fields,
         }
         data = canonical(entry)
-        tx.execute("INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (?, ?, ?, ?)",
-                   (entry["seq"], cvm, data, self.anchor.entry_mac(data)))
+        tx.execute(
+            "INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (?, ?, ?, ?)",
+            (entry["seq"], cvm, data, self.anchor.entry_mac(data)),
+        )
         pending.append(data)
         tx.ledger_cvms.append(cvm)
         return entry
@@ -271,8 +285,7 @@ class Ledger:
     def _check_range(self, start: int, end: int) -> None:
         if start < 0 or end < start or end > self.tree.size:
             raise InvalidParams(
-                f"entry range [{start}, {end}) is outside the ledger (size {self.tree.size}); "
-                "use 0 <= start <= end <= tree_size",
+                f"entry range [{start}, {end}) is outside the ledger (size {self.tree.size}); use 0 <= start <= end <= tree_size",
                 code="bad_range",
             )
 
@@ -293,24 +306,29 @@ class Ledger:
     def _read(self, seqs: list[int]) -> Iterator[dict[str, Any]]:
         """The entries at ``seqs`` (ascending), each checked against its leaf hash in memory."""
         for chunk_start in range(0, len(seqs), 500):
-            chunk = seqs[chunk_start:chunk_start + 500]
+            chunk = seqs[chunk_start : chunk_start + 500]
             if chunk[-1] - chunk[0] + 1 == len(chunk):
-                rows = self.store.db.execute("SELECT seq, entry FROM ledger WHERE seq >= ? AND seq <= ? ORDER BY seq",
-                                             (chunk[0], chunk[-1])).fetchall()
+                rows = self.store.db.execute(
+                    "SELECT seq, entry FROM ledger WHERE seq >= ? AND seq <= ? ORDER BY seq", (chunk[0], chunk[-1])
+                ).fetchall()
             else:
                 marks = ",".join("?" * len(chunk))
-                rows = self.store.db.execute(f"SELECT seq, entry FROM ledger WHERE seq IN ({marks}) ORDER BY seq",
-                                             chunk).fetchall()
+                rows = self.store.db.execute(
+                    f"SELECT seq, entry FROM ledger WHERE seq IN ({marks}) ORDER BY seq", chunk
+                ).fetchall()
             if [row[0] for row in rows] != chunk:
                 missing = sorted(set(chunk) - {row[0] for row in rows})
-                raise LedgerCorrupted(f"ledger entries {missing[:5]} were deleted from the database while the controller "
-                                      "ran; they are not served")
+                raise LedgerCorrupted(
+                    f"ledger entries {missing[:5]} were deleted from the database while the controller ran; they are not served"
+                )
             for seq, data in rows:
                 data = bytes(data)
                 if leaf_hash(data) != self.tree.leaf(seq):
                     log.error("ledger entry %d on disk no longer matches its hash: the database was edited", seq)
-                    raise LedgerCorrupted(f"ledger entry {seq} was altered in the database while the controller ran; "
-                                          "the controller serves only entries that match its tree")
+                    raise LedgerCorrupted(
+                        f"ledger entry {seq} was altered in the database while the controller ran; "
+                        "the controller serves only entries that match its tree"
+                    )
                 yield json.loads(data)
 
     def entries(self, start: int = 0, end: int | None = None, cvm: str | None = None) -> list[dict[str, Any]]:
@@ -334,5 +352,7 @@ class Ledger:
 
 
 def _root_mismatch(size: int) -> LedgerTampered:
-    return LedgerTampered(f"the first {size} stored ledger entries do not hash to the root sealed by this controller: "
-                          "an entry was edited, removed or re-ordered in the database; refusing to start")
+    return LedgerTampered(
+        f"the first {size} stored ledger entries do not hash to the root sealed by this controller: "
+        "an entry was edited, removed or re-ordered in the database; refusing to start"
+    )

@@ -172,9 +172,7 @@ class MerkleTree:
 
     def _check_size(self, name: str, size: object, *, lowest: int) -> None:
         if not _is_size(size) or not lowest <= size <= self._size:  # type: ignore[operator]
-            raise MerkleError(
-                f"{name} must be an integer between {lowest} and the tree size {self._size}, got {size!r}"
-            )
+            raise MerkleError(f"{name} must be an integer between {lowest} and the tree size {self._size}, got {size!r}")
 
     def leaf(self, index: int) -> bytes:
         """The leaf hash at ``index`` (to check an entry read back from storage)."""

@@ -154,7 +154,9 @@ def verify_answer(
     if not keys.verify(public_key, signature, signed_bytes):
         raise VerificationError("the answer's signature does not verify with the controller's key", code="bad_answer_signature")
     if sha256_hex(result_bytes) != answer["result_sha256"]:
-        raise VerificationError("the answer's result is not the one the controller signed (digest differs)", code="bad_answer_signature")
+        raise VerificationError(
+            "the answer's result is not the one the controller signed (digest differs)", code="bad_answer_signature"
+        )
     if request_digest is not None and answer["request_digest"] != request_digest:
         raise VerificationError("the answer is bound to a different request than the one sent", code="answer_not_bound")
     if nonce is not None and answer.get("nonce") != nonce:

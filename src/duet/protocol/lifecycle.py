@@ -190,22 +190,26 @@ class LifecycleReplay:
         if event == CONTROLLER_STARTED:
             resumed = entry.get("resumed_from")
             if resumed != seq:
-                violation("resumed_elsewhere",
-                          f"the controller says it resumed from {resumed!r} entries, but its start entry is entry {seq}: "
-                          "entries were added or removed between two runs")
+                violation(
+                    "resumed_elsewhere",
+                    f"the controller says it resumed from {resumed!r} entries, but its start entry is entry {seq}: "
+                    "entries were added or removed between two runs",
+                )
         elif event == CONTROLLER_OWNERS:
             owners = entry.get("owners")
             new = frozenset(o for o in owners if isinstance(o, str)) if isinstance(owners, list) else frozenset()
             if self.owners is not None and self._owners_from_ledger and new != self.owners:
-                violation("owners_changed", "the owner set changed without a governed change: the ledger shows "
-                          f"{len(self.owners)} owner(s) before and {len(new)} after, with no approvals")
+                violation(
+                    "owners_changed",
+                    "the owner set changed without a governed change: the ledger shows "
+                    f"{len(self.owners)} owner(s) before and {len(new)} after, with no approvals",
+                )
             self.owners, self._owners_from_ledger = new, True
         cvm_id = entry.get("cvm")
         if isinstance(cvm_id, str):
             self._apply_cvm(cvm_id, event, entry, seq, violation)
         self.violations.extend(found)
         return found
-
 
     def _apply_cvm(self, cvm_id: str, event: str, entry: dict[str, Any], seq: int | None, violation: Any) -> None:
         time = str(entry.get("time") or "")
@@ -214,8 +218,13 @@ class LifecycleReplay:
             if cvm is not None:
                 violation("cvm_reused", f"CVM {cvm_id[:16]}… is provisioned a second time")
             self.cvms[cvm_id] = CvmFacts(
-                id=cvm_id, type=str(entry.get("type")), provider=str(entry.get("provider")), mode=PROVISIONING,
-                created_at=time, updated_at=time, last_seq=seq if seq is not None else -1,
+                id=cvm_id,
+                type=str(entry.get("type")),
+                provider=str(entry.get("provider")),
+                mode=PROVISIONING,
+                created_at=time,
+                updated_at=time,
+                last_seq=seq if seq is not None else -1,
             )
             job = entry.get("job")
             if isinstance(job, str):
@@ -227,13 +236,16 @@ class LifecycleReplay:
         if seq is not None:
             cvm.last_seq = seq
         if cvm.lockdown == LOCKDOWN_DONE and event not in AFTER_LOCKDOWN:
-            violation("after_lockdown", f"{event} after the controller locked itself out of CVM {cvm_id[:16]}…; "
-                      "only a stop may follow")
+            violation(
+                "after_lockdown", f"{event} after the controller locked itself out of CVM {cvm_id[:16]}…; only a stop may follow"
+            )
         allowed = ALLOWED_IN.get(event)
         if allowed is not None and cvm.mode not in allowed:
             what = "a command started" if event == COMMAND_STARTED else event
-            violation("forbidden_in_mode" if event != COMMAND_STARTED else "command_outside_update",
-                      f"{what} while CVM {cvm_id[:16]}… was {cvm.mode} (allowed only in {', '.join(allowed)})")
+            violation(
+                "forbidden_in_mode" if event != COMMAND_STARTED else "command_outside_update",
+                f"{what} while CVM {cvm_id[:16]}… was {cvm.mode} (allowed only in {', '.join(allowed)})",
+            )
         if event in MODE_AFTER:
             cvm.mode = MODE_AFTER[event]
             cvm.updated_at = time
@@ -270,7 +282,9 @@ class LifecycleReplay:
         elif event in COMMAND_OUTCOMES:
             started = entry.get("started_seq")
             if not isinstance(started, int) or cvm.running.pop(started, None) is None:
-                violation("orphan_outcome", f"{event} names command entry {started!r}, which is not a running command of this CVM")
+                violation(
+                    "orphan_outcome", f"{event} names command entry {started!r}, which is not a running command of this CVM"
+                )
         if event in KEY_DESTROYING or (event == CVM_LOCKED and entry.get("ok") is True) or entry.get("key_destroyed") is True:
             cvm.key_destroyed = True
 

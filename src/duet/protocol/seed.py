@@ -34,6 +34,7 @@ def _verify_padding(key: rsa.RSAPublicKey) -> padding.PSS:
     em_len = (key.key_size - 1 + 7) // 8
     return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=em_len - hashes.SHA256.digest_size - 2)
 
+
 _LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
 
 

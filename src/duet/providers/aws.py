@@ -62,9 +62,12 @@ class AwsConfig:
         ami = first_setting(env, "DUET_AWS_AMI")
         missing = [n for n, v in (("DUET_AWS_REGION (or AWS_REGION)", region), ("DUET_AWS_AMI", ami)) if not v]
         if missing:
-            raise ConfigError("AWS provider needs " + ", ".join(missing)
-                              + " (the AMI must boot in UEFI mode and support SEV-SNP guests, e.g. Ubuntu 24.04)",
-                              code="aws_config_missing")
+            raise ConfigError(
+                "AWS provider needs "
+                + ", ".join(missing)
+                + " (the AMI must boot in UEFI mode and support SEV-SNP guests, e.g. Ubuntu 24.04)",
+                code="aws_config_missing",
+            )
         try:
             port = int(first_setting(env, "DUET_SSH_PORT", default="22"))
             delay = float(first_setting(env, "DUET_AWS_WAIT_DELAY", default="5"))
@@ -73,7 +76,8 @@ class AwsConfig:
         except ValueError as exc:
             raise ConfigError(f"AWS provider: bad number in configuration: {exc}", code="aws_config_invalid") from None
         return cls(
-            region=region, ami=ami,
+            region=region,
+            ami=ami,
             instance_type=first_setting(env, "DUET_AWS_INSTANCE_TYPE", default="m6a.large"),
             username=first_setting(env, "DUET_AWS_USERNAME", default="ubuntu"),
             endpoint_url=first_setting(env, "DUET_AWS_ENDPOINT_URL"),
@@ -82,7 +86,9 @@ class AwsConfig:
             ssh_port=port,
             ssh_source=first_setting(env, "DUET_SSH_SOURCE_CIDR", default="0.0.0.0/0"),
             prefix=first_setting(env, "DUET_AWS_PREFIX", default="duet").lower(),
-            wait_delay=delay, wait_attempts=attempts, delete_retry_seconds=retry,
+            wait_delay=delay,
+            wait_attempts=attempts,
+            delete_retry_seconds=retry,
         )
 
 
@@ -93,23 +99,28 @@ def base_name(cvm_id: str, prefix: str) -> str:
 
 
 def _tag_spec(resource_type: str, tags: dict[str, str], name: str) -> dict[str, Any]:
-    return {"ResourceType": resource_type,
-            "Tags": [{"Key": k, "Value": v} for k, v in (tags | {"Name": name}).items()]}
+    return {"ResourceType": resource_type, "Tags": [{"Key": k, "Value": v} for k, v in (tags | {"Name": name}).items()]}
 
 
-def run_instances_params(cfg: AwsConfig, *, name: str, tags: dict[str, str], instance_type: str, sg_id: str,
-                         user_data: str) -> dict[str, Any]:
+def run_instances_params(
+    cfg: AwsConfig, *, name: str, tags: dict[str, str], instance_type: str, sg_id: str, user_data: str
+) -> dict[str, Any]:
     """Parameters of ``run_instances``. ``UserData`` holds the host private key: never log them."""
     params: dict[str, Any] = {
-        "ImageId": cfg.ami, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1, "KeyName": name,
+        "ImageId": cfg.ami,
+        "InstanceType": instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "KeyName": name,
         "CpuOptions": {"AmdSevSnp": "enabled"},
         "UserData": user_data,
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": [_tag_spec("instance", tags, name), _tag_spec("volume", tags, name)],
     }
     if cfg.subnet_id:
-        params["NetworkInterfaces"] = [{"DeviceIndex": 0, "AssociatePublicIpAddress": True, "Groups": [sg_id],
-                                        "SubnetId": cfg.subnet_id}]
+        params["NetworkInterfaces"] = [
+            {"DeviceIndex": 0, "AssociatePublicIpAddress": True, "Groups": [sg_id], "SubnetId": cfg.subnet_id}
+        ]
     else:
         params["SecurityGroupIds"] = [sg_id]
     return params
@@ -160,8 +171,9 @@ class AwsProvider:
         return await asyncio.to_thread(fn)
 
     def _waiter(self, ec2: Any, name: str, instance_ids: list[str]) -> None:
-        ec2.get_waiter(name).wait(InstanceIds=instance_ids, WaiterConfig={
-            "Delay": self.config.wait_delay, "MaxAttempts": self.config.wait_attempts})
+        ec2.get_waiter(name).wait(
+            InstanceIds=instance_ids, WaiterConfig={"Delay": self.config.wait_delay, "MaxAttempts": self.config.wait_attempts}
+        )
 
     def _tags(self, cvm_id: str) -> dict[str, str]:
         return {TAG_CVM: cvm_id, TAG_PREFIX: self.config.prefix}
@@ -173,8 +185,10 @@ class AwsProvider:
 
     async def create(self, spec: CvmSpec, ssh_public_key: str, progress: Progress) -> Machine:
         if spec.cvm_type != "snp":
-            raise ConfigError(f"AWS offers AMD SEV-SNP only; CVM type {spec.cvm_type!r} cannot run there "
-                              "(use --provider azure or gcp for TDX)", code="cvm_type_unsupported")
+            raise ConfigError(
+                f"AWS offers AMD SEV-SNP only; CVM type {spec.cvm_type!r} cannot run there (use --provider azure or gcp for TDX)",
+                code="cvm_type_unsupported",
+            )
         cfg = self.config
         name = base_name(spec.cvm_id, cfg.prefix)
         tags = self._tags(spec.cvm_id)
@@ -185,25 +199,41 @@ class AwsProvider:
         try:
             step = f"importing key pair {name}"
             progress(step)
-            await self._call(lambda: ec2.import_key_pair(
-                KeyName=name, PublicKeyMaterial=ssh_public_key.encode(),
-                TagSpecifications=[_tag_spec("key-pair", tags, name)]))
+            await self._call(
+                lambda: ec2.import_key_pair(
+                    KeyName=name, PublicKeyMaterial=ssh_public_key.encode(), TagSpecifications=[_tag_spec("key-pair", tags, name)]
+                )
+            )
             step = f"creating security group {name}"
             progress(step)
-            sg_args: dict[str, Any] = {"GroupName": name, "Description": f"duet CVM {spec.cvm_id}: SSH from the controller",
-                                       "TagSpecifications": [_tag_spec("security-group", tags, name)]}
+            sg_args: dict[str, Any] = {
+                "GroupName": name,
+                "Description": f"duet CVM {spec.cvm_id}: SSH from the controller",
+                "TagSpecifications": [_tag_spec("security-group", tags, name)],
+            }
             if cfg.vpc_id:
                 sg_args["VpcId"] = cfg.vpc_id
             sg_id = (await self._call(lambda: ec2.create_security_group(**sg_args)))["GroupId"]
             step = f"allowing SSH in security group {name}"
             progress(step)
-            await self._call(lambda: ec2.authorize_security_group_ingress(GroupId=sg_id, IpPermissions=[{
-                "IpProtocol": "tcp", "FromPort": cfg.ssh_port, "ToPort": cfg.ssh_port,
-                "IpRanges": [{"CidrIp": cfg.ssh_source, "Description": "duet controller"}]}]))
+            await self._call(
+                lambda: ec2.authorize_security_group_ingress(
+                    GroupId=sg_id,
+                    IpPermissions=[
+                        {
+                            "IpProtocol": "tcp",
+                            "FromPort": cfg.ssh_port,
+                            "ToPort": cfg.ssh_port,
+                            "IpRanges": [{"CidrIp": cfg.ssh_source, "Description": "duet controller"}],
+                        }
+                    ],
+                )
+            )
             step = f"launching SEV-SNP instance {name} ({instance_type})"
             progress(step)
-            params = run_instances_params(cfg, name=name, tags=tags, instance_type=instance_type, sg_id=sg_id,
-                                          user_data=cloud_init.user_data(host_key))
+            params = run_instances_params(
+                cfg, name=name, tags=tags, instance_type=instance_type, sg_id=sg_id, user_data=cloud_init.user_data(host_key)
+            )
             instance_id = (await self._call(lambda: ec2.run_instances(**params)))["Instances"][0]["InstanceId"]
             step = f"waiting for instance {instance_id} to run"
             progress(step)
@@ -213,21 +243,37 @@ class AwsProvider:
             instance = desc["Reservations"][0]["Instances"][0]
             address = instance.get("PublicIpAddress", "")
             if not address:
-                raise UpstreamError(f"AWS: instance {instance_id} has no public IP; use a subnet that assigns one "
-                                    "(DUET_AWS_SUBNET_ID) or the default VPC", code="cloud_provisioning_failed")
+                raise UpstreamError(
+                    f"AWS: instance {instance_id} has no public IP; use a subnet that assigns one "
+                    "(DUET_AWS_SUBNET_ID) or the default VPC",
+                    code="cloud_provisioning_failed",
+                )
         except Exception as exc:
             error = exc if isinstance(exc, UpstreamError) else _upstream(step, exc, code="cloud_provisioning_failed")
             progress("cleaning up after failure")
             try:
                 await self._delete_cvm(spec.cvm_id, progress)
             except UpstreamError as cleanup:
-                error = UpstreamError(f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}",
-                                      code=error.code)
+                error = UpstreamError(
+                    f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}", code=error.code
+                )
             raise error from None
-        return Machine(cvm_id=spec.cvm_id, provider=self.name, host=address, port=cfg.ssh_port, username=cfg.username,
-                       host_key=host_key.public, resources={
-                           "region": cfg.region, "instance_id": instance_id, "security_group_id": sg_id,
-                           "key_name": name, "instance_type": instance_type, "authorized_key": ssh_public_key})
+        return Machine(
+            cvm_id=spec.cvm_id,
+            provider=self.name,
+            host=address,
+            port=cfg.ssh_port,
+            username=cfg.username,
+            host_key=host_key.public,
+            resources={
+                "region": cfg.region,
+                "instance_id": instance_id,
+                "security_group_id": sg_id,
+                "key_name": name,
+                "instance_type": instance_type,
+                "authorized_key": ssh_public_key,
+            },
+        )
 
     async def delete(self, machine: Machine, progress: Progress) -> None:
         await self._delete_cvm(machine.cvm_id, progress)
@@ -239,8 +285,9 @@ class AwsProvider:
         filters = self._filters(cvm_id)
         try:
             progress(f"terminating instances of {name}")
-            desc = await self._call(lambda: ec2.describe_instances(
-                Filters=filters + [{"Name": "instance-state-name", "Values": _LIVE_STATES}]))
+            desc = await self._call(
+                lambda: ec2.describe_instances(Filters=filters + [{"Name": "instance-state-name", "Values": _LIVE_STATES}])
+            )
             ids = [i["InstanceId"] for r in desc["Reservations"] for i in r["Instances"]]
             if ids:
                 await self._call(lambda: ec2.terminate_instances(InstanceIds=ids))
@@ -281,8 +328,9 @@ class AwsProvider:
         def scan() -> tuple[set[str], set[str]]:
             owners: set[str] = set()
             live: set[str] = set()
-            for r in ec2.describe_instances(Filters=filters + [
-                    {"Name": "instance-state-name", "Values": _LIVE_STATES}])["Reservations"]:
+            for r in ec2.describe_instances(Filters=filters + [{"Name": "instance-state-name", "Values": _LIVE_STATES}])[
+                "Reservations"
+            ]:
                 for i in r["Instances"]:
                     cvm = _tag(i.get("Tags"), TAG_CVM)
                     owners.add(cvm)
@@ -311,8 +359,12 @@ class AwsProvider:
         """Start a stopped instance and read its public IP again (it changes across stop/start)."""
         ec2 = await self._call(self.client)
         try:
-            desc = await self._call(lambda: ec2.describe_instances(Filters=self._filters(machine.cvm_id) + [
-                {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]))
+            desc = await self._call(
+                lambda: ec2.describe_instances(
+                    Filters=self._filters(machine.cvm_id)
+                    + [{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+                )
+            )
             instances = [i for r in desc["Reservations"] for i in r["Instances"]]
             if not instances:
                 raise NotFound(f"AWS: no instance of CVM {machine.cvm_id} exists any more", code="cvm_gone")
@@ -328,8 +380,7 @@ class AwsProvider:
         except Exception as exc:
             raise _upstream(f"resuming CVM {machine.cvm_id}", exc, code="cloud_resume_failed") from None
         address = desc["Reservations"][0]["Instances"][0].get("PublicIpAddress", "")
-        return replace(machine, host=address or machine.host,
-                       resources=machine.resources | {"instance_id": iid})
+        return replace(machine, host=address or machine.host, resources=machine.resources | {"instance_id": iid})
 
     def lockdown_command(self, machine: Machine) -> str:
         return cloud_init.machine_lockdown_command(machine)

@@ -115,7 +115,8 @@ class AzureConfig:
             image=image,
             os_disk_type=first_setting(env, "DUET_AZURE_OS_DISK_TYPE", default="StandardSSD_LRS"),
             disk_encryption=first_setting(env, "DUET_AZURE_DISK_ENCRYPTION", default="DiskWithVMGuestState"),
-            encryption_at_host=first_setting(env, "DUET_AZURE_ENCRYPTION_AT_HOST", default="false").lower() in ("1", "true", "yes"),
+            encryption_at_host=first_setting(env, "DUET_AZURE_ENCRYPTION_AT_HOST", default="false").lower()
+            in ("1", "true", "yes"),
             ca_bundle=first_setting(env, "REQUESTS_CA_BUNDLE"),
             poll_interval=poll,
             delete_retry_seconds=retry,
@@ -135,7 +136,9 @@ class Names:
     def of(cls, cvm_id: str, prefix: str, resource_group: str, subnet: str = "default") -> Names:
         slug = re.sub(r"[^a-z0-9-]", "-", cvm_id.lower()).strip("-")[:20].strip("-")
         digest = hashlib.sha256(cvm_id.encode()).hexdigest()[:8]
-        return cls(base=f"{prefix}-{slug}-{digest}" if slug else f"{prefix}-{digest}", resource_group=resource_group, subnet=subnet)
+        return cls(
+            base=f"{prefix}-{slug}-{digest}" if slug else f"{prefix}-{digest}", resource_group=resource_group, subnet=subnet
+        )
 
     vm = property(lambda self: f"{self.base}-vm")
     os_disk = property(lambda self: f"{self.base}-osdisk")
@@ -146,18 +149,42 @@ class Names:
 
     def to_json(self) -> dict[str, str]:
         return {
-            "resource_group": self.resource_group, "vm": self.vm, "os_disk": self.os_disk, "nic": self.nic,
-            "public_ip": self.public_ip, "vnet": self.vnet, "subnet": self.subnet, "nsg": self.nsg,
+            "resource_group": self.resource_group,
+            "vm": self.vm,
+            "os_disk": self.os_disk,
+            "nic": self.nic,
+            "public_ip": self.public_ip,
+            "vnet": self.vnet,
+            "subnet": self.subnet,
+            "nsg": self.nsg,
         }
 
 
 # ---- request bodies (REST-shaped camelCase dicts: both SDK generations send them verbatim) ----
 
+
 def nsg_body(cfg: AzureConfig, tags: dict[str, str]) -> dict[str, Any]:
-    return {"location": cfg.location, "tags": tags, "properties": {"securityRules": [{"name": "allow-ssh", "properties": {
-        "priority": 1000, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
-        "sourceAddressPrefix": cfg.ssh_source, "sourcePortRange": "*",
-        "destinationAddressPrefix": "*", "destinationPortRange": str(cfg.ssh_port)}}]}}
+    return {
+        "location": cfg.location,
+        "tags": tags,
+        "properties": {
+            "securityRules": [
+                {
+                    "name": "allow-ssh",
+                    "properties": {
+                        "priority": 1000,
+                        "direction": "Inbound",
+                        "access": "Allow",
+                        "protocol": "Tcp",
+                        "sourceAddressPrefix": cfg.ssh_source,
+                        "sourcePortRange": "*",
+                        "destinationAddressPrefix": "*",
+                        "destinationPortRange": str(cfg.ssh_port),
+                    },
+                }
+            ]
+        },
+    }
 
 
 def vnet_body(cfg: AzureConfig, tags: dict[str, str]) -> dict[str, Any]:
@@ -169,41 +196,89 @@ def subnet_body(nsg_id: str) -> dict[str, Any]:
 
 
 def public_ip_body(cfg: AzureConfig, tags: dict[str, str]) -> dict[str, Any]:
-    return {"location": cfg.location, "tags": tags, "sku": {"name": "Standard", "tier": "Regional"},
-            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}
+    return {
+        "location": cfg.location,
+        "tags": tags,
+        "sku": {"name": "Standard", "tier": "Regional"},
+        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
+    }
 
 
 def nic_body(cfg: AzureConfig, tags: dict[str, str], nsg_id: str, subnet_id: str, pip_id: str) -> dict[str, Any]:
-    return {"location": cfg.location, "tags": tags, "properties": {
-        "networkSecurityGroup": {"id": nsg_id},
-        "ipConfigurations": [{"name": "ipconfig1", "properties": {
-            "subnet": {"id": subnet_id}, "privateIPAllocationMethod": "Dynamic", "publicIPAddress": {"id": pip_id}}}]}}
+    return {
+        "location": cfg.location,
+        "tags": tags,
+        "properties": {
+            "networkSecurityGroup": {"id": nsg_id},
+            "ipConfigurations": [
+                {
+                    "name": "ipconfig1",
+                    "properties": {
+                        "subnet": {"id": subnet_id},
+                        "privateIPAllocationMethod": "Dynamic",
+                        "publicIPAddress": {"id": pip_id},
+                    },
+                }
+            ],
+        },
+    }
 
 
-def vm_body(cfg: AzureConfig, names: Names, tags: dict[str, str], *, vm_size: str, image: str,
-            nic_id: str, ssh_public_key: str, custom_data: str) -> dict[str, Any]:
+def vm_body(
+    cfg: AzureConfig,
+    names: Names,
+    tags: dict[str, str],
+    *,
+    vm_size: str,
+    image: str,
+    nic_id: str,
+    ssh_public_key: str,
+    custom_data: str,
+) -> dict[str, Any]:
     """The Confidential VM. ``custom_data`` holds the host private key: never log this body."""
     publisher, offer, sku, version = image.split(":")
-    security: dict[str, Any] = {"securityType": "ConfidentialVM",
-                                "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True}}
+    security: dict[str, Any] = {
+        "securityType": "ConfidentialVM",
+        "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True},
+    }
     if cfg.encryption_at_host:
         security["encryptionAtHost"] = True
     user = cfg.admin_username
-    return {"location": cfg.location, "tags": tags, "properties": {
-        "hardwareProfile": {"vmSize": vm_size},
-        "securityProfile": security,
-        "storageProfile": {
-            "imageReference": {"publisher": publisher, "offer": offer, "sku": sku, "version": version},
-            "osDisk": {"name": names.os_disk, "createOption": "FromImage", "deleteOption": "Delete", "caching": "ReadWrite",
-                       "managedDisk": {"storageAccountType": cfg.os_disk_type,
-                                       "securityProfile": {"securityEncryptionType": cfg.disk_encryption}}}},
-        "osProfile": {"computerName": names.base, "adminUsername": user, "customData": custom_data,
-                      "linuxConfiguration": {"disablePasswordAuthentication": True, "ssh": {"publicKeys": [
-                          {"path": f"/home/{user}/.ssh/authorized_keys", "keyData": ssh_public_key}]}}},
-        "networkProfile": {"networkInterfaces": [{"id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"}}]}}}
+    return {
+        "location": cfg.location,
+        "tags": tags,
+        "properties": {
+            "hardwareProfile": {"vmSize": vm_size},
+            "securityProfile": security,
+            "storageProfile": {
+                "imageReference": {"publisher": publisher, "offer": offer, "sku": sku, "version": version},
+                "osDisk": {
+                    "name": names.os_disk,
+                    "createOption": "FromImage",
+                    "deleteOption": "Delete",
+                    "caching": "ReadWrite",
+                    "managedDisk": {
+                        "storageAccountType": cfg.os_disk_type,
+                        "securityProfile": {"securityEncryptionType": cfg.disk_encryption},
+                    },
+                },
+            },
+            "osProfile": {
+                "computerName": names.base,
+                "adminUsername": user,
+                "customData": custom_data,
+                "linuxConfiguration": {
+                    "disablePasswordAuthentication": True,
+                    "ssh": {"publicKeys": [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": ssh_public_key}]},
+                },
+            },
+            "networkProfile": {"networkInterfaces": [{"id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"}}]},
+        },
+    }
 
 
 # ---- errors ----
+
 
 def _cloud_error(exc: BaseException) -> tuple[str, str]:
     """(ARM error code, ARM message) of an SDK exception; the message is the cloud's own words."""
@@ -311,48 +386,79 @@ class AzureProvider:
         try:
             step = f"creating network security group {names.nsg}"
             progress(step)
-            nsg = await self._call(lambda: network.network_security_groups.begin_create_or_update(
-                rg, names.nsg, nsg_body(cfg, tags)).result())
+            nsg = await self._call(
+                lambda: network.network_security_groups.begin_create_or_update(rg, names.nsg, nsg_body(cfg, tags)).result()
+            )
             step = f"creating virtual network {names.vnet}"
             progress(step)
-            await self._call(lambda: network.virtual_networks.begin_create_or_update(
-                rg, names.vnet, vnet_body(cfg, tags)).result())
+            await self._call(
+                lambda: network.virtual_networks.begin_create_or_update(rg, names.vnet, vnet_body(cfg, tags)).result()
+            )
             step = f"creating subnet {names.subnet}"
             progress(step)
-            subnet = await self._call(lambda: network.subnets.begin_create_or_update(
-                rg, names.vnet, names.subnet, subnet_body(nsg.id)).result())
+            subnet = await self._call(
+                lambda: network.subnets.begin_create_or_update(rg, names.vnet, names.subnet, subnet_body(nsg.id)).result()
+            )
             step = f"creating public IP {names.public_ip}"
             progress(step)
-            pip = await self._call(lambda: network.public_ip_addresses.begin_create_or_update(
-                rg, names.public_ip, public_ip_body(cfg, tags)).result())
+            pip = await self._call(
+                lambda: network.public_ip_addresses.begin_create_or_update(
+                    rg, names.public_ip, public_ip_body(cfg, tags)
+                ).result()
+            )
             step = f"creating network interface {names.nic}"
             progress(step)
-            nic = await self._call(lambda: network.network_interfaces.begin_create_or_update(
-                rg, names.nic, nic_body(cfg, tags, nsg.id, subnet.id, pip.id)).result())
+            nic = await self._call(
+                lambda: network.network_interfaces.begin_create_or_update(
+                    rg, names.nic, nic_body(cfg, tags, nsg.id, subnet.id, pip.id)
+                ).result()
+            )
             step = f"creating confidential VM {names.vm} ({vm_size})"
             progress(step)
-            body = vm_body(cfg, names, tags, vm_size=vm_size, image=image, nic_id=nic.id,
-                           ssh_public_key=ssh_public_key, custom_data=cloud_init.user_data_b64(host_key))
+            body = vm_body(
+                cfg,
+                names,
+                tags,
+                vm_size=vm_size,
+                image=image,
+                nic_id=nic.id,
+                ssh_public_key=ssh_public_key,
+                custom_data=cloud_init.user_data_b64(host_key),
+            )
             await self._call(lambda: compute.virtual_machines.begin_create_or_update(rg, names.vm, body).result())
             step = f"reading public IP {names.public_ip}"
             progress(step)
             address = (await self._call(lambda: network.public_ip_addresses.get(rg, names.public_ip))).ip_address
             if not address:
-                raise UpstreamError(f"Azure: public IP {names.public_ip} has no address after the VM was created",
-                                    code="cloud_provisioning_failed")
+                raise UpstreamError(
+                    f"Azure: public IP {names.public_ip} has no address after the VM was created",
+                    code="cloud_provisioning_failed",
+                )
         except Exception as exc:
             error = exc if isinstance(exc, UpstreamError) else _upstream(step, exc, code="cloud_provisioning_failed")
             progress("cleaning up after failure")
             try:
                 await self._delete_names(names, progress)
             except UpstreamError as cleanup:
-                error = UpstreamError(f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}",
-                                      code=error.code)
+                error = UpstreamError(
+                    f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}", code=error.code
+                )
             raise error from None
         resources: dict[str, Any] = names.to_json() | {
-            "location": cfg.location, "vm_size": vm_size, "image": image, "authorized_key": ssh_public_key}
-        return Machine(cvm_id=spec.cvm_id, provider=self.name, host=address, port=cfg.ssh_port,
-                       username=cfg.admin_username, host_key=host_key.public, resources=resources)
+            "location": cfg.location,
+            "vm_size": vm_size,
+            "image": image,
+            "authorized_key": ssh_public_key,
+        }
+        return Machine(
+            cvm_id=spec.cvm_id,
+            provider=self.name,
+            host=address,
+            port=cfg.ssh_port,
+            username=cfg.admin_username,
+            host_key=host_key.public,
+            resources=resources,
+        )
 
     async def delete(self, machine: Machine, progress: Progress) -> None:
         await self._delete_names(self._names(machine.cvm_id, machine.resources), progress)
@@ -365,9 +471,15 @@ class AzureProvider:
             (f"deleting VM {names.vm}", lambda: compute.virtual_machines.begin_delete(rg, names.vm).result()),
             (f"deleting OS disk {names.os_disk}", lambda: compute.disks.begin_delete(rg, names.os_disk).result()),
             (f"deleting network interface {names.nic}", lambda: network.network_interfaces.begin_delete(rg, names.nic).result()),
-            (f"deleting public IP {names.public_ip}", lambda: network.public_ip_addresses.begin_delete(rg, names.public_ip).result()),
+            (
+                f"deleting public IP {names.public_ip}",
+                lambda: network.public_ip_addresses.begin_delete(rg, names.public_ip).result(),
+            ),
             (f"deleting virtual network {names.vnet}", lambda: network.virtual_networks.begin_delete(rg, names.vnet).result()),
-            (f"deleting network security group {names.nsg}", lambda: network.network_security_groups.begin_delete(rg, names.nsg).result()),
+            (
+                f"deleting network security group {names.nsg}",
+                lambda: network.network_security_groups.begin_delete(rg, names.nsg).result(),
+            ),
         ]
         for label, fn in steps:
             progress(label)
@@ -382,7 +494,10 @@ class AzureProvider:
                 return
             except Exception as exc:
                 code, _ = _cloud_error(exc)
-                if code in ("ResourceNotFound", "NotFound", "ResourceGroupNotFound") or type(exc).__name__ == "ResourceNotFoundError":
+                if (
+                    code in ("ResourceNotFound", "NotFound", "ResourceGroupNotFound")
+                    or type(exc).__name__ == "ResourceNotFoundError"
+                ):
                     return
                 if not _RETRYABLE_DELETE.search(code) or time.monotonic() + delay > deadline:
                     raise _upstream(label, exc, code="cloud_delete_failed") from None
@@ -416,8 +531,10 @@ class AzureProvider:
         live = []
         for machine in known:
             vm_name = self._names(machine.cvm_id, machine.resources).vm
-            if any(r["name"] == vm_name and r["type"].lower() == "microsoft.compute/virtualmachines"
-                   for r in groups.get(machine.cvm_id, [])):
+            if any(
+                r["name"] == vm_name and r["type"].lower() == "microsoft.compute/virtualmachines"
+                for r in groups.get(machine.cvm_id, [])
+            ):
                 live.append(machine)
         return live
 

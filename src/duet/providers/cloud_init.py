@@ -102,12 +102,12 @@ def lockdown_command(controller_public_key: str) -> str:
     """
     blob = shlex.quote(key_blob(controller_public_key))
     return (
-        "set -e; f=\"$HOME/.ssh/authorized_keys\"; "
-        f"if [ -f \"$f\" ]; then grep -vF {blob} \"$f\" > \"$f.duet\" || true; "
-        "cat \"$f.duet\" > \"$f\"; rm -f \"$f.duet\"; fi; "
+        'set -e; f="$HOME/.ssh/authorized_keys"; '
+        f'if [ -f "$f" ]; then grep -vF {blob} "$f" > "$f.duet" || true; '
+        'cat "$f.duet" > "$f"; rm -f "$f.duet"; fi; '
         "for u in ssh.socket ssh.service sshd.service; do "
-        "sudo systemctl disable --now \"$u\" >/dev/null 2>&1 || true; "
-        "sudo systemctl mask \"$u\" >/dev/null 2>&1 || true; done; "
+        'sudo systemctl disable --now "$u" >/dev/null 2>&1 || true; '
+        'sudo systemctl mask "$u" >/dev/null 2>&1 || true; done; '
         f"if grep -qF {blob} \"$f\" 2>/dev/null; then echo 'the key is still authorized' >&2; exit 1; fi; "
         f"echo {LOCKDOWN_MARKER}"
     )

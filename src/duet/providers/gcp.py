@@ -66,29 +66,36 @@ class GcpConfig:
         zone = first_setting(env, "DUET_GCP_ZONE", "CLOUDSDK_COMPUTE_ZONE")
         missing = [n for n, v in (("DUET_GCP_PROJECT", project), ("DUET_GCP_ZONE", zone)) if not v]
         if missing:
-            raise ConfigError("GCP provider needs " + ", ".join(missing)
-                              + " (pick a zone that offers N2D AMD Milan for SEV_SNP or C3 for TDX)",
-                              code="gcp_config_missing")
+            raise ConfigError(
+                "GCP provider needs " + ", ".join(missing) + " (pick a zone that offers N2D AMD Milan for SEV_SNP or C3 for TDX)",
+                code="gcp_config_missing",
+            )
         prefix = first_setting(env, "DUET_GCP_PREFIX", default="duet").lower()
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
-            raise ConfigError("DUET_GCP_PREFIX must start with a letter and hold only a-z, 0-9 and '-'",
-                              code="gcp_config_invalid")
+            raise ConfigError(
+                "DUET_GCP_PREFIX must start with a letter and hold only a-z, 0-9 and '-'", code="gcp_config_invalid"
+            )
         try:
             port = int(first_setting(env, "DUET_SSH_PORT", default="22"))
             disk = int(first_setting(env, "DUET_GCP_DISK_GB", default="20"))
         except ValueError as exc:
             raise ConfigError(f"GCP provider: bad number in configuration: {exc}", code="gcp_config_invalid") from None
         return cls(
-            project=project, zone=zone,
-            machine_types={"snp": first_setting(env, "DUET_GCP_MACHINE_TYPE_SNP", default=DEFAULT_MACHINE_TYPES["snp"]),
-                           "tdx": first_setting(env, "DUET_GCP_MACHINE_TYPE_TDX", default=DEFAULT_MACHINE_TYPES["tdx"])},
+            project=project,
+            zone=zone,
+            machine_types={
+                "snp": first_setting(env, "DUET_GCP_MACHINE_TYPE_SNP", default=DEFAULT_MACHINE_TYPES["snp"]),
+                "tdx": first_setting(env, "DUET_GCP_MACHINE_TYPE_TDX", default=DEFAULT_MACHINE_TYPES["tdx"]),
+            },
             image=first_setting(env, "DUET_GCP_IMAGE", default=DEFAULT_IMAGE),
             network=first_setting(env, "DUET_GCP_NETWORK", default="global/networks/default"),
             subnetwork=first_setting(env, "DUET_GCP_SUBNETWORK"),
             username=first_setting(env, "DUET_GCP_USERNAME", default="duet"),
             endpoint=first_setting(env, "DUET_GCP_ENDPOINT").rstrip("/"),
             credentials_file=first_setting(env, "DUET_GCP_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS"),
-            disk_gb=disk, ssh_port=port, ssh_source=first_setting(env, "DUET_SSH_SOURCE_CIDR", default="0.0.0.0/0"),
+            disk_gb=disk,
+            ssh_port=port,
+            ssh_source=first_setting(env, "DUET_SSH_SOURCE_CIDR", default="0.0.0.0/0"),
             prefix=prefix,
         )
 
@@ -102,19 +109,28 @@ def firewall_resource(cfg: GcpConfig, name: str, cvm_id: str) -> Any:
     from google.cloud import compute_v1
 
     return compute_v1.Firewall(
-        name=f"{name}-ssh", network=cfg.network, direction="INGRESS", priority=1000,
+        name=f"{name}-ssh",
+        network=cfg.network,
+        direction="INGRESS",
+        priority=1000,
         description=f"duet CVM {cvm_id} ({LABEL_PREFIX}={cfg.prefix}): SSH from the controller",  # firewalls have no labels
         allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(cfg.ssh_port)])],
-        source_ranges=[cfg.ssh_source], target_tags=[name])
+        source_ranges=[cfg.ssh_source],
+        target_tags=[name],
+    )
 
 
-def instance_resource(cfg: GcpConfig, *, name: str, cvm_id: str, cvm_type: str, machine_type: str,
-                      ssh_public_key: str, user_data: str) -> Any:
+def instance_resource(
+    cfg: GcpConfig, *, name: str, cvm_id: str, cvm_type: str, machine_type: str, ssh_public_key: str, user_data: str
+) -> Any:
     """The Confidential VM. ``user_data`` holds the host private key: never log this resource."""
     from google.cloud import compute_v1
 
-    nic = compute_v1.NetworkInterface(network=cfg.network, nic_type="GVNIC", access_configs=[
-        compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")])
+    nic = compute_v1.NetworkInterface(
+        network=cfg.network,
+        nic_type="GVNIC",
+        access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")],
+    )
     if cfg.subnetwork:
         nic.subnetwork = cfg.subnetwork
     key_line = " ".join(ssh_public_key.split()[:2])
@@ -122,20 +138,29 @@ def instance_resource(cfg: GcpConfig, *, name: str, cvm_id: str, cvm_type: str, 
         name=name,
         machine_type=f"zones/{cfg.zone}/machineTypes/{machine_type}",
         confidential_instance_config=compute_v1.ConfidentialInstanceConfig(
-            confidential_instance_type=CONFIDENTIAL_TYPES[cvm_type]),
+            confidential_instance_type=CONFIDENTIAL_TYPES[cvm_type]
+        ),
         scheduling=compute_v1.Scheduling(on_host_maintenance="TERMINATE", automatic_restart=True),
         shielded_instance_config=compute_v1.ShieldedInstanceConfig(
-            enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True),
-        disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute_v1.AttachedDiskInitializeParams(
-            source_image=cfg.image, disk_size_gb=cfg.disk_gb))],
+            enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
+        ),
+        disks=[
+            compute_v1.AttachedDisk(
+                boot=True,
+                auto_delete=True,
+                initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=cfg.image, disk_size_gb=cfg.disk_gb),
+            )
+        ],
         network_interfaces=[nic],
-        metadata=compute_v1.Metadata(items=[
-            compute_v1.Items(key="ssh-keys", value=f"{cfg.username}:{key_line} duet-controller"),
-            compute_v1.Items(key="enable-oslogin", value="FALSE"),
-            compute_v1.Items(key="block-project-ssh-keys", value="TRUE"),
-            compute_v1.Items(key="user-data", value=user_data),
-            compute_v1.Items(key=LABEL_CVM, value=cvm_id),
-        ]),
+        metadata=compute_v1.Metadata(
+            items=[
+                compute_v1.Items(key="ssh-keys", value=f"{cfg.username}:{key_line} duet-controller"),
+                compute_v1.Items(key="enable-oslogin", value="FALSE"),
+                compute_v1.Items(key="block-project-ssh-keys", value="TRUE"),
+                compute_v1.Items(key="user-data", value=user_data),
+                compute_v1.Items(key=LABEL_CVM, value=cvm_id),
+            ]
+        ),
         labels={LABEL_CVM: _label(cvm_id), LABEL_PREFIX: cfg.prefix},
         tags=compute_v1.Tags(items=[name]),
     )
@@ -196,14 +221,17 @@ class GcpProvider:
                     # only a service-account key is accepted from a file: other credential
                     # configurations can make google-auth fetch or execute things
                     creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-                        self.config.credentials_file, scopes=_SCOPES)
+                        self.config.credentials_file, scopes=_SCOPES
+                    )
                 else:
                     creds, _ = google.auth.default(scopes=_SCOPES)
             opts = ClientOptions(api_endpoint=self.config.endpoint) if self.config.endpoint else None
             kw: dict[str, Any] = {"credentials": creds, "client_options": opts, "transport": "rest"}
             self._clients = {
-                "instances": compute_v1.InstancesClient(**kw), "firewalls": compute_v1.FirewallsClient(**kw),
-                "zone_ops": compute_v1.ZoneOperationsClient(**kw), "global_ops": compute_v1.GlobalOperationsClient(**kw),
+                "instances": compute_v1.InstancesClient(**kw),
+                "firewalls": compute_v1.FirewallsClient(**kw),
+                "zone_ops": compute_v1.ZoneOperationsClient(**kw),
+                "global_ops": compute_v1.GlobalOperationsClient(**kw),
             }
         return self._clients
 
@@ -243,11 +271,18 @@ class GcpProvider:
             await self._call(lambda: self._wait(op, zonal=False))
             step = f"creating confidential VM {name} ({CONFIDENTIAL_TYPES[spec.cvm_type]}, {machine_type})"
             progress(step)
-            instance = instance_resource(cfg, name=name, cvm_id=spec.cvm_id, cvm_type=spec.cvm_type,
-                                         machine_type=machine_type, ssh_public_key=ssh_public_key,
-                                         user_data=cloud_init.user_data(host_key))
-            op = await self._call(lambda: c["instances"].insert_unary(
-                project=cfg.project, zone=cfg.zone, instance_resource=instance))
+            instance = instance_resource(
+                cfg,
+                name=name,
+                cvm_id=spec.cvm_id,
+                cvm_type=spec.cvm_type,
+                machine_type=machine_type,
+                ssh_public_key=ssh_public_key,
+                user_data=cloud_init.user_data(host_key),
+            )
+            op = await self._call(
+                lambda: c["instances"].insert_unary(project=cfg.project, zone=cfg.zone, instance_resource=instance)
+            )
             await self._call(lambda: self._wait(op, zonal=True))
             step = f"reading the address of {name}"
             progress(step)
@@ -261,13 +296,26 @@ class GcpProvider:
             try:
                 await self._delete_name(name, progress)
             except UpstreamError as cleanup:
-                error = UpstreamError(f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}",
-                                      code=error.code)
+                error = UpstreamError(
+                    f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}", code=error.code
+                )
             raise error from None
-        return Machine(cvm_id=spec.cvm_id, provider=self.name, host=address, port=cfg.ssh_port, username=cfg.username,
-                       host_key=host_key.public, resources={
-                           "project": cfg.project, "zone": cfg.zone, "instance": name, "firewall": f"{name}-ssh",
-                           "machine_type": machine_type, "authorized_key": ssh_public_key})
+        return Machine(
+            cvm_id=spec.cvm_id,
+            provider=self.name,
+            host=address,
+            port=cfg.ssh_port,
+            username=cfg.username,
+            host_key=host_key.public,
+            resources={
+                "project": cfg.project,
+                "zone": cfg.zone,
+                "instance": name,
+                "firewall": f"{name}-ssh",
+                "machine_type": machine_type,
+                "authorized_key": ssh_public_key,
+            },
+        )
 
     async def delete(self, machine: Machine, progress: Progress) -> None:
         await self._delete_name(base_name(machine.cvm_id, self.config.prefix), progress)
@@ -280,7 +328,11 @@ class GcpProvider:
         c = await self._call(self.clients)
         steps: list[tuple[str, Callable[[], Any], bool]] = [
             (f"deleting VM {name}", lambda: c["instances"].delete_unary(project=cfg.project, zone=cfg.zone, instance=name), True),
-            (f"deleting firewall rule {name}-ssh", lambda: c["firewalls"].delete_unary(project=cfg.project, firewall=f"{name}-ssh"), False),
+            (
+                f"deleting firewall rule {name}-ssh",
+                lambda: c["firewalls"].delete_unary(project=cfg.project, firewall=f"{name}-ssh"),
+                False,
+            ),
         ]
         for label, fn, zonal in steps:
             progress(label)
@@ -299,13 +351,18 @@ class GcpProvider:
 
         def scan() -> tuple[set[str], set[str]]:
             # the server-side filters narrow the listing; the same test is applied again here
-            instances = {i.name for i in c["instances"].list(request={
-                "project": cfg.project, "zone": cfg.zone, "filter": f'labels.{LABEL_PREFIX} = "{cfg.prefix}"'})
-                if i.labels.get(LABEL_PREFIX) == cfg.prefix}
-            firewalls = {f.name[: -len("-ssh")] for f in c["firewalls"].list(request={
-                "project": cfg.project, "filter": f'name = "{prefix}.*"'})
-                if f.name.startswith(prefix) and f.name.endswith("-ssh")
-                and f"({LABEL_PREFIX}={cfg.prefix})" in f.description}
+            instances = {
+                i.name
+                for i in c["instances"].list(
+                    request={"project": cfg.project, "zone": cfg.zone, "filter": f'labels.{LABEL_PREFIX} = "{cfg.prefix}"'}
+                )
+                if i.labels.get(LABEL_PREFIX) == cfg.prefix
+            }
+            firewalls = {
+                f.name[: -len("-ssh")]
+                for f in c["firewalls"].list(request={"project": cfg.project, "filter": f'name = "{prefix}.*"'})
+                if f.name.startswith(prefix) and f.name.endswith("-ssh") and f"({LABEL_PREFIX}={cfg.prefix})" in f.description
+            }
             return instances, firewalls
 
         try:

@@ -164,8 +164,7 @@ class LocalProvider:
         # client's command (or sftp-server) in that same shell: eval saves a second shell
         # start (about 1.5 ms) compared with exec "$SHELL" -c.
         force = (
-            'cd "$HOME" && if [ -n "${SSH_ORIGINAL_COMMAND+x}" ]; '
-            'then eval "$SSH_ORIGINAL_COMMAND"; else exec "$SHELL" -l; fi'
+            'cd "$HOME" && if [ -n "${SSH_ORIGINAL_COMMAND+x}" ]; then eval "$SSH_ORIGINAL_COMMAND"; else exec "$SHELL" -l; fi'
         )
         lines = [
             f"Port {port}",
@@ -241,9 +240,15 @@ class LocalProvider:
             self._write_config(cvm_dir, port)
             (cvm_dir / _PID).unlink(missing_ok=True)
             proc = await asyncio.create_subprocess_exec(
-                sshd, "-f", str(cvm_dir / _CONFIG), "-E", str(cvm_dir / _LOG),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                sshd,
+                "-f",
+                str(cvm_dir / _CONFIG),
+                "-E",
+                str(cvm_dir / _LOG),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
                 # Not the controller's environment (it may hold cloud credentials). The
                 # variable also reserves room for sshd's process title, which names the
                 # config file and is how _listeners finds this sshd again.
@@ -318,8 +323,13 @@ class LocalProvider:
 
     def _machine(self, cvm_id: str, cvm_dir: Path, port: int, pid: int | None, host_key: str) -> Machine:
         return Machine(
-            cvm_id=cvm_id, provider=self.name, host="127.0.0.1", port=port, username=self._user,
-            host_key=host_key, resources={"dir": str(cvm_dir), "pid": pid},
+            cvm_id=cvm_id,
+            provider=self.name,
+            host="127.0.0.1",
+            port=port,
+            username=self._user,
+            host_key=host_key,
+            resources={"dir": str(cvm_dir), "pid": pid},
         )
 
     async def _remove(self, cvm_dir: Path) -> None:
@@ -369,7 +379,7 @@ class LocalProvider:
         keys, locked, pidfile = (shlex.quote(str(cvm_dir / n)) for n in (_AUTHORIZED, _LOCKED, _PID))
         return (
             f": > {keys} && touch {locked} && "
-            f"pid=$(cat {pidfile}) && kids=$(pgrep -P \"$pid\" || true) && kill \"$pid\" && "
+            f'pid=$(cat {pidfile}) && kids=$(pgrep -P "$pid" || true) && kill "$pid" && '
             'if [ -n "$kids" ]; then (sleep 1; kill $kids) </dev/null >/dev/null 2>&1 & fi; '
             f"echo {LOCKDOWN_MARKER}"
         )

@@ -101,9 +101,7 @@ def _import_public(openssh_public_line: str) -> asyncssh.SSHKey:
     try:
         return asyncssh.import_public_key(openssh_public_line.strip())
     except (asyncssh.KeyImportError, ValueError):
-        raise ConfigError(
-            "not an OpenSSH public key line (expected e.g. 'ssh-ed25519 AAAA...')", code="bad_ssh_key"
-        ) from None
+        raise ConfigError("not an OpenSSH public key line (expected e.g. 'ssh-ed25519 AAAA...')", code="bad_ssh_key") from None
 
 
 def fingerprint(openssh_public_line: str) -> str:

@@ -39,8 +39,9 @@ def require_report_data(report_data: bytes) -> bytes:
     """Report data must be exactly 64 bytes: padding silently (as Gramine does) hides mistakes."""
     if not isinstance(report_data, bytes | bytearray) or len(report_data) != REPORT_DATA_SIZE:
         size = len(report_data) if isinstance(report_data, bytes | bytearray) else type(report_data).__name__
-        raise TeeError(f"report data must be exactly {REPORT_DATA_SIZE} bytes (e.g. a SHA-512 digest), got {size}",
-                       code="bad_report_data")
+        raise TeeError(
+            f"report data must be exactly {REPORT_DATA_SIZE} bytes (e.g. a SHA-512 digest), got {size}", code="bad_report_data"
+        )
     return bytes(report_data)
 
 

@@ -28,22 +28,31 @@ DEFAULT_ATTESTATION_DIR = Path("/dev/attestation")
 class GramineTee:
     name = EVIDENCE_TYPE
 
-    def __init__(self, attestation_dir: Path | str = DEFAULT_ATTESTATION_DIR,
-                 sealed_path: Path | str = Path("/duet/sealed")) -> None:
+    def __init__(
+        self, attestation_dir: Path | str = DEFAULT_ATTESTATION_DIR, sealed_path: Path | str = Path("/duet/sealed")
+    ) -> None:
         self.attestation_dir = Path(attestation_dir)
         self.sealed_path = Path(sealed_path)
         try:
             kind = (self.attestation_dir / "attestation_type").read_text().strip()
         except OSError:
-            raise TeeError(f"{self.attestation_dir}/attestation_type cannot be read: this process is not running "
-                           "inside a Gramine SGX enclave (use --tee none or simulated outside one)",
-                           code="not_in_gramine") from None
+            raise TeeError(
+                f"{self.attestation_dir}/attestation_type cannot be read: this process is not running "
+                "inside a Gramine SGX enclave (use --tee none or simulated outside one)",
+                code="not_in_gramine",
+            ) from None
         if kind != "dcap":
-            raise TeeError(f"Gramine reports attestation type {kind!r}, not 'dcap': set sgx.remote_attestation = "
-                           "\"dcap\" in the manifest, rebuild and re-sign", code="gramine_no_dcap")
+            raise TeeError(
+                f"Gramine reports attestation type {kind!r}, not 'dcap': set sgx.remote_attestation = "
+                '"dcap" in the manifest, rebuild and re-sign',
+                code="gramine_no_dcap",
+            )
         if not self.sealed_path.is_dir():
-            raise TeeError(f"the sealed directory {self.sealed_path} does not exist: the manifest must mount it as "
-                           "an encrypted mount keyed to _sgx_mrenclave (deploy/gramine)", code="gramine_no_sealed_mount")
+            raise TeeError(
+                f"the sealed directory {self.sealed_path} does not exist: the manifest must mount it as "
+                "an encrypted mount keyed to _sgx_mrenclave (deploy/gramine)",
+                code="gramine_no_sealed_mount",
+            )
 
     def quote_bytes(self, report_data: bytes) -> bytes:
         report_data = require_report_data(report_data)
@@ -51,15 +60,17 @@ class GramineTee:
             (self.attestation_dir / "user_report_data").write_bytes(report_data)
             raw = (self.attestation_dir / "quote").read_bytes()
         except OSError as exc:
-            raise TeeError(f"Gramine did not produce a quote ({exc.strerror}); is the AESM service with the DCAP "
-                           "quoting enclave running on the host?", code="gramine_quote_failed") from None
+            raise TeeError(
+                f"Gramine did not produce a quote ({exc.strerror}); is the AESM service with the DCAP "
+                "quoting enclave running on the host?",
+                code="gramine_quote_failed",
+            ) from None
         try:
             parsed = dcap.parse_quote(raw)
         except dcap.QuoteFormatError as exc:
             raise TeeError(f"Gramine returned a malformed quote ({exc.message})", code="gramine_quote_failed") from None
         if parsed.report_body.report_data != report_data:
-            raise TeeError("Gramine returned a quote over other report data than was written",
-                           code="gramine_quote_failed")
+            raise TeeError("Gramine returned a quote over other report data than was written", code="gramine_quote_failed")
         return raw
 
     def quote(self, report_data: bytes) -> dict[str, Any]:

@@ -80,13 +80,25 @@ def raw_public_key(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) 
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "duet (simulated, not Intel)")])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "duet (simulated, not Intel)"),
+        ]
+    )
 
 
-def make_certificate(subject_cn: str, key: ec.EllipticCurvePrivateKey, issuer_cn: str,
-                     issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool, path_length: int | None,
-                     not_before: datetime, not_after: datetime) -> x509.Certificate:
+def make_certificate(
+    subject_cn: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer_cn: str,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    path_length: int | None,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
     """One P-256 certificate shaped like Intel's PCK chain (CA flags, key usage)."""
     builder = (
         x509.CertificateBuilder()
@@ -97,9 +109,20 @@ def make_certificate(subject_cn: str, key: ec.EllipticCurvePrivateKey, issuer_cn
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=not ca, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=not ca,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     return builder.sign(issuer_key, hashes.SHA256())
@@ -111,22 +134,44 @@ def build_report_body(**fields: Any) -> bytes:
 
 
 def build_header(*, qe_svn: int = SIM_QE_SVN, pce_svn: int = SIM_PCE_SVN, user_data: bytes = b"") -> bytes:
-    return dcap.pack_fields(dcap.HEADER_FIELDS, {
-        "version": dcap.QUOTE_VERSION, "att_key_type": dcap.ATT_KEY_TYPE_ECDSA_P256, "tee_type": dcap.TEE_TYPE_SGX,
-        "qe_svn": qe_svn, "pce_svn": pce_svn, "qe_vendor_id": dcap.INTEL_QE_VENDOR_ID, "user_data": user_data,
-    })
+    return dcap.pack_fields(
+        dcap.HEADER_FIELDS,
+        {
+            "version": dcap.QUOTE_VERSION,
+            "att_key_type": dcap.ATT_KEY_TYPE_ECDSA_P256,
+            "tee_type": dcap.TEE_TYPE_SGX,
+            "qe_svn": qe_svn,
+            "pce_svn": pce_svn,
+            "qe_vendor_id": dcap.INTEL_QE_VENDOR_ID,
+            "user_data": user_data,
+        },
+    )
 
 
-def assemble_quote(*, header: bytes, report_body: bytes, attestation_key: ec.EllipticCurvePrivateKey,
-                   qe_report: bytes, qe_report_signature: bytes, qe_auth_data: bytes, pck_chain_pem: bytes) -> bytes:
+def assemble_quote(
+    *,
+    header: bytes,
+    report_body: bytes,
+    attestation_key: ec.EllipticCurvePrivateKey,
+    qe_report: bytes,
+    qe_report_signature: bytes,
+    qe_auth_data: bytes,
+    pck_chain_pem: bytes,
+) -> bytes:
     """Lay out a DCAP v3 quote (spec §2.1, §2.4) and sign header ‖ body with the attestation key."""
     isv_signature = raw_signature(attestation_key, header + report_body)
     cert_data = pck_chain_pem + b"\0"
     sig_data = (
-        dcap.pack_fields(dcap.SIGNATURE_DATA_FIELDS, {
-            "isv_signature": isv_signature, "attestation_key": raw_public_key(attestation_key),
-            "qe_report": qe_report, "qe_report_signature": qe_report_signature,
-            "qe_auth_data_size": len(qe_auth_data)})
+        dcap.pack_fields(
+            dcap.SIGNATURE_DATA_FIELDS,
+            {
+                "isv_signature": isv_signature,
+                "attestation_key": raw_public_key(attestation_key),
+                "qe_report": qe_report,
+                "qe_report_signature": qe_report_signature,
+                "qe_auth_data_size": len(qe_auth_data),
+            },
+        )
         + qe_auth_data
         + dcap.pack_fields(dcap.CERT_DATA_HEADER_FIELDS, {"type": dcap.CERT_TYPE_PCK_CHAIN, "size": len(cert_data)})
         + cert_data
@@ -159,21 +204,51 @@ def _generate(directory: Path) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(days=1)  # tolerate clock skew between controller and clients
     keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in _KEY_FILES}
-    root = make_certificate(ROOT_CN, keys["root"], ROOT_CN, keys["root"], ca=True, path_length=1,
-                            not_before=start, not_after=datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC))
-    inter = make_certificate(INTERMEDIATE_CN, keys["intermediate"], ROOT_CN, keys["root"], ca=True, path_length=0,
-                             not_before=start, not_after=start + timedelta(days=15 * 365))
-    pck = make_certificate(PCK_CN, keys["pck"], INTERMEDIATE_CN, keys["intermediate"], ca=False, path_length=None,
-                           not_before=start, not_after=start + timedelta(days=7 * 365))
+    root = make_certificate(
+        ROOT_CN,
+        keys["root"],
+        ROOT_CN,
+        keys["root"],
+        ca=True,
+        path_length=1,
+        not_before=start,
+        not_after=datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC),
+    )
+    inter = make_certificate(
+        INTERMEDIATE_CN,
+        keys["intermediate"],
+        ROOT_CN,
+        keys["root"],
+        ca=True,
+        path_length=0,
+        not_before=start,
+        not_after=start + timedelta(days=15 * 365),
+    )
+    pck = make_certificate(
+        PCK_CN,
+        keys["pck"],
+        INTERMEDIATE_CN,
+        keys["intermediate"],
+        ca=False,
+        path_length=None,
+        not_before=start,
+        not_after=start + timedelta(days=7 * 365),
+    )
     qe_auth = secrets.token_bytes(32)
     qe_report = build_report_body(
-        cpu_svn=bytes(range(16)), flags=0x15, xfrm=0x03, mr_enclave=SIM_QE_MRENCLAVE, mr_signer=SIM_QE_MRSIGNER,
-        isv_prod_id=1, isv_svn=SIM_QE_SVN, report_data=qe_report_data(keys["attestation"], qe_auth))
+        cpu_svn=bytes(range(16)),
+        flags=0x15,
+        xfrm=0x03,
+        mr_enclave=SIM_QE_MRENCLAVE,
+        mr_signer=SIM_QE_MRSIGNER,
+        isv_prod_id=1,
+        isv_svn=SIM_QE_SVN,
+        report_data=qe_report_data(keys["attestation"], qe_auth),
+    )
     for n, k in keys.items():
         fd = os.open(directory / f"{n}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+            f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     for n, c in (("root", root), ("intermediate", inter), ("pck", pck)):
         (directory / f"{n}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
     params = {
@@ -197,13 +272,20 @@ def _load(directory: Path) -> SimulatedPlatform:
             keys[n] = k
         certs = {n: x509.load_pem_x509_certificate((directory / f"{n}.pem").read_bytes()) for n in _CERT_FILES}
         p = json.loads((directory / "platform.json").read_text())
-        return SimulatedPlatform(keys=keys, certs=certs, mr_signer=bytes.fromhex(p["mr_signer"]),
-                                 qe_auth_data=bytes.fromhex(p["qe_auth_data"]), qe_report=bytes.fromhex(p["qe_report"]),
-                                 qe_report_signature=bytes.fromhex(p["qe_report_signature"]))
+        return SimulatedPlatform(
+            keys=keys,
+            certs=certs,
+            mr_signer=bytes.fromhex(p["mr_signer"]),
+            qe_auth_data=bytes.fromhex(p["qe_auth_data"]),
+            qe_report=bytes.fromhex(p["qe_report"]),
+            qe_report_signature=bytes.fromhex(p["qe_report_signature"]),
+        )
     except (OSError, ValueError, KeyError) as exc:
-        raise TeeError(f"simulated TEE state in {directory} is damaged ({exc}); move the directory away to "
-                       "generate a new simulated platform (clients will then need the new sim-root)",
-                       code="simulated_tee_damaged") from None
+        raise TeeError(
+            f"simulated TEE state in {directory} is damaged ({exc}); move the directory away to "
+            "generate a new simulated platform (clients will then need the new sim-root)",
+            code="simulated_tee_damaged",
+        ) from None
 
 
 def load_or_create_platform(state_dir: Path | str) -> SimulatedPlatform:
@@ -254,16 +336,26 @@ class SimulatedSgxTee:
         e.g. ``flags=0x07`` for a debug enclave or ``isv_svn=0``)."""
         p = self.platform
         fields: dict[str, Any] = {
-            "cpu_svn": bytes(range(16)), "flags": SIM_FLAGS, "xfrm": SIM_XFRM, "mr_enclave": self.mr_enclave,
-            "mr_signer": p.mr_signer, "isv_prod_id": SIM_ISV_PROD_ID, "isv_svn": SIM_ISV_SVN,
+            "cpu_svn": bytes(range(16)),
+            "flags": SIM_FLAGS,
+            "xfrm": SIM_XFRM,
+            "mr_enclave": self.mr_enclave,
+            "mr_signer": p.mr_signer,
+            "isv_prod_id": SIM_ISV_PROD_ID,
+            "isv_svn": SIM_ISV_SVN,
             "report_data": require_report_data(report_data),
         }
         fields.update(report_fields)
         user_data = hashlib.sha256(raw_public_key(p.keys["pck"])).digest()[:16]
-        return assemble_quote(header=build_header(user_data=user_data), report_body=build_report_body(**fields),
-                              attestation_key=p.keys["attestation"], qe_report=p.qe_report,
-                              qe_report_signature=p.qe_report_signature, qe_auth_data=p.qe_auth_data,
-                              pck_chain_pem=p.chain_pem())
+        return assemble_quote(
+            header=build_header(user_data=user_data),
+            report_body=build_report_body(**fields),
+            attestation_key=p.keys["attestation"],
+            qe_report=p.qe_report,
+            qe_report_signature=p.qe_report_signature,
+            qe_auth_data=p.qe_auth_data,
+            pck_chain_pem=p.chain_pem(),
+        )
 
     def quote(self, report_data: bytes) -> dict[str, Any]:
         return {

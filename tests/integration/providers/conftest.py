@@ -31,8 +31,9 @@ def client_key() -> ClientKey:
     """The per-CVM login key the controller would generate."""
     key = ed25519.Ed25519PrivateKey.generate()
     return ClientKey(
-        private=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                  serialization.NoEncryption()).decode(),
+        private=key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ).decode(),
         public=key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode(),
     )
 

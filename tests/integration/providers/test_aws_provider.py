@@ -37,8 +37,10 @@ class _Raw:
 def inject(client: Any, operation: str, code: str, message: str, times: int = 1) -> None:
     """Answer the next ``times`` calls of ``operation`` with an EC2 error, before moto sees them."""
     left = [times]
-    body = (f"<?xml version='1.0' encoding='UTF-8'?><Response><Errors><Error><Code>{code}</Code>"
-            f"<Message>{message}</Message></Error></Errors><RequestID>fake</RequestID></Response>").encode()
+    body = (
+        f"<?xml version='1.0' encoding='UTF-8'?><Response><Errors><Error><Code>{code}</Code>"
+        f"<Message>{message}</Message></Error></Errors><RequestID>fake</RequestID></Response>"
+    ).encode()
 
     def hook(request: Any, **_kw: Any) -> AWSResponse | None:
         if left[0] <= 0:
@@ -59,15 +61,23 @@ def moto_ami() -> Iterator[str]:
             import boto3
 
             yield boto3.client("ec2", region_name="us-east-2").register_image(
-                Name="ubuntu-24.04-snp", BootMode="uefi", RootDeviceName="/dev/sda1")["ImageId"]
+                Name="ubuntu-24.04-snp", BootMode="uefi", RootDeviceName="/dev/sda1"
+            )["ImageId"]
 
 
 @pytest.fixture
 def aws(moto_ami: str, tmp_path: Path) -> Iterator[AwsProvider]:
     import boto3
 
-    yield AwsProvider.from_env({"DUET_AWS_REGION": "us-east-2", "DUET_AWS_AMI": moto_ami,
-                                "DUET_AWS_WAIT_DELAY": "0.01", "DUET_AWS_DELETE_RETRY_SECONDS": "0"}, tmp_path)
+    yield AwsProvider.from_env(
+        {
+            "DUET_AWS_REGION": "us-east-2",
+            "DUET_AWS_AMI": moto_ami,
+            "DUET_AWS_WAIT_DELAY": "0.01",
+            "DUET_AWS_DELETE_RETRY_SECONDS": "0",
+        },
+        tmp_path,
+    )
     ec2 = boto3.client("ec2", region_name="us-east-2")  # not through the provider: a clean slate even if it is broken
     left = leftovers(ec2)
     if left.get("instances"):
@@ -90,8 +100,12 @@ def capture(client: Any) -> dict[str, list[dict[str, Any]]]:
 
 
 def leftovers(client: Any) -> dict[str, list[str]]:
-    live = [i["InstanceId"] for r in client.describe_instances()["Reservations"] for i in r["Instances"]
-            if i["State"]["Name"] != "terminated"]
+    live = [
+        i["InstanceId"]
+        for r in client.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] != "terminated"
+    ]
     groups = [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"]
     keys = [k["KeyName"] for k in client.describe_key_pairs()["KeyPairs"]]
     return {k: v for k, v in {"instances": live, "groups": groups, "keys": keys}.items() if v}
@@ -109,8 +123,14 @@ async def test_create_launches_snp_instance(aws: AwsProvider, client_key) -> Non
     assert run["SecurityGroupIds"] == [machine.resources["security_group_id"]]
     assert run["MetadataOptions"]["HttpTokens"] == "required"
     [ingress] = sent["AuthorizeSecurityGroupIngress"]
-    assert ingress["IpPermissions"] == [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                                         "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "duet controller"}]}]
+    assert ingress["IpPermissions"] == [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 22,
+            "ToPort": 22,
+            "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "duet controller"}],
+        }
+    ]
     [imported] = sent["ImportKeyPair"]
     assert imported["PublicKeyMaterial"] == client_key.public.encode()
 
@@ -153,8 +173,11 @@ async def test_delete_and_reconcile(aws: AwsProvider, client_key) -> None:
 
     live = await aws.reconcile([keep, Machine(cvm_id="cvm-gone", provider="aws")])
     assert [m.cvm_id for m in live] == ["cvm-keep"]
-    assert leftovers(ec2) == {"instances": [keep.resources["instance_id"]], "groups": [keep.resources["key_name"]],
-                              "keys": [keep.resources["key_name"]]}
+    assert leftovers(ec2) == {
+        "instances": [keep.resources["instance_id"]],
+        "groups": [keep.resources["key_name"]],
+        "keys": [keep.resources["key_name"]],
+    }
 
     await aws.delete(Machine(cvm_id="cvm-keep", provider="aws"), lambda _m: None)  # partial record suffices
     assert leftovers(ec2) == {}
@@ -168,7 +191,8 @@ def test_config_and_endpoint_override(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         AwsConfig.from_env({})
     assert "DUET_AWS_AMI" in info.value.message
-    p = AwsProvider.from_env({"AWS_DEFAULT_REGION": "eu-west-1", "DUET_AWS_AMI": "ami-1",
-                              "DUET_AWS_ENDPOINT_URL": "http://127.0.0.1:5999"}, tmp_path)
+    p = AwsProvider.from_env(
+        {"AWS_DEFAULT_REGION": "eu-west-1", "DUET_AWS_AMI": "ami-1", "DUET_AWS_ENDPOINT_URL": "http://127.0.0.1:5999"}, tmp_path
+    )
     assert p.client().meta.endpoint_url == "http://127.0.0.1:5999"
     assert p.client().meta.region_name == "eu-west-1"

@@ -25,10 +25,14 @@ from support import Owner, start_cvm
 
 
 def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env, client_key) -> None:
-    controller = ControllerProcess(tmp_path / "state", [owner.pub_path], provider="azure",
-                                   env=azure_env | fake_arm.identity_env())
+    controller = ControllerProcess(
+        tmp_path / "state", [owner.pub_path], provider="azure", env=azure_env | fake_arm.identity_env()
+    )
     # Plain HTTP, TEE none (ControllerProcess passes --no-tls): an unverified client, answers still checked.
-    with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
+    with (
+        controller,
+        DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client,
+    ):
         cvm_id = start_cvm(client, "snp")
         [vm] = fake_arm.bodies("virtualMachines")
         assert vm["properties"]["securityProfile"]["securityType"] == "ConfidentialVM"
@@ -55,8 +59,12 @@ def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm:
         own = controller_scoped("azure", azure_env, client.pin().controller)
         other = controller_scoped("azure", azure_env, "f" * 64)
         fake_arm.ssh_port = None  # these need no sshd
-        asyncio.run(AzureProvider.from_env(own, tmp_path).create(CvmSpec("orphan-cvm", "snp"), client_key.public, lambda _m: None))
-        asyncio.run(AzureProvider.from_env(other, tmp_path).create(CvmSpec("neighbour-cvm", "snp"), client_key.public, lambda _m: None))
+        asyncio.run(
+            AzureProvider.from_env(own, tmp_path).create(CvmSpec("orphan-cvm", "snp"), client_key.public, lambda _m: None)
+        )
+        asyncio.run(
+            AzureProvider.from_env(other, tmp_path).create(CvmSpec("neighbour-cvm", "snp"), client_key.public, lambda _m: None)
+        )
         assert any("orphan-cvm" in n for n in fake_arm.names())
         controller.restart()
         assert not any("orphan-cvm" in n for n in fake_arm.names())
@@ -79,9 +87,17 @@ def test_one_controller_starts_cvms_on_several_providers(tmp_path: Path, owner: 
     # The Azure settings come as the seed's azure_config.env file (KEY=VALUE lines).
     env_file = tmp_path / "azure_config.env"
     env_file.write_text("".join(f"{key}={value}\n" for key, value in azure_env.items()))
-    controller = ControllerProcess(tmp_path / "state", [owner.pub_path], provider=("local", "azure"),
-                                   extra_args=("--env-file", str(env_file)), env=fake_arm.identity_env())
-    with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
+    controller = ControllerProcess(
+        tmp_path / "state",
+        [owner.pub_path],
+        provider=("local", "azure"),
+        extra_args=("--env-file", str(env_file)),
+        env=fake_arm.identity_env(),
+    )
+    with (
+        controller,
+        DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client,
+    ):
         on_local = client.start("snp")  # the first provider given is the default
         on_azure = client.start("tdx", provider="azure")
         for accepted in (on_local, on_azure):
@@ -108,8 +124,13 @@ def test_a_cloud_failure_ends_the_cvm_failed_with_the_clouds_message(
     tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env, step: str
 ) -> None:
     fake_arm.fail(step, "QuotaExceeded", f"Operation could not be completed as it results in exceeding quota ({step}, injected).")
-    controller = ControllerProcess(tmp_path / "state", [owner.pub_path], provider="azure", env=azure_env | fake_arm.identity_env())
-    with controller, DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
+    controller = ControllerProcess(
+        tmp_path / "state", [owner.pub_path], provider="azure", env=azure_env | fake_arm.identity_env()
+    )
+    with (
+        controller,
+        DuetClient(controller.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client,
+    ):
         accepted = client.start("snp")
         job = client.wait_job(accepted["job_id"], timeout=60)
         assert job["status"] == "failed"

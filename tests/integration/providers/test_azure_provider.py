@@ -35,10 +35,16 @@ async def test_create_sends_confidential_vm_bodies(fake_arm: FakeArm, azure_env,
     assert vm["location"] == "westeurope"
     assert vm["tags"] == {"duet-cvm": "cvm-1", "duet-prefix": "duet"}
     assert props["hardwareProfile"] == {"vmSize": "Standard_DC2ads_v5"}
-    assert props["securityProfile"] == {"securityType": "ConfidentialVM",
-                                        "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True}}
+    assert props["securityProfile"] == {
+        "securityType": "ConfidentialVM",
+        "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True},
+    }
     assert props["storageProfile"]["imageReference"] == {
-        "publisher": "Canonical", "offer": "0001-com-ubuntu-confidential-vm-jammy", "sku": "22_04-lts-cvm", "version": "latest"}
+        "publisher": "Canonical",
+        "offer": "0001-com-ubuntu-confidential-vm-jammy",
+        "sku": "22_04-lts-cvm",
+        "version": "latest",
+    }
     os_disk = props["storageProfile"]["osDisk"]
     assert os_disk["managedDisk"]["securityProfile"] == {"securityEncryptionType": "DiskWithVMGuestState"}
     assert os_disk["createOption"] == "FromImage" and os_disk["deleteOption"] == "Delete"
@@ -56,9 +62,16 @@ async def test_create_sends_confidential_vm_bodies(fake_arm: FakeArm, azure_env,
 
     [nsg] = fake_arm.bodies("networkSecurityGroups")
     [rule] = nsg["properties"]["securityRules"]
-    assert rule["properties"] == {"priority": 1000, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
-                                  "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*",
-                                  "destinationPortRange": str(fake_arm.ssh_port)}
+    assert rule["properties"] == {
+        "priority": 1000,
+        "direction": "Inbound",
+        "access": "Allow",
+        "protocol": "Tcp",
+        "sourceAddressPrefix": "*",
+        "sourcePortRange": "*",
+        "destinationAddressPrefix": "*",
+        "destinationPortRange": str(fake_arm.ssh_port),
+    }
     [pip] = fake_arm.bodies("publicIPAddresses")
     assert pip["sku"] == {"name": "Standard", "tier": "Regional"}
     assert pip["properties"]["publicIPAllocationMethod"] == "Static"
@@ -95,16 +108,16 @@ async def test_login_with_pinned_host_key(fake_arm: FakeArm, azure_env, client_k
     machine = await provider(azure_env, tmp_path).create(CvmSpec("cvm-ssh", "snp"), client_key.public, lambda _m: None)
     known = asyncssh.import_known_hosts(f"[{machine.host}]:{machine.port} {machine.host_key}\n")
     key = asyncssh.import_private_key(client_key.private)
-    async with asyncssh.connect(machine.host, machine.port, username=machine.username, client_keys=[key],
-                                known_hosts=known) as conn:
+    async with asyncssh.connect(
+        machine.host, machine.port, username=machine.username, client_keys=[key], known_hosts=known
+    ) as conn:
         result = await conn.run("echo pinned-ok", check=True)
     assert result.stdout.strip() == "pinned-ok"
     # a different pinned key must be refused: the pin is what stops a man in the middle
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
     wrong = asyncssh.import_known_hosts(f"[{machine.host}]:{machine.port} {other}\n")
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
-        async with asyncssh.connect(machine.host, machine.port, username=machine.username, client_keys=[key],
-                                    known_hosts=wrong):
+        async with asyncssh.connect(machine.host, machine.port, username=machine.username, client_keys=[key], known_hosts=wrong):
             pass
 
 
@@ -152,8 +165,14 @@ async def test_delete_removes_everything_in_dependency_order(fake_arm: FakeArm, 
     assert fake_arm.resources == {}
     assert not any(s.running for s in fake_arm.sshds.values())
     deletes = [r["type"].split("/")[-1] for r in fake_arm.requests if r["method"] == "DELETE"]
-    assert deletes == ["virtualMachines", "disks", "networkInterfaces", "publicIPAddresses", "virtualNetworks",
-                       "networkSecurityGroups"]
+    assert deletes == [
+        "virtualMachines",
+        "disks",
+        "networkInterfaces",
+        "publicIPAddresses",
+        "virtualNetworks",
+        "networkSecurityGroups",
+    ]
     await p.delete(machine, lambda _m: None)  # idempotent
 
 
@@ -198,9 +217,16 @@ async def test_unreachable_arm_is_an_upstream_error(azure_env, client_key, tmp_p
 
 
 def test_config_reads_seed_keys_and_duet_overrides() -> None:
-    seed = {"SUBSCRIPTION_ID": "s", "RESOURCE_GROUP_NAME": "rg", "LOCATION": "westeurope", "PREFIX": "Acme",
-            "MANAGED_IDENTITY_CLIENT_ID": "mi", "VM_IMAGE": "canonical:0001-com-ubuntu-confidential-vm-jammy:22_04-lts-cvm:latest",
-            "VNET_NAME": "ignored", "SUBNET_NAME": "default"}
+    seed = {
+        "SUBSCRIPTION_ID": "s",
+        "RESOURCE_GROUP_NAME": "rg",
+        "LOCATION": "westeurope",
+        "PREFIX": "Acme",
+        "MANAGED_IDENTITY_CLIENT_ID": "mi",
+        "VM_IMAGE": "canonical:0001-com-ubuntu-confidential-vm-jammy:22_04-lts-cvm:latest",
+        "VNET_NAME": "ignored",
+        "SUBNET_NAME": "default",
+    }
     cfg = AzureConfig.from_env(seed)
     assert (cfg.subscription_id, cfg.resource_group, cfg.location, cfg.prefix) == ("s", "rg", "westeurope", "acme")
     assert cfg.managed_identity_client_id == "mi" and cfg.credential == "managed-identity"

@@ -33,14 +33,27 @@ def fake_gcp() -> Iterator[FakeGcp]:
 @pytest.fixture
 def gcp_env(fake_gcp: FakeGcp, tmp_path: Path) -> dict[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     sa = tmp_path / "sa.json"
-    sa.write_text(json.dumps({"type": "service_account", "project_id": "proj-1", "private_key_id": "k1",
-                              "private_key": pem, "client_email": SA_EMAIL, "client_id": "1",
-                              "token_uri": f"{fake_gcp.endpoint}/token"}))
-    return {"DUET_GCP_PROJECT": "proj-1", "DUET_GCP_ZONE": "europe-west4-a", "DUET_GCP_ENDPOINT": fake_gcp.endpoint,
-            "GOOGLE_APPLICATION_CREDENTIALS": str(sa)}
+    sa.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "proj-1",
+                "private_key_id": "k1",
+                "private_key": pem,
+                "client_email": SA_EMAIL,
+                "client_id": "1",
+                "token_uri": f"{fake_gcp.endpoint}/token",
+            }
+        )
+    )
+    return {
+        "DUET_GCP_PROJECT": "proj-1",
+        "DUET_GCP_ZONE": "europe-west4-a",
+        "DUET_GCP_ENDPOINT": fake_gcp.endpoint,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(sa),
+    }
 
 
 def provider(env: dict[str, str], tmp_path: Path) -> GcpProvider:
@@ -58,8 +71,10 @@ async def test_create_snp_instance_body(fake_gcp: FakeGcp, gcp_env, client_key, 
     assert body["machineType"] == "zones/europe-west4-a/machineTypes/n2d-standard-2"
     [disk] = body["disks"]
     assert disk["boot"] is True and disk["autoDelete"] is True
-    assert disk["initializeParams"] == {"sourceImage": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64",
-                                        "diskSizeGb": "20"}
+    assert disk["initializeParams"] == {
+        "sourceImage": "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64",
+        "diskSizeGb": "20",
+    }
     meta = {i["key"]: i["value"] for i in body["metadata"]["items"]}
     assert meta["ssh-keys"] == f"duet:{' '.join(client_key.public.split()[:2])} duet-controller"
     assert meta["enable-oslogin"] == "FALSE" and meta["block-project-ssh-keys"] == "TRUE"
@@ -88,14 +103,26 @@ async def test_tdx_uses_c3_without_min_cpu_platform(fake_gcp: FakeGcp, gcp_env, 
     assert body["scheduling"]["onHostMaintenance"] == "TERMINATE"
 
 
-@pytest.mark.parametrize("kind,method,asynchronous", [
-    ("firewalls", "POST", False), ("firewalls", "POST", True),
-    ("instances", "POST", False), ("instances", "POST", True), ("instances", "GET", False),
-])
-async def test_failure_at_each_step_leaves_nothing(fake_gcp: FakeGcp, gcp_env, client_key, tmp_path,
-                                                   kind, method, asynchronous) -> None:
-    fake_gcp.fail(kind, "ZONE_RESOURCE_POOL_EXHAUSTED", f"The zone does not have enough resources ({kind}, injected).",
-                  method=method, asynchronous=asynchronous)
+@pytest.mark.parametrize(
+    "kind,method,asynchronous",
+    [
+        ("firewalls", "POST", False),
+        ("firewalls", "POST", True),
+        ("instances", "POST", False),
+        ("instances", "POST", True),
+        ("instances", "GET", False),
+    ],
+)
+async def test_failure_at_each_step_leaves_nothing(
+    fake_gcp: FakeGcp, gcp_env, client_key, tmp_path, kind, method, asynchronous
+) -> None:
+    fake_gcp.fail(
+        kind,
+        "ZONE_RESOURCE_POOL_EXHAUSTED",
+        f"The zone does not have enough resources ({kind}, injected).",
+        method=method,
+        asynchronous=asynchronous,
+    )
     with pytest.raises(UpstreamError) as info:
         await provider(gcp_env, tmp_path).create(CvmSpec("cvm-f", "snp"), client_key.public, lambda _m: None)
     assert info.value.code == "cloud_provisioning_failed"
@@ -114,7 +141,8 @@ async def test_delete_and_reconcile(fake_gcp: FakeGcp, gcp_env, client_key, tmp_
     assert [m.cvm_id for m in live] == ["cvm-keep"]
     assert fake_gcp.names() == {
         "instances": sorted([keep.resources["instance"], theirs.resources["instance"]]),
-        "firewalls": sorted([keep.resources["firewall"], theirs.resources["firewall"]])}
+        "firewalls": sorted([keep.resources["firewall"], theirs.resources["firewall"]]),
+    }
 
     await p.delete(Machine(cvm_id="cvm-keep", provider="gcp"), lambda _m: None)
     await other.delete(theirs, lambda _m: None)

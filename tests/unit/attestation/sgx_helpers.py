@@ -38,7 +38,7 @@ def tamper_leaf_certificate_signature(quote: bytes) -> bytes:
     new_b64 = iter(base64.b64encode(bytes(der)).decode())
     rebuilt = "".join(ch if ch in "\r\n" else next(new_b64) for ch in body.decode()).encode()
     assert len(rebuilt) == len(body)
-    return quote[: leaf.start(1)] + rebuilt + quote[leaf.end(1):]
+    return quote[: leaf.start(1)] + rebuilt + quote[leaf.end(1) :]
 
 
 def verify_sim(quote: bytes, sim_tee: SimulatedSgxTee) -> dcap.Verdict:

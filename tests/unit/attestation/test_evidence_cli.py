@@ -79,9 +79,20 @@ def test_unusable_options_exit_2(tmp_path: Path) -> None:
 def test_show_prints_every_field() -> None:
     result = runner.invoke(app, ["show", str(RELEASE)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.stdout
-    for name in ("MRENCLAVE", "MRSIGNER", "ISVPRODID", "ISVSVN", "REPORTDATA", "ATTRIBUTES.FLAGS", "CPUSVN",
-                 "qe_vendor_id", "QE auth data", "certification data type", "ECDSA attestation public key",
-                 "Intel SGX PCK Processor CA"):
+    for name in (
+        "MRENCLAVE",
+        "MRSIGNER",
+        "ISVPRODID",
+        "ISVSVN",
+        "REPORTDATA",
+        "ATTRIBUTES.FLAGS",
+        "CPUSVN",
+        "qe_vendor_id",
+        "QE auth data",
+        "certification data type",
+        "ECDSA attestation public key",
+        "Intel SGX PCK Processor CA",
+    ):
         assert name in result.stdout, name
     assert "d37d983a85d63fb49649610e2eba0930ecdbff6d113aca3ff3fc7261696c0134" in result.stdout
 

@@ -50,10 +50,13 @@ def test_recorded_token_is_judged_by_the_same_policy() -> None:
     assert all(c.ok for c in accepted.check(claims))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("now, code", [
-    (datetime(2022, 6, 2, tzinfo=UTC), "maa_expired"),
-    (datetime(2022, 5, 30, tzinfo=UTC), "maa_not_yet_valid"),
-])
+@pytest.mark.parametrize(
+    "now, code",
+    [
+        (datetime(2022, 6, 2, tzinfo=UTC), "maa_expired"),
+        (datetime(2022, 5, 30, tzinfo=UTC), "maa_not_yet_valid"),
+    ],
+)
 def test_recorded_token_outside_its_validity(now: datetime, code: str) -> None:
     with pytest.raises(MaaError) as err:
         verify_token(TOKEN, instance=INSTANCE, jwks=JWKS, now=now)
@@ -71,7 +74,9 @@ def test_recorded_token_failures() -> None:
     cases = {
         "maa_bad_signature": dict(token=_retamper(TOKEN, **{"x-ms-sgx-is-debuggable": False})),
         "maa_wrong_jku": dict(instance="https://sharedeus.eus.attest.azure.net"),
-        "maa_unknown_key": dict(jwks={"keys": [k for k in JWKS["keys"] if k["kid"] != "XxRc2vLh1E5FrsNawnRH3PzuFgqg3q7NvCdnjoJHBGE="]}),
+        "maa_unknown_key": dict(
+            jwks={"keys": [k for k in JWKS["keys"] if k["kid"] != "XxRc2vLh1E5FrsNawnRH3PzuFgqg3q7NvCdnjoJHBGE="]}
+        ),
         "maa_bad_jwks": dict(jwks=["not", "a", "jwks"]),
         "maa_malformed_token": dict(token="not.a.jwt"),
     }
@@ -105,11 +110,19 @@ def test_fake_round_trip(maa: FakeMaa, platform: SimulatedSgxTee) -> None:
     assert verify_token(token, instance=maa.url, jwks=maa.jwks()).mr_signer == platform.mr_signer
 
 
-@pytest.mark.parametrize("how, code", [
-    ("wrong_kid", "maa_unknown_key"), ("expired", "maa_expired"), ("alg_none", "maa_bad_algorithm"),
-    ("tampered", "maa_bad_signature"), ("wrong_issuer", "maa_wrong_issuer"), ("other_key", "maa_bad_signature"),
-    ("not_sgx", "maa_not_sgx"), ("wrong_jku", "maa_wrong_jku"),
-])
+@pytest.mark.parametrize(
+    "how, code",
+    [
+        ("wrong_kid", "maa_unknown_key"),
+        ("expired", "maa_expired"),
+        ("alg_none", "maa_bad_algorithm"),
+        ("tampered", "maa_bad_signature"),
+        ("wrong_issuer", "maa_wrong_issuer"),
+        ("other_key", "maa_bad_signature"),
+        ("not_sgx", "maa_not_sgx"),
+        ("wrong_jku", "maa_wrong_jku"),
+    ],
+)
 def test_fake_bad_tokens_are_refused(maa: FakeMaa, platform: SimulatedSgxTee, how: str, code: str) -> None:
     maa.misbehave = how
     with MaaClient(maa.url) as client, pytest.raises(MaaError) as err:
@@ -132,17 +145,28 @@ def _attestation(platform: SimulatedSgxTee) -> tuple[Any, str, bytes]:
 
     key = keys.generate()
     cert = b"tls certificate"
-    document = {"controller": keys.key_id(key.public_key()), "signing_key": keys.public_pem(key.public_key()).decode(),
-                "tls_cert_sha256": hashlib.sha256(cert).hexdigest(), "owners": [], "version": "0"}
+    document = {
+        "controller": keys.key_id(key.public_key()),
+        "signing_key": keys.public_pem(key.public_key()).decode(),
+        "tls_cert_sha256": hashlib.sha256(cert).hexdigest(),
+        "owners": [],
+        "version": "0",
+    }
     nonce = new_nonce()
     result = {"identity": document, "evidence": platform.quote(hashlib.sha512(canonical(document)).digest())}
-    answer = sign_answer(canonical(result), controller=document["controller"], signing_key=key, request_digest=None,
-                         nonce=nonce)
+    answer = sign_answer(canonical(result), controller=document["controller"], signing_key=key, request_digest=None, nonce=nonce)
     return json.loads(answer), nonce, cert
 
 
-@pytest.mark.parametrize("how, code", [(None, None), ("other_report_data", "maa_report_data_mismatch"),
-                                       ("debug", "maa_policy_violation"), ("expired", "maa_expired")])
+@pytest.mark.parametrize(
+    "how, code",
+    [
+        (None, None),
+        ("other_report_data", "maa_report_data_mismatch"),
+        ("debug", "maa_policy_violation"),
+        ("expired", "maa_expired"),
+    ],
+)
 def test_duet_verify_asks_maa_too(maa: FakeMaa, platform: SimulatedSgxTee, how: str | None, code: str | None) -> None:
     maa.misbehave = how
     answer, nonce, cert = _attestation(platform)
@@ -151,8 +175,9 @@ def test_duet_verify_asks_maa_too(maa: FakeMaa, platform: SimulatedSgxTee, how: 
         with MaaClient(maa.url) as client:
             return client.attest_and_verify(quote)
 
-    verdict = verify_attestation("https://c.example", answer, nonce=nonce, tls_cert_der=cert, policy=Policy(),
-                                 trust_roots=[platform.root_key()], maa=ask)
+    verdict = verify_attestation(
+        "https://c.example", answer, nonce=nonce, tls_cert_der=cert, policy=Policy(), trust_roots=[platform.root_key()], maa=ask
+    )
     if code is None:
         assert verdict.ok and verdict.maa_token and [c.ok for c in verdict.maa_policy] == [True] * 5
     else:

@@ -16,9 +16,19 @@ from duet.tee.simulated import SimulatedSgxTee, raw_public_key, simulated_mrencl
 
 def test_every_report_body_field_round_trips(sim_tee: SimulatedSgxTee) -> None:
     fields = dict(
-        cpu_svn=bytes(range(1, 17)), misc_select=0x11223344, cet_attributes=b"\x05", isv_ext_prod_id=b"E" * 16,
-        flags=0x0405, xfrm=0xE7, mr_enclave=b"\xaa" * 32, mr_signer=b"\xbb" * 32, config_id=bytes(range(64)),
-        isv_prod_id=0x1234, isv_svn=0x0506, config_svn=0x0708, isv_family_id=b"F" * 16,
+        cpu_svn=bytes(range(1, 17)),
+        misc_select=0x11223344,
+        cet_attributes=b"\x05",
+        isv_ext_prod_id=b"E" * 16,
+        flags=0x0405,
+        xfrm=0xE7,
+        mr_enclave=b"\xaa" * 32,
+        mr_signer=b"\xbb" * 32,
+        config_id=bytes(range(64)),
+        isv_prod_id=0x1234,
+        isv_svn=0x0506,
+        config_svn=0x0708,
+        isv_family_id=b"F" * 16,
     )
     q = dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA, **fields))
     assert q.report_body.report_data == REPORT_DATA
@@ -93,10 +103,13 @@ def test_decode_quote_text_accepts_base64_hex_and_json(sim_quote: bytes) -> None
     assert dcap.decode_quote_text(sim_quote) == sim_quote
     assert dcap.decode_quote_text(base64.b64encode(sim_quote) + b"\n") == sim_quote
     assert dcap.decode_quote_text(sim_quote.hex().encode()) == sim_quote
-    assert dcap.decode_quote_text(json.dumps({"type": "simulated-sgx",
-                                              "quote": base64.b64encode(sim_quote).decode()}).encode()) == sim_quote
-    assert dcap.decode_quote_text((ASSETS / "azure-samples_intelsdk_enclave.info.release.json").read_bytes()) \
-        == RELEASE.read_bytes()
+    assert (
+        dcap.decode_quote_text(json.dumps({"type": "simulated-sgx", "quote": base64.b64encode(sim_quote).decode()}).encode())
+        == sim_quote
+    )
+    assert (
+        dcap.decode_quote_text((ASSETS / "azure-samples_intelsdk_enclave.info.release.json").read_bytes()) == RELEASE.read_bytes()
+    )
 
 
 def _set(data: bytes, offset: int, fmt: str, value: int) -> bytes:
@@ -118,8 +131,7 @@ def _set(data: bytes, offset: int, fmt: str, value: int) -> bytes:
         (lambda q: _set(q, 436 + 576, "<H", 0xFFFF), "QE auth data size", "no room"),
         (lambda q: _set(q, 436 + 578 + 32 + 2, "<I", 0xFFFFFF), "certification data size", "runs past"),
     ],
-    ids=["truncated", "version", "att_key_type", "tee_type", "vendor", "siglen_long", "siglen_short",
-         "auth_size", "cert_size"],
+    ids=["truncated", "version", "att_key_type", "tee_type", "vendor", "siglen_long", "siglen_short", "auth_size", "cert_size"],
 )
 def test_format_errors_are_typed_and_name_the_field(sim_quote: bytes, mutate, field: str, words: str) -> None:
     with pytest.raises(dcap.QuoteFormatError) as err:
@@ -131,7 +143,7 @@ def test_format_errors_are_typed_and_name_the_field(sim_quote: bytes, mutate, fi
 
 def test_unparseable_certificate_chain_is_a_format_error(sim_quote: bytes) -> None:
     i = sim_quote.index(b"-----BEGIN CERTIFICATE-----\n") + 40
-    broken = sim_quote[:i] + b"!" + sim_quote[i + 1:]
+    broken = sim_quote[:i] + b"!" + sim_quote[i + 1 :]
     with pytest.raises(dcap.QuoteFormatError) as err:
         dcap.parse_quote(broken)
     assert err.value.field == "certification data" and "does not parse" in err.value.message

@@ -44,8 +44,7 @@ def test_simulated_quote_verifies_only_with_the_simulated_root_trusted(sim_tee: 
 
 
 def test_verify_accepts_a_parsed_quote(sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
-    assert dcap.verify_quote(dcap.parse_quote(sim_quote), trusted_root_keys=[sim_tee.root_key()],
-                             now=datetime.now(UTC)).ok
+    assert dcap.verify_quote(dcap.parse_quote(sim_quote), trusted_root_keys=[sim_tee.root_key()], now=datetime.now(UTC)).ok
 
 
 # --- one tampered input per step; each run on a real Intel quote and on a simulated one -----------
@@ -116,10 +115,15 @@ def test_nonzero_upper_qe_report_data_is_refused(sim_tee: SimulatedSgxTee) -> No
     p = sim_tee.platform
     qe = bytearray(p.qe_report)
     qe[320 + 40] = 1  # QE REPORTDATA[40]
-    quote = assemble_quote(header=build_header(), report_body=build_report_body(report_data=REPORT_DATA),
-                           attestation_key=p.keys["attestation"], qe_report=bytes(qe),
-                           qe_report_signature=raw_signature(p.keys["pck"], bytes(qe)),
-                           qe_auth_data=p.qe_auth_data, pck_chain_pem=p.chain_pem())
+    quote = assemble_quote(
+        header=build_header(),
+        report_body=build_report_body(report_data=REPORT_DATA),
+        attestation_key=p.keys["attestation"],
+        qe_report=bytes(qe),
+        qe_report_signature=raw_signature(p.keys["pck"], bytes(qe)),
+        qe_auth_data=p.qe_auth_data,
+        pck_chain_pem=p.chain_pem(),
+    )
     v = verify_sim(quote, sim_tee)
     assert v.code == "attestation_key_not_bound" and "REPORTDATA[32:64] must be zero" in v.message
 
@@ -130,6 +134,7 @@ def test_parse_failure_is_a_verdict_not_an_exception(sim_tee: SimulatedSgxTee, s
 
 
 # --- time ---------------------------------------------------------------------------------------
+
 
 def test_expired_and_not_yet_valid_certificates() -> None:
     quote = OCCLUM.read_bytes()
@@ -147,6 +152,7 @@ def test_naive_time_is_refused(sim_quote: bytes, sim_tee: SimulatedSgxTee) -> No
 
 
 # --- report data binding ------------------------------------------------------------------------
+
 
 def test_report_data_matches_the_azure_enclave_held_data() -> None:
     q = dcap.parse_quote(RELEASE.read_bytes())
@@ -178,10 +184,15 @@ def test_chain_without_root_certificate_verifies_against_the_pinned_key(sim_tee:
 
     p = sim_tee.platform
     chain = b"".join(p.certs[n].public_bytes(serialization.Encoding.PEM) for n in ("pck", "intermediate"))
-    quote = assemble_quote(header=build_header(), report_body=build_report_body(report_data=REPORT_DATA),
-                           attestation_key=p.keys["attestation"], qe_report=p.qe_report,
-                           qe_report_signature=p.qe_report_signature, qe_auth_data=p.qe_auth_data, pck_chain_pem=chain)
+    quote = assemble_quote(
+        header=build_header(),
+        report_body=build_report_body(report_data=REPORT_DATA),
+        attestation_key=p.keys["attestation"],
+        qe_report=p.qe_report,
+        qe_report_signature=p.qe_report_signature,
+        qe_auth_data=p.qe_auth_data,
+        pck_chain_pem=chain,
+    )
     assert verify_sim(quote, sim_tee).ok
-    v = dcap.verify_quote(quote, trusted_root_keys=[dcap.intel_sgx_root_key()],
-                          now=datetime.now(UTC) + timedelta(seconds=1))
+    v = dcap.verify_quote(quote, trusted_root_keys=[dcap.intel_sgx_root_key()], now=datetime.now(UTC) + timedelta(seconds=1))
     assert v.code == "untrusted_root"

@@ -40,8 +40,10 @@ def test_allow_debug_is_explicit() -> None:
 
 def test_full_policy_from_toml_passes_the_release_sample(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
-    path.write_text(f'mrenclave = ["{"00" * 32}", "{RELEASE_MRENCLAVE.upper()}"]\nmrsigner = "{AZURE_MRSIGNER}"\n'
-                    "isv_prod_id = 1\nmin_isv_svn = 1\nallow_debug = false\n")
+    path.write_text(
+        f'mrenclave = ["{"00" * 32}", "{RELEASE_MRENCLAVE.upper()}"]\nmrsigner = "{AZURE_MRSIGNER}"\n'
+        "isv_prod_id = 1\nmin_isv_svn = 1\nallow_debug = false\n"
+    )
     policy = Policy.load(path)
     assert policy.mrenclave[1].hex() == RELEASE_MRENCLAVE and policy.isv_prod_id == 1
     policy.enforce(_q(RELEASE))
@@ -87,7 +89,8 @@ def test_isv_prod_id_mismatch(sim_tee: SimulatedSgxTee) -> None:
 
 def test_simulated_enclave_passes_a_policy_pinning_it(sim_tee: SimulatedSgxTee) -> None:
     Policy(mrenclave=(sim_tee.mr_enclave,), mrsigner=sim_tee.mr_signer, isv_prod_id=1, min_isv_svn=1).enforce(
-        dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA)))
+        dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA))
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,5 +118,4 @@ def test_missing_policy_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", REAL_QUOTES, ids=lambda p: p.name)
 def test_check_reports_every_check(path: Path) -> None:
-    assert [c.check for c in DEFAULT_POLICY.check(_q(path))] == ["debug", "mrenclave", "mrsigner", "isv_prod_id",
-                                                                 "min_isv_svn"]
+    assert [c.check for c in DEFAULT_POLICY.check(_q(path))] == ["debug", "mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"]

@@ -46,9 +46,15 @@ class EntryLedger:
         """Append an entry as the controller would; returns it."""
         previous = [e["seq"] for e in self.entries if e["cvm"] == cvm]
         entry = {
-            "seq": self.size, "time": f"2026-12-01T10:00:{self.size:02d}Z", "cvm": cvm,
-            "cvm_prev": previous[-1] if previous else None, "event": event, "actor": actor,
-            "request_digest": hashlib.sha256(f"request {self.size}".encode()).hexdigest() if actor != lc.CONTROLLER_ACTOR else None,
+            "seq": self.size,
+            "time": f"2026-12-01T10:00:{self.size:02d}Z",
+            "cvm": cvm,
+            "cvm_prev": previous[-1] if previous else None,
+            "event": event,
+            "actor": actor,
+            "request_digest": hashlib.sha256(f"request {self.size}".encode()).hexdigest()
+            if actor != lc.CONTROLLER_ACTOR
+            else None,
             **fields,
         }
         self._append(entry)
@@ -64,8 +70,15 @@ class EntryLedger:
 
     def head(self, size: int | None = None, key: keys.PrivateKey = KEY) -> dict[str, Any]:
         size = self.size if size is None else size
-        return sign_head({"tree_size": size, "root_hash": self.tree.root(size).hex(),
-                          "timestamp": f"2026-12-01T11:00:{size:02d}Z", "controller": keys.key_id(key.public_key())}, key)
+        return sign_head(
+            {
+                "tree_size": size,
+                "root_hash": self.tree.root(size).hex(),
+                "timestamp": f"2026-12-01T11:00:{size:02d}Z",
+                "controller": keys.key_id(key.public_key()),
+            },
+            key,
+        )
 
     # --- the lifecycle, step by step --------------------------------------------------------
 
@@ -80,9 +93,18 @@ class EntryLedger:
 
     def run(self, cvm: str = CVM, command: str = "apt-get install -y nginx", actor: str = OWNER) -> dict[str, Any]:
         started = self.add(cvm, lc.COMMAND_STARTED, actor, command=command)
-        self.add(cvm, lc.COMMAND_FINISHED, command=command, started_seq=started["seq"], exit_status=0, duration_ms=5.0,
-                 stdout_sha256=hashlib.sha256(b"").hexdigest(), stdout_size=0, stderr_sha256=hashlib.sha256(b"").hexdigest(),
-                 stderr_size=0)
+        self.add(
+            cvm,
+            lc.COMMAND_FINISHED,
+            command=command,
+            started_seq=started["seq"],
+            exit_status=0,
+            duration_ms=5.0,
+            stdout_sha256=hashlib.sha256(b"").hexdigest(),
+            stdout_size=0,
+            stderr_sha256=hashlib.sha256(b"").hexdigest(),
+            stderr_size=0,
+        )
         return started
 
     def mark(self, previous: str, mode: str, cvm: str = CVM, *, final: bool = False, actor: str = OWNER) -> dict[str, Any]:

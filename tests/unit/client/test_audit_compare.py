@@ -73,7 +73,9 @@ def test_a_fork_of_the_same_size_is_reported_with_both_heads_as_evidence(tmp_pat
     assert codes(result) == ["fork"] and not result.ok
     evidence = evidence_of(result)
     assert {evidence["earlier_head"]["root_hash"], evidence["later_head"]["root_hash"]} == {
-        ours.head()["root_hash"], theirs.head()["root_hash"]}
+        ours.head()["root_hash"],
+        theirs.head()["root_hash"],
+    }
 
 
 def test_a_smaller_head_of_another_history_is_a_fork(tmp_path: Path) -> None:

@@ -176,8 +176,16 @@ def test_long_checks_outputs_against_their_hashes(tmp_path: Path) -> None:
     append(ledger, "a", "cvm.provisioning")
     append(ledger, "a", "cvm.ready", mode="in-update")
     started = append(ledger, "a", "command.started", command="echo hello")
-    append(ledger, "a", "command.finished", command="echo hello", started_seq=started["seq"],
-           stdout_sha256=good_sha, stderr_sha256=bad_sha, exit_status=0)
+    append(
+        ledger,
+        "a",
+        "command.finished",
+        command="echo hello",
+        started_seq=started["seq"],
+        stdout_sha256=good_sha,
+        stderr_sha256=bad_sha,
+        exit_status=0,
+    )
     source = LedgerSource(ledger)
     source.blobs = {good_sha: good, bad_sha: bad}
     result = Auditor(source, HeadStore(tmp_path / "user"), cvm="a", long=True).audit()
@@ -225,7 +233,7 @@ def test_an_auditor_never_accepts_two_histories_that_diverge(
     accepted: list[tuple[int, int]] = []
     for which, grow in order:
         target = min(shown[which].size + grow, len(full[which]))
-        for data in full[which][shown[which].size:target]:
+        for data in full[which][shown[which].size : target]:
             entry = json.loads(data)
             with shown[which].store.transaction() as tx:
                 shown[which].append(tx, cvm=entry["cvm"], event=entry["event"], actor="test", n=entry["n"])

@@ -33,18 +33,28 @@ OWNER_A, OWNER_B, OWNER_C = "aa" * 32, "bb" * 32, "cc" * 32
 TLS = hashlib.sha256(b"the controller's certificate").hexdigest()
 
 
-def identity(key: keys.PrivateKey = KEY, *, owners: tuple[str, ...] = (OWNER_A, OWNER_B),
-             tls: str = TLS) -> dict[str, Any]:
+def identity(key: keys.PrivateKey = KEY, *, owners: tuple[str, ...] = (OWNER_A, OWNER_B), tls: str = TLS) -> dict[str, Any]:
     """An identity document as ``GET /v1/attestation`` serves it."""
-    return {"controller": keys.key_id(key.public_key()), "signing_key": keys.public_pem(key.public_key()).decode(),
-            "tls_cert_sha256": tls, "owners": sorted(owners), "version": "0.1.0"}
+    return {
+        "controller": keys.key_id(key.public_key()),
+        "signing_key": keys.public_pem(key.public_key()).decode(),
+        "tls_cert_sha256": tls,
+        "owners": sorted(owners),
+        "version": "0.1.0",
+    }
 
 
 def pin_of(document: dict[str, Any], *, verified: bool = True) -> ControllerPin:
     """The pin ``duet verify`` stores for ``document``."""
-    return ControllerPin(controller=document["controller"], signing_key=document["signing_key"], tee="simulated-sgx",
-                         tls_cert_sha256=document["tls_cert_sha256"], owners=tuple(document["owners"]), attested=True,
-                         verified_at="2026-11-27T10:00:00Z" if verified else None)
+    return ControllerPin(
+        controller=document["controller"],
+        signing_key=document["signing_key"],
+        tee="simulated-sgx",
+        tls_cert_sha256=document["tls_cert_sha256"],
+        owners=tuple(document["owners"]),
+        attested=True,
+        verified_at="2026-11-27T10:00:00Z" if verified else None,
+    )
 
 
 PINNED = pin_of(identity())
@@ -60,8 +70,9 @@ def test_a_first_pin_an_unverified_pin_and_the_same_identity_are_pinned() -> Non
     check_repin(PINNED, replace(PINNED, owners=(OWNER_B, OWNER_A)), url=URL, replace=False)  # order is not a change
 
 
-@pytest.mark.parametrize("new", [pin_of(identity(OTHER_KEY)), pin_of(identity(tls="ee" * 32))],
-                         ids=["another key", "another TLS certificate"])
+@pytest.mark.parametrize(
+    "new", [pin_of(identity(OTHER_KEY)), pin_of(identity(tls="ee" * 32))], ids=["another key", "another TLS certificate"]
+)
 def test_another_controller_is_refused_unless_replace(new: ControllerPin) -> None:
     with pytest.raises(VerificationError) as refused:
         check_repin(PINNED, new, url=URL, replace=False)
@@ -106,8 +117,13 @@ class StubController:
         self.requests.append(request)
         assert request.url.path == "/v1/attestation"
         result = {"identity": self.document, "evidence": {"type": "simulated-sgx"}}
-        body = sign_answer(canonical(result), controller=self.document["controller"], signing_key=self.key,
-                           request_digest=None, nonce=request.url.params["nonce"])
+        body = sign_answer(
+            canonical(result),
+            controller=self.document["controller"],
+            signing_key=self.key,
+            request_digest=None,
+            nonce=request.url.params["nonce"],
+        )
         return httpx.Response(200, content=body, headers={"content-type": "application/json"})
 
 
@@ -135,8 +151,11 @@ def test_check_identity_refuses_another_owner_set_and_keeps_the_pin(tmp_path: Pa
     assert TrustStore(tmp_path / "user").get(URL) == PINNED
 
 
-@pytest.mark.parametrize(("key", "served"), [(OTHER_KEY, identity(OTHER_KEY)), (KEY, identity(tls="ee" * 32))],
-                         ids=["another key", "another TLS certificate"])
+@pytest.mark.parametrize(
+    ("key", "served"),
+    [(OTHER_KEY, identity(OTHER_KEY)), (KEY, identity(tls="ee" * 32))],
+    ids=["another key", "another TLS certificate"],
+)
 def test_check_identity_refuses_another_controller(tmp_path: Path, key: keys.PrivateKey, served: dict[str, Any]) -> None:
     with pinned_client(tmp_path, StubController(served, key)) as client, pytest.raises(VerificationError) as refused:
         client.check_identity()
@@ -146,8 +165,7 @@ def test_check_identity_refuses_another_controller(tmp_path: Path, key: keys.Pri
 
 def test_check_identity_without_a_pin_holds_to_the_identity_seen_at_first_contact(tmp_path: Path) -> None:
     stub = StubController(identity())
-    with DuetClient(URL, trust=TrustStore(tmp_path / "user"), transport=httpx.MockTransport(stub),
-                    insecure=True) as client:
+    with DuetClient(URL, trust=TrustStore(tmp_path / "user"), transport=httpx.MockTransport(stub), insecure=True) as client:
         assert set(client.check_identity().owners) == {OWNER_A, OWNER_B} and len(stub.requests) == 1
         stub.document = identity(owners=(OWNER_C,))
         with pytest.raises(VerificationError, match="first contact") as refused:
@@ -161,10 +179,16 @@ def test_check_identity_without_a_pin_holds_to_the_identity_seen_at_first_contac
 
 def _verdict(pin: ControllerPin) -> ControllerVerdict:
     """A verdict where every check held, as ``verify_controller`` returns for ``pin``'s identity."""
-    document = {"controller": pin.controller, "signing_key": pin.signing_key, "tls_cert_sha256": pin.tls_cert_sha256,
-                "owners": list(pin.owners), "version": "0.1.0"}
-    return ControllerVerdict(url=URL, checks=[Check("identity", True, "ok")], identity=document,
-                             evidence_type="simulated-sgx", answer={}, pin=pin)
+    document = {
+        "controller": pin.controller,
+        "signing_key": pin.signing_key,
+        "tls_cert_sha256": pin.tls_cert_sha256,
+        "owners": list(pin.owners),
+        "version": "0.1.0",
+    }
+    return ControllerVerdict(
+        url=URL, checks=[Check("identity", True, "ok")], identity=document, evidence_type="simulated-sgx", answer={}, pin=pin
+    )
 
 
 def _verify_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shown: ControllerPin, *args: str) -> tuple[int, Any]:

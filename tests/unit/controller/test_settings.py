@@ -12,9 +12,15 @@ from duet.errors import ConfigError
 
 def test_reads_the_seeds_azure_config_env_as_docker_does(tmp_path: Path) -> None:
     path = tmp_path / "azure_config.env"
-    path.write_text("# Azure settings\nSUBSCRIPTION_ID=1234\n\nRESOURCE_GROUP_NAME = rg-duet\nLOCATION=westeurope\nTAG=\"quoted\"\nEMPTY=\n")
+    path.write_text(
+        '# Azure settings\nSUBSCRIPTION_ID=1234\n\nRESOURCE_GROUP_NAME = rg-duet\nLOCATION=westeurope\nTAG="quoted"\nEMPTY=\n'
+    )
     assert read_env_file(path) == {
-        "SUBSCRIPTION_ID": "1234", "RESOURCE_GROUP_NAME": " rg-duet", "LOCATION": "westeurope", "TAG": '"quoted"', "EMPTY": "",
+        "SUBSCRIPTION_ID": "1234",
+        "RESOURCE_GROUP_NAME": " rg-duet",
+        "LOCATION": "westeurope",
+        "TAG": '"quoted"',
+        "EMPTY": "",
     }
 
 

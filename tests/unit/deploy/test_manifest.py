@@ -38,10 +38,19 @@ class FakePython:
 
 def render(**overrides: str) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "gramine": FakeGramine(), "python": FakePython(), "env": {},
-        "entrypoint": ENTRYPOINT, "arch_libdir": ARCH_LIBDIR, "log_level": "error",
-        "state_dir": "/var/lib/duet/state", "sealed_uri": "/var/lib/duet/sealed", "owners_dir": "/etc/duet/owners",
-        "owner_keys": "alice.pub, bob.pub", "listen": "0.0.0.0:6037", "provider": "azure", **overrides,
+        "gramine": FakeGramine(),
+        "python": FakePython(),
+        "env": {},
+        "entrypoint": ENTRYPOINT,
+        "arch_libdir": ARCH_LIBDIR,
+        "log_level": "error",
+        "state_dir": "/var/lib/duet/state",
+        "sealed_uri": "/var/lib/duet/sealed",
+        "owners_dir": "/etc/duet/owners",
+        "owner_keys": "alice.pub, bob.pub",
+        "listen": "0.0.0.0:6037",
+        "provider": "azure",
+        **overrides,
     }
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = environment.from_string(TEMPLATE.read_text()).render(**values)
@@ -56,8 +65,12 @@ def test_manifest_renders_to_toml_with_the_required_keys() -> None:
     assert m["libos"]["entrypoint"] == ENTRYPOINT
 
     [sealed] = [mount for mount in m["fs"]["mounts"] if mount.get("type") == "encrypted"]
-    assert sealed == {"type": "encrypted", "path": "/duet/sealed", "uri": "file:/var/lib/duet/sealed",
-                      "key_name": "_sgx_mrenclave"}
+    assert sealed == {
+        "type": "encrypted",
+        "path": "/duet/sealed",
+        "uri": "file:/var/lib/duet/sealed",
+        "key_name": "_sgx_mrenclave",
+    }
 
     argv = m["loader"]["argv"]
     assert argv[:5] == [ENTRYPOINT, "-m", "duet", "controller", "serve"]

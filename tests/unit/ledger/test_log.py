@@ -79,11 +79,14 @@ def test_an_edited_disk_is_refused_at_open(tmp_path: Path) -> None:
         make_ledger(tmp_path)
 
 
-@pytest.mark.parametrize("attack,message", [
-    ("DELETE FROM ledger WHERE seq = 5", "its tail was deleted"),
-    ("DELETE FROM ledger WHERE seq = 2", "not contiguous"),
-    ("UPDATE ledger SET cvm_id = NULL WHERE seq = 3", "re-tagged"),
-])
+@pytest.mark.parametrize(
+    "attack,message",
+    [
+        ("DELETE FROM ledger WHERE seq = 5", "its tail was deleted"),
+        ("DELETE FROM ledger WHERE seq = 2", "not contiguous"),
+        ("UPDATE ledger SET cvm_id = NULL WHERE seq = 3", "re-tagged"),
+    ],
+)
 def test_a_truncated_or_retagged_ledger_is_refused_at_open(tmp_path: Path, attack: str, message: str) -> None:
     ledger = make_ledger(tmp_path)
     for i in range(6):
@@ -102,7 +105,9 @@ def test_an_entry_appended_by_the_host_is_refused_but_a_crash_tail_is_kept(tmp_p
     # A commit whose seal never happened (a crash in between): the entry carries the MAC.
     forged_free = {"seq": 3, "time": "t", "cvm": "a", "cvm_prev": 2, "event": "x", "actor": "test", "request_digest": None}
     data = canonical(forged_free)
-    ledger.store.db.execute("INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (3, 'a', ?, ?)", (data, ledger.anchor.entry_mac(data)))
+    ledger.store.db.execute(
+        "INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (3, 'a', ?, ?)", (data, ledger.anchor.entry_mac(data))
+    )
     ledger.store.close()
     again = make_ledger(tmp_path)
     assert sealed_size == 3 and again.size == 4 and again.anchor.head.tree_size == 4
@@ -227,10 +232,10 @@ def test_the_sealed_anchor_survives_a_torn_write_of_its_newer_slot(tmp_path: Pat
     assert data["head"]["tree_size"] == 3
     image = bytearray(path.read_bytes())
     newer = (generation % 2) * slot_size
-    image[newer + 100:newer + 110] = b"x" * 10  # a crash in the middle of writing it
+    image[newer + 100 : newer + 110] = b"x" * 10  # a crash in the middle of writing it
     path.write_bytes(bytes(image))
     assert read_anchor_file(path)[0] == generation - 1 and read_anchor_file(path)[2]["head"]["tree_size"] == 2
-    image[slot_size - newer + 100:slot_size - newer + 110] = b"x" * 10  # both slots torn: nothing to trust
+    image[slot_size - newer + 100 : slot_size - newer + 110] = b"x" * 10  # both slots torn: nothing to trust
     path.write_bytes(bytes(image))
     with pytest.raises(SealedStateError, match="no intact slot"):
         read_anchor_file(path)

@@ -134,9 +134,10 @@ def test_known_consistency_proofs(ct_tree: MerkleTree) -> None:
             for bad in _consistency_corruptions(first, second, r1, r2, want):
                 assert not verify_consistency(*bad[1:]), bad[0]
     probe = VECTORS["consistency_probe"]
-    assert verify_consistency(
-        probe["size1"], probe["size2"], H(probe["root1"]), H(probe["root2"]), [H(p) for p in probe["proof"]]
-    ) is not probe["wantErr"]
+    assert (
+        verify_consistency(probe["size1"], probe["size2"], H(probe["root1"]), H(probe["root2"]), [H(p) for p in probe["proof"]])
+        is not probe["wantErr"]
+    )
 
 
 SOME_HASH = H("abacaba000000000000000000000000000000000000000000060061e00123456")

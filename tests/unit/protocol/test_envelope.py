@@ -21,8 +21,13 @@ def test_request_signature_covers_the_whole_request(key_type: str) -> None:
     envelope = sign_request("cvm.run", CONTROLLER, {"cvm_id": "a" * 64, "commands": ["ls"]}, key)
     assert envelope["signer"] == keys.key_id(key.public_key())
     assert request_signature_valid(envelope["request"], envelope["signature"], key.public_key())
-    for field, value in [("op", "cvm.stop"), ("controller", "d" * 64), ("nonce", "0" * 32), ("issued_at", "2020-01-01T00:00:00Z"),
-                         ("params", {"cvm_id": "a" * 64, "commands": ["rm -rf /"]})]:
+    for field, value in [
+        ("op", "cvm.stop"),
+        ("controller", "d" * 64),
+        ("nonce", "0" * 32),
+        ("issued_at", "2020-01-01T00:00:00Z"),
+        ("params", {"cvm_id": "a" * 64, "commands": ["rm -rf /"]}),
+    ]:
         altered = {**envelope["request"], field: value}
         assert not request_signature_valid(altered, envelope["signature"], key.public_key()), field
 
@@ -34,17 +39,28 @@ def test_answer_body_is_canonical_json_and_verifies() -> None:
     answer = json.loads(body)
     assert body == rfc8785.dumps(answer)
     assert answer["result_sha256"] == sha256_hex(canonical(result))
-    assert verify_answer(answer, controller=CONTROLLER, public_key=key.public_key(), request_digest="e" * 64, nonce="ab" * 16) == result
+    assert (
+        verify_answer(answer, controller=CONTROLLER, public_key=key.public_key(), request_digest="e" * 64, nonce="ab" * 16)
+        == result
+    )
 
 
 @pytest.mark.parametrize(
     "field, value",
-    [("result", {"a": "y"}), ("result_sha256", "0" * 64), ("signed_at", "2020-01-01T00:00:00.000Z"),
-     ("request_digest", "f" * 64), ("nonce", "cd" * 16), ("controller", "d" * 64)],
+    [
+        ("result", {"a": "y"}),
+        ("result_sha256", "0" * 64),
+        ("signed_at", "2020-01-01T00:00:00.000Z"),
+        ("request_digest", "f" * 64),
+        ("nonce", "cd" * 16),
+        ("controller", "d" * 64),
+    ],
 )
 def test_any_change_to_an_answer_is_detected(field: str, value: object) -> None:
     key = keys.generate()
-    answer = json.loads(sign_answer(canonical({"a": "x"}), controller=CONTROLLER, signing_key=key, request_digest="e" * 64, nonce="ab" * 16))
+    answer = json.loads(
+        sign_answer(canonical({"a": "x"}), controller=CONTROLLER, signing_key=key, request_digest="e" * 64, nonce="ab" * 16)
+    )
     answer[field] = value
     with pytest.raises(VerificationError):
         verify_answer(answer, controller=answer["controller"], public_key=key.public_key())
@@ -53,11 +69,15 @@ def test_any_change_to_an_answer_is_detected(field: str, value: object) -> None:
 def test_answer_from_another_key_or_for_another_request_is_refused() -> None:
     key, other = keys.generate(), keys.generate()
     request = {"op": "cvm.start"}
-    answer = json.loads(sign_answer(canonical({}), controller=CONTROLLER, signing_key=key, request_digest=request_digest(request)))
+    answer = json.loads(
+        sign_answer(canonical({}), controller=CONTROLLER, signing_key=key, request_digest=request_digest(request))
+    )
     with pytest.raises(VerificationError, match="does not verify"):
         verify_answer(answer, controller=CONTROLLER, public_key=other.public_key())
     with pytest.raises(VerificationError) as unbound:
-        verify_answer(answer, controller=CONTROLLER, public_key=key.public_key(), request_digest=request_digest({"op": "cvm.stop"}))
+        verify_answer(
+            answer, controller=CONTROLLER, public_key=key.public_key(), request_digest=request_digest({"op": "cvm.stop"})
+        )
     assert unbound.value.code == "answer_not_bound"
     with pytest.raises(VerificationError) as unsigned:
         verify_answer({"result": {}}, controller=CONTROLLER, public_key=key.public_key())

@@ -35,8 +35,7 @@ PARAMS = {"cvm_id": "ab" * 32, "commands": ["echo café", "ls -l"], "z": None, "
 
 def test_seed_bytes_are_json_dumps_with_sorted_keys_default_separators_and_ascii() -> None:
     expected = (
-        b'{"a": {"x": 1.5, "y": true}, "commands": ["echo caf\\u00e9", "ls -l"], '
-        b'"cvm_id": "' + b"ab" * 32 + b'", "z": null}'
+        b'{"a": {"x": 1.5, "y": true}, "commands": ["echo caf\\u00e9", "ls -l"], "cvm_id": "' + b"ab" * 32 + b'", "z": null}'
     )
     assert seed.seed_bytes(PARAMS) == expected
     assert seed.seed_bytes(PARAMS) != canonical(PARAMS)  # not RFC 8785: spaces, \u escapes

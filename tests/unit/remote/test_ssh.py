@@ -108,7 +108,9 @@ class FakeCvm:
     server: asyncssh.SSHAcceptor
 
 
-async def start_server(state: ServerState, server_key: asyncssh.SSHKey, client_public: str, port: int = 0) -> asyncssh.SSHAcceptor:
+async def start_server(
+    state: ServerState, server_key: asyncssh.SSHKey, client_public: str, port: int = 0
+) -> asyncssh.SSHAcceptor:
     return await asyncssh.create_server(
         lambda: CountingServer(state),
         "127.0.0.1",
@@ -142,7 +144,9 @@ async def pool() -> AsyncIterator[SshPool]:
 
 
 async def run(pool: SshPool, cvm: FakeCvm, command: str, **kw: float) -> ExecResult:
-    return await pool.run("cvm-1", cvm.target, command, timeout=kw.get("timeout", 5.0), output_limit=int(kw.get("output_limit", LIMIT)))
+    return await pool.run(
+        "cvm-1", cvm.target, command, timeout=kw.get("timeout", 5.0), output_limit=int(kw.get("output_limit", LIMIT))
+    )
 
 
 async def poll(predicate, timeout: float = 5.0) -> None:

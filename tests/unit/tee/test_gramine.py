@@ -91,14 +91,16 @@ def sealed(tmp_path: Path) -> Path:
     return path
 
 
-def test_quotes_come_from_dev_attestation_over_the_report_data(fake: FakeAttestation, sealed: Path,
-                                                                platform: SimulatedSgxTee) -> None:
+def test_quotes_come_from_dev_attestation_over_the_report_data(
+    fake: FakeAttestation, sealed: Path, platform: SimulatedSgxTee
+) -> None:
     tee = GramineTee(fake.dir, sealed)
     assert isinstance(tee, TeeBackend) and tee.name == "sgx-dcap"
     evidence = tee.quote(RD)
     assert set(evidence) == {"type", "quote"} and evidence["type"] == "sgx-dcap"
-    verdict = dcap.verify_quote(base64.b64decode(evidence["quote"]), trusted_root_keys=[platform.root_key()],
-                                now=datetime.now(UTC))
+    verdict = dcap.verify_quote(
+        base64.b64decode(evidence["quote"]), trusted_root_keys=[platform.root_key()], now=datetime.now(UTC)
+    )
     assert verdict.ok and verdict.quote is not None and verdict.quote.report_body.report_data == RD
     assert fake.report_data == RD and fake.quotes == 1
     assert tee.sealed_dir() == sealed and (sealed.stat().st_mode & 0o777) == 0o700
@@ -110,8 +112,7 @@ def test_report_data_must_be_64_bytes(fake: FakeAttestation, sealed: Path) -> No
     assert err.value.code == "bad_report_data" and fake.quotes == 0
 
 
-def test_a_quote_over_other_report_data_is_not_served(fake: FakeAttestation, sealed: Path,
-                                                      platform: SimulatedSgxTee) -> None:
+def test_a_quote_over_other_report_data_is_not_served(fake: FakeAttestation, sealed: Path, platform: SimulatedSgxTee) -> None:
     fake.override = platform.quote_bytes(hashlib.sha512(b"someone else").digest())
     with pytest.raises(TeeError) as err:
         GramineTee(fake.dir, sealed).quote(RD)
@@ -125,8 +126,9 @@ def test_a_malformed_quote_is_refused(fake: FakeAttestation, sealed: Path) -> No
     assert err.value.code == "gramine_quote_failed" and "malformed" in err.value.message
 
 
-@pytest.mark.parametrize("case, code", [("no_dev", "not_in_gramine"), ("none", "gramine_no_dcap"),
-                                        ("no_mount", "gramine_no_sealed_mount")])
+@pytest.mark.parametrize(
+    "case, code", [("no_dev", "not_in_gramine"), ("none", "gramine_no_dcap"), ("no_mount", "gramine_no_sealed_mount")]
+)
 def test_a_misbuilt_enclave_fails_at_start(tmp_path: Path, platform: SimulatedSgxTee, case: str, code: str) -> None:
     attestation, sealed = tmp_path / "att", tmp_path / "sealed"
     sealed.mkdir()
@@ -141,12 +143,18 @@ def test_a_misbuilt_enclave_fails_at_start(tmp_path: Path, platform: SimulatedSg
 
 
 def test_a_gramine_controller_binds_its_identity_and_is_judged_against_intel(
-        tmp_path: Path, fake: FakeAttestation, sealed: Path, platform: SimulatedSgxTee) -> None:
+    tmp_path: Path, fake: FakeAttestation, sealed: Path, platform: SimulatedSgxTee
+) -> None:
     from support import make_owner
 
     owner = make_owner(tmp_path)
-    settings = Settings(state_dir=tmp_path / "state", owner_keys=(owner.pub_path,), tee="gramine",
-                        gramine_attestation_dir=fake.dir, gramine_sealed_dir=sealed)
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        owner_keys=(owner.pub_path,),
+        tee="gramine",
+        gramine_attestation_dir=fake.dir,
+        gramine_sealed_dir=sealed,
+    )
     controller = open_controller(settings)
     try:
         # The keys are in the (encrypted) sealed mount, not in the state directory on the host's disk.
@@ -159,13 +167,24 @@ def test_a_gramine_controller_binds_its_identity_and_is_judged_against_intel(
 
         nonce = new_nonce()
         identity = controller.identity
-        answer = sign_answer(canonical(result), controller=identity.controller_id, signing_key=identity.signing_key,
-                             request_digest=None, nonce=nonce)
+        answer = sign_answer(
+            canonical(result),
+            controller=identity.controller_id,
+            signing_key=identity.signing_key,
+            request_digest=None,
+            nonce=nonce,
+        )
         import json
 
         assert controller.tls is not None
-        verdict = verify_attestation("https://c.example", json.loads(answer), nonce=nonce, tls_cert_der=controller.tls.cert_der,
-                                     policy=Policy(), trust_roots=[platform.root_key()])
+        verdict = verify_attestation(
+            "https://c.example",
+            json.loads(answer),
+            nonce=nonce,
+            tls_cert_der=controller.tls.cert_der,
+            policy=Policy(),
+            trust_roots=[platform.root_key()],
+        )
         # sgx-dcap evidence is only ever checked against Intel's root, whatever roots the user passes.
         assert verdict.failure is not None and (verdict.failure.step, verdict.failure.code) == ("evidence", "untrusted_root")
     finally:

@@ -66,8 +66,7 @@ def test_simulated_platform_is_persisted_and_reused(tmp_path: Path) -> None:
     assert first.mr_signer == second.mr_signer and first.mr_enclave == second.mr_enclave
     # A quote from the restarted backend verifies with the root handed out before the restart.
     key = x509.load_pem_x509_certificate(first.root_pem()).public_key()
-    assert dcap.verify_quote(base64.b64decode(second.quote(RD)["quote"]), trusted_root_keys=[key],
-                             now=datetime.now(UTC)).ok
+    assert dcap.verify_quote(base64.b64decode(second.quote(RD)["quote"]), trusted_root_keys=[key], now=datetime.now(UTC)).ok
     sim = tmp_path / "simulated-tee"
     assert _mode(sim) == 0o700
     for name in ("root", "intermediate", "pck", "attestation"):
