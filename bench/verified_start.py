@@ -32,6 +32,7 @@ from duet.controller.store import Store
 from duet.ledger.log import Ledger
 from duet.ledger.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
 from duet.protocol.canonical import timestamp
+from duet.storage import Database
 
 CVMS = 100
 COMMANDS = 49_900
@@ -91,16 +92,16 @@ def open_anchor(directory: Path, key: keys.PrivateKey, first: bool) -> SealedSta
 def baseline_start(db: Path) -> float:
     """Main before this change: read every row and hash it into the tree, nothing checked."""
     started = time.perf_counter()
-    store = Store(db)
-    tree = MerkleTree(leaf_hash(bytes(row[0])) for row in store.db.execute("SELECT entry FROM ledger ORDER BY seq"))
+    database = Database(db)
+    tree = MerkleTree(leaf_hash(bytes(row[0])) for row in database.execute("SELECT entry FROM ledger ORDER BY seq"))
     tree.root()
-    store.close()
+    database.close()
     return time.perf_counter() - started
 
 
 def verified_start(db: Path, directory: Path, key: keys.PrivateKey, controller: str) -> float:
     started = time.perf_counter()
-    store = Store(db)
+    store = Store(Database(db))
     state = load_verified_state(store, controller, open_anchor(directory, key, False))
     assert state.ledger.size == CVMS * 2 + COMMANDS * 2 and len(state.replay.cvms) == CVMS
     store.close()
@@ -155,8 +156,8 @@ def main() -> None:
         key = keys.generate("ed25519")
         controller = keys.key_id(key.public_key())
         db = base / "duet.sqlite3"
-        store = Store(db)
-        ledger = Ledger(store, controller, open_anchor(base, key, True))
+        store = Store(Database(db))
+        ledger = Ledger(store.db, controller, open_anchor(base, key, True))
         fill(ledger, store)
         size = ledger.size
         store.close()
@@ -178,9 +179,9 @@ def main() -> None:
 
         for name in ("anchored", "no anchor"):
             (base / name).mkdir()
-        anchored_store, plain_store = Store(base / "anchored" / "db"), Store(base / "no anchor" / "db")
-        anchored = Ledger(anchored_store, controller, open_anchor(base / "anchored", key, True))
-        plain = Ledger(plain_store, controller, NoAnchor())
+        anchored_store, plain_store = Store(Database(base / "anchored" / "db")), Store(Database(base / "no anchor" / "db"))
+        anchored = Ledger(anchored_store.db, controller, open_anchor(base / "anchored", key, True))
+        plain = Ledger(plain_store.db, controller, NoAnchor())
         command_commits_us(anchored, anchored_store)  # warm both
         command_commits_us(plain, plain_store)
         with_anchor = statistics.median(command_commits_us(anchored, anchored_store))

@@ -71,8 +71,8 @@ def open_ledger(directory: Path, controller: str = "c" * 64) -> Ledger:
     """A ledger on its own database, anchored in a real sealed state kept beside it, so it
     can be closed and opened again (and attacked on disk) like a controller's."""
     from duet.controller.sealed_state import SealedState
-    from duet.controller.store import Store
     from duet.ledger.log import Ledger
+    from duet.storage import Database
 
     directory.mkdir(parents=True, exist_ok=True)
     key_path = directory / "anchor-signing.pem"
@@ -82,4 +82,4 @@ def open_ledger(directory: Path, controller: str = "c" * 64) -> Ledger:
     anchor = SealedState.open(
         directory / "sealed", keys.load_private_key(key_path), first_start=first_start, owners={"o" * 64: "test owner"}
     )
-    return Ledger(Store(directory / "db.sqlite3"), controller, anchor)
+    return Ledger(Database(directory / "db.sqlite3"), controller, anchor)

@@ -25,6 +25,7 @@ from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
 from duet.providers import make_provider
 from duet.remote.ssh import SshPool
+from duet.storage import Database
 from duet.tee.base import TeeBackend
 
 log = logging.getLogger("duet.controller")
@@ -92,7 +93,7 @@ def open_controller(settings: Settings) -> Controller:
     controller_id = keys.key_id(signing_key.public_key())
     tls = load_or_create_tls(sealed_dir, controller_id)
     given = _owner_keys(settings)
-    store = Store(settings.database)
+    store = Store(Database(settings.database))
     try:
         sealed = SealedState.open(sealed_dir, signing_key, first_start=first_start, owners=given)
         verified = load_verified_state(store, controller_id, sealed)

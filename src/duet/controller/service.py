@@ -27,7 +27,7 @@ from duet.controller.auth import AuthorizedRequest
 from duet.controller.jobs import JobRunner, new_job_id
 from duet.controller.sealed_state import SealedState
 from duet.controller.settings import Settings
-from duet.controller.store import Store, Transaction
+from duet.controller.store import Store
 from duet.errors import Conflict, DuetError, Forbidden, InvalidParams, NotFound, UpstreamError
 from duet.ledger.history import command_rows, mode_rows
 from duet.ledger.log import Ledger
@@ -37,6 +37,7 @@ from duet.protocol.lifecycle import CONTROLLER_ACTOR, CvmFacts, LifecycleReplay
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
 from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, Machine, Provider
 from duet.remote.ssh import ExecResult, HostKeyMismatch, SshPool, SshTarget, SshUnavailable, fingerprint, generate_client_key
+from duet.storage import Transaction
 
 log = logging.getLogger("duet.service")
 

@@ -42,7 +42,7 @@ class VerifiedState:
 
 def load_verified_state(store: Store, controller_id: str, sealed: SealedState) -> VerifiedState:
     replay = LifecycleReplay()
-    ledger = Ledger(store, controller_id, sealed, on_entry=replay.apply)
+    ledger = Ledger(store.db, controller_id, sealed, on_entry=replay.apply)
     for violation in replay.violations:
         log.error("the controller's own ledger breaks a lifecycle rule at seq %s: %s", violation.seq, violation.message)
     machines = _check_rows(store.cvm_rows(), replay.cvms, sealed)

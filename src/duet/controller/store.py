@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from duet.errors import Conflict, DuetError, NotFound
 from duet.protocol.canonical import timestamp
+from duet.storage import Database, Transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS owners (
@@ -32,9 +31,6 @@ CREATE TABLE IF NOT EXISTS cvms (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, provider TEXT NOT NULL, mode TEXT NOT NULL,
     final INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
     machine TEXT, ssh_public_key TEXT NOT NULL, ssh_private_key BLOB, failure TEXT);
-CREATE TABLE IF NOT EXISTS ledger (
-    seq INTEGER PRIMARY KEY, cvm_id TEXT, entry BLOB NOT NULL, mac BLOB);
-CREATE INDEX IF NOT EXISTS ledger_cvm ON ledger (cvm_id, seq);
 CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
@@ -62,46 +58,18 @@ class CvmRow:
     failure: str | None
 
 
-class Transaction:
-    """A write transaction; callbacks registered with ``on_commit`` run only if it commits."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self._after_commit: list[Callable[[], None]] = []
-        self.ledger_entries: list[bytes] = []
-        """Canonical bytes of the ledger entries written in this transaction, in order."""
-        self.ledger_cvms: list[str | None] = []
-        """The CVM of each of those entries (for ``cvm_prev`` within one transaction)."""
-
-    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        return self.db.execute(sql, args)
-
-    def on_commit(self, callback: Callable[[], None]) -> None:
-        self._after_commit.append(callback)
-
-
 class Store:
-    def __init__(self, db_path: Path) -> None:
-        self.db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+    """The controller's tables on the shared database (the ledger keeps its own, ledger/log.py)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.create(SCHEMA)
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        return self.db.transaction()
 
     def close(self) -> None:
         self.db.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        tx = Transaction(self.db)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield tx
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-        for callback in tx._after_commit:
-            callback()
 
     # --- owners (a cache of the sealed pin, for people who look at the database) ---------
 

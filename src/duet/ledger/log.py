@@ -29,12 +29,20 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from duet.controller.store import Store, Transaction
 from duet.errors import ConfigError, DuetError, InvalidParams
 from duet.ledger.merkle import MerkleTree, leaf_hash
 from duet.protocol.canonical import canonical, timestamp
+from duet.storage import Database, Transaction
 
 log = logging.getLogger("duet.ledger")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY, cvm_id TEXT, entry BLOB NOT NULL, mac BLOB);
+CREATE INDEX IF NOT EXISTS ledger_cvm ON ledger (cvm_id, seq);
+"""
+"""``cvm_id`` is for people reading the database; the controller finds a CVM's entries through
+the hashed ``cvm`` field (``Ledger._by_cvm``), never through this column."""
 
 RESERVED_FIELDS = frozenset({"seq", "time", "cvm", "event", "actor", "request_digest", "cvm_prev"})
 
@@ -129,11 +137,12 @@ class LedgerAnchor(Protocol):
 
 class Ledger:
     def __init__(
-        self, store: Store, controller_id: str, anchor: LedgerAnchor, on_entry: Callable[[dict[str, Any]], object] | None = None
+        self, db: Database, controller_id: str, anchor: LedgerAnchor, on_entry: Callable[[dict[str, Any]], object] | None = None
     ) -> None:
         """Load and verify the stored ledger; ``on_entry`` sees every entry once, in order
         (the controller derives its state from them)."""
-        self.store = store
+        self.db = db
+        db.create(SCHEMA)
         self.controller_id = controller_id
         self.anchor = anchor
         self.tree = MerkleTree()
@@ -143,7 +152,7 @@ class Ledger:
 
     def _load(self, on_entry: Callable[[dict[str, Any]], object] | None) -> None:
         sealed = self.anchor.head
-        rows = self.store.db.execute("SELECT seq, cvm_id, entry, mac FROM ledger ORDER BY seq")
+        rows = self.db.execute("SELECT seq, cvm_id, entry, mac FROM ledger ORDER BY seq")
         for position, (seq, column_cvm, data, mac) in enumerate(rows):
             data = bytes(data)
             if seq != position:
@@ -215,14 +224,15 @@ class Ledger:
         clash = RESERVED_FIELDS & fields.keys()
         if clash:
             raise ValueError(f"ledger fields {sorted(clash)} are reserved")
-        pending = tx.ledger_entries
-        if not pending:
-            tx.on_commit(lambda: self._committed(tx))
+        pending: _Pending | None = tx.scratch.get(self)
+        if pending is None:
+            pending = tx.scratch[self] = _Pending()
+            tx.on_commit(lambda: self._committed(pending))
         entry = {
-            "seq": self.tree.size + len(pending),
+            "seq": self.tree.size + len(pending.entries),
             "time": timestamp(),
             "cvm": cvm,
-            "cvm_prev": self._previous(tx, cvm),
+            "cvm_prev": self._previous(pending, cvm),
             "event": event,
             "actor": actor,
             "request_digest": request_digest,
@@ -233,21 +243,21 @@ class Ledger:
             "INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (?, ?, ?, ?)",
             (entry["seq"], cvm, data, self.anchor.entry_mac(data)),
         )
-        pending.append(data)
-        tx.ledger_cvms.append(cvm)
+        pending.entries.append(data)
+        pending.cvms.append(cvm)
         return entry
 
-    def _previous(self, tx: Transaction, cvm: str | None) -> int | None:
+    def _previous(self, pending: _Pending, cvm: str | None) -> int | None:
         """The seq of the CVM's latest entry, this transaction's own included (from memory)."""
-        for offset in range(len(tx.ledger_cvms) - 1, -1, -1):
-            if tx.ledger_cvms[offset] == cvm:
+        for offset in range(len(pending.cvms) - 1, -1, -1):
+            if pending.cvms[offset] == cvm:
                 return self.tree.size + offset
         seqs = self._by_cvm.get(cvm)
         return seqs[-1] if seqs else None
 
-    def _committed(self, tx: Transaction) -> None:
+    def _committed(self, pending: _Pending) -> None:
         entries = []
-        for data, cvm in zip(tx.ledger_entries, tx.ledger_cvms):
+        for data, cvm in zip(pending.entries, pending.cvms):
             self._by_cvm.setdefault(cvm, []).append(self.tree.size)
             self.tree.append(leaf_hash(data))
             entries.append(json.loads(data))
@@ -308,14 +318,12 @@ class Ledger:
         for chunk_start in range(0, len(seqs), 500):
             chunk = seqs[chunk_start : chunk_start + 500]
             if chunk[-1] - chunk[0] + 1 == len(chunk):
-                rows = self.store.db.execute(
+                rows = self.db.execute(
                     "SELECT seq, entry FROM ledger WHERE seq >= ? AND seq <= ? ORDER BY seq", (chunk[0], chunk[-1])
                 ).fetchall()
             else:
                 marks = ",".join("?" * len(chunk))
-                rows = self.store.db.execute(
-                    f"SELECT seq, entry FROM ledger WHERE seq IN ({marks}) ORDER BY seq", chunk
-                ).fetchall()
+                rows = self.db.execute(f"SELECT seq, entry FROM ledger WHERE seq IN ({marks}) ORDER BY seq", chunk).fetchall()
             if [row[0] for row in rows] != chunk:
                 missing = sorted(set(chunk) - {row[0] for row in rows})
                 raise LedgerCorrupted(
@@ -349,6 +357,14 @@ class Ledger:
             "end": min(stop, end),
             "tree_size": self.tree.size,
         }
+
+
+class _Pending:
+    """A transaction's entries, in order, until it commits (kept in ``Transaction.scratch``)."""
+
+    def __init__(self) -> None:
+        self.entries: list[bytes] = []
+        self.cvms: list[str | None] = []
 
 
 def _root_mismatch(size: int) -> LedgerTampered:

@@ -67,7 +67,7 @@ def new_ledger(directory: Path) -> Ledger:
 
 
 def append(ledger: Ledger, cvm: str | None = "a", event: str = "x", **fields: Any) -> dict[str, Any]:
-    with ledger.store.transaction() as tx:
+    with ledger.db.transaction() as tx:
         return ledger.append(tx, cvm=cvm, event=event, actor="test", **fields)
 
 

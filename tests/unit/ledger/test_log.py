@@ -23,7 +23,7 @@ def make_ledger(directory: Path, controller: str = "c" * 64) -> Ledger:
 
 
 def add(ledger: Ledger, cvm: str | None, event: str = "x", **fields: object) -> dict[str, object]:
-    with ledger.store.transaction() as tx:
+    with ledger.db.transaction() as tx:
         return ledger.append(tx, cvm=cvm, event=event, actor="test", **fields)
 
 
@@ -62,7 +62,7 @@ def test_the_tree_is_rebuilt_from_disk_with_the_same_root(tmp_path: Path) -> Non
     for i in range(10):
         add(ledger, "a", n=i)
     root = ledger.head()["root_hash"]
-    ledger.store.close()
+    ledger.db.close()
     again = make_ledger(tmp_path)
     assert again.size == 10 and again.head()["root_hash"] == root
 
@@ -71,10 +71,10 @@ def test_an_edited_disk_is_refused_at_open(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path)
     for i in range(4):
         add(ledger, "a", n=i)
-    entry = json.loads(ledger.store.db.execute("SELECT entry FROM ledger WHERE seq = 2").fetchone()[0])
+    entry = json.loads(ledger.db.execute("SELECT entry FROM ledger WHERE seq = 2").fetchone()[0])
     entry["n"] = 99
-    ledger.store.db.execute("UPDATE ledger SET entry = ? WHERE seq = 2", (canonical(entry),))
-    ledger.store.close()
+    ledger.db.execute("UPDATE ledger SET entry = ? WHERE seq = 2", (canonical(entry),))
+    ledger.db.close()
     with pytest.raises(LedgerTampered, match="do not hash to the root sealed"):
         make_ledger(tmp_path)
 
@@ -91,8 +91,8 @@ def test_a_truncated_or_retagged_ledger_is_refused_at_open(tmp_path: Path, attac
     ledger = make_ledger(tmp_path)
     for i in range(6):
         add(ledger, "a", n=i)
-    ledger.store.db.execute(attack)
-    ledger.store.close()
+    ledger.db.execute(attack)
+    ledger.db.close()
     with pytest.raises(LedgerTampered, match=message):
         make_ledger(tmp_path)
 
@@ -105,16 +105,14 @@ def test_an_entry_appended_by_the_host_is_refused_but_a_crash_tail_is_kept(tmp_p
     # A commit whose seal never happened (a crash in between): the entry carries the MAC.
     forged_free = {"seq": 3, "time": "t", "cvm": "a", "cvm_prev": 2, "event": "x", "actor": "test", "request_digest": None}
     data = canonical(forged_free)
-    ledger.store.db.execute(
-        "INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (3, 'a', ?, ?)", (data, ledger.anchor.entry_mac(data))
-    )
-    ledger.store.close()
+    ledger.db.execute("INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (3, 'a', ?, ?)", (data, ledger.anchor.entry_mac(data)))
+    ledger.db.close()
     again = make_ledger(tmp_path)
     assert sealed_size == 3 and again.size == 4 and again.anchor.head.tree_size == 4
     # The host's own entry: no valid MAC.
     forged = canonical({**forged_free, "seq": 4, "cvm_prev": 3, "event": "mode.changed"})
-    again.store.db.execute("INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (4, 'a', ?, ?)", (forged, b"\0" * 32))
-    again.store.close()
+    again.db.execute("INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (4, 'a', ?, ?)", (forged, b"\0" * 32))
+    again.db.close()
     with pytest.raises(LedgerTampered, match="not written by this controller"):
         make_ledger(tmp_path)
 
@@ -123,22 +121,22 @@ def test_entries_edited_while_running_are_not_served_and_the_index_ignores_the_c
     ledger = make_ledger(tmp_path)
     for i in range(6):
         add(ledger, "a" if i % 2 else "b", n=i)
-    ledger.store.db.execute("UPDATE ledger SET cvm_id = NULL WHERE cvm_id = 'a'")
+    ledger.db.execute("UPDATE ledger SET cvm_id = NULL WHERE cvm_id = 'a'")
     assert [e["seq"] for e in ledger.entries(cvm="a")] == [1, 3, 5]
     assert [e["cvm_prev"] for e in ledger.entries(cvm="a")] == [None, 1, 3]
     assert add(ledger, "a")["cvm_prev"] == 5
-    entry = json.loads(ledger.store.db.execute("SELECT entry FROM ledger WHERE seq = 3").fetchone()[0])
-    ledger.store.db.execute("UPDATE ledger SET entry = ? WHERE seq = 3", (canonical({**entry, "n": 99}),))
+    entry = json.loads(ledger.db.execute("SELECT entry FROM ledger WHERE seq = 3").fetchone()[0])
+    ledger.db.execute("UPDATE ledger SET entry = ? WHERE seq = 3", (canonical({**entry, "n": 99}),))
     with pytest.raises(LedgerCorrupted, match="entry 3 was altered"):
         ledger.entries(cvm="a")
-    ledger.store.db.execute("DELETE FROM ledger WHERE seq = 3")
+    ledger.db.execute("DELETE FROM ledger WHERE seq = 3")
     with pytest.raises(LedgerCorrupted, match="deleted"):
         ledger.page(0, None, "a")
 
 
 def test_each_entry_links_to_the_previous_entry_of_its_cvm(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path)
-    with ledger.store.transaction() as tx:  # several entries in one transaction link too
+    with ledger.db.transaction() as tx:  # several entries in one transaction link too
         ledger.append(tx, cvm="a", event="x", actor="t")
         ledger.append(tx, cvm="b", event="x", actor="t")
         ledger.append(tx, cvm="a", event="x", actor="t")
@@ -152,7 +150,7 @@ def test_each_entry_links_to_the_previous_entry_of_its_cvm(tmp_path: Path) -> No
 
 def test_pages_are_bounded_and_say_where_the_next_starts(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path)
-    with ledger.store.transaction() as tx:
+    with ledger.db.transaction() as tx:
         for i in range(MAX_PAGE + 50):
             ledger.append(tx, cvm="a" if i % 2 else "b", event="x", actor="t")
     page = ledger.page(0)
@@ -189,10 +187,10 @@ def test_signed_heads_verify_and_any_change_breaks_them(tmp_path: Path) -> None:
 async def test_a_subscription_sees_each_committed_entry_once(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path)
     subscription = ledger.subscription(maxsize=8)
-    with ledger.store.transaction() as tx:
+    with ledger.db.transaction() as tx:
         ledger.append(tx, cvm="a", event="x", actor="t")
         ledger.append(tx, cvm="a", event="y", actor="t")
-    with pytest.raises(RuntimeError), ledger.store.transaction() as tx:  # rolled back: never announced
+    with pytest.raises(RuntimeError), ledger.db.transaction() as tx:  # rolled back: never announced
         ledger.append(tx, cvm="a", event="lost", actor="t")
         raise RuntimeError
     add(ledger, "a", "z")
