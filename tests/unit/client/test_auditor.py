@@ -235,7 +235,7 @@ def test_an_auditor_never_accepts_two_histories_that_diverge(
         target = min(shown[which].size + grow, len(full[which]))
         for data in full[which][shown[which].size : target]:
             entry = json.loads(data)
-            with shown[which].store.transaction() as tx:
+            with shown[which].db.transaction() as tx:
                 shown[which].append(tx, cvm=entry["cvm"], event=entry["event"], actor="test", n=entry["n"])
         if Auditor(LedgerSource(shown[which]), store).audit().ok:
             accepted.append((which, shown[which].size))
