@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -76,18 +77,29 @@ class RequestAuthenticator:
     seen nonces are kept in memory and persisted, so deleting rows while the controller runs
     reopens nothing."""
 
-    def __init__(self, store: Store, controller_id: str, settings: Settings, owners: dict[str, str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        controller_id: str,
+        settings: Settings,
+        owners: dict[str, str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
+        self._clock = clock
+        """Seconds since the epoch; requests are judged against it (injected for tests)."""
         self.controller_id = controller_id
         self.settings = settings
         self.owner_keys: dict[str, keys.PublicKey] = {
             key_id: keys.load_public_key_bytes(pem.encode(), f"owner key {key_id[:16]}") for key_id, pem in owners.items()
         }
         """The pinned owner set (key id → public key); the seed gateway uses it too."""
-        self._nonces: dict[str, float] = dict.fromkeys(store.recent_nonces(time.time() - settings.nonce_retention_s), time.time())
+        now = clock()
+        self._nonces: dict[str, float] = dict.fromkeys(store.recent_nonces(now - settings.nonce_retention_s), now)
 
     def _consume_nonce(self, nonce: str, signer: str) -> bool:
-        now = time.time()
+        now = self._clock()
         keep = self.settings.nonce_retention_s
         if nonce in self._nonces:
             return False
@@ -135,7 +147,7 @@ class RequestAuthenticator:
             issued = parse_timestamp(issued_at)
         except ValueError:
             raise BadRequest(f"issued_at {issued_at!r} is not an RFC 3339 time with a zone", code="bad_envelope") from None
-        skew = (datetime.now(UTC) - issued).total_seconds()
+        skew = (datetime.fromtimestamp(self._clock(), UTC) - issued).total_seconds()
         limit = self.settings.request_skew_s
         if skew > limit:
             raise Unauthorized(

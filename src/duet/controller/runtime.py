@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,8 @@ from duet.errors import ConfigError
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
 from duet.providers import make_provider
-from duet.remote.ssh import SshPool
+from duet.providers.base import Provider
+from duet.remote.ssh import CommandRunner, SshPool
 from duet.storage import Database
 from duet.tee.base import TeeBackend
 
@@ -76,9 +79,19 @@ class Controller:
         self.store.close()
 
 
-def open_controller(settings: Settings) -> Controller:
+def open_controller(
+    settings: Settings,
+    *,
+    providers: dict[str, Provider] | None = None,
+    ssh: CommandRunner | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Controller:
     """Open the controller's sealed state, verify the stored ledger and rows against it, and
-    wire the service; any disagreement stops here with an error that says what differs."""
+    wire the service; any disagreement stops here with an error that says what differs.
+
+    The composition root: the edges to the outside (providers, SSH, the clock requests are
+    judged by) are made here from the settings unless given, so the lifecycle can be tested
+    with the fakes of ``duet.testing``."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.state_dir, 0o700)
     tee = make_tee(settings)
@@ -110,11 +123,21 @@ def open_controller(settings: Settings) -> Controller:
     _record_start(store, verified, owners)
     identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)), tls_cert_sha256=tls.cert_sha256)
     env = {**os.environ, **settings.provider_env}
-    providers = {name: make_provider(name, settings.state_dir, env, controller_id=controller_id) for name in settings.providers}
+    if providers is None:
+        providers = {
+            name: make_provider(name, settings.state_dir, env, controller_id=controller_id) for name in settings.providers
+        }
     service = LifecycleService(
-        settings, store, verified.ledger, providers, SshPool(), sealed=sealed, replay=verified.replay, machines=verified.machines
+        settings,
+        store,
+        verified.ledger,
+        providers,
+        ssh if ssh is not None else SshPool(),
+        sealed=sealed,
+        replay=verified.replay,
+        machines=verified.machines,
     )
-    authenticator = RequestAuthenticator(store, controller_id, settings, owners)
+    authenticator = RequestAuthenticator(store, controller_id, settings, owners, clock=clock)
     return Controller(settings, identity, tee, store, verified.ledger, service, authenticator, tls)
 
 

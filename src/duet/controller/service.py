@@ -36,7 +36,15 @@ from duet.protocol.canonical import canonical, sha256_hex, timestamp
 from duet.protocol.lifecycle import CONTROLLER_ACTOR, CvmFacts, LifecycleReplay
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
 from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, Machine, Provider
-from duet.remote.ssh import ExecResult, HostKeyMismatch, SshPool, SshTarget, SshUnavailable, fingerprint, generate_client_key
+from duet.remote.ssh import (
+    CommandRunner,
+    ExecResult,
+    HostKeyMismatch,
+    SshTarget,
+    SshUnavailable,
+    fingerprint,
+    generate_client_key,
+)
 from duet.storage import Transaction
 
 log = logging.getLogger("duet.service")
@@ -83,7 +91,7 @@ class LifecycleService:
         store: Store,
         ledger: Ledger,
         providers: dict[str, Provider],
-        ssh: SshPool,
+        ssh: CommandRunner,
         *,
         sealed: SealedState,
         replay: LifecycleReplay,
@@ -251,7 +259,7 @@ class LifecycleService:
             raise InvalidParams(f"output_limit may be at most {self.settings.max_output_limit} bytes", code="invalid_params")
         async with self._locked(params.cvm_id):
             cvm = self.get_cvm(params.cvm_id)
-            if cvm.mode != lc.IN_UPDATE:
+            if cvm.mode not in lc.ALLOWED_IN[lc.COMMAND_STARTED]:
                 raise Forbidden(self._refusal(cvm), code="not_in_update")
             target = self._target(cvm.id)
             results = [
@@ -351,7 +359,7 @@ class LifecycleService:
             raise InvalidParams("final applies only to mode in-service", code="invalid_params")
         async with self._locked(params.cvm_id):
             cvm = self.get_cvm(params.cvm_id)
-            if cvm.mode not in lc.MARKABLE_MODES:
+            if cvm.mode not in lc.ALLOWED_IN[lc.MODE_CHANGED]:
                 raise Conflict(f"CVM {cvm.id[:16]}… is {cvm.mode}; only a running CVM can be marked", code="bad_transition")
             if cvm.final and params.mode == lc.IN_UPDATE:
                 raise Forbidden(
@@ -493,12 +501,12 @@ class LifecycleService:
         job_id = new_job_id()
         async with self._locked(params.cvm_id):
             cvm = self.get_cvm(params.cvm_id)
-            if cvm.mode in (lc.STOPPING, lc.STOPPED):
-                raise Conflict(f"CVM {cvm.id[:16]}… is already {cvm.mode}", code="bad_transition")
             if cvm.mode == lc.PROVISIONING:
                 raise Conflict(
                     f"CVM {cvm.id[:16]}… is still being provisioned; stop it when its start job has ended", code="cvm_busy"
                 )
+            if cvm.mode not in lc.ALLOWED_IN[lc.CVM_STOPPING]:
+                raise Conflict(f"CVM {cvm.id[:16]}… is already {cvm.mode}", code="bad_transition")
             previous = cvm.mode
             with self.store.transaction() as tx:
                 self.store.update_cvm(tx, cvm.id, mode=lc.STOPPING, now=timestamp())

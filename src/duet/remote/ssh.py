@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncssh
 
 from duet.errors import ConfigError, UpstreamError
 
 __all__ = [
+    "CommandRunner",
     "ExecResult",
     "HostKeyMismatch",
     "SshPool",
@@ -267,6 +269,16 @@ class _Entry:
 def _alive(conn: asyncssh.SSHClientConnection) -> bool:
     # asyncssh has no public "is open" probe; a lost transport is what "dead" means here.
     return not conn.is_closed()
+
+
+class CommandRunner(Protocol):
+    """What the lifecycle needs of SSH (``SshPool`` is the real one; ``duet.testing`` has a fake)."""
+
+    async def run(self, cvm_id: str, target: SshTarget, command: str, *, timeout: float, output_limit: int) -> ExecResult: ...
+    async def wait_ready(self, target: SshTarget, *, timeout: float) -> None: ...
+    async def login_refused(self, target: SshTarget) -> bool: ...
+    async def drop(self, cvm_id: str) -> None: ...
+    async def close(self) -> None: ...
 
 
 class SshPool:
