@@ -11,33 +11,17 @@ boto3 is synchronous; each call runs in a worker thread so the event loop keeps 
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import re
-import time
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from duet.errors import ConfigError, NotFound, UpstreamError
-from duet.providers import cloud_init
+from duet.providers import cloud, cloud_init
 from duet.providers.base import CvmSpec, Machine, Progress, first_setting
 
-TAG_CVM = "duet-cvm"
-TAG_PREFIX = "duet-prefix"
 _LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
-_HINTS = {
-    "InsufficientInstanceCapacity": "AWS has no SEV-SNP capacity for this type in this zone now; retry later or use another zone/type",
-    "Unsupported": "SEV-SNP needs an M6a, C6a or R6a type in a region that offers it (e.g. us-east-2, eu-west-1)",
-    "InvalidParameterCombination": "SEV-SNP needs an M6a, C6a or R6a type and a UEFI (or uefi-preferred) AMI",
-    "InvalidAMIID.NotFound": "DUET_AWS_AMI is not an AMI of this region",
-    "UnauthorizedOperation": "the controller's AWS identity lacks an EC2 permission for this call",
-    "AuthFailure": "the AWS credentials were refused; check the instance role or AWS_* variables",
-    "VcpuLimitExceeded": "raise the account's vCPU limit for this instance family",
-}
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,13 +52,11 @@ class AwsConfig:
                 + " (the AMI must boot in UEFI mode and support SEV-SNP guests, e.g. Ubuntu 24.04)",
                 code="aws_config_missing",
             )
-        try:
+        with cloud.config_numbers("AWS", code="aws_config_invalid"):
             port = int(first_setting(env, "DUET_SSH_PORT", default="22"))
             delay = float(first_setting(env, "DUET_AWS_WAIT_DELAY", default="5"))
             attempts = int(first_setting(env, "DUET_AWS_WAIT_ATTEMPTS", default="120"))
             retry = float(first_setting(env, "DUET_AWS_DELETE_RETRY_SECONDS", default="300"))
-        except ValueError as exc:
-            raise ConfigError(f"AWS provider: bad number in configuration: {exc}", code="aws_config_invalid") from None
         return cls(
             region=region,
             ami=ami,
@@ -90,12 +72,6 @@ class AwsConfig:
             wait_attempts=attempts,
             delete_retry_seconds=retry,
         )
-
-
-def base_name(cvm_id: str, prefix: str) -> str:
-    slug = re.sub(r"[^a-z0-9-]", "-", cvm_id.lower()).strip("-")[:20].strip("-")
-    digest = hashlib.sha256(cvm_id.encode()).hexdigest()[:8]
-    return f"{prefix}-{slug}-{digest}" if slug else f"{prefix}-{digest}"
 
 
 def _tag_spec(resource_type: str, tags: dict[str, str], name: str) -> dict[str, Any]:
@@ -126,22 +102,36 @@ def run_instances_params(
     return params
 
 
-def _cloud_error(exc: BaseException) -> tuple[str, str]:
+def _read_error(exc: BaseException) -> tuple[str, str]:
+    """botocore's own exceptions (no credentials, no endpoint) carry no EC2 error: their class names it."""
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         return str(response["Error"].get("Code", "")), str(response["Error"].get("Message", "")).strip()
     return type(exc).__name__, str(exc)
 
 
-def _upstream(action: str, exc: BaseException, *, code: str) -> UpstreamError:
-    cloud_code, message = _cloud_error(exc)
-    hint = _HINTS.get(cloud_code)
-    if cloud_code in ("NoCredentialsError", "PartialCredentialsError"):
-        hint = "no AWS credentials; give the controller an instance role or set AWS_* variables"
-    elif cloud_code in ("EndpointConnectionError", "ConnectTimeoutError"):
-        hint = "cannot reach the EC2 endpoint; check DUET_AWS_REGION, DUET_AWS_ENDPOINT_URL and the network"
-    text = f"AWS: {action} failed: {cloud_code}: {message}"
-    return UpstreamError(f"{text} ({hint})" if hint else text, code=code)
+_NO_CREDENTIALS = "no AWS credentials; give the controller an instance role or set AWS_* variables"
+_NO_ENDPOINT = "cannot reach the EC2 endpoint; check DUET_AWS_REGION, DUET_AWS_ENDPOINT_URL and the network"
+ERRORS = cloud.CloudErrors(
+    cloud="AWS",
+    read=_read_error,
+    hints={
+        "InsufficientInstanceCapacity": "AWS has no SEV-SNP capacity for this type in this zone now; retry later or use another zone/type",
+        "Unsupported": "SEV-SNP needs an M6a, C6a or R6a type in a region that offers it (e.g. us-east-2, eu-west-1)",
+        "InvalidParameterCombination": "SEV-SNP needs an M6a, C6a or R6a type and a UEFI (or uefi-preferred) AMI",
+        "InvalidAMIID.NotFound": "DUET_AWS_AMI is not an AMI of this region",
+        "UnauthorizedOperation": "the controller's AWS identity lacks an EC2 permission for this call",
+        "AuthFailure": "the AWS credentials were refused; check the instance role or AWS_* variables",
+        "VcpuLimitExceeded": "raise the account's vCPU limit for this instance family",
+        "NoCredentialsError": _NO_CREDENTIALS,
+        "PartialCredentialsError": _NO_CREDENTIALS,
+        "EndpointConnectionError": _NO_ENDPOINT,
+        "ConnectTimeoutError": _NO_ENDPOINT,
+    },
+    gone_codes=frozenset({"InvalidGroup.NotFound"}),
+    # a security group stays in use until the terminated instance's network interface is gone
+    in_use=lambda code: code == "DependencyViolation",
+)
 
 
 class AwsProvider:
@@ -166,21 +156,16 @@ class AwsProvider:
             self._client = session.client("ec2", endpoint_url=self.config.endpoint_url or None)
         return self._client
 
-    @staticmethod
-    async def _call(fn: Callable[[], T]) -> T:
-        return await asyncio.to_thread(fn)
-
     def _waiter(self, ec2: Any, name: str, instance_ids: list[str]) -> None:
         ec2.get_waiter(name).wait(
             InstanceIds=instance_ids, WaiterConfig={"Delay": self.config.wait_delay, "MaxAttempts": self.config.wait_attempts}
         )
 
-    def _tags(self, cvm_id: str) -> dict[str, str]:
-        return {TAG_CVM: cvm_id, TAG_PREFIX: self.config.prefix}
-
     def _filters(self, cvm_id: str | None) -> list[dict[str, Any]]:
-        f: list[dict[str, Any]] = [{"Name": f"tag:{TAG_PREFIX}", "Values": [self.config.prefix]}]
-        f.append({"Name": f"tag:{TAG_CVM}", "Values": [cvm_id]} if cvm_id else {"Name": "tag-key", "Values": [TAG_CVM]})
+        f: list[dict[str, Any]] = [{"Name": f"tag:{cloud.TAG_PREFIX}", "Values": [self.config.prefix]}]
+        f.append(
+            {"Name": f"tag:{cloud.TAG_CVM}", "Values": [cvm_id]} if cvm_id else {"Name": "tag-key", "Values": [cloud.TAG_CVM]}
+        )
         return f
 
     async def create(self, spec: CvmSpec, ssh_public_key: str, progress: Progress) -> Machine:
@@ -190,22 +175,20 @@ class AwsProvider:
                 code="cvm_type_unsupported",
             )
         cfg = self.config
-        name = base_name(spec.cvm_id, cfg.prefix)
-        tags = self._tags(spec.cvm_id)
+        name = cloud.base_name(spec.cvm_id, cfg.prefix)
+        tags = cloud.cvm_tags(spec.cvm_id, cfg.prefix)
         instance_type = spec.options.get("instance_type") or cfg.instance_type
-        host_key = cloud_init.generate_host_key(comment=f"duet-{spec.cvm_id}")
-        ec2 = await self._call(self.client)
-        step = "starting"
-        try:
-            step = f"importing key pair {name}"
-            progress(step)
-            await self._call(
+        ec2 = await cloud.in_thread(self.client)
+        async with cloud.Provisioning(
+            ERRORS, spec, ssh_public_key, progress, lambda: self._delete_cvm(spec.cvm_id, progress)
+        ) as steps:
+            steps.step(f"importing key pair {name}")
+            await cloud.in_thread(
                 lambda: ec2.import_key_pair(
                     KeyName=name, PublicKeyMaterial=ssh_public_key.encode(), TagSpecifications=[_tag_spec("key-pair", tags, name)]
                 )
             )
-            step = f"creating security group {name}"
-            progress(step)
+            steps.step(f"creating security group {name}")
             sg_args: dict[str, Any] = {
                 "GroupName": name,
                 "Description": f"duet CVM {spec.cvm_id}: SSH from the controller",
@@ -213,10 +196,9 @@ class AwsProvider:
             }
             if cfg.vpc_id:
                 sg_args["VpcId"] = cfg.vpc_id
-            sg_id = (await self._call(lambda: ec2.create_security_group(**sg_args)))["GroupId"]
-            step = f"allowing SSH in security group {name}"
-            progress(step)
-            await self._call(
+            sg_id = (await cloud.in_thread(lambda: ec2.create_security_group(**sg_args)))["GroupId"]
+            steps.step(f"allowing SSH in security group {name}")
+            await cloud.in_thread(
                 lambda: ec2.authorize_security_group_ingress(
                     GroupId=sg_id,
                     IpPermissions=[
@@ -229,17 +211,20 @@ class AwsProvider:
                     ],
                 )
             )
-            step = f"launching SEV-SNP instance {name} ({instance_type})"
-            progress(step)
+            steps.step(f"launching SEV-SNP instance {name} ({instance_type})")
             params = run_instances_params(
-                cfg, name=name, tags=tags, instance_type=instance_type, sg_id=sg_id, user_data=cloud_init.user_data(host_key)
+                cfg,
+                name=name,
+                tags=tags,
+                instance_type=instance_type,
+                sg_id=sg_id,
+                user_data=cloud_init.user_data(steps.host_key),
             )
-            instance_id = (await self._call(lambda: ec2.run_instances(**params)))["Instances"][0]["InstanceId"]
-            step = f"waiting for instance {instance_id} to run"
-            progress(step)
-            await self._call(lambda: self._waiter(ec2, "instance_running", [instance_id]))
-            step = f"reading the address of instance {instance_id}"
-            desc = await self._call(lambda: ec2.describe_instances(InstanceIds=[instance_id]))
+            instance_id = (await cloud.in_thread(lambda: ec2.run_instances(**params)))["Instances"][0]["InstanceId"]
+            steps.step(f"waiting for instance {instance_id} to run")
+            await cloud.in_thread(lambda: self._waiter(ec2, "instance_running", [instance_id]))
+            steps.step(f"reading the address of instance {instance_id}", report=False)
+            desc = await cloud.in_thread(lambda: ec2.describe_instances(InstanceIds=[instance_id]))
             instance = desc["Reservations"][0]["Instances"][0]
             address = instance.get("PublicIpAddress", "")
             if not address:
@@ -248,81 +233,46 @@ class AwsProvider:
                     "(DUET_AWS_SUBNET_ID) or the default VPC",
                     code="cloud_provisioning_failed",
                 )
-        except Exception as exc:
-            error = exc if isinstance(exc, UpstreamError) else _upstream(step, exc, code="cloud_provisioning_failed")
-            progress("cleaning up after failure")
-            try:
-                await self._delete_cvm(spec.cvm_id, progress)
-            except UpstreamError as cleanup:
-                error = UpstreamError(
-                    f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}", code=error.code
-                )
-            raise error from None
-        return Machine(
-            cvm_id=spec.cvm_id,
-            provider=self.name,
-            host=address,
-            port=cfg.ssh_port,
-            username=cfg.username,
-            host_key=host_key.public,
-            resources={
-                "region": cfg.region,
-                "instance_id": instance_id,
-                "security_group_id": sg_id,
-                "key_name": name,
-                "instance_type": instance_type,
-                "authorized_key": ssh_public_key,
-            },
-        )
+        resources = {
+            "region": cfg.region,
+            "instance_id": instance_id,
+            "security_group_id": sg_id,
+            "key_name": name,
+            "instance_type": instance_type,
+        }
+        return steps.machine(self.name, host=address, port=cfg.ssh_port, username=cfg.username, resources=resources)
 
     async def delete(self, machine: Machine, progress: Progress) -> None:
         await self._delete_cvm(machine.cvm_id, progress)
 
     async def _delete_cvm(self, cvm_id: str, progress: Progress) -> None:
         """Terminate (and wait), then the security group (once no longer in use), then the key pair."""
-        ec2 = await self._call(self.client)
-        name = base_name(cvm_id, self.config.prefix)
+        ec2 = await cloud.in_thread(self.client)
+        name = cloud.base_name(cvm_id, self.config.prefix)
         filters = self._filters(cvm_id)
-        try:
+        with ERRORS.calling(f"deleting the resources of CVM {cvm_id}", code="cloud_delete_failed"):
             progress(f"terminating instances of {name}")
-            desc = await self._call(
+            desc = await cloud.in_thread(
                 lambda: ec2.describe_instances(Filters=filters + [{"Name": "instance-state-name", "Values": _LIVE_STATES}])
             )
             ids = [i["InstanceId"] for r in desc["Reservations"] for i in r["Instances"]]
             if ids:
-                await self._call(lambda: ec2.terminate_instances(InstanceIds=ids))
-                await self._call(lambda: self._waiter(ec2, "instance_terminated", ids))
+                await cloud.in_thread(lambda: ec2.terminate_instances(InstanceIds=ids))
+                await cloud.in_thread(lambda: self._waiter(ec2, "instance_terminated", ids))
             progress(f"deleting security group {name}")
-            groups = (await self._call(lambda: ec2.describe_security_groups(Filters=filters)))["SecurityGroups"]
+            groups = (await cloud.in_thread(lambda: ec2.describe_security_groups(Filters=filters)))["SecurityGroups"]
             for group in groups:
-                await self._delete_group(ec2, group["GroupId"])
+                await ERRORS.delete(
+                    f"deleting security group {group['GroupId']}",
+                    functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]),
+                    patience=self.config.delete_retry_seconds,
+                )
             progress(f"deleting key pair {name}")
-            await self._call(lambda: ec2.delete_key_pair(KeyName=name))
-        except UpstreamError:
-            raise
-        except Exception as exc:
-            raise _upstream(f"deleting the resources of CVM {cvm_id}", exc, code="cloud_delete_failed") from None
-
-    async def _delete_group(self, ec2: Any, group_id: str) -> None:
-        """A group stays in use (DependencyViolation) until the instance's ENI is gone; back off until then."""
-        deadline = time.monotonic() + self.config.delete_retry_seconds
-        delay = 1.0
-        while True:
-            try:
-                await self._call(lambda: ec2.delete_security_group(GroupId=group_id))
-                return
-            except Exception as exc:
-                code, _ = _cloud_error(exc)
-                if code == "InvalidGroup.NotFound":
-                    return
-                if code != "DependencyViolation" or time.monotonic() + delay > deadline:
-                    raise _upstream(f"deleting security group {group_id}", exc, code="cloud_delete_failed") from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await cloud.in_thread(lambda: ec2.delete_key_pair(KeyName=name))
 
     async def _tagged_cvms(self) -> tuple[set[str], set[str]]:
         """(CVM ids owning any tagged resource, CVM ids with a live instance) under this prefix."""
-        ec2 = await self._call(self.client)
+        ec2 = await cloud.in_thread(self.client)
         filters = self._filters(None)
 
         def scan() -> tuple[set[str], set[str]]:
@@ -332,21 +282,20 @@ class AwsProvider:
                 "Reservations"
             ]:
                 for i in r["Instances"]:
-                    cvm = _tag(i.get("Tags"), TAG_CVM)
+                    cvm = _tag(i.get("Tags"), cloud.TAG_CVM)
                     owners.add(cvm)
                     if i["State"]["Name"] in ("pending", "running", "stopping", "stopped"):
                         live.add(cvm)
             for g in ec2.describe_security_groups(Filters=filters)["SecurityGroups"]:
-                owners.add(_tag(g.get("Tags"), TAG_CVM))
+                owners.add(_tag(g.get("Tags"), cloud.TAG_CVM))
             for k in ec2.describe_key_pairs(Filters=filters)["KeyPairs"]:
-                owners.add(_tag(k.get("Tags"), TAG_CVM))
+                owners.add(_tag(k.get("Tags"), cloud.TAG_CVM))
             owners.discard("")
             return owners, live
 
-        try:
-            return await self._call(scan)
-        except Exception as exc:
-            raise _upstream(f"listing resources tagged {TAG_CVM}", exc, code="cloud_list_failed") from None
+        with ERRORS.calling(f"listing resources tagged {cloud.TAG_CVM}", code="cloud_list_failed"):
+            found = await cloud.in_thread(scan)
+        return found
 
     async def reconcile(self, known: list[Machine]) -> list[Machine]:
         owners, live = await self._tagged_cvms()
@@ -357,9 +306,9 @@ class AwsProvider:
 
     async def resume(self, machine: Machine) -> Machine:
         """Start a stopped instance and read its public IP again (it changes across stop/start)."""
-        ec2 = await self._call(self.client)
-        try:
-            desc = await self._call(
+        ec2 = await cloud.in_thread(self.client)
+        with ERRORS.calling(f"resuming CVM {machine.cvm_id}", code="cloud_resume_failed"):
+            desc = await cloud.in_thread(
                 lambda: ec2.describe_instances(
                     Filters=self._filters(machine.cvm_id)
                     + [{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
@@ -371,19 +320,15 @@ class AwsProvider:
             instance = instances[0]
             iid = instance["InstanceId"]
             if instance["State"]["Name"] in ("stopping", "stopped"):
-                await self._call(lambda: self._waiter(ec2, "instance_stopped", [iid]))
-                await self._call(lambda: ec2.start_instances(InstanceIds=[iid]))
-            await self._call(lambda: self._waiter(ec2, "instance_running", [iid]))
-            desc = await self._call(lambda: ec2.describe_instances(InstanceIds=[iid]))
-        except NotFound:
-            raise
-        except Exception as exc:
-            raise _upstream(f"resuming CVM {machine.cvm_id}", exc, code="cloud_resume_failed") from None
+                await cloud.in_thread(lambda: self._waiter(ec2, "instance_stopped", [iid]))
+                await cloud.in_thread(lambda: ec2.start_instances(InstanceIds=[iid]))
+            await cloud.in_thread(lambda: self._waiter(ec2, "instance_running", [iid]))
+            desc = await cloud.in_thread(lambda: ec2.describe_instances(InstanceIds=[iid]))
         address = desc["Reservations"][0]["Instances"][0].get("PublicIpAddress", "")
         return replace(machine, host=address or machine.host, resources=machine.resources | {"instance_id": iid})
 
     def lockdown_command(self, machine: Machine) -> str:
-        return cloud_init.machine_lockdown_command(machine)
+        return cloud.machine_lockdown_command(machine)
 
 
 def _tag(tags: list[dict[str, str]] | None, key: str) -> str:

@@ -12,38 +12,20 @@ keeps serving. Facts behind the request bodies: ``specs/providers.md`` §1.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
-from duet.errors import ConfigError, NotFound, UpstreamError
-from duet.providers import cloud_init
+from duet.errors import ConfigError, UpstreamError
+from duet.providers import cloud, cloud_init
 from duet.providers.base import CVM_TYPES, CvmSpec, Machine, Progress, first_setting
 
-TAG_CVM = "duet-cvm"
-TAG_PREFIX = "duet-prefix"
 PUBLIC_ARM = "https://management.azure.com"
 DEFAULT_SIZES = {"snp": "Standard_DC2ads_v5", "tdx": "Standard_DC2eds_v5"}
 DEFAULT_IMAGE = "Canonical:0001-com-ubuntu-confidential-vm-jammy:22_04-lts-cvm:latest"
-# ARM answers these while a just-deleted or just-failed resource still holds a reference
-# (e.g. a NIC stays reserved for a while after a failed VM create); they clear by themselves.
-_RETRYABLE_DELETE = re.compile(r"InUse|Reserved|AnotherOperationInProgress|RetryableError|Conflict", re.I)
-_HINTS = {
-    "SkuNotAvailable": "the VM size is not offered in this location; pick another location or size",
-    "QuotaExceeded": "request more quota for the DC/EC family in this location",
-    "OperationNotAllowed": "check the subscription's quota for this VM family and location",
-    "AuthorizationFailed": "give the controller's identity the Contributor role on the resource group",
-    "ResourceGroupNotFound": "create the resource group or fix RESOURCE_GROUP_NAME",
-    "InvalidAuthenticationToken": "the credential is for another tenant or cloud; check the identity and ARM endpoint",
-}
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,13 +71,11 @@ class AzureConfig:
         image = first_setting(env, "DUET_AZURE_IMAGE", "VM_IMAGE", default=DEFAULT_IMAGE)
         if len(image.split(":")) != 4:
             raise ConfigError(f"image {image!r} is not publisher:offer:sku:version", code="azure_config_invalid")
-        try:
+        with cloud.config_numbers("Azure", code="azure_config_invalid"):
             port = int(first_setting(env, "DUET_SSH_PORT", default="22"))
             poll = float(first_setting(env, "DUET_AZURE_POLL_SECONDS", default="5"))
             retry = float(first_setting(env, "DUET_AZURE_DELETE_RETRY_SECONDS", default="300"))
             retry_total = int(env["DUET_AZURE_RETRY_TOTAL"]) if env.get("DUET_AZURE_RETRY_TOTAL", "").strip() else None
-        except ValueError as exc:
-            raise ConfigError(f"Azure provider: bad number in configuration: {exc}", code="azure_config_invalid") from None
         return cls(
             subscription_id=sub,
             resource_group=rg,
@@ -134,11 +114,7 @@ class Names:
 
     @classmethod
     def of(cls, cvm_id: str, prefix: str, resource_group: str, subnet: str = "default") -> Names:
-        slug = re.sub(r"[^a-z0-9-]", "-", cvm_id.lower()).strip("-")[:20].strip("-")
-        digest = hashlib.sha256(cvm_id.encode()).hexdigest()[:8]
-        return cls(
-            base=f"{prefix}-{slug}-{digest}" if slug else f"{prefix}-{digest}", resource_group=resource_group, subnet=subnet
-        )
+        return cls(base=cloud.base_name(cvm_id, prefix), resource_group=resource_group, subnet=subnet)
 
     vm = property(lambda self: f"{self.base}-vm")
     os_disk = property(lambda self: f"{self.base}-osdisk")
@@ -280,23 +256,37 @@ def vm_body(
 # ---- errors ----
 
 
-def _cloud_error(exc: BaseException) -> tuple[str, str]:
-    """(ARM error code, ARM message) of an SDK exception; the message is the cloud's own words."""
+def _read_error(exc: BaseException) -> tuple[str, str]:
     err = getattr(exc, "error", None)
     code = getattr(err, "code", None) or type(exc).__name__
     message = getattr(err, "message", None) or getattr(exc, "message", None) or str(exc)
     return str(code), str(message).strip()
 
 
-def _upstream(action: str, exc: BaseException, *, code: str) -> UpstreamError:
-    cloud_code, message = _cloud_error(exc)
-    hint = _HINTS.get(cloud_code)
-    if type(exc).__name__ == "ServiceRequestError":
-        hint = "cannot reach Azure Resource Manager; check DUET_AZURE_ARM_ENDPOINT, network and REQUESTS_CA_BUNDLE"
-    elif type(exc).__name__ in ("ClientAuthenticationError", "CredentialUnavailableError"):
-        hint = "the Azure credential failed; check the managed identity (MANAGED_IDENTITY_CLIENT_ID) or DUET_AZURE_CREDENTIAL"
-    text = f"Azure: {action} failed: {cloud_code}: {message}"
-    return UpstreamError(f"{text} ({hint})" if hint else text, code=code)
+_CREDENTIAL_FAILED = (
+    "the Azure credential failed; check the managed identity (MANAGED_IDENTITY_CLIENT_ID) or DUET_AZURE_CREDENTIAL"
+)
+# ARM answers these while a just-deleted or just-failed resource still holds a reference
+# (e.g. a NIC stays reserved for a while after a failed VM create); they clear by themselves.
+_IN_USE = re.compile(r"InUse|Reserved|AnotherOperationInProgress|RetryableError|Conflict", re.I)
+ERRORS = cloud.CloudErrors(
+    cloud="Azure",
+    read=_read_error,
+    hints={
+        "SkuNotAvailable": "the VM size is not offered in this location; pick another location or size",
+        "QuotaExceeded": "request more quota for the DC/EC family in this location",
+        "OperationNotAllowed": "check the subscription's quota for this VM family and location",
+        "AuthorizationFailed": "give the controller's identity the Contributor role on the resource group",
+        "ResourceGroupNotFound": "create the resource group or fix RESOURCE_GROUP_NAME",
+        "InvalidAuthenticationToken": "the credential is for another tenant or cloud; check the identity and ARM endpoint",
+        "ServiceRequestError": "cannot reach Azure Resource Manager; check DUET_AZURE_ARM_ENDPOINT, network and REQUESTS_CA_BUNDLE",
+        "ClientAuthenticationError": _CREDENTIAL_FAILED,
+        "CredentialUnavailableError": _CREDENTIAL_FAILED,
+    },
+    missing=lambda exc: type(exc).__name__ == "ResourceNotFoundError",
+    gone_codes=frozenset({"ResourceNotFound", "NotFound", "ResourceGroupNotFound"}),
+    in_use=lambda code: _IN_USE.search(code) is not None,
+)
 
 
 class AzureProvider:
@@ -357,17 +347,10 @@ class AzureProvider:
             )
         return self._clients
 
-    @staticmethod
-    async def _call(fn: Callable[[], T]) -> T:
-        return await asyncio.to_thread(fn)
-
     def _names(self, cvm_id: str, resources: Mapping[str, Any] | None = None) -> Names:
         rg = (resources or {}).get("resource_group") or self.config.resource_group
         subnet = (resources or {}).get("subnet") or self.config.subnet_name
         return Names.of(cvm_id, self.config.prefix, rg, subnet)
-
-    def _tags(self, cvm_id: str) -> dict[str, str]:
-        return {TAG_CVM: cvm_id, TAG_PREFIX: self.config.prefix}
 
     # ---- Provider protocol ----
 
@@ -376,45 +359,39 @@ class AzureProvider:
             raise ConfigError(f"unknown CVM type {spec.cvm_type!r}; use snp or tdx", code="bad_cvm_type")
         cfg = self.config
         names = self._names(spec.cvm_id)
-        tags = self._tags(spec.cvm_id)
+        tags = cloud.cvm_tags(spec.cvm_id, cfg.prefix)
         vm_size = spec.options.get("vm_size") or cfg.vm_sizes[spec.cvm_type]
         image = spec.options.get("image") or cfg.image
-        host_key = cloud_init.generate_host_key(comment=f"duet-{spec.cvm_id}")
-        compute, network, _ = await self._call(self.clients)
+        compute, network, _ = await cloud.in_thread(self.clients)
         rg = names.resource_group
-        step = "starting"
-        try:
-            step = f"creating network security group {names.nsg}"
-            progress(step)
-            nsg = await self._call(
+        async with cloud.Provisioning(
+            ERRORS, spec, ssh_public_key, progress, lambda: self._delete_names(names, progress)
+        ) as steps:
+            steps.step(f"creating network security group {names.nsg}")
+            nsg = await cloud.in_thread(
                 lambda: network.network_security_groups.begin_create_or_update(rg, names.nsg, nsg_body(cfg, tags)).result()
             )
-            step = f"creating virtual network {names.vnet}"
-            progress(step)
-            await self._call(
+            steps.step(f"creating virtual network {names.vnet}")
+            await cloud.in_thread(
                 lambda: network.virtual_networks.begin_create_or_update(rg, names.vnet, vnet_body(cfg, tags)).result()
             )
-            step = f"creating subnet {names.subnet}"
-            progress(step)
-            subnet = await self._call(
+            steps.step(f"creating subnet {names.subnet}")
+            subnet = await cloud.in_thread(
                 lambda: network.subnets.begin_create_or_update(rg, names.vnet, names.subnet, subnet_body(nsg.id)).result()
             )
-            step = f"creating public IP {names.public_ip}"
-            progress(step)
-            pip = await self._call(
+            steps.step(f"creating public IP {names.public_ip}")
+            pip = await cloud.in_thread(
                 lambda: network.public_ip_addresses.begin_create_or_update(
                     rg, names.public_ip, public_ip_body(cfg, tags)
                 ).result()
             )
-            step = f"creating network interface {names.nic}"
-            progress(step)
-            nic = await self._call(
+            steps.step(f"creating network interface {names.nic}")
+            nic = await cloud.in_thread(
                 lambda: network.network_interfaces.begin_create_or_update(
                     rg, names.nic, nic_body(cfg, tags, nsg.id, subnet.id, pip.id)
                 ).result()
             )
-            step = f"creating confidential VM {names.vm} ({vm_size})"
-            progress(step)
+            steps.step(f"creating confidential VM {names.vm} ({vm_size})")
             body = vm_body(
                 cfg,
                 names,
@@ -423,49 +400,25 @@ class AzureProvider:
                 image=image,
                 nic_id=nic.id,
                 ssh_public_key=ssh_public_key,
-                custom_data=cloud_init.user_data_b64(host_key),
+                custom_data=cloud_init.user_data_b64(steps.host_key),
             )
-            await self._call(lambda: compute.virtual_machines.begin_create_or_update(rg, names.vm, body).result())
-            step = f"reading public IP {names.public_ip}"
-            progress(step)
-            address = (await self._call(lambda: network.public_ip_addresses.get(rg, names.public_ip))).ip_address
+            await cloud.in_thread(lambda: compute.virtual_machines.begin_create_or_update(rg, names.vm, body).result())
+            steps.step(f"reading public IP {names.public_ip}")
+            address = (await cloud.in_thread(lambda: network.public_ip_addresses.get(rg, names.public_ip))).ip_address
             if not address:
                 raise UpstreamError(
                     f"Azure: public IP {names.public_ip} has no address after the VM was created",
                     code="cloud_provisioning_failed",
                 )
-        except Exception as exc:
-            error = exc if isinstance(exc, UpstreamError) else _upstream(step, exc, code="cloud_provisioning_failed")
-            progress("cleaning up after failure")
-            try:
-                await self._delete_names(names, progress)
-            except UpstreamError as cleanup:
-                error = UpstreamError(
-                    f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}", code=error.code
-                )
-            raise error from None
-        resources: dict[str, Any] = names.to_json() | {
-            "location": cfg.location,
-            "vm_size": vm_size,
-            "image": image,
-            "authorized_key": ssh_public_key,
-        }
-        return Machine(
-            cvm_id=spec.cvm_id,
-            provider=self.name,
-            host=address,
-            port=cfg.ssh_port,
-            username=cfg.admin_username,
-            host_key=host_key.public,
-            resources=resources,
-        )
+        resources = names.to_json() | {"location": cfg.location, "vm_size": vm_size, "image": image}
+        return steps.machine(self.name, host=address, port=cfg.ssh_port, username=cfg.admin_username, resources=resources)
 
     async def delete(self, machine: Machine, progress: Progress) -> None:
         await self._delete_names(self._names(machine.cvm_id, machine.resources), progress)
 
     async def _delete_names(self, names: Names, progress: Progress) -> None:
         """Delete in dependency order (ARM refuses to delete what is still referenced)."""
-        compute, network, _ = await self._call(self.clients)
+        compute, network, _ = await cloud.in_thread(self.clients)
         rg = names.resource_group
         steps: list[tuple[str, Callable[[], Any]]] = [
             (f"deleting VM {names.vm}", lambda: compute.virtual_machines.begin_delete(rg, names.vm).result()),
@@ -483,44 +436,23 @@ class AzureProvider:
         ]
         for label, fn in steps:
             progress(label)
-            await self._delete_with_retry(label, fn)
-
-    async def _delete_with_retry(self, label: str, fn: Callable[[], Any]) -> None:
-        deadline = time.monotonic() + self.config.delete_retry_seconds
-        delay = 1.0
-        while True:
-            try:
-                await self._call(fn)
-                return
-            except Exception as exc:
-                code, _ = _cloud_error(exc)
-                if (
-                    code in ("ResourceNotFound", "NotFound", "ResourceGroupNotFound")
-                    or type(exc).__name__ == "ResourceNotFoundError"
-                ):
-                    return
-                if not _RETRYABLE_DELETE.search(code) or time.monotonic() + delay > deadline:
-                    raise _upstream(label, exc, code="cloud_delete_failed") from None
-            await asyncio.sleep(delay)  # back off only while ARM says the reference is still being released
-            delay = min(delay * 2, 30.0)
+            await ERRORS.delete(label, fn, patience=self.config.delete_retry_seconds)
 
     async def _tagged(self) -> dict[str, list[dict[str, str]]]:
         """Resources in the group tagged by this controller's prefix, grouped by CVM id."""
-        _, _, resources = await self._call(self.clients)
+        _, _, resources = await cloud.in_thread(self.clients)
         rg = self.config.resource_group
 
         def list_tagged() -> list[Any]:
-            return list(resources.resources.list_by_resource_group(rg, filter=f"tagName eq '{TAG_CVM}'"))
+            return list(resources.resources.list_by_resource_group(rg, filter=f"tagName eq '{cloud.TAG_CVM}'"))
 
-        try:
-            items = await self._call(list_tagged)
-        except Exception as exc:
-            raise _upstream(f"listing resources tagged {TAG_CVM} in {rg}", exc, code="cloud_list_failed") from None
+        with ERRORS.calling(f"listing resources tagged {cloud.TAG_CVM} in {rg}", code="cloud_list_failed"):
+            items = await cloud.in_thread(list_tagged)
         groups: dict[str, list[dict[str, str]]] = {}
         for item in items:
             tags = item.tags or {}
-            if TAG_CVM in tags and tags.get(TAG_PREFIX) == self.config.prefix:
-                groups.setdefault(tags[TAG_CVM], []).append({"name": item.name, "type": item.type})
+            if cloud.TAG_CVM in tags and tags.get(cloud.TAG_PREFIX) == self.config.prefix:
+                groups.setdefault(tags[cloud.TAG_CVM], []).append({"name": item.name, "type": item.type})
         return groups
 
     async def reconcile(self, known: list[Machine]) -> list[Machine]:
@@ -540,20 +472,17 @@ class AzureProvider:
 
     async def resume(self, machine: Machine) -> Machine:
         """Start the VM if it was stopped or deallocated, and read its (static) public IP again."""
-        compute, network, _ = await self._call(self.clients)
+        compute, network, _ = await cloud.in_thread(self.clients)
         names = self._names(machine.cvm_id, machine.resources)
         rg = names.resource_group
-        try:
-            view = await self._call(lambda: compute.virtual_machines.instance_view(rg, names.vm))
+        gone = f"Azure: VM {names.vm} of CVM {machine.cvm_id} no longer exists"
+        with ERRORS.calling(f"resuming VM {names.vm}", code="cloud_resume_failed", gone=gone):
+            view = await cloud.in_thread(lambda: compute.virtual_machines.instance_view(rg, names.vm))
             states = {s.code for s in (view.statuses or []) if s.code}
             if states & {"PowerState/deallocated", "PowerState/stopped", "PowerState/deallocating", "PowerState/stopping"}:
-                await self._call(lambda: compute.virtual_machines.begin_start(rg, names.vm).result())
-            address = (await self._call(lambda: network.public_ip_addresses.get(rg, names.public_ip))).ip_address
-        except Exception as exc:
-            if type(exc).__name__ == "ResourceNotFoundError":
-                raise NotFound(f"Azure: VM {names.vm} of CVM {machine.cvm_id} no longer exists", code="cvm_gone") from None
-            raise _upstream(f"resuming VM {names.vm}", exc, code="cloud_resume_failed") from None
+                await cloud.in_thread(lambda: compute.virtual_machines.begin_start(rg, names.vm).result())
+            address = (await cloud.in_thread(lambda: network.public_ip_addresses.get(rg, names.public_ip))).ip_address
         return replace(machine, host=address or machine.host)
 
     def lockdown_command(self, machine: Machine) -> str:
-        return cloud_init.machine_lockdown_command(machine)
+        return cloud.machine_lockdown_command(machine)

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from duet.errors import ConfigError
-from duet.providers.base import LOCKDOWN_MARKER, Machine
+from duet.providers.base import LOCKDOWN_MARKER
 
 
 @dataclass(frozen=True)
@@ -111,11 +110,3 @@ def lockdown_command(controller_public_key: str) -> str:
         f"if grep -qF {blob} \"$f\" 2>/dev/null; then echo 'the key is still authorized' >&2; exit 1; fi; "
         f"echo {LOCKDOWN_MARKER}"
     )
-
-
-def machine_lockdown_command(machine: Machine) -> str:
-    """The lockdown of a cloud CVM, from the controller key its machine record keeps."""
-    key = machine.resources.get("authorized_key", "")
-    if not key:
-        raise ConfigError(f"CVM {machine.cvm_id}: machine record lacks the authorized key", code="machine_incomplete")
-    return lockdown_command(key)

@@ -14,34 +14,20 @@ would poll the public endpoint even when another one is configured (providers.md
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
-from duet.errors import ConfigError, NotFound, UpstreamError
-from duet.providers import cloud_init
-from duet.providers.aws import base_name
+from duet.errors import ConfigError, UpstreamError
+from duet.providers import cloud, cloud_init
 from duet.providers.base import CVM_TYPES, CvmSpec, Machine, Progress, first_setting
 
-LABEL_CVM = "duet-cvm"
-LABEL_PREFIX = "duet-prefix"
 DEFAULT_MACHINE_TYPES = {"snp": "n2d-standard-2", "tdx": "c3-standard-4"}
 CONFIDENTIAL_TYPES = {"snp": "SEV_SNP", "tdx": "TDX"}
 DEFAULT_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
 _SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-_HINTS = {
-    "ZONE_RESOURCE_POOL_EXHAUSTED": "the zone has no capacity for this machine type now; retry or use another zone",
-    "QUOTA_EXCEEDED": "raise the project's CPU quota for this family and region",
-    "UNSUPPORTED_OPERATION": "this zone or machine type does not offer the confidential type (SEV_SNP: N2D + AMD Milan; TDX: C3)",
-    "forbidden": "the controller's service account lacks compute permissions (roles/compute.instanceAdmin.v1 + firewall admin)",
-    "notFound": "check DUET_GCP_PROJECT, DUET_GCP_ZONE, the network and the image",
-}
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,11 +61,9 @@ class GcpConfig:
             raise ConfigError(
                 "DUET_GCP_PREFIX must start with a letter and hold only a-z, 0-9 and '-'", code="gcp_config_invalid"
             )
-        try:
+        with cloud.config_numbers("GCP", code="gcp_config_invalid"):
             port = int(first_setting(env, "DUET_SSH_PORT", default="22"))
             disk = int(first_setting(env, "DUET_GCP_DISK_GB", default="20"))
-        except ValueError as exc:
-            raise ConfigError(f"GCP provider: bad number in configuration: {exc}", code="gcp_config_invalid") from None
         return cls(
             project=project,
             zone=zone,
@@ -113,7 +97,7 @@ def firewall_resource(cfg: GcpConfig, name: str, cvm_id: str) -> Any:
         network=cfg.network,
         direction="INGRESS",
         priority=1000,
-        description=f"duet CVM {cvm_id} ({LABEL_PREFIX}={cfg.prefix}): SSH from the controller",  # firewalls have no labels
+        description=f"duet CVM {cvm_id} ({cloud.TAG_PREFIX}={cfg.prefix}): SSH from the controller",  # firewalls have no labels
         allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(cfg.ssh_port)])],
         source_ranges=[cfg.ssh_source],
         target_tags=[name],
@@ -158,10 +142,10 @@ def instance_resource(
                 compute_v1.Items(key="enable-oslogin", value="FALSE"),
                 compute_v1.Items(key="block-project-ssh-keys", value="TRUE"),
                 compute_v1.Items(key="user-data", value=user_data),
-                compute_v1.Items(key=LABEL_CVM, value=cvm_id),
+                compute_v1.Items(key=cloud.TAG_CVM, value=cvm_id),
             ]
         ),
-        labels={LABEL_CVM: _label(cvm_id), LABEL_PREFIX: cfg.prefix},
+        labels={cloud.TAG_CVM: _label(cvm_id), cloud.TAG_PREFIX: cfg.prefix},
         tags=compute_v1.Tags(items=[name]),
     )
     if cvm_type == "snp":
@@ -169,7 +153,8 @@ def instance_resource(
     return instance
 
 
-def _cloud_error(exc: BaseException) -> tuple[str, str]:
+def _read_error(exc: BaseException) -> tuple[str, str]:
+    """The last ``reason`` of the error list names the cause; an operation's error carries its code as ``reason``."""
     errors = getattr(exc, "errors", None) or []
     reason = ""
     for e in errors:
@@ -178,13 +163,28 @@ def _cloud_error(exc: BaseException) -> tuple[str, str]:
     return str(code), str(getattr(exc, "message", None) or exc).strip()
 
 
-def _upstream(action: str, exc: BaseException, *, code: str) -> UpstreamError:
-    cloud_code, message = _cloud_error(exc)
-    hint = _HINTS.get(cloud_code)
-    if type(exc).__name__ in ("DefaultCredentialsError", "RefreshError", "TransportError"):
-        hint = "Google credentials failed; set GOOGLE_APPLICATION_CREDENTIALS or run on a VM with a service account"
-    text = f"GCP: {action} failed: {cloud_code}: {message}"
-    return UpstreamError(f"{text} ({hint})" if hint else text, code=code)
+def _missing(exc: BaseException) -> bool:
+    from google.api_core import exceptions as gexc
+
+    return isinstance(exc, gexc.NotFound)
+
+
+_CREDENTIALS_FAILED = "Google credentials failed; set GOOGLE_APPLICATION_CREDENTIALS or run on a VM with a service account"
+ERRORS = cloud.CloudErrors(
+    cloud="GCP",
+    read=_read_error,
+    hints={
+        "ZONE_RESOURCE_POOL_EXHAUSTED": "the zone has no capacity for this machine type now; retry or use another zone",
+        "QUOTA_EXCEEDED": "raise the project's CPU quota for this family and region",
+        "UNSUPPORTED_OPERATION": "this zone or machine type does not offer the confidential type (SEV_SNP: N2D + AMD Milan; TDX: C3)",
+        "forbidden": "the controller's service account lacks compute permissions (roles/compute.instanceAdmin.v1 + firewall admin)",
+        "notFound": "check DUET_GCP_PROJECT, DUET_GCP_ZONE, the network and the image",
+        "DefaultCredentialsError": _CREDENTIALS_FAILED,
+        "RefreshError": _CREDENTIALS_FAILED,
+        "TransportError": _CREDENTIALS_FAILED,
+    },
+    missing=_missing,
+)
 
 
 class _OperationFailed(Exception):
@@ -235,10 +235,6 @@ class GcpProvider:
             }
         return self._clients
 
-    @staticmethod
-    async def _call(fn: Callable[[], T]) -> T:
-        return await asyncio.to_thread(fn)
-
     def _wait(self, op: Any, zonal: bool) -> None:
         """Block (in a worker thread) until the operation is DONE; raise its error if it has one."""
         from google.cloud import compute_v1
@@ -258,19 +254,15 @@ class GcpProvider:
         if spec.cvm_type not in CVM_TYPES:
             raise ConfigError(f"unknown CVM type {spec.cvm_type!r}; use snp or tdx", code="bad_cvm_type")
         cfg = self.config
-        name = base_name(spec.cvm_id, cfg.prefix)
+        name = cloud.base_name(spec.cvm_id, cfg.prefix)
         machine_type = spec.options.get("machine_type") or cfg.machine_types[spec.cvm_type]
-        host_key = cloud_init.generate_host_key(comment=f"duet-{spec.cvm_id}")
-        c = await self._call(self.clients)
-        step = "starting"
-        try:
-            step = f"creating firewall rule {name}-ssh"
-            progress(step)
+        c = await cloud.in_thread(self.clients)
+        async with cloud.Provisioning(ERRORS, spec, ssh_public_key, progress, lambda: self._delete_name(name, progress)) as steps:
+            steps.step(f"creating firewall rule {name}-ssh")
             fw = firewall_resource(cfg, name, spec.cvm_id)
-            op = await self._call(lambda: c["firewalls"].insert_unary(project=cfg.project, firewall_resource=fw))
-            await self._call(lambda: self._wait(op, zonal=False))
-            step = f"creating confidential VM {name} ({CONFIDENTIAL_TYPES[spec.cvm_type]}, {machine_type})"
-            progress(step)
+            op = await cloud.in_thread(lambda: c["firewalls"].insert_unary(project=cfg.project, firewall_resource=fw))
+            await cloud.in_thread(lambda: self._wait(op, zonal=False))
+            steps.step(f"creating confidential VM {name} ({CONFIDENTIAL_TYPES[spec.cvm_type]}, {machine_type})")
             instance = instance_resource(
                 cfg,
                 name=name,
@@ -278,75 +270,50 @@ class GcpProvider:
                 cvm_type=spec.cvm_type,
                 machine_type=machine_type,
                 ssh_public_key=ssh_public_key,
-                user_data=cloud_init.user_data(host_key),
+                user_data=cloud_init.user_data(steps.host_key),
             )
-            op = await self._call(
+            op = await cloud.in_thread(
                 lambda: c["instances"].insert_unary(project=cfg.project, zone=cfg.zone, instance_resource=instance)
             )
-            await self._call(lambda: self._wait(op, zonal=True))
-            step = f"reading the address of {name}"
-            progress(step)
-            got = await self._call(lambda: c["instances"].get(project=cfg.project, zone=cfg.zone, instance=name))
+            await cloud.in_thread(lambda: self._wait(op, zonal=True))
+            steps.step(f"reading the address of {name}")
+            got = await cloud.in_thread(lambda: c["instances"].get(project=cfg.project, zone=cfg.zone, instance=name))
             address = got.network_interfaces[0].access_configs[0].nat_i_p if got.network_interfaces else ""
             if not address:
                 raise UpstreamError(f"GCP: instance {name} has no external IP", code="cloud_provisioning_failed")
-        except Exception as exc:
-            error = exc if isinstance(exc, UpstreamError) else _upstream(step, exc, code="cloud_provisioning_failed")
-            progress("cleaning up after failure")
-            try:
-                await self._delete_name(name, progress)
-            except UpstreamError as cleanup:
-                error = UpstreamError(
-                    f"{error.message}; cleanup also failed, reconcile will retry: {cleanup.message}", code=error.code
-                )
-            raise error from None
-        return Machine(
-            cvm_id=spec.cvm_id,
-            provider=self.name,
-            host=address,
-            port=cfg.ssh_port,
-            username=cfg.username,
-            host_key=host_key.public,
-            resources={
-                "project": cfg.project,
-                "zone": cfg.zone,
-                "instance": name,
-                "firewall": f"{name}-ssh",
-                "machine_type": machine_type,
-                "authorized_key": ssh_public_key,
-            },
-        )
+        resources = {
+            "project": cfg.project,
+            "zone": cfg.zone,
+            "instance": name,
+            "firewall": f"{name}-ssh",
+            "machine_type": machine_type,
+        }
+        return steps.machine(self.name, host=address, port=cfg.ssh_port, username=cfg.username, resources=resources)
 
     async def delete(self, machine: Machine, progress: Progress) -> None:
-        await self._delete_name(base_name(machine.cvm_id, self.config.prefix), progress)
+        await self._delete_name(cloud.base_name(machine.cvm_id, self.config.prefix), progress)
 
     async def _delete_name(self, name: str, progress: Progress) -> None:
         """The instance first (its boot disk goes with it: autoDelete), then its firewall rule."""
-        from google.api_core import exceptions as gexc
-
         cfg = self.config
-        c = await self._call(self.clients)
-        steps: list[tuple[str, Callable[[], Any], bool]] = [
-            (f"deleting VM {name}", lambda: c["instances"].delete_unary(project=cfg.project, zone=cfg.zone, instance=name), True),
+        c = await cloud.in_thread(self.clients)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (
+                f"deleting VM {name}",
+                lambda: self._wait(c["instances"].delete_unary(project=cfg.project, zone=cfg.zone, instance=name), zonal=True),
+            ),
             (
                 f"deleting firewall rule {name}-ssh",
-                lambda: c["firewalls"].delete_unary(project=cfg.project, firewall=f"{name}-ssh"),
-                False,
+                lambda: self._wait(c["firewalls"].delete_unary(project=cfg.project, firewall=f"{name}-ssh"), zonal=False),
             ),
         ]
-        for label, fn, zonal in steps:
+        for label, fn in steps:
             progress(label)
-            try:
-                op = await self._call(fn)
-                await self._call(functools.partial(self._wait, op, zonal=zonal))
-            except gexc.NotFound:
-                continue
-            except Exception as exc:
-                raise _upstream(label, exc, code="cloud_delete_failed") from None
+            await ERRORS.delete(label, fn)
 
     async def reconcile(self, known: list[Machine]) -> list[Machine]:
         cfg = self.config
-        c = await self._call(self.clients)
+        c = await cloud.in_thread(self.clients)
         prefix = f"{cfg.prefix}-"
 
         def scan() -> tuple[set[str], set[str]]:
@@ -354,45 +321,38 @@ class GcpProvider:
             instances = {
                 i.name
                 for i in c["instances"].list(
-                    request={"project": cfg.project, "zone": cfg.zone, "filter": f'labels.{LABEL_PREFIX} = "{cfg.prefix}"'}
+                    request={"project": cfg.project, "zone": cfg.zone, "filter": f'labels.{cloud.TAG_PREFIX} = "{cfg.prefix}"'}
                 )
-                if i.labels.get(LABEL_PREFIX) == cfg.prefix
+                if i.labels.get(cloud.TAG_PREFIX) == cfg.prefix
             }
             firewalls = {
                 f.name[: -len("-ssh")]
                 for f in c["firewalls"].list(request={"project": cfg.project, "filter": f'name = "{prefix}.*"'})
-                if f.name.startswith(prefix) and f.name.endswith("-ssh") and f"({LABEL_PREFIX}={cfg.prefix})" in f.description
+                if f.name.startswith(prefix) and f.name.endswith("-ssh") and f"({cloud.TAG_PREFIX}={cfg.prefix})" in f.description
             }
             return instances, firewalls
 
-        try:
-            instances, firewalls = await self._call(scan)
-        except Exception as exc:
-            raise _upstream("listing duet instances and firewall rules", exc, code="cloud_list_failed") from None
-        names = {base_name(m.cvm_id, cfg.prefix): m for m in known}
+        with ERRORS.calling("listing duet instances and firewall rules", code="cloud_list_failed"):
+            instances, firewalls = await cloud.in_thread(scan)
+        names = {cloud.base_name(m.cvm_id, cfg.prefix): m for m in known}
         for orphan in sorted((instances | firewalls) - set(names)):
             await self._delete_name(orphan, lambda _m: None)
         return [m for n, m in names.items() if n in instances]
 
     async def resume(self, machine: Machine) -> Machine:
         """Start a TERMINATED (stopped, or ended by host maintenance) instance and read its IP again."""
-        from google.api_core import exceptions as gexc
-
         cfg = self.config
-        c = await self._call(self.clients)
-        name = base_name(machine.cvm_id, cfg.prefix)
-        try:
-            got = await self._call(lambda: c["instances"].get(project=cfg.project, zone=cfg.zone, instance=name))
+        c = await cloud.in_thread(self.clients)
+        name = cloud.base_name(machine.cvm_id, cfg.prefix)
+        gone = f"GCP: VM {name} of CVM {machine.cvm_id} no longer exists"
+        with ERRORS.calling(f"resuming VM {name}", code="cloud_resume_failed", gone=gone):
+            got = await cloud.in_thread(lambda: c["instances"].get(project=cfg.project, zone=cfg.zone, instance=name))
             if got.status in ("TERMINATED", "STOPPED", "SUSPENDED"):
-                op = await self._call(lambda: c["instances"].start_unary(project=cfg.project, zone=cfg.zone, instance=name))
-                await self._call(lambda: self._wait(op, zonal=True))
-                got = await self._call(lambda: c["instances"].get(project=cfg.project, zone=cfg.zone, instance=name))
-        except gexc.NotFound:
-            raise NotFound(f"GCP: VM {name} of CVM {machine.cvm_id} no longer exists", code="cvm_gone") from None
-        except Exception as exc:
-            raise _upstream(f"resuming VM {name}", exc, code="cloud_resume_failed") from None
+                op = await cloud.in_thread(lambda: c["instances"].start_unary(project=cfg.project, zone=cfg.zone, instance=name))
+                await cloud.in_thread(lambda: self._wait(op, zonal=True))
+                got = await cloud.in_thread(lambda: c["instances"].get(project=cfg.project, zone=cfg.zone, instance=name))
         address = got.network_interfaces[0].access_configs[0].nat_i_p if got.network_interfaces else ""
         return replace(machine, host=address or machine.host)
 
     def lockdown_command(self, machine: Machine) -> str:
-        return cloud_init.machine_lockdown_command(machine)
+        return cloud.machine_lockdown_command(machine)

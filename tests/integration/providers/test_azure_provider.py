@@ -14,7 +14,7 @@ import pytest
 import yaml
 from tests.fakes.fake_arm import FakeArm
 
-from duet.errors import ConfigError, UpstreamError
+from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers.azure import AzureConfig, AzureProvider
 from duet.providers.base import CvmSpec, Machine
 
@@ -197,6 +197,12 @@ async def test_resume_reads_the_address_again(fake_arm: FakeArm, azure_env, clie
     machine = await p.create(CvmSpec("cvm-r", "snp"), client_key.public, lambda _m: None)
     machine.host = ""
     assert (await p.resume(machine)).host == "127.0.0.1"
+
+
+async def test_resume_of_a_vm_that_is_gone_says_so(fake_arm: FakeArm, azure_env, tmp_path) -> None:
+    with pytest.raises(NotFound) as info:
+        await provider(azure_env, tmp_path).resume(Machine(cvm_id="cvm-g", provider="azure"))
+    assert info.value.code == "cvm_gone"
 
 
 async def test_private_host_key_never_logged(fake_arm: FakeArm, azure_env, client_key, tmp_path, caplog) -> None:

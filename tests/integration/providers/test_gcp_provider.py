@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.fakes.fake_gcp import FakeGcp
 
-from duet.errors import ConfigError, UpstreamError
+from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers.base import CvmSpec, Machine
 from duet.providers.gcp import GcpConfig, GcpProvider
 
@@ -148,6 +148,12 @@ async def test_delete_and_reconcile(fake_gcp: FakeGcp, gcp_env, client_key, tmp_
     await other.delete(theirs, lambda _m: None)
     assert fake_gcp.names() == {}
     await p.delete(keep, lambda _m: None)  # idempotent
+
+
+async def test_resume_of_a_vm_that_is_gone_says_so(fake_gcp: FakeGcp, gcp_env, tmp_path) -> None:
+    with pytest.raises(NotFound) as info:
+        await provider(gcp_env, tmp_path).resume(Machine(cvm_id="cvm-g", provider="gcp"))
+    assert info.value.code == "cvm_gone"
 
 
 def test_config() -> None:
