@@ -312,3 +312,34 @@ def audit(controller: ControllerProcess, home: Path, *args: str) -> tuple[int, d
         env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
     )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- found later: an older copy of the sealed anchor with a database cut to match ------------------
+
+
+def test_an_older_anchor_with_a_truncated_ledger_does_not_reopen_a_final_cvm(tmp_path: Path, owner: Owner) -> None:
+    """The host may put back an older copy of a sealed file (never forge one). With the copy taken
+    before `--final` and the ledger cut where the final mark began, the CVM would come back
+    in-update, its key held: the entries' MACs are bound to the sealed head they follow, so only
+    the one transaction after the old copy could verify, and the start is refused. (Cut exactly
+    at the copy's head, it is a rollback of the whole state to that moment: docs/security.md.)"""
+    process = ControllerProcess(tmp_path / "state", [owner.pub_path], extra_args=("--lockdown-retry", "600"))
+    with (
+        serving(process),
+        DuetClient(process.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client,
+    ):
+        cvm_id = start_cvm(client)
+        client.run(cvm_id, ["echo before-final"])
+        anchor = process.state_dir / "sealed" / "anchor.json"
+        old_anchor = anchor.read_bytes()
+        client.run(cvm_id, ["echo after the copy"])  # two more transactions: started, finished
+        kill_cvm_sshd(process, cvm_id)
+        assert client.mark(cvm_id, "in-service", final=True)["lockdown"] == "pending"
+        final_seq = next(e["seq"] for e in events(client, cvm_id) if e["event"] == "mode.changed" and e["final"])
+        process.stop()
+
+        anchor.write_bytes(old_anchor)
+        with db(process) as conn:
+            conn.execute("DELETE FROM ledger WHERE seq >= ?", (final_seq,))
+            conn.execute("UPDATE cvms SET mode = 'in-update', final = 0 WHERE id = ?", (cvm_id,))
+        assert "lies after the sealed head" in refused_start(process)

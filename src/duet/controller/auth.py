@@ -85,27 +85,45 @@ class RequestAuthenticator:
         owners: dict[str, str],
         *,
         clock: Callable[[], float] = time.time,
+        not_before: float = 0.0,
+        recent_requests: dict[str, float] | None = None,
     ) -> None:
+        """``not_before``: the time of the last ledger entry; ``recent_requests``: digests of the
+        owner requests the ledger recorded within the replay window, with their times. Both come
+        from the verified ledger, so neither a deleted nonce row nor a clock set back reopens a
+        replay after a restart."""
         self.store = store
         self._clock = clock
-        """Seconds since the epoch; requests are judged against it (injected for tests)."""
+        """Seconds since the epoch (the host's clock; injected for tests). Never believed backwards:
+        see ``now``."""
+        self._floor = not_before
+        self._requests: dict[str, float] = dict(recent_requests or {})
         self.controller_id = controller_id
         self.settings = settings
         self.owner_keys: dict[str, keys.PublicKey] = {
             key_id: keys.load_public_key_bytes(pem.encode(), f"owner key {key_id[:16]}") for key_id, pem in owners.items()
         }
         """The pinned owner set (key id → public key); the seed gateway uses it too."""
-        now = clock()
+        now = self.now()
         self._nonces: dict[str, float] = dict.fromkeys(store.recent_nonces(now - settings.nonce_retention_s), now)
 
-    def _consume_nonce(self, nonce: str, signer: str) -> bool:
-        now = self._clock()
+    def now(self) -> float:
+        """The host's clock, but never earlier than the last ledger entry or any time seen before:
+        a clock set back would otherwise make an old signed request look fresh."""
+        self._floor = max(self._floor, self._clock())
+        return self._floor
+
+    def _consume_nonce(self, nonce: str, signer: str, digest: str) -> bool:
+        now = self.now()
         keep = self.settings.nonce_retention_s
-        if nonce in self._nonces:
+        if nonce in self._nonces or digest in self._requests:
             return False
         if len(self._nonces) > 4096:
             self._nonces = {n: seen for n, seen in self._nonces.items() if seen >= now - keep}
+        if len(self._requests) > 4096:
+            self._requests = {d: seen for d, seen in self._requests.items() if seen >= now - keep}
         self._nonces[nonce] = now
+        self._requests[digest] = now
         return self.store.consume_nonce(nonce, signer, now=now, keep_seconds=keep)
 
     def authenticate(self, body: bytes, op: str) -> AuthorizedRequest:
@@ -136,18 +154,19 @@ class RequestAuthenticator:
             )
         self._check_time(envelope.request.issued_at)
         params = self._params(op, envelope.request.params)
-        if not self._consume_nonce(envelope.request.nonce, envelope.signer):
+        digest = request_digest(request)
+        if not self._consume_nonce(envelope.request.nonce, envelope.signer, digest):
             raise Conflict(
                 "this request was already received once; a signed request is accepted only once", code="replayed_request"
             )
-        return AuthorizedRequest(op=op, params=params, signer=envelope.signer, digest=request_digest(request))
+        return AuthorizedRequest(op=op, params=params, signer=envelope.signer, digest=digest)
 
     def _check_time(self, issued_at: str) -> None:
         try:
             issued = parse_timestamp(issued_at)
         except ValueError:
             raise BadRequest(f"issued_at {issued_at!r} is not an RFC 3339 time with a zone", code="bad_envelope") from None
-        skew = (datetime.fromtimestamp(self._clock(), UTC) - issued).total_seconds()
+        skew = (datetime.fromtimestamp(self.now(), UTC) - issued).total_seconds()
         limit = self.settings.request_skew_s
         if skew > limit:
             raise Unauthorized(

@@ -13,6 +13,7 @@ runtime), never silently accepted.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from duet import __version__, keys
+from duet.controller.sealed_state import SealedStateError
+from duet.controller.tls import TLS_CERT_FILE, TLS_KEY_FILE
 from duet.errors import ConfigError
 from duet.protocol.canonical import canonical
 
@@ -52,12 +55,38 @@ def check_owners(pinned: dict[str, str], given: dict[str, str]) -> dict[str, str
     return dict(pinned)
 
 
-def load_or_create_signing_key(sealed_dir: Path) -> keys.PrivateKey:
-    path = sealed_dir / SIGNING_KEY_FILE
-    if not path.exists():
+PENDING_SUFFIX = ".pending"
+
+
+def load_signing_key(sealed_dir: Path, *, first_start: bool, anchored: bool) -> keys.PrivateKey:
+    """The controller's signing key; on a first start, a new one, kept pending until sealed
+    state exists (``commit_first_start``).
+
+    Why pending: a first start that stops half-way (a mistyped owner key, a crash) must not
+    leave a signing key without its sealed anchor, which every later start rightly reads as
+    deleted sealed state. A pending key was never served with, so it is discarded, with the TLS
+    identity made for it. A signing key missing beside an existing anchor is refused: the key
+    was deleted or replaced."""
+    path, pending = sealed_dir / SIGNING_KEY_FILE, sealed_dir / (SIGNING_KEY_FILE + PENDING_SUFFIX)
+    if not first_start:
+        return keys.load_private_key(path)
+    if anchored and not pending.exists():
+        raise SealedStateError(
+            f"the controller's signing key is missing from {sealed_dir}, but its sealed anchor "
+            "exists: the key was deleted or replaced. Refusing to start (and to make a new key)"
+        )
+    if pending.exists() and not anchored:
+        for name in (SIGNING_KEY_FILE + PENDING_SUFFIX, TLS_KEY_FILE, TLS_CERT_FILE):
+            (sealed_dir / name).unlink(missing_ok=True)  # an unfinished first start: nothing was served
+    if not pending.exists():
         sealed_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        keys.write_private_key(path, ed25519.Ed25519PrivateKey.generate())
-    return keys.load_private_key(path)
+        keys.write_private_key(pending, ed25519.Ed25519PrivateKey.generate())
+    return keys.load_private_key(pending)
+
+
+def commit_first_start(sealed_dir: Path) -> None:
+    """Sealed state exists: the pending signing key becomes the controller's key."""
+    os.replace(sealed_dir / (SIGNING_KEY_FILE + PENDING_SUFFIX), sealed_dir / SIGNING_KEY_FILE)
 
 
 @dataclass(frozen=True)

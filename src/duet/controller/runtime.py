@@ -15,11 +15,18 @@ from typing import Any
 
 from duet import keys
 from duet.controller.auth import RequestAuthenticator
-from duet.controller.identity import SIGNING_KEY_FILE, Identity, OwnerKeysChanged, check_owners, load_or_create_signing_key
-from duet.controller.sealed_state import ANCHOR_FILE, SealedState, SealedStateError
+from duet.controller.identity import (
+    SIGNING_KEY_FILE,
+    Identity,
+    OwnerKeysChanged,
+    check_owners,
+    commit_first_start,
+    load_signing_key,
+)
+from duet.controller.sealed_state import ANCHOR_FILE, SealedState
 from duet.controller.service import LifecycleService
 from duet.controller.settings import Settings
-from duet.controller.startup import VerifiedState, load_verified_state
+from duet.controller.startup import VerifiedState, load_verified_state, recent_requests
 from duet.controller.store import Store
 from duet.controller.tls import TlsIdentity, load_or_create_tls
 from duet.errors import ConfigError
@@ -96,20 +103,19 @@ def open_controller(
     os.chmod(settings.state_dir, 0o700)
     tee = make_tee(settings)
     sealed_dir = tee.sealed_dir()
+    given = _owner_keys(settings)  # before anything is written: a mistyped path must not leave half a first start
     first_start = not (sealed_dir / SIGNING_KEY_FILE).exists()
-    if first_start and (sealed_dir / ANCHOR_FILE).exists():
-        raise SealedStateError(
-            f"the controller's signing key is missing from {sealed_dir}, but its sealed anchor "
-            "exists: the key was deleted or replaced. Refusing to start (and to make a new key)"
-        )
-    signing_key = load_or_create_signing_key(sealed_dir)
+    signing_key = load_signing_key(sealed_dir, first_start=first_start, anchored=(sealed_dir / ANCHOR_FILE).exists())
     controller_id = keys.key_id(signing_key.public_key())
     tls = load_or_create_tls(sealed_dir, controller_id)
-    given = _owner_keys(settings)
     store = Store(Database(settings.database))
     try:
-        sealed = SealedState.open(sealed_dir, signing_key, first_start=first_start, owners=given)
-        verified = load_verified_state(store, controller_id, sealed)
+        sealed = SealedState.open(
+            sealed_dir, signing_key, first_start=first_start and not (sealed_dir / ANCHOR_FILE).exists(), owners=given
+        )
+        if first_start:
+            commit_first_start(sealed_dir)
+        verified = load_verified_state(store, controller_id, sealed, clock)
         owners = check_owners(sealed.owners, given)
     except OwnerKeysChanged as exc:
         _record_refused_owners(store, verified, exc)
@@ -137,7 +143,10 @@ def open_controller(
         replay=verified.replay,
         machines=verified.machines,
     )
-    authenticator = RequestAuthenticator(store, controller_id, settings, owners, clock=clock)
+    not_before, requests = recent_requests(verified.ledger, settings.nonce_retention_s)
+    authenticator = RequestAuthenticator(
+        store, controller_id, settings, owners, clock=clock, not_before=not_before, recent_requests=requests
+    )
     return Controller(settings, identity, tee, store, verified.ledger, service, authenticator, tls)
 
 

@@ -8,15 +8,17 @@ So the few facts every decision rests on live here, in one file written after ev
 * the signed head of the ledger (size and root): at start the stored ledger must reproduce
   it, so an edited, re-tagged or truncated entry stops the start;
 * a MAC key: entries committed after the last sealed head (a crash between the database
-  commit and this file's write) are accepted only with a valid MAC, so the host cannot
-  append entries of its own;
+  commit and this file's write) are accepted only with a valid MAC bound to that head, so
+  the host can neither append entries of its own nor, with an older copy of this file,
+  keep a history it cut after the transaction that followed that copy;
 * one data key per CVM SSH key: destroying a CVM's key destroys its data key here
   (crypto-shredding), so a ciphertext written back into the database decrypts no more;
 * the owner set, pinned at first start.
 
 One file, not several, so that the host cannot mix versions of them: replacing it with an
-older copy rolls back everything at once, which is a rollback of the whole state — caught
-only by auditors and witnesses (docs/security.md), never silently by a partial file.
+older copy is refused at start unless the database is rolled back to the same moment too,
+which is a rollback of the whole state — caught only by auditors and witnesses
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -131,8 +133,14 @@ class SealedState:
     # --- the ledger's anchor ---------------------------------------------------------------
 
     def entry_mac(self, entry_bytes: bytes) -> bytes:
-        """MAC of a ledger entry's canonical bytes (the entry names its own seq)."""
-        return hmac.new(self.mac_key, entry_bytes, hashlib.sha256).digest()
+        """MAC of a ledger entry's canonical bytes, bound to the sealed head it follows.
+
+        Why bound to the head: entries are written after the head sealed at the previous
+        commit, so at start only the one transaction after the sealed head can verify. An
+        older copy of this file put back by the host then accepts no later history than the
+        transaction right after it, never a tail the host cut wherever it liked."""
+        key = hmac.new(self.mac_key, b"duet-entry-mac/v1\0%d\0%s" % (self.head.tree_size, self.head.root), hashlib.sha256)
+        return hmac.new(key.digest(), entry_bytes, hashlib.sha256).digest()
 
     def entry_mac_valid(self, entry_bytes: bytes, mac: bytes | None) -> bool:
         return mac is not None and hmac.compare_digest(self.entry_mac(entry_bytes), bytes(mac))

@@ -653,8 +653,16 @@ class LifecycleService:
                     cvm.provider,
                 )
                 continue
-            machine = await self.providers[cvm.provider].resume(self.machines[cvm.id])
-            if machine.to_json() != self.machines[cvm.id].to_json():
+            pinned = self.machines[cvm.id]
+            machine = await self.providers[cvm.provider].resume(pinned)
+            if machine.host_key != pinned.host_key:
+                # The host key is what makes the CVM this CVM: never re-pinned on a resume.
+                with self.store.transaction() as tx:
+                    self.ledger.append(
+                        tx, cvm=cvm.id, event=lc.HOSTKEY_MISMATCH, actor=CONTROLLER,
+                        expected=fingerprint(pinned.host_key), presented=fingerprint(machine.host_key),
+                    )  # fmt: skip
+            elif machine.to_json() != pinned.to_json():
                 self._record_machine(cvm.id, machine, lc.CVM_RESUMED)
             if cvm.lockdown == lc.LOCKDOWN_PENDING:
                 self._wake_lockdown(cvm.id)  # final, but the lockdown was never verified: retry now

@@ -12,6 +12,8 @@ to its disk, and the owner must hear of it.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from duet.controller.sealed_state import SealedState, SealedStateError
@@ -19,6 +21,7 @@ from duet.controller.service import machine_digest
 from duet.controller.store import CvmRow, Store
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
+from duet.protocol.canonical import parse_timestamp
 from duet.protocol.lifecycle import CvmFacts, LifecycleReplay
 from duet.providers.base import Machine
 
@@ -40,11 +43,17 @@ class VerifiedState:
     """The ledger size this start resumed from (recorded as ``controller.started``)."""
 
 
-def load_verified_state(store: Store, controller_id: str, sealed: SealedState) -> VerifiedState:
+def load_verified_state(
+    store: Store, controller_id: str, sealed: SealedState, clock: Callable[[], float] = time.time
+) -> VerifiedState:
     replay = LifecycleReplay()
-    ledger = Ledger(store.db, controller_id, sealed, on_entry=replay.apply)
-    for violation in replay.violations:
-        log.error("the controller's own ledger breaks a lifecycle rule at seq %s: %s", violation.seq, violation.message)
+    ledger = Ledger(store.db, controller_id, sealed, on_entry=replay.apply, clock=clock)
+    if replay.violations:
+        shown = "; ".join(f"seq {v.seq}: {v.message} ({v.code})" for v in replay.violations[:5])
+        raise StoredStateTampered(
+            f"the stored ledger verifies, but it shows what this controller never does: {shown}. Refusing to start "
+            "on a history that breaks the lifecycle's rules (spliced from two copies of the state?)"
+        )
     machines = _check_rows(store.cvm_rows(), replay.cvms, sealed)
     _shred_destroyed_keys(replay, sealed)
     return VerifiedState(ledger, replay, machines, ledger.size)
@@ -100,3 +109,25 @@ def _shred_destroyed_keys(replay: LifecycleReplay, sealed: SealedState) -> None:
         sealed.destroy_data_key(cvm_id)
     if stale:
         sealed.seal(sealed.head.tree_size, sealed.head.root)
+
+
+def recent_requests(ledger: Ledger, window_s: float) -> tuple[float, dict[str, float]]:
+    """The time of the last entry, and the owner requests recorded within ``window_s`` before it.
+
+    Read from the end of the verified ledger, page by page, until entries are older than the
+    window: the authenticator refuses these digests again whatever the nonce table or the
+    clock says after a restart."""
+    last_time, end = 0.0, ledger.size
+    requests: dict[str, float] = {}
+    while end > 0:
+        entries = ledger.entries(max(0, end - 500), end)
+        for entry in reversed(entries):
+            moment = parse_timestamp(str(entry["time"])).timestamp()
+            last_time = max(last_time, moment)
+            if moment < last_time - window_s:
+                return last_time, requests
+            digest = entry.get("request_digest")
+            if entry.get("actor") != lc.CONTROLLER_ACTOR and isinstance(digest, str):
+                requests.setdefault(digest, moment)
+        end -= len(entries)
+    return last_time, requests

@@ -26,7 +26,9 @@ import bisect
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from duet.errors import ConfigError, DuetError, InvalidParams
@@ -137,11 +139,17 @@ class LedgerAnchor(Protocol):
 
 class Ledger:
     def __init__(
-        self, db: Database, controller_id: str, anchor: LedgerAnchor, on_entry: Callable[[dict[str, Any]], object] | None = None
+        self,
+        db: Database,
+        controller_id: str,
+        anchor: LedgerAnchor,
+        on_entry: Callable[[dict[str, Any]], object] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Load and verify the stored ledger; ``on_entry`` sees every entry once, in order
         (the controller derives its state from them)."""
         self.db = db
+        self._clock = clock
         db.create(SCHEMA)
         self.controller_id = controller_id
         self.anchor = anchor
@@ -197,6 +205,9 @@ class Ledger:
             )
             self.anchor.seal(self.tree.size, self.tree.root())
 
+    def _now(self) -> str:
+        return timestamp(datetime.fromtimestamp(self._clock(), UTC))
+
     @property
     def size(self) -> int:
         return self.tree.size
@@ -230,7 +241,7 @@ class Ledger:
             tx.on_commit(lambda: self._committed(pending))
         entry = {
             "seq": self.tree.size + len(pending.entries),
-            "time": timestamp(),
+            "time": self._now(),
             "cvm": cvm,
             "cvm_prev": self._previous(pending, cvm),
             "event": event,
@@ -278,7 +289,7 @@ class Ledger:
         return {
             "tree_size": self.tree.size,
             "root_hash": self.tree.root().hex(),
-            "timestamp": timestamp(),
+            "timestamp": self._now(),
             "controller": self.controller_id,
         }
 

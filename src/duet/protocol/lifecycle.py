@@ -139,6 +139,9 @@ class CvmFacts:
     """``cvm.locked`` entries with ``ok: false`` so far."""
     last_seq: int = -1
     running: dict[int, str] = field(default_factory=dict)
+    request_digest: str | None = None
+    """The signed owner request whose entries come last, and the digests of those before it."""
+    past_requests: set[str] = field(default_factory=set)
     """Commands started and not yet ended: started seq → command."""
 
 
@@ -159,6 +162,7 @@ class LifecycleReplay:
     size: int = 0
     """Entries applied so far (the seq the next entry must have when replaying a whole ledger)."""
     _owners_from_ledger: bool = field(default=False, init=False, repr=False)
+    _start_requests: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.initial_owners is not None:
@@ -217,6 +221,11 @@ class LifecycleReplay:
         if event == CVM_PROVISIONING:
             if cvm is not None:
                 violation("cvm_reused", f"CVM {cvm_id[:16]}… is provisioned a second time")
+            digest = entry.get("request_digest")
+            if isinstance(digest, str) and entry.get("protocol") != "seed":
+                if digest in self._start_requests:
+                    violation("request_replayed", f"the owner's start request {digest[:16]}… started a second CVM (a replay)")
+                self._start_requests.add(digest)
             self.cvms[cvm_id] = CvmFacts(
                 id=cvm_id,
                 type=str(entry.get("type")),
@@ -246,9 +255,23 @@ class LifecycleReplay:
                 "forbidden_in_mode" if event != COMMAND_STARTED else "command_outside_update",
                 f"{what} while CVM {cvm_id[:16]}… was {cvm.mode} (allowed only in {', '.join(allowed)})",
             )
+        if event in (MODE_CHANGED, CVM_STOPPING) and cvm.running:
+            violation(
+                "changed_during_command",
+                f"{event} while command entry {min(cvm.running)} of CVM {cvm_id[:16]}… was still running: the per-CVM "
+                "lock lets no mode change overtake a command",
+            )
+        if event in OWNER_EVENTS and entry.get("protocol") != "seed":
+            self._check_once(cvm, entry.get("request_digest"), violation)
         if event in MODE_AFTER:
             cvm.mode = MODE_AFTER[event]
             cvm.updated_at = time
+        if event == CVM_RESUMED and cvm.host_key_fingerprint not in (None, entry.get("host_key_fingerprint")):
+            violation(
+                "host_key_changed",
+                f"CVM {cvm_id[:16]}… resumed with host key {entry.get('host_key_fingerprint')}, not the pinned "
+                f"{cvm.host_key_fingerprint}: the controller would be talking to another machine",
+            )
         if event == CVM_CREATED or event == CVM_RESUMED:
             cvm.machine_sha256 = _str(entry.get("machine_sha256"))
             cvm.host_key_fingerprint = _str(entry.get("host_key_fingerprint"))
@@ -307,6 +330,21 @@ class LifecycleReplay:
             cvm.mode = new
         if final and not cvm.final and new == IN_SERVICE:
             cvm.final, cvm.lockdown = True, LOCKDOWN_PENDING
+
+    @staticmethod
+    def _check_once(cvm: CvmFacts, digest: Any, violation: Any) -> None:
+        """A signed owner request is accepted once: its entries follow one another (a run of
+        several commands shares one digest); the same digest after another request's is a replay.
+        (Seed-protocol requests carry no nonce and may repeat by design; they are not checked.)"""
+        if not isinstance(digest, str):
+            return
+        if digest == cvm.request_digest:
+            return
+        if digest in cvm.past_requests:
+            violation("request_replayed", f"the owner request {digest[:16]}… was accepted a second time (a replay)")
+        if cvm.request_digest is not None:
+            cvm.past_requests.add(cvm.request_digest)
+        cvm.request_digest = digest
 
     def _end_job(self, cvm_id: str, kind: str, status: str, error: dict[str, str] | None, time: str) -> None:
         for job in self.jobs.values():

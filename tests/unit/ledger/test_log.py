@@ -15,6 +15,7 @@ from duet.ledger.heads import sign_head, verify_head
 from duet.ledger.log import MAX_PAGE, Ledger, LedgerCorrupted, LedgerTampered
 from duet.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol.canonical import canonical
+from duet.storage import Database
 from support import open_ledger
 
 
@@ -237,3 +238,28 @@ def test_the_sealed_anchor_survives_a_torn_write_of_its_newer_slot(tmp_path: Pat
     path.write_bytes(bytes(image))
     with pytest.raises(SealedStateError, match="no intact slot"):
         read_anchor_file(path)
+
+
+def test_an_older_anchor_accepts_only_the_transaction_right_after_it(tmp_path: Path) -> None:
+    """The host keeps a copy of the sealed anchor, lets history grow, then puts the copy back and
+    cuts the database where it likes: only the one transaction after the old head may verify."""
+    ledger = make_ledger(tmp_path)
+    add(ledger, "a", n=0)
+    path = ledger.anchor.path  # type: ignore[attr-defined]
+    old_anchor = path.read_bytes()
+    for i in range(1, 6):
+        add(ledger, "a", n=i)  # one transaction each
+    ledger.db.close()
+    path.write_bytes(old_anchor)
+
+    with pytest.raises(LedgerTampered, match="entry 2 lies after the sealed head"):
+        make_ledger(tmp_path)  # the whole newer ledger: entry 2 was written after another head
+    cut = Database(tmp_path / "db.sqlite3")
+    cut.execute("DELETE FROM ledger WHERE seq >= 3")
+    cut.close()
+    with pytest.raises(LedgerTampered, match="entry 2 lies after the sealed head"):
+        make_ledger(tmp_path)  # cut after a later transaction: still refused
+    cut = Database(tmp_path / "db.sqlite3")
+    cut.execute("DELETE FROM ledger WHERE seq >= 2")
+    cut.close()
+    assert make_ledger(tmp_path).size == 2  # the transaction right after the old head: a crash window
