@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from duet import keys
-from duet.attestation import sgx_dcap
-from duet.attestation.policy import Policy
+from duet.attestation import sgx as sgx_dcap
+from duet.attestation.sgx import Policy
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
 from duet.client.verify import verify_controller

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from duet import keys
-from duet.attestation import sgx_dcap as dcap
-from duet.attestation.policy import Policy
+from duet.attestation import sgx as dcap
+from duet.attestation.sgx import Policy
 from duet.client.sdk import DuetClient, NotVerified
 from duet.client.trust import TrustStore
 from duet.client.verify import verify_attestation, verify_controller
@@ -63,7 +63,7 @@ def sim_root(tmp_path: Path, attested: ControllerProcess) -> Path:
     return path
 
 
-def root_key(path: Path) -> dcap.PublicKey:
+def root_key(path: Path) -> keys.PublicKey:
     return dcap.load_trust_root(path.read_bytes(), str(path))
 
 

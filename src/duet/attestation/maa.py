@@ -12,7 +12,7 @@ time (specs/attestation.md §5.3–5.4), and every failure is a :class:`MaaError
    expire, and tests must be able to say when "now" is);
 4. ``x-ms-attestation-type`` == ``sgx``; the ``x-ms-sgx-*`` claims are returned as
    :class:`MaaSgxClaims`, which the caller judges with the same
-   :class:`~duet.attestation.policy.Policy` as an offline-verified quote.
+   :class:`~duet.attestation.sgx.policy.Policy` as an offline-verified quote.
 
 Why keep MAA next to the offline verifier: MAA also judges the platform's TCB level against
 Intel's collateral, which the offline path does not fetch. It is an extra opinion, never a

@@ -3,8 +3,9 @@
 Heavy modules (cryptography, rich) are imported inside the commands so that ``duet --help``
 and every other command start fast.
 
-Exit status of ``verify``: 0 only when the signatures verify, the policy holds and (if given)
-the report data matches; 1 when the evidence fails; 2 when the input or an option is unusable.
+Exit status of ``verify``: 0 only when the signatures verify, (if given) the report data
+matches and the policy holds, checked in that order by the same pipeline as ``duet verify``;
+1 when the evidence fails; 2 when the input or an option is unusable.
 """
 
 import json
@@ -19,7 +20,7 @@ app = typer.Typer(help="Inspect and verify SGX DCAP v3 quotes offline.", no_args
 
 
 def _read_quote(path: Path) -> bytes:
-    from duet.attestation.sgx_dcap import decode_quote_text
+    from duet.attestation.sgx import decode_quote_text
 
     try:
         data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
@@ -50,11 +51,11 @@ def show(
     from rich.console import Console
     from rich.table import Table
 
-    from duet.attestation import sgx_dcap as dcap
+    from duet.attestation import sgx
 
     try:
-        q = dcap.parse_quote(_read_quote(file))
-    except dcap.QuoteFormatError as exc:
+        q = sgx.parse_quote(_read_quote(file))
+    except sgx.QuoteFormatError as exc:
         typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
         raise typer.Exit(1) from None
     if as_json:
@@ -73,19 +74,19 @@ def show(
             value = getattr(obj, f.attr)
             table.add_row(str(base + f.offset), str(f.size), f"{section} {f.name}", _value_text(value, f.name))
 
-    rows("header", dcap.HEADER_FIELDS, q.header, 0)
-    rows("report", dcap.REPORT_BODY_FIELDS, q.report_body, dcap.HEADER_SIZE)
+    rows("header", sgx.HEADER_FIELDS, q.header, 0)
+    rows("report", sgx.REPORT_BODY_FIELDS, q.report_body, sgx.HEADER_SIZE)
     table.add_row("", "", "report debug enclave", "[bold red]YES[/]" if q.report_body.debug else "no")
     table.add_section()
-    table.add_row(str(dcap.SIGNATURE_DATA_LEN_OFFSET), "4", "signature_data_len", str(q.signature_data_len))
-    base = dcap.SIGNATURE_DATA_OFFSET
+    table.add_row(str(sgx.SIGNATURE_DATA_LEN_OFFSET), "4", "signature_data_len", str(q.signature_data_len))
+    base = sgx.SIGNATURE_DATA_OFFSET
     table.add_section()
-    for f in dcap.SIGNATURE_DATA_FIELDS:
+    for f in sgx.SIGNATURE_DATA_FIELDS:
         if f.attr != "qe_report":
             table.add_row(str(base + f.offset), str(f.size), f.name, _value_text(getattr(sd, f.attr)))
-    rows("QE report", dcap.REPORT_BODY_FIELDS, sd.qe_report, base + 128)
+    rows("QE report", sgx.REPORT_BODY_FIELDS, sd.qe_report, base + 128)
     table.add_section()
-    off = base + dcap.QE_AUTH_DATA_OFFSET
+    off = base + sgx.QE_AUTH_DATA_OFFSET
     table.add_row(str(off), str(sd.qe_auth_data_size), "QE auth data", sd.qe_auth_data.hex())
     off += sd.qe_auth_data_size
     cd = sd.certification_data
@@ -102,8 +103,8 @@ def show(
         for i, c in enumerate(cd.certificates()):
             chain.add_row(
                 str(i),
-                dcap.common_name(c.subject),
-                dcap.common_name(c.issuer),
+                sgx.common_name(c.subject),
+                sgx.common_name(c.issuer),
                 c.not_valid_before_utc.isoformat(),
                 c.not_valid_after_utc.isoformat(),
                 c.fingerprint(hashes.SHA256()).hex(),
@@ -131,11 +132,10 @@ def verify(
     report_data: Optional[str] = typer.Option(None, "--report-data", help="Expected REPORTDATA, 128 hex digits."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Verify a quote offline: signatures to a pinned root, then policy; say which step failed."""
+    """Verify a quote offline: signatures to a pinned root, then report data, then policy; say which step failed."""
     from datetime import datetime
 
-    from duet.attestation import sgx_dcap as dcap
-    from duet.attestation.policy import Policy, PolicyError, enforce_policy
+    from duet.attestation import sgx
     from duet.errors import DuetError
 
     def usage(msg: str) -> typer.Exit:
@@ -152,10 +152,10 @@ def verify(
             if now.tzinfo is None:
                 now = now.replace(tzinfo=UTC)
         if trust_root:
-            roots = [dcap.load_trust_root(p.read_bytes(), str(p)) for p in trust_root]
+            roots = [sgx.load_trust_root(p.read_bytes(), str(p)) for p in trust_root]
         else:
-            roots = [dcap.intel_sgx_root_key()]
-        pol = Policy.load(policy) if policy else Policy()
+            roots = [sgx.intel_sgx_root_key()]
+        pol = sgx.Policy.load(policy) if policy else sgx.DEFAULT_POLICY
         expected_rd = None
         if report_data is not None:
             try:
@@ -169,29 +169,18 @@ def verify(
     except DuetError as exc:
         raise usage(f"[{exc.code}] {exc.message}") from None
 
-    raw = _read_quote(file)
-    verdict = dcap.verify_quote(raw, trusted_root_keys=roots, now=now)
+    verdict = sgx.verify_evidence(_read_quote(file), trusted_root_keys=roots, now=now, report_data=expected_rd, policy=pol)
+    failure = verdict.failure
     result: dict[str, Any] = {
         "ok": verdict.ok,
-        "failed_step": verdict.failed_step,
-        "code": verdict.code,
-        "message": verdict.message,
+        "failed_step": failure.step if failure else None,
+        "code": failure.code if failure else None,
+        "message": failure.message if failure else verdict.signatures.message,
         "checked_at": now.isoformat(),
-        "trusted_roots": [dcap.spki_sha256(k) for k in roots],
-        "pck_chain": list(verdict.pck_chain),
+        "trusted_roots": [sgx.spki_sha256(k) for k in roots],
+        "pck_chain": list(verdict.signatures.pck_chain),
     }
-    checks: list[Any] = []
-    if verdict.ok:
-        assert verdict.quote is not None
-        checks = pol.check(verdict.quote)
-        try:
-            enforce_policy(pol, verdict.quote)
-            if expected_rd is not None:
-                dcap.check_report_data(verdict.quote, expected_rd)
-        except PolicyError as exc:
-            result.update(ok=False, failed_step="policy", code=exc.code, message=exc.message)
-        except dcap.QuoteVerificationError as exc:
-            result.update(ok=False, failed_step=exc.step, code=exc.code, message=exc.message)
+    if verdict.signatures.ok and verdict.quote is not None:
         body = verdict.quote.report_body
         result["enclave"] = {
             "mr_enclave": body.mr_enclave.hex(),
@@ -201,7 +190,7 @@ def verify(
             "debug": body.debug,
             "report_data": body.report_data.hex(),
         }
-        result["policy"] = [c._asdict() for c in checks]
+        result["policy"] = [c._asdict() for c in verdict.policy]
 
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -210,22 +199,18 @@ def verify(
         from rich.markup import escape
 
         console = Console()
-        steps = list(dcap.STEPS[1:]) + ["policy"] + (["report_data"] if expected_rd is not None else [])
-        failed = result["failed_step"]
-        passed = True
-        for step in steps:
-            if step == failed:
-                console.print(f"[bold red]✗ {step}[/]: " + escape(f"[{result['code']}] {result['message']}"))
-                passed = False
-            elif failed == dcap.STEP_PARSE:
-                console.print("[bold red]✗ parse[/]: " + escape(f"[{result['code']}] {result['message']}"))
-                passed = False
-                break
-            elif passed:
-                console.print(f"[green]✓ {step}[/]")
+        for step in verdict.steps:
+            if step.ok is False:
+                console.print(f"[bold red]✗ {step.step}[/]: " + escape(f"[{step.code}] {step.message}"))
+                if step.step == sgx.STEP_PARSE:
+                    break
+            elif step.step == sgx.STEP_PARSE or (step.step == sgx.STEP_REPORT_DATA and expected_rd is None):
+                continue  # shown only when it fails; asked for only with --report-data
+            elif step.ok:
+                console.print(f"[green]✓ {step.step}[/]")
             else:
-                console.print(f"[dim]- {step} (not reached)[/]")
-        for c in checks:
+                console.print(f"[dim]- {step.step} (not reached)[/]")
+        for c in verdict.policy:
             mark = "[green]✓[/]" if c.ok else "[red]✗[/]"
             console.print(f"   {mark} {c.check}: " + escape(f"expected {c.expected}, found {c.actual}"))
         if result["ok"]:

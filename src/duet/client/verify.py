@@ -31,18 +31,21 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from duet import keys
-from duet.attestation import sgx_dcap as dcap
-from duet.attestation.policy import Policy, PolicyCheck
+from duet.attestation import sgx
+from duet.attestation.sgx import Policy, PolicyCheck
 from duet.client.trust import ControllerPin, peer_certificate, sha256_hex, unverified_ssl_context
 from duet.errors import DuetError
 from duet.keys import PublicKey
 from duet.protocol.canonical import canonical, timestamp
 from duet.protocol.envelope import new_nonce, verify_answer
+
+if TYPE_CHECKING:
+    from duet.attestation.maa import MaaSgxClaims
 
 STEPS = ("identity", "answer_signature", "tls_certificate", "evidence", "report_data", "policy", "maa")
 EVIDENCE_TYPES = ("sgx-dcap", "simulated-sgx", "none")
@@ -121,8 +124,8 @@ class _Stop(Exception):
     """Internal: a check failed; the verdict already records it."""
 
 
-MaaCheck = Callable[[bytes], tuple[str, Any]]
-"""``quote → (token, MaaSgxClaims)``; raises :class:`duet.attestation.maa.MaaError`."""
+MaaCheck = Callable[[bytes], "tuple[str, MaaSgxClaims]"]
+"""``quote → (token, claims)``; raises :class:`duet.attestation.maa.MaaError`."""
 
 
 def verify_attestation(
@@ -232,30 +235,17 @@ def verify_attestation(
                     "generated root, not Intel; trust it explicitly with --trust-root (the output of "
                     "`duet controller sim-root`), for development only",
                 )
-            roots = list(trust_roots) if kind == "simulated-sgx" else [dcap.intel_sgx_root_key()]
+            roots = list(trust_roots) if kind == "simulated-sgx" else [sgx.intel_sgx_root_key()]
             try:
                 quote_bytes = base64.b64decode(str(evidence.get("quote")), validate=True)
             except (binascii.Error, ValueError):
                 raise fail("evidence", "bad_evidence", "the evidence's quote is not base64") from None
-            v = dcap.verify_quote(quote_bytes, trusted_root_keys=roots, now=now)
-            if not v.ok or v.quote is None:
-                raise fail("evidence", v.code or "bad_quote", f"{v.failed_step}: {v.message}")
-            label = "SIMULATED root you passed (not Intel)" if kind == "simulated-sgx" else "Intel SGX Root CA"
-            ok("evidence", f"SGX DCAP v3 quote verifies to the {label}")
-            if v.quote.report_body.report_data != expected_rd:
-                raise fail(
-                    "report_data",
-                    "report_data_mismatch",
-                    "the quote's REPORTDATA is not SHA-512 of this identity document: the evidence is about another identity",
-                )
-            ok("report_data", "REPORTDATA = SHA-512(JCS(identity document))")
-            verdict.policy = policy.check(v.quote)
-            bad = [c for c in verdict.policy if not c.ok]
-            if bad:
-                raise fail(
-                    "policy", "policy_violation", "; ".join(f"{c.check}: expected {c.expected}, found {c.actual}" for c in bad)
-                )
-            ok("policy", "every measurement is acceptable under the policy")
+            _check_sgx_evidence(
+                verdict,
+                sgx.verify_evidence(quote_bytes, trusted_root_keys=roots, now=now, report_data=expected_rd, policy=policy),
+                ok,
+                fail,
+            )
             if maa is not None:
                 _check_maa(verdict, maa, quote_bytes, expected_rd, policy, ok, fail)
         else:
@@ -280,6 +270,37 @@ def verify_attestation(
     return verdict
 
 
+def _violations(checks: Sequence[PolicyCheck]) -> str:
+    return "; ".join(f"{c.check}: expected {c.expected}, found {c.actual}" for c in checks if not c.ok)
+
+
+def _check_sgx_evidence(
+    verdict: ControllerVerdict,
+    evidence: sgx.EvidenceVerdict,
+    ok: Callable[[str, str], None],
+    fail: Callable[[str, str, str], _Stop],
+) -> None:
+    """Word the SGX pipeline's steps as this verdict's ``evidence``, ``report_data`` and
+    ``policy`` checks: the signature steps are one check here, and a policy failure lists every
+    violated measurement (``policy_violation``) rather than the first."""
+    failure = evidence.failure
+    if failure is not None and failure.step in sgx.SIGNATURE_STEPS:
+        raise fail("evidence", failure.code or "bad_quote", f"{failure.step}: {failure.message}")
+    label = "SIMULATED root you passed (not Intel)" if verdict.simulated else "Intel SGX Root CA"
+    ok("evidence", f"SGX DCAP v3 quote verifies to the {label}")
+    if failure is not None and failure.step == sgx.STEP_REPORT_DATA:
+        raise fail(
+            "report_data",
+            "report_data_mismatch",
+            "the quote's REPORTDATA is not SHA-512 of this identity document: the evidence is about another identity",
+        )
+    ok("report_data", "REPORTDATA = SHA-512(JCS(identity document))")
+    verdict.policy = list(evidence.policy)
+    if failure is not None:
+        raise fail("policy", "policy_violation", _violations(verdict.policy))
+    ok("policy", "every measurement is acceptable under the policy")
+
+
 def _check_maa(
     verdict: ControllerVerdict,
     maa: MaaCheck,
@@ -297,10 +318,9 @@ def _check_maa(
         raise fail("maa", exc.code, f"{exc.step}: {exc.message}") from None
     if claims.report_data != expected_rd:
         raise fail("maa", "maa_report_data_mismatch", "Azure Attestation's token names other report data than this identity's")
-    verdict.maa_policy = policy.check(cast(Any, claims))
-    bad = [c for c in verdict.maa_policy if not c.ok]
-    if bad:
-        raise fail("maa", "maa_policy_violation", "; ".join(f"{c.check}: expected {c.expected}, found {c.actual}" for c in bad))
+    verdict.maa_policy = policy.check(claims)
+    if not all(c.ok for c in verdict.maa_policy):
+        raise fail("maa", "maa_policy_violation", _violations(verdict.maa_policy))
     ok("maa", f"Azure Attestation ({claims.issuer}) vouches for the quote; token valid until {claims.expires.isoformat()}")
 
 
@@ -351,7 +371,7 @@ def verify_controller(
     if maa_url:
         from duet.attestation.maa import MaaClient
 
-        def maa(quote: bytes) -> tuple[str, Any]:
+        def maa(quote: bytes) -> tuple[str, MaaSgxClaims]:
             with MaaClient(maa_url) as client:
                 return client.attest_and_verify(quote, now=now)
 

@@ -18,7 +18,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from duet.attestation import sgx_dcap as dcap
+from duet.attestation import sgx as dcap
 from duet.tee.base import TeeError, private_dir, require_report_data
 
 EVIDENCE_TYPE = "sgx-dcap"

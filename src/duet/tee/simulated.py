@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from duet import __version__
-from duet.attestation import sgx_dcap as dcap
+from duet.attestation import sgx as dcap
 from duet.tee.base import TeeError, private_dir, require_report_data
 
 SIM_DIR_NAME = "simulated-tee"

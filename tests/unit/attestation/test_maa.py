@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sgx_helpers import signed_attestation
 from tests.fakes.fake_maa import FakeMaa
 
 from duet.attestation.maa import MaaClient, MaaError, verify_token
-from duet.attestation.policy import Policy
+from duet.attestation.sgx import Policy
 from duet.client.verify import verify_attestation
 from duet.errors import ConfigError
-from duet.protocol.canonical import canonical
-from duet.protocol.envelope import new_nonce, sign_answer
 from duet.tee.simulated import SimulatedSgxTee
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "maa"
@@ -44,10 +43,10 @@ def test_recorded_token_verifies_at_its_time() -> None:
 
 def test_recorded_token_is_judged_by_the_same_policy() -> None:
     claims = verify_token(TOKEN, instance=INSTANCE, jwks=JWKS, now=VALID_AT)
-    refused = {c.check: c.ok for c in Policy().check(claims)}  # type: ignore[arg-type]
+    refused = {c.check: c.ok for c in Policy().check(claims)}
     assert refused["debug"] is False  # it is a debug enclave: refused by default
     accepted = Policy.from_dict({"allow_debug": True, "mrenclave": [MRENCLAVE], "isv_prod_id": 1, "min_isv_svn": 1})
-    assert all(c.ok for c in accepted.check(claims))  # type: ignore[arg-type]
+    assert all(c.ok for c in accepted.check(claims))
 
 
 @pytest.mark.parametrize(
@@ -140,24 +139,6 @@ def test_a_refused_quote_and_an_absent_service(maa: FakeMaa, tmp_path: Path) -> 
     assert err.value.code == "maa_unreachable"
 
 
-def _attestation(platform: SimulatedSgxTee) -> tuple[Any, str, bytes]:
-    from duet import keys
-
-    key = keys.generate()
-    cert = b"tls certificate"
-    document = {
-        "controller": keys.key_id(key.public_key()),
-        "signing_key": keys.public_pem(key.public_key()).decode(),
-        "tls_cert_sha256": hashlib.sha256(cert).hexdigest(),
-        "owners": [],
-        "version": "0",
-    }
-    nonce = new_nonce()
-    result = {"identity": document, "evidence": platform.quote(hashlib.sha512(canonical(document)).digest())}
-    answer = sign_answer(canonical(result), controller=document["controller"], signing_key=key, request_digest=None, nonce=nonce)
-    return json.loads(answer), nonce, cert
-
-
 @pytest.mark.parametrize(
     "how, code",
     [
@@ -169,7 +150,7 @@ def _attestation(platform: SimulatedSgxTee) -> tuple[Any, str, bytes]:
 )
 def test_duet_verify_asks_maa_too(maa: FakeMaa, platform: SimulatedSgxTee, how: str | None, code: str | None) -> None:
     maa.misbehave = how
-    answer, nonce, cert = _attestation(platform)
+    answer, nonce, cert = signed_attestation(platform.quote)
 
     def ask(quote: bytes) -> Any:
         with MaaClient(maa.url) as client:

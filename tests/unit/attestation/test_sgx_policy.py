@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sgx_helpers import DEBUG, REAL_QUOTES, RELEASE, REPORT_DATA
 
-from duet.attestation import sgx_dcap as dcap
-from duet.attestation.policy import DEFAULT_POLICY, Policy, PolicyCheck, PolicyError, enforce_policy
+from duet.attestation.sgx.abi import ParsedQuote, parse_quote
+from duet.attestation.sgx.policy import DEFAULT_POLICY, Policy, PolicyCheck, PolicyError
 from duet.errors import ConfigError
 from duet.tee.simulated import SimulatedSgxTee
 
@@ -16,8 +16,8 @@ RELEASE_MRENCLAVE = "d37d983a85d63fb49649610e2eba0930ecdbff6d113aca3ff3fc7261696
 AZURE_MRSIGNER = "feb995eb86c349ac98e5afbbb5732ca7376ec9979002702ea17ad476e0853a04"
 
 
-def _q(path: Path) -> dcap.ParsedQuote:
-    return dcap.parse_quote(path.read_bytes())
+def _q(path: Path) -> ParsedQuote:
+    return parse_quote(path.read_bytes())
 
 
 def test_default_policy_refuses_the_debug_azure_sample() -> None:
@@ -50,7 +50,7 @@ def test_full_policy_from_toml_passes_the_release_sample(tmp_path: Path) -> None
 
 
 def test_mrenclave_not_in_policy(sim_tee: SimulatedSgxTee) -> None:
-    quote = dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA))
+    quote = parse_quote(sim_tee.quote_bytes(REPORT_DATA))
     policy = Policy(mrenclave=(bytes.fromhex(RELEASE_MRENCLAVE),))
     with pytest.raises(PolicyError) as err:
         policy.enforce(quote)
@@ -59,14 +59,14 @@ def test_mrenclave_not_in_policy(sim_tee: SimulatedSgxTee) -> None:
 
 
 def test_debug_enclave(sim_tee: SimulatedSgxTee) -> None:
-    quote = dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA, flags=0x07))
+    quote = parse_quote(sim_tee.quote_bytes(REPORT_DATA, flags=0x07))
     with pytest.raises(PolicyError) as err:
-        enforce_policy(Policy(mrenclave=(sim_tee.mr_enclave,)), quote)
+        Policy(mrenclave=(sim_tee.mr_enclave,)).enforce(quote)
     assert err.value.code == "debug_enclave" and "allow_debug = true" in err.value.message
 
 
 def test_isv_svn_below_minimum(sim_tee: SimulatedSgxTee) -> None:
-    quote = dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA))
+    quote = parse_quote(sim_tee.quote_bytes(REPORT_DATA))
     with pytest.raises(PolicyError) as err:
         Policy(min_isv_svn=2).enforce(quote)
     assert err.value.code == "isv_svn_too_low"
@@ -74,14 +74,14 @@ def test_isv_svn_below_minimum(sim_tee: SimulatedSgxTee) -> None:
 
 
 def test_mrsigner_mismatch(sim_tee: SimulatedSgxTee) -> None:
-    quote = dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA))
+    quote = parse_quote(sim_tee.quote_bytes(REPORT_DATA))
     with pytest.raises(PolicyError) as err:
         Policy(mrsigner=bytes.fromhex(AZURE_MRSIGNER)).enforce(quote)
     assert err.value.code == "mrsigner_mismatch" and sim_tee.mr_signer.hex() in err.value.message
 
 
 def test_isv_prod_id_mismatch(sim_tee: SimulatedSgxTee) -> None:
-    quote = dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA))
+    quote = parse_quote(sim_tee.quote_bytes(REPORT_DATA))
     with pytest.raises(PolicyError) as err:
         Policy(isv_prod_id=7).enforce(quote)
     assert err.value.code == "isv_prod_id_mismatch" and err.value.message == "isv_prod_id: expected 7, the quote has 1"
@@ -89,7 +89,7 @@ def test_isv_prod_id_mismatch(sim_tee: SimulatedSgxTee) -> None:
 
 def test_simulated_enclave_passes_a_policy_pinning_it(sim_tee: SimulatedSgxTee) -> None:
     Policy(mrenclave=(sim_tee.mr_enclave,), mrsigner=sim_tee.mr_signer, isv_prod_id=1, min_isv_svn=1).enforce(
-        dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA))
+        parse_quote(sim_tee.quote_bytes(REPORT_DATA))
     )
 
 

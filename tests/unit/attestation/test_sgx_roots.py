@@ -1,4 +1,4 @@
-"""The Intel SGX root is pinned by key: every certificate for that key is accepted."""
+"""The pinned roots: the Intel SGX root is pinned by key, so every certificate for that key is accepted."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from importlib import resources
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sgx_helpers import ASSETS, REPORT_DATA, verify_sim
+from sgx_helpers import ASSETS, sim_quote_with, verify_sim
 
-from duet.attestation import sgx_dcap as dcap
-from duet.tee.simulated import ROOT_CN, SimulatedSgxTee, assemble_quote, build_header, build_report_body, make_certificate
+from duet.attestation.sgx import roots
+from duet.tee.simulated import ROOT_CN, SimulatedSgxTee, make_certificate
 
-SHIPPED_PEM = resources.files("duet.attestation").joinpath("roots", dcap.INTEL_SGX_ROOT_CA_FILE).read_bytes()
+SHIPPED_PEM = resources.files("duet.attestation").joinpath("roots", roots.INTEL_SGX_ROOT_CA_FILE).read_bytes()
 DER_COPY = (ASSETS / "dcap-qvl_Intel_SGX_Root_CA.der").read_bytes()
 
 
@@ -21,10 +21,10 @@ def test_both_intel_root_certificates_hold_the_pinned_key() -> None:
     pem_cert = x509.load_pem_x509_certificate(SHIPPED_PEM)
     der_cert = x509.load_der_x509_certificate(DER_COPY)
     for cert in (pem_cert, der_cert):
-        assert dcap.spki_sha256(cert.public_key()) == dcap.INTEL_SGX_ROOT_KEY_SHA256  # type: ignore[arg-type]
+        assert roots.spki_sha256(cert.public_key()) == roots.INTEL_SGX_ROOT_KEY_SHA256  # type: ignore[arg-type]
         assert (
-            dcap.load_trust_root(cert.public_bytes(serialization.Encoding.PEM)).public_numbers()
-            == dcap.intel_sgx_root_key().public_numbers()
+            roots.load_trust_root(cert.public_bytes(serialization.Encoding.PEM)).public_numbers()
+            == roots.intel_sgx_root_key().public_numbers()
         )
     # Recorded fact: in this evidence set the two files are the *same* certificate (go-tdx-guest PEM,
     # dcap-qvl DER). Should a copy of Intel's other certificate for this key be added, the key
@@ -34,9 +34,9 @@ def test_both_intel_root_certificates_hold_the_pinned_key() -> None:
 
 
 def test_load_trust_root_accepts_der_certificates_and_public_keys() -> None:
-    key = dcap.load_trust_root(DER_COPY)
+    key = roots.load_trust_root(DER_COPY)
     spki_pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    assert dcap.spki_sha256(dcap.load_trust_root(spki_pem)) == dcap.INTEL_SGX_ROOT_KEY_SHA256
+    assert roots.spki_sha256(roots.load_trust_root(spki_pem)) == roots.INTEL_SGX_ROOT_KEY_SHA256
 
 
 def test_a_reissued_root_certificate_for_the_same_key_is_accepted(sim_tee: SimulatedSgxTee) -> None:
@@ -54,15 +54,6 @@ def test_a_reissued_root_certificate_for_the_same_key_is_accepted(sim_tee: Simul
         not_after=now + timedelta(days=3650),
     )
     assert reissued.public_bytes(serialization.Encoding.DER) != p.certs["root"].public_bytes(serialization.Encoding.DER)
-    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (p.certs["pck"], p.certs["intermediate"], reissued))
-    quote = assemble_quote(
-        header=build_header(),
-        report_body=build_report_body(report_data=REPORT_DATA),
-        attestation_key=p.keys["attestation"],
-        qe_report=p.qe_report,
-        qe_report_signature=p.qe_report_signature,
-        qe_auth_data=p.qe_auth_data,
-        pck_chain_pem=chain,
-    )
+    quote = sim_quote_with(sim_tee, chain=(p.certs["pck"], p.certs["intermediate"], reissued))
     # Trust is given as the key taken from the *original* certificate.
     assert verify_sim(quote, sim_tee).ok

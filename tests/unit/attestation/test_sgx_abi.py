@@ -10,7 +10,7 @@ import struct
 import pytest
 from sgx_helpers import ASSETS, DEBUG, OCCLUM, REAL_QUOTES, RELEASE, REPORT_DATA
 
-from duet.attestation import sgx_dcap as dcap
+from duet.attestation.sgx import abi
 from duet.tee.simulated import SimulatedSgxTee, raw_public_key, simulated_mrenclave
 
 
@@ -30,7 +30,7 @@ def test_every_report_body_field_round_trips(sim_tee: SimulatedSgxTee) -> None:
         config_svn=0x0708,
         isv_family_id=b"F" * 16,
     )
-    q = dcap.parse_quote(sim_tee.quote_bytes(REPORT_DATA, **fields))
+    q = abi.parse_quote(sim_tee.quote_bytes(REPORT_DATA, **fields))
     assert q.report_body.report_data == REPORT_DATA
     for name, value in fields.items():
         assert getattr(q.report_body, name) == value, name
@@ -40,11 +40,11 @@ def test_every_report_body_field_round_trips(sim_tee: SimulatedSgxTee) -> None:
 
 
 def test_simulated_quote_header_and_signature_data(sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
-    q = dcap.parse_quote(sim_quote)
+    q = abi.parse_quote(sim_quote)
     p = sim_tee.platform
     assert (q.header.version, q.header.att_key_type, q.header.tee_type) == (3, 2, 0)
     assert (q.header.qe_svn, q.header.pce_svn) == (1, 1)
-    assert q.header.qe_vendor_id == dcap.INTEL_QE_VENDOR_ID
+    assert q.header.qe_vendor_id == abi.INTEL_QE_VENDOR_ID
     assert q.report_body.mr_enclave == simulated_mrenclave() == sim_tee.mr_enclave
     assert q.report_body.mr_signer == p.mr_signer
     assert q.report_body.report_data == REPORT_DATA
@@ -66,7 +66,7 @@ def test_simulated_quote_header_and_signature_data(sim_tee: SimulatedSgxTee, sim
 @pytest.mark.parametrize("path", REAL_QUOTES, ids=lambda p: p.name)
 def test_real_quotes_parse_at_the_spec_offsets(path) -> None:
     raw = path.read_bytes()
-    q = dcap.parse_quote(raw)
+    q = abi.parse_quote(raw)
     # Anchor the tables to the absolute offsets Gramine's own script uses (spec §1.1).
     assert q.report_body.flags == struct.unpack("<Q", raw[96:104])[0]
     assert q.report_body.mr_enclave == raw[112:144]
@@ -83,7 +83,7 @@ def test_real_quotes_parse_at_the_spec_offsets(path) -> None:
 @pytest.mark.parametrize("kind", ["release", "debug"])
 def test_azure_sample_fields_match_their_json(kind: str) -> None:
     info = json.loads((ASSETS / f"azure-samples_intelsdk_enclave.info.{kind}.json").read_text())
-    q = dcap.parse_quote(bytes.fromhex(info["QuoteHex"]))
+    q = abi.parse_quote(bytes.fromhex(info["QuoteHex"]))
     assert q.raw == (RELEASE if kind == "release" else DEBUG).read_bytes()
     assert q.report_body.mr_enclave.hex().upper() == info["MrEnclaveHex"]
     assert q.report_body.mr_signer.hex().upper() == info["MrSignerHex"]
@@ -95,20 +95,20 @@ def test_azure_sample_fields_match_their_json(kind: str) -> None:
 
 def test_padded_quote_parses_by_its_length_fields() -> None:
     raw = OCCLUM.read_bytes()
-    q = dcap.parse_quote(raw + bytes(39))
+    q = abi.parse_quote(raw + bytes(39))
     assert q.trailing_bytes == 39 and q.raw == raw
 
 
 def test_decode_quote_text_accepts_base64_hex_and_json(sim_quote: bytes) -> None:
-    assert dcap.decode_quote_text(sim_quote) == sim_quote
-    assert dcap.decode_quote_text(base64.b64encode(sim_quote) + b"\n") == sim_quote
-    assert dcap.decode_quote_text(sim_quote.hex().encode()) == sim_quote
+    assert abi.decode_quote_text(sim_quote) == sim_quote
+    assert abi.decode_quote_text(base64.b64encode(sim_quote) + b"\n") == sim_quote
+    assert abi.decode_quote_text(sim_quote.hex().encode()) == sim_quote
     assert (
-        dcap.decode_quote_text(json.dumps({"type": "simulated-sgx", "quote": base64.b64encode(sim_quote).decode()}).encode())
+        abi.decode_quote_text(json.dumps({"type": "simulated-sgx", "quote": base64.b64encode(sim_quote).decode()}).encode())
         == sim_quote
     )
     assert (
-        dcap.decode_quote_text((ASSETS / "azure-samples_intelsdk_enclave.info.release.json").read_bytes()) == RELEASE.read_bytes()
+        abi.decode_quote_text((ASSETS / "azure-samples_intelsdk_enclave.info.release.json").read_bytes()) == RELEASE.read_bytes()
     )
 
 
@@ -134,8 +134,8 @@ def _set(data: bytes, offset: int, fmt: str, value: int) -> bytes:
     ids=["truncated", "version", "att_key_type", "tee_type", "vendor", "siglen_long", "siglen_short", "auth_size", "cert_size"],
 )
 def test_format_errors_are_typed_and_name_the_field(sim_quote: bytes, mutate, field: str, words: str) -> None:
-    with pytest.raises(dcap.QuoteFormatError) as err:
-        dcap.parse_quote(mutate(sim_quote))
+    with pytest.raises(abi.QuoteFormatError) as err:
+        abi.parse_quote(mutate(sim_quote))
     assert err.value.code == "bad_quote"
     assert err.value.field == field
     assert words in err.value.message and f"field {field}" in err.value.message
@@ -144,12 +144,12 @@ def test_format_errors_are_typed_and_name_the_field(sim_quote: bytes, mutate, fi
 def test_unparseable_certificate_chain_is_a_format_error(sim_quote: bytes) -> None:
     i = sim_quote.index(b"-----BEGIN CERTIFICATE-----\n") + 40
     broken = sim_quote[:i] + b"!" + sim_quote[i + 1 :]
-    with pytest.raises(dcap.QuoteFormatError) as err:
-        dcap.parse_quote(broken)
+    with pytest.raises(abi.QuoteFormatError) as err:
+        abi.parse_quote(broken)
     assert err.value.field == "certification data" and "does not parse" in err.value.message
 
 
 def test_layout_tables_tile_their_structures() -> None:
-    assert sum(f.size for f in dcap.HEADER_FIELDS) == 48
-    assert sum(f.size for f in dcap.REPORT_BODY_FIELDS) == 384
-    assert {f.name for f in dcap.REPORT_BODY_FIELDS} >= {"MRENCLAVE", "MRSIGNER", "ISVPRODID", "ISVSVN", "REPORTDATA"}
+    assert sum(f.size for f in abi.HEADER_FIELDS) == 48
+    assert sum(f.size for f in abi.REPORT_BODY_FIELDS) == 384
+    assert {f.name for f in abi.REPORT_BODY_FIELDS} >= {"MRENCLAVE", "MRSIGNER", "ISVPRODID", "ISVSVN", "REPORTDATA"}

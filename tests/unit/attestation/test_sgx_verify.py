@@ -15,12 +15,13 @@ from sgx_helpers import (
     RELEASE,
     REPORT_DATA,
     flip,
+    sim_quote_with,
     tamper_leaf_certificate_signature,
     verify_real,
     verify_sim,
 )
 
-from duet.attestation import sgx_dcap as dcap
+from duet.attestation import sgx
 from duet.tee.simulated import SimulatedSgxTee
 
 QE_REPORT = 436 + 128
@@ -39,12 +40,12 @@ def test_real_quotes_verify_to_the_pinned_intel_root(path) -> None:
 
 def test_simulated_quote_verifies_only_with_the_simulated_root_trusted(sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
     assert verify_sim(sim_quote, sim_tee).ok
-    v = dcap.verify_quote(sim_quote, trusted_root_keys=[dcap.intel_sgx_root_key()], now=datetime.now(UTC))
+    v = sgx.verify_quote(sim_quote, trusted_root_keys=[sgx.intel_sgx_root_key()], now=datetime.now(UTC))
     assert not v.ok and v.code == "untrusted_root"
 
 
 def test_verify_accepts_a_parsed_quote(sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
-    assert dcap.verify_quote(dcap.parse_quote(sim_quote), trusted_root_keys=[sim_tee.root_key()], now=datetime.now(UTC)).ok
+    assert sgx.verify_quote(sgx.parse_quote(sim_quote), trusted_root_keys=[sim_tee.root_key()], now=datetime.now(UTC)).ok
 
 
 # --- one tampered input per step; each run on a real Intel quote and on a simulated one -----------
@@ -62,10 +63,10 @@ def _quote_and_verifier(source: str, sim_tee: SimulatedSgxTee, sim_quote: bytes)
 def test_unknown_root(source: str, sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
     quote, _ = _quote_and_verifier(source, sim_tee, sim_quote)
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
-    v = dcap.verify_quote(quote, trusted_root_keys=[other], now=REAL_NOW if source == "intel" else datetime.now(UTC))
+    v = sgx.verify_quote(quote, trusted_root_keys=[other], now=REAL_NOW if source == "intel" else datetime.now(UTC))
     assert (v.ok, v.failed_step, v.code) == (False, "pck_chain", "untrusted_root")
-    assert "is not a trusted root key" in v.message and dcap.spki_sha256(other) in v.message
-    with pytest.raises(dcap.QuoteVerificationError) as err:
+    assert "is not a trusted root key" in v.message and sgx.spki_sha256(other) in v.message
+    with pytest.raises(sgx.QuoteVerificationError) as err:
         v.raise_for_failure()
     assert err.value.code == "untrusted_root" and err.value.step == "pck_chain"
 
@@ -110,20 +111,9 @@ def test_bad_enclave_report_signature(source: str, sim_tee: SimulatedSgxTee, sim
 
 
 def test_nonzero_upper_qe_report_data_is_refused(sim_tee: SimulatedSgxTee) -> None:
-    from duet.tee.simulated import assemble_quote, build_header, build_report_body, raw_signature
-
-    p = sim_tee.platform
-    qe = bytearray(p.qe_report)
+    qe = bytearray(sim_tee.platform.qe_report)
     qe[320 + 40] = 1  # QE REPORTDATA[40]
-    quote = assemble_quote(
-        header=build_header(),
-        report_body=build_report_body(report_data=REPORT_DATA),
-        attestation_key=p.keys["attestation"],
-        qe_report=bytes(qe),
-        qe_report_signature=raw_signature(p.keys["pck"], bytes(qe)),
-        qe_auth_data=p.qe_auth_data,
-        pck_chain_pem=p.chain_pem(),
-    )
+    quote = sim_quote_with(sim_tee, qe_report=bytes(qe))
     v = verify_sim(quote, sim_tee)
     assert v.code == "attestation_key_not_bound" and "REPORTDATA[32:64] must be zero" in v.message
 
@@ -138,37 +128,37 @@ def test_parse_failure_is_a_verdict_not_an_exception(sim_tee: SimulatedSgxTee, s
 
 def test_expired_and_not_yet_valid_certificates() -> None:
     quote = OCCLUM.read_bytes()
-    root = [dcap.intel_sgx_root_key()]
-    late = dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2030, 4, 27, tzinfo=UTC))
+    root = [sgx.intel_sgx_root_key()]
+    late = sgx.verify_quote(quote, trusted_root_keys=root, now=datetime(2030, 4, 27, tzinfo=UTC))
     assert late.code == "certificate_expired" and "'Intel SGX PCK Certificate' expired at 2030-04-26" in late.message
-    early = dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2023, 4, 1, tzinfo=UTC))
+    early = sgx.verify_quote(quote, trusted_root_keys=root, now=datetime(2023, 4, 1, tzinfo=UTC))
     assert early.code == "certificate_not_yet_valid" and "valid only from 2023-04-26" in early.message
-    assert dcap.verify_quote(quote, trusted_root_keys=root, now=datetime(2023, 4, 27, tzinfo=UTC)).ok
+    assert sgx.verify_quote(quote, trusted_root_keys=root, now=datetime(2023, 4, 27, tzinfo=UTC)).ok
 
 
 def test_naive_time_is_refused(sim_quote: bytes, sim_tee: SimulatedSgxTee) -> None:
     with pytest.raises(ValueError):
-        dcap.verify_quote(sim_quote, trusted_root_keys=[sim_tee.root_key()], now=datetime.now())
+        sgx.verify_quote(sim_quote, trusted_root_keys=[sim_tee.root_key()], now=datetime.now())
 
 
 # --- report data binding ------------------------------------------------------------------------
 
 
 def test_report_data_matches_the_azure_enclave_held_data() -> None:
-    q = dcap.parse_quote(RELEASE.read_bytes())
-    dcap.check_report_data(q, hashlib.sha256(bytes.fromhex("010203040506")).digest() + bytes(32))
+    q = sgx.parse_quote(RELEASE.read_bytes())
+    sgx.check_report_data(q, hashlib.sha256(bytes.fromhex("010203040506")).digest() + bytes(32))
 
 
 def test_report_data_mismatch(sim_quote: bytes) -> None:
-    q = dcap.parse_quote(sim_quote)
-    dcap.check_report_data(q, REPORT_DATA)
+    q = sgx.parse_quote(sim_quote)
+    sgx.check_report_data(q, REPORT_DATA)
     other = flip(REPORT_DATA, 63)
-    with pytest.raises(dcap.QuoteVerificationError) as err:
-        dcap.check_report_data(q, other)
+    with pytest.raises(sgx.QuoteVerificationError) as err:
+        sgx.check_report_data(q, other)
     assert err.value.code == "report_data_mismatch"
     assert f"expected {other.hex()}, quote has {REPORT_DATA.hex()}" in err.value.message
     with pytest.raises(ValueError):
-        dcap.check_report_data(q, b"short")
+        sgx.check_report_data(q, b"short")
 
 
 def test_debug_quote_signatures_still_verify() -> None:
@@ -178,21 +168,8 @@ def test_debug_quote_signatures_still_verify() -> None:
 
 def test_chain_without_root_certificate_verifies_against_the_pinned_key(sim_tee: SimulatedSgxTee) -> None:
     """Pinning the key means the root certificate itself need not be in the quote."""
-    from cryptography.hazmat.primitives import serialization
-
-    from duet.tee.simulated import assemble_quote, build_header, build_report_body
-
     p = sim_tee.platform
-    chain = b"".join(p.certs[n].public_bytes(serialization.Encoding.PEM) for n in ("pck", "intermediate"))
-    quote = assemble_quote(
-        header=build_header(),
-        report_body=build_report_body(report_data=REPORT_DATA),
-        attestation_key=p.keys["attestation"],
-        qe_report=p.qe_report,
-        qe_report_signature=p.qe_report_signature,
-        qe_auth_data=p.qe_auth_data,
-        pck_chain_pem=chain,
-    )
+    quote = sim_quote_with(sim_tee, chain=(p.certs["pck"], p.certs["intermediate"]))
     assert verify_sim(quote, sim_tee).ok
-    v = dcap.verify_quote(quote, trusted_root_keys=[dcap.intel_sgx_root_key()], now=datetime.now(UTC) + timedelta(seconds=1))
+    v = sgx.verify_quote(quote, trusted_root_keys=[sgx.intel_sgx_root_key()], now=datetime.now(UTC) + timedelta(seconds=1))
     assert v.code == "untrusted_root"

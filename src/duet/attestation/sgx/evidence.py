@@ -1,0 +1,151 @@
+"""One SGX evidence check for every front end: signatures, then report data, then policy.
+
+``duet verify`` (the client judging a controller) and ``duet evidence verify`` (a quote
+offline) both call :func:`verify_evidence`, so they cannot disagree about what held: each gets
+the same step verdicts and only words them for its reader. The order is fixed here, once:
+
+1. the signature steps (:data:`~duet.attestation.sgx.verify.SIGNATURE_STEPS`): nothing an
+   unverified quote says means anything;
+2. ``report_data``: evidence about another identity (a replay) says nothing about this one,
+   whatever its measurements, so the binding is checked before the measurements are judged;
+3. ``policy``: whether this enclave is acceptable.
+
+The first failure stops the rest, which are reported as not reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Union
+
+from duet.attestation.sgx.abi import ParsedQuote
+from duet.attestation.sgx.policy import DEFAULT_POLICY, Policy, PolicyCheck, PolicyError
+from duet.attestation.sgx.verify import (
+    SIGNATURE_STEPS,
+    STEP_ATTESTATION_KEY_BINDING,
+    STEP_ENCLAVE_SIGNATURE,
+    STEP_PARSE,
+    STEP_PCK_CHAIN,
+    STEP_QE_REPORT_SIGNATURE,
+    QuoteVerificationError,
+    Verdict,
+    verify_quote,
+)
+from duet.keys import PublicKey
+
+STEP_REPORT_DATA = "report_data"
+STEP_POLICY = "policy"
+EVIDENCE_STEPS: tuple[str, ...] = (*SIGNATURE_STEPS, STEP_REPORT_DATA, STEP_POLICY)
+
+_HELD = {
+    STEP_PARSE: "a well-formed SGX DCAP v3 quote",
+    STEP_PCK_CHAIN: "the PCK certificate chain ends at a trusted root key",
+    STEP_QE_REPORT_SIGNATURE: "the PCK key signed the quoting enclave's report",
+    STEP_ATTESTATION_KEY_BINDING: "the quoting enclave's report binds the attestation key",
+    STEP_ENCLAVE_SIGNATURE: "the attestation key signed the enclave's report",
+    STEP_REPORT_DATA: "REPORTDATA is the expected binding",
+    STEP_POLICY: "every check of the policy holds",
+}
+
+
+@dataclass(frozen=True)
+class StepVerdict:
+    step: str
+    ok: bool | None
+    """True held; False failed; None not checked (not reached after a failure, or not asked)."""
+    code: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class EvidenceVerdict:
+    """Every step of :data:`EVIDENCE_STEPS`, in order; ``ok`` only if none failed."""
+
+    steps: tuple[StepVerdict, ...]
+    signatures: Verdict = field(repr=False)
+    """The signature verdict (parsed quote, verified PCK chain)."""
+    policy: tuple[PolicyCheck, ...] = ()
+    """Every policy check, once the policy step was reached (held or not)."""
+
+    @property
+    def failure(self) -> StepVerdict | None:
+        return next((s for s in self.steps if s.ok is False), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def quote(self) -> ParsedQuote | None:
+        """The parsed quote, whenever it parsed (also when a later step failed)."""
+        return self.signatures.quote
+
+
+def check_report_data(quote: ParsedQuote, expected: bytes) -> None:
+    """Require REPORTDATA == ``expected`` (64 bytes); raises ``report_data_mismatch`` otherwise."""
+    if len(expected) != 64:
+        raise ValueError(f"expected report data must be 64 bytes, got {len(expected)}")
+    actual = quote.report_body.report_data
+    if actual != expected:
+        raise QuoteVerificationError(
+            f"REPORTDATA does not match the expected binding: expected {expected.hex()}, quote has {actual.hex()}",
+            code="report_data_mismatch",
+            step=STEP_REPORT_DATA,
+        )
+
+
+def _signature_steps(signatures: Verdict) -> list[StepVerdict]:
+    failed = len(SIGNATURE_STEPS) if signatures.ok else SIGNATURE_STEPS.index(signatures.failed_step or "")
+    out = []
+    for i, step in enumerate(SIGNATURE_STEPS):
+        if i < failed:
+            out.append(StepVerdict(step, True, message=_HELD[step]))
+        elif i == failed:
+            out.append(StepVerdict(step, False, signatures.code, signatures.message))
+        else:
+            out.append(StepVerdict(step, None, message="not reached"))
+    return out
+
+
+def verify_evidence(
+    quote: Union[bytes, ParsedQuote],
+    *,
+    trusted_root_keys: Sequence[PublicKey],
+    now: datetime,
+    report_data: bytes | None = None,
+    policy: Policy = DEFAULT_POLICY,
+) -> EvidenceVerdict:
+    """Judge an SGX quote in the order of the module docstring, at time ``now``.
+
+    ``report_data`` (64 bytes) is what REPORTDATA must be; without it that step is not asked.
+    Never raises for bad evidence: look at the verdict.
+    """
+    signatures = verify_quote(quote, trusted_root_keys=trusted_root_keys, now=now)
+    steps = _signature_steps(signatures)
+    if not signatures.ok or signatures.quote is None:
+        steps += [StepVerdict(s, None, message="not reached") for s in (STEP_REPORT_DATA, STEP_POLICY)]
+        return EvidenceVerdict(tuple(steps), signatures)
+    parsed = signatures.quote
+
+    if report_data is None:
+        steps.append(StepVerdict(STEP_REPORT_DATA, None, message="not asked"))
+    else:
+        try:
+            check_report_data(parsed, report_data)
+        except QuoteVerificationError as exc:
+            steps += [
+                StepVerdict(STEP_REPORT_DATA, False, exc.code, exc.message),
+                StepVerdict(STEP_POLICY, None, message="not reached"),
+            ]
+            return EvidenceVerdict(tuple(steps), signatures)
+        steps.append(StepVerdict(STEP_REPORT_DATA, True, message=_HELD[STEP_REPORT_DATA]))
+
+    try:
+        checks = policy.enforce(parsed)
+    except PolicyError as exc:
+        steps.append(StepVerdict(STEP_POLICY, False, exc.code, exc.message))
+        return EvidenceVerdict(tuple(steps), signatures, exc.checks)
+    steps.append(StepVerdict(STEP_POLICY, True, message=_HELD[STEP_POLICY]))
+    return EvidenceVerdict(tuple(steps), signatures, tuple(checks))
