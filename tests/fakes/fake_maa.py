@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from duet.attestation import sgx_dcap as dcap
+from duet.attestation import sgx as dcap
 
 
 def _b64url_decode(text: str) -> bytes:

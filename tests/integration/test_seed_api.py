@@ -390,7 +390,7 @@ def test_the_seed_protocol_is_off_by_default(tmp_path: Path, rsa_owner: RsaOwner
 
 
 def test_quote_binds_the_rsa_key_and_the_key_survives_a_restart(tmp_path: Path, rsa_owner: RsaOwner) -> None:
-    from duet.attestation import sgx_dcap
+    from duet.attestation import sgx as sgx_dcap
     from duet.tee.simulated import simulated_root_pem
 
     process = ControllerProcess(tmp_path / "state", [rsa_owner.pub_path], tee="simulated", extra_args=("--seed-api",))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from duet.attestation import sgx_dcap as dcap
-from duet.attestation.policy import Policy
+from duet.attestation import sgx as dcap
+from duet.attestation.sgx import Policy
 from duet.client.verify import verify_attestation
 from duet.controller.runtime import open_controller
 from duet.controller.settings import Settings

@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 
 from duet import __version__
-from duet.attestation import sgx_dcap as dcap
-from duet.attestation.policy import DEFAULT_POLICY
+from duet.attestation import sgx as dcap
+from duet.attestation.sgx import DEFAULT_POLICY
 from duet.tee.base import TeeBackend, TeeError
 from duet.tee.none import NoneTee
 from duet.tee.simulated import ROOT_CN, SimulatedSgxTee, simulated_root_pem
