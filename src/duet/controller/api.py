@@ -26,7 +26,6 @@ from duet.protocol.envelope import sign_answer
 log = logging.getLogger("duet.api")
 
 NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 router = APIRouter(prefix="/v1")
 

@@ -41,7 +41,7 @@ class AuthorizedRequest:
     """``"seed"`` for the seed's compatibility protocol (no replay protection, see
     controller/seed_api.py): its digest is then SHA-256 of the seed's signed params bytes."""
 
-    def ledger_marks(self) -> dict[str, str]:
+    def entry_fields(self) -> dict[str, str]:
         """Extra fields for the ledger entries of this request; none for v1, so v1 entries
         stay exactly as they were, and auditors can tell replayable seed requests apart."""
         return {} if self.protocol == "v1" else {"protocol": self.protocol}

@@ -11,11 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from duet.controller.api import HEX64_RE, _check_nonce, _controller, signed
+from duet.controller.api import _check_nonce, _controller, signed
 from duet.controller.events import resume_point, stream
 from duet.errors import BadRequest
 from duet.ledger.heads import sign_head
 from duet.ledger.log import MAX_PAGE
+from duet.protocol.canonical import is_hex64
 from duet.protocol.envelope import sign_answer
 
 router = APIRouter(prefix="/v1")
@@ -60,7 +61,7 @@ async def consistency_proof(request: Request, first: Size, second: Size, nonce: 
 
 @router.get("/blobs/{sha256}", summary="A command's stored stdout or stderr, addressed by its SHA-256")
 async def blob(request: Request, sha256: str) -> Response:
-    if not HEX64_RE.match(sha256):
+    if not is_hex64(sha256):
         raise BadRequest("a blob is named by 64 lowercase hex characters (its SHA-256)", code="bad_blob_id")
     data = _controller(request).store.get_blob(sha256)
     return Response(content=data, media_type="application/octet-stream", headers={"X-Content-SHA256": sha256})

@@ -154,7 +154,7 @@ class LifecycleService:
                 type=params.cvm_type,
                 provider=provider,
                 job=job_id,
-                **request.ledger_marks(),
+                **request.entry_fields(),
             )
         self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key, provider))
         return {"job_id": job_id, "cvm_id": cvm_id, "mode": lc.PROVISIONING, "provider": provider}
@@ -284,7 +284,7 @@ class LifecycleService:
                 actor=request.signer,
                 request_digest=request.digest,
                 command=command,
-                **request.ledger_marks(),
+                **request.entry_fields(),
             )
         try:
             outcome = await self.ssh.run(cvm_id, target, command, timeout=timeout, output_limit=limit)
@@ -300,10 +300,10 @@ class LifecycleService:
                     request_digest=request.digest,
                     started_seq=started["seq"],
                     reason=_describe(exc),
-                    **request.ledger_marks(),
+                    **request.entry_fields(),
                 )
             raise
-        return self._record_result(cvm_id, started["seq"], command, outcome, request.digest, request.ledger_marks())
+        return self._record_result(cvm_id, started["seq"], command, outcome, request.digest, request.entry_fields())
 
     def _record_result(
         self, cvm_id: str, started_seq: int, command: str, outcome: ExecResult, digest: str, marks: dict[str, str] | None = None
@@ -384,7 +384,7 @@ class LifecycleService:
                     previous=previous,
                     mode=params.mode,
                     final=was_final or params.final,
-                    **request.ledger_marks(),
+                    **request.entry_fields(),
                 )
             if params.final and not was_final and not await self._lock_down(cvm.id, attempt=1):
                 self._schedule_lockdown(cvm.id)
@@ -518,7 +518,7 @@ class LifecycleService:
                     request_digest=request.digest,
                     previous=previous,
                     job=job_id,
-                    **request.ledger_marks(),
+                    **request.entry_fields(),
                 )
         self.jobs.spawn(job_id, lambda: self._teardown(job_id, cvm.id))
         return {"job_id": job_id, "cvm_id": cvm.id, "mode": lc.STOPPING}

@@ -8,7 +8,8 @@ from pathlib import Path
 from duet.errors import ConfigError
 
 MiB = 1024 * 1024
-SEED_PORT = 6037
+DEFAULT_PORT = 6037
+"""Where the controller serves protocol v1 (HTTPS) unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Settings:
     """The providers CVMs may be started with; the first is the default."""
     tee: str = "none"
     host: str = "127.0.0.1"
-    port: int = SEED_PORT
+    port: int = DEFAULT_PORT
     max_body_bytes: int = 1 * MiB
     """Larger request bodies are refused with 413 before they are parsed."""
     request_skew_s: float = 300.0
@@ -51,10 +52,6 @@ class Settings:
     seed_listen: tuple[str, int] | None = None
     """Serve the seed's protocol on its own plain-HTTP address (its clients know nothing of
     duet's TLS certificate), while /v1 stays on the HTTPS listener."""
-
-    @property
-    def sealed_dir(self) -> Path:
-        return self.state_dir / "sealed"
 
     @property
     def database(self) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from duet import keys
 from duet.errors import ConfigError
 
 TLS_KEY_FILE = "controller-tls.key"
@@ -108,11 +108,7 @@ def load_or_create_tls(sealed_dir: Path, controller_id: str) -> TlsIdentity:
         new_key = ec.generate_private_key(ec.SECP256R1())
         cert = make_certificate(new_key, controller_id)
         sealed_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(
-                new_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-            )
+        keys.write_private_key(key_path, new_key)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if not (key_path.exists() and cert_path.exists()):
         missing = TLS_CERT_FILE if key_path.exists() else TLS_KEY_FILE

@@ -11,17 +11,15 @@ Depends only on keys and canonical JSON, so clients verify heads without the ser
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from duet import keys
 from duet.errors import VerificationError
-from duet.protocol.canonical import canonical
+from duet.protocol.canonical import canonical, is_hex64
 from duet.protocol.envelope import b64decode, b64encode
 
 HEAD_FIELDS = ("tree_size", "root_hash", "timestamp", "controller")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def parse_head(data: Any) -> SignedHead:
     size, root = data["tree_size"], data["root_hash"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise VerificationError(f"the tree head's tree_size {size!r} is not a size", code="bad_head")
-    if not isinstance(root, str) or not _HEX64.match(root):
+    if not is_hex64(root):
         raise VerificationError("the tree head's root_hash is not 64 lowercase hex characters", code="bad_head")
     if not all(isinstance(data[name], str) for name in ("timestamp", "controller", "signature")):
         raise VerificationError("the tree head's timestamp, controller and signature must be strings", code="bad_head")

@@ -7,6 +7,7 @@ any language can recompute the same bytes.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,14 @@ def canonical(obj: Any) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_hex64(value: object) -> bool:
+    """64 lowercase hex characters and nothing else (a SHA-256, a key id, a controller id)."""
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
 def digest(obj: Any) -> str:

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from duet import __version__
+from duet import keys as duet_keys
 from duet.attestation import sgx as dcap
 from duet.tee.base import TeeError, private_dir, require_report_data
 
@@ -246,9 +247,7 @@ def _generate(directory: Path) -> None:
         report_data=qe_report_data(keys["attestation"], qe_auth),
     )
     for n, k in keys.items():
-        fd = os.open(directory / f"{n}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        duet_keys.write_private_key(directory / f"{n}.key", k)
     for n, c in (("root", root), ("intermediate", inter), ("pck", pck)):
         (directory / f"{n}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
     params = {
