@@ -65,7 +65,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _authorized(request: Request, op: str, cvm_id: str | None = None) -> AuthorizedRequest:
+async def _authorized(request: Request, op: str, cvm_id: str | None = None) -> AuthorizedRequest[Any]:
     controller = _controller(request)
     body = await read_body(request, controller.settings.max_body_bytes)
     authorized = controller.authenticator.authenticate(body, op)

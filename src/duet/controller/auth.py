@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -30,10 +30,10 @@ ParamsT = TypeVar("ParamsT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
-class AuthorizedRequest:
+class AuthorizedRequest(Generic[ParamsT]):
     op: str
-    params: Any
-    """The validated params model of the op (e.g. RunParams)."""
+    params: ParamsT
+    """The validated params model of the op (e.g. RunParams); the service's methods name theirs."""
     signer: str
     digest: str
     """SHA-256 hex of JCS(request): what the answer and the ledger entries bind to."""
@@ -126,7 +126,7 @@ class RequestAuthenticator:
         self._requests[digest] = now
         return self.store.consume_nonce(nonce, signer, now=now, keep_seconds=keep)
 
-    def authenticate(self, body: bytes, op: str) -> AuthorizedRequest:
+    def authenticate(self, body: bytes, op: str) -> AuthorizedRequest[Any]:
         raw = parse_json_object(body)
         try:
             envelope = SignedRequest.model_validate(raw)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from duet import keys
 from duet.controller.api import read_body
-from duet.controller.auth import AuthorizedRequest, describe_validation_error, parse_json_object
+from duet.controller.auth import AuthorizedRequest, ParamsT, describe_validation_error, parse_json_object
 from duet.errors import ConfigError, DuetError, Forbidden, NotFound
 from duet.protocol import seed
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
@@ -127,7 +127,7 @@ class SeedGateway:
         attested set, never the database's owners table."""
         return self._owners
 
-    def authorize(self, op: str, duet_op: str, body: bytes) -> tuple[dict[str, Any], AuthorizedRequest]:
+    def authorize(self, op: str, duet_op: str, body: bytes) -> tuple[dict[str, Any], _Admitted]:
         """Admit a privileged seed request: an RSA owner key must have signed its params."""
         raw = parse_json_object(body)
         params = raw.get("params")
@@ -138,8 +138,7 @@ class SeedGateway:
         )
         if signer is None or not isinstance(params, dict):
             raise SeedRefusal(PRIVILEGED[op])
-        authorized = AuthorizedRequest(op=duet_op, params=None, signer=signer, digest=seed.digest(params), protocol=PROTOCOL)
-        return params, authorized
+        return params, _Admitted(duet_op, signer, seed.digest(params))
 
     def _require_cvm(self, params: dict[str, Any]) -> None:
         """The seed answers ``No such CVM.`` for any id it does not know, well-formed or not."""
@@ -245,8 +244,17 @@ class SeedGateway:
             unsubscribe()
 
 
-def _with(authorized: AuthorizedRequest, params: Any) -> AuthorizedRequest:
-    return dataclasses.replace(authorized, params=params)
+@dataclasses.dataclass(frozen=True)
+class _Admitted:
+    """A seed request whose signature an owner's RSA key made; its params are validated next."""
+
+    op: str
+    signer: str
+    digest: str
+
+
+def _with(admitted: _Admitted, params: ParamsT) -> AuthorizedRequest[ParamsT]:
+    return AuthorizedRequest(op=admitted.op, params=params, signer=admitted.signer, digest=admitted.digest, protocol=PROTOCOL)
 
 
 def _job_reason(job: dict[str, Any]) -> str:

@@ -131,8 +131,8 @@ class LifecycleService:
 
     # --- start -------------------------------------------------------------------------
 
-    async def start(self, request: AuthorizedRequest) -> dict[str, Any]:
-        params: StartParams = request.params
+    async def start(self, request: AuthorizedRequest[StartParams]) -> dict[str, Any]:
+        params = request.params
         provider = params.provider or self.default_provider
         if provider not in self.providers:
             raise InvalidParams(
@@ -249,8 +249,8 @@ class LifecycleService:
 
     # --- run ---------------------------------------------------------------------------
 
-    async def run(self, request: AuthorizedRequest) -> dict[str, Any]:
-        params: RunParams = request.params
+    async def run(self, request: AuthorizedRequest[RunParams]) -> dict[str, Any]:
+        params = request.params
         timeout = params.timeout_s or self.settings.command_timeout_s
         limit = params.output_limit or self.settings.output_limit
         if timeout > self.settings.max_command_timeout_s:
@@ -274,7 +274,7 @@ class LifecycleService:
         return f"CVM {cvm.id[:16]}… is {cvm.mode}: commands run only while it is in-update"
 
     async def _run_one(
-        self, cvm_id: str, target: SshTarget, command: str, request: AuthorizedRequest, *, timeout: float, limit: int
+        self, cvm_id: str, target: SshTarget, command: str, request: AuthorizedRequest[RunParams], *, timeout: float, limit: int
     ) -> dict[str, Any]:
         with self.store.transaction() as tx:
             started = self.ledger.append(
@@ -353,8 +353,8 @@ class LifecycleService:
 
     # --- mark --------------------------------------------------------------------------
 
-    async def mark(self, request: AuthorizedRequest) -> dict[str, Any]:
-        params: MarkParams = request.params
+    async def mark(self, request: AuthorizedRequest[MarkParams]) -> dict[str, Any]:
+        params = request.params
         if params.final and params.mode != lc.IN_SERVICE:
             raise InvalidParams("final applies only to mode in-service", code="invalid_params")
         async with self._locked(params.cvm_id):
@@ -496,8 +496,8 @@ class LifecycleService:
 
     # --- stop --------------------------------------------------------------------------
 
-    async def stop(self, request: AuthorizedRequest) -> dict[str, Any]:
-        params: StopParams = request.params
+    async def stop(self, request: AuthorizedRequest[StopParams]) -> dict[str, Any]:
+        params = request.params
         job_id = new_job_id()
         async with self._locked(params.cvm_id):
             cvm = self.get_cvm(params.cvm_id)

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
+
+# --- what a CVM is and where it runs --------------------------------------------------------
+
+CvmType = Literal["snp", "tdx"]
+CVM_TYPES: Final[tuple[CvmType, ...]] = ("snp", "tdx")
+"""AMD SEV-SNP and Intel TDX."""
+
+ProviderName = Literal["local", "azure", "aws", "gcp"]
+PROVIDER_NAMES: Final[tuple[ProviderName, ...]] = ("local", "azure", "aws", "gcp")
 
 # --- modes ---------------------------------------------------------------------------------
 

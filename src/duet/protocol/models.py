@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from duet.protocol.lifecycle import CvmType, ProviderName
+
 NONCE_PATTERN = r"^[0-9a-f]{32}$"
 HEX64_PATTERN = r"^[0-9a-f]{64}$"
 
@@ -36,8 +38,8 @@ class SignedRequest(_Strict):
 
 
 class StartParams(_Strict):
-    cvm_type: Literal["snp", "tdx"]
-    provider: Literal["local", "azure", "aws", "gcp"] | None = None
+    cvm_type: CvmType
+    provider: ProviderName | None = None
     """None: the controller's default provider."""
 
 

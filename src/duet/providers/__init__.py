@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from duet.errors import ConfigError
+from duet.protocol.lifecycle import PROVIDER_NAMES
 from duet.providers.base import Provider
 
-PROVIDERS: tuple[str, ...] = ("local", "azure", "aws", "gcp")
+PROVIDERS: tuple[str, ...] = PROVIDER_NAMES
 
 
 PREFIX_SETTINGS = {"azure": ("DUET_AZURE_PREFIX", "PREFIX"), "aws": ("DUET_AWS_PREFIX",), "gcp": ("DUET_GCP_PREFIX",)}

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-CvmType = Literal["snp", "tdx"]
-CVM_TYPES: tuple[str, ...] = ("snp", "tdx")
+from duet.protocol.lifecycle import CVM_TYPES, CvmType
+
+__all__ = ["CVM_TYPES", "CvmSpec", "CvmType", "Machine", "Progress", "Provider", "LOCKDOWN_MARKER", "first_setting"]
 
 Progress = Callable[[str], None]
 """Called with a short human-readable step description, e.g. ``"creating public IP"``."""
