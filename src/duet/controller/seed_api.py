@@ -38,6 +38,7 @@ from duet import keys
 from duet.controller.api import read_body
 from duet.controller.auth import AuthorizedRequest, ParamsT, describe_validation_error, parse_json_object
 from duet.errors import ConfigError, DuetError, Forbidden, NotFound
+from duet.protocol import lifecycle as lc
 from duet.protocol import seed
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
 
@@ -168,7 +169,7 @@ class SeedGateway:
                 raise
             mode = self.controller.service.get_cvm(model.cvm_id).mode
             raise SeedRefusal(
-                IN_SERVICE if mode == "in-service" else f"Running commands not allowed while CVM is {mode}."
+                IN_SERVICE if mode == lc.IN_SERVICE else f"Running commands not allowed while CVM is {mode}."
             ) from None
         output: list[str] = []
         for item in result["results"]:
@@ -210,7 +211,7 @@ class SeedGateway:
         store = self.controller.store
         items = []
         for entry in self.controller.ledger.entries(cvm=cvm_id):
-            if entry["event"] != "command.finished":
+            if entry["event"] != lc.COMMAND_FINISHED:
                 continue
             stdout = store.get_blob(entry["stdout_sha256"]).decode(errors="replace")
             stderr = store.get_blob(entry["stderr_sha256"]).decode(errors="replace")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-OUTCOME_EVENTS = ("command.finished", "command.failed", "command.interrupted")
+from duet.protocol import lifecycle as lc
+
+OUTCOME_EVENTS = lc.COMMAND_OUTCOMES
 OUTCOME_FIELDS = ("exit_status", "duration_ms", "timed_out", "stdout_sha256", "stderr_sha256")
 
 
@@ -21,7 +23,7 @@ def command_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     for entry in entries:
         event = entry.get("event")
-        if event == "command.started":
+        if event == lc.COMMAND_STARTED:
             rows[entry["seq"]] = {"seq": entry["seq"], "command": entry["command"], "status": "running"}
         elif event in OUTCOME_EVENTS and entry.get("started_seq") in rows:
             row = rows[entry["started_seq"]]
@@ -36,5 +38,5 @@ def mode_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"seq": entry["seq"], "time": entry["time"], "mode": entry["mode"], "final": entry.get("final", False)}
         for entry in entries
-        if entry.get("event") == "mode.changed"
+        if entry.get("event") == lc.MODE_CHANGED
     ]

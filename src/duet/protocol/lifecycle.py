@@ -35,7 +35,8 @@ STOPPED: Final = "stopped"
 FAILED: Final = "failed"
 
 ACTIVE_MODES: Final = (IN_UPDATE, IN_SERVICE)
-MARKABLE_MODES: Final = (IN_UPDATE, IN_SERVICE)
+MarkableMode = Literal["in-update", "in-service"]
+MARKABLE_MODES: Final[tuple[MarkableMode, ...]] = (IN_UPDATE, IN_SERVICE)
 
 # --- events --------------------------------------------------------------------------------
 

@@ -6,11 +6,11 @@ command list given as one string and ran each character as a command).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from duet.protocol.lifecycle import CvmType, ProviderName
+from duet.protocol.lifecycle import CvmType, MarkableMode, ProviderName
 
 NONCE_PATTERN = r"^[0-9a-f]{32}$"
 HEX64_PATTERN = r"^[0-9a-f]{64}$"
@@ -62,7 +62,7 @@ class RunParams(_Strict):
 
 class MarkParams(_Strict):
     cvm_id: str = Field(pattern=HEX64_PATTERN)
-    mode: Literal["in-service", "in-update"]
+    mode: MarkableMode
     final: bool = False
 
 
