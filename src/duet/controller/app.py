@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -92,7 +93,7 @@ def serve(settings: Settings) -> None:
         )
     main = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False, **ssl)  # type: ignore[arg-type]
     if settings.seed_listen is None:
-        uvicorn.Server(main).run()
+        _server(main, controller).run()
         return
     seed_host, seed_port = settings.seed_listen
     log.warning("the seed's protocol is served on http://%s:%d (plain HTTP, no replay protection)", seed_host, seed_port)
@@ -100,7 +101,7 @@ def serve(settings: Settings) -> None:
         create_seed_app(controller), host=seed_host, port=seed_port, log_level="info", access_log=False, lifespan="off"
     )
     with asyncio.Runner(loop_factory=main.get_loop_factory()) as runner:  # uvloop, as uvicorn.run would
-        runner.run(_serve_both(uvicorn.Server(main), uvicorn.Server(seed)))
+        runner.run(_serve_both(_server(main, controller), uvicorn.Server(seed)))
 
 
 async def _serve_both(main: uvicorn.Server, seed: uvicorn.Server) -> None:
@@ -112,6 +113,19 @@ async def _serve_both(main: uvicorn.Server, seed: uvicorn.Server) -> None:
     finally:
         seed.should_exit = True
         await seed_task
+
+
+def _server(config: uvicorn.Config, controller: Controller) -> uvicorn.Server:
+    """A uvicorn server that ends the controller's event streams as soon as it is asked to stop,
+    so its graceful shutdown is not held up by responses that never end by themselves."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            controller.streams.end_all()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def controller_of(app: FastAPI) -> Controller:

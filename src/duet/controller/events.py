@@ -8,16 +8,14 @@ exactly once. The server never blocks on a reader: each has a bounded queue, and
 falls behind is dropped with ``event: end`` and resumes from its last id.
 
 A stream never ends by itself, and uvicorn's graceful shutdown waits for open responses, so
-streams are ended when the process is asked to stop (see ``_end_streams_on_signal``).
+streams are ended when the server is asked to stop (``Streams.end_all``, from ``app.serve``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from collections.abc import AsyncIterator, Callable
-from types import FrameType
 from typing import Any
 
 from duet.ledger.log import Ledger, Subscription
@@ -29,30 +27,24 @@ QUEUE_SIZE = 1024
 Signer = Callable[[bytes], bytes]
 """Turns a result's canonical bytes into a whole signed answer body."""
 
-_streams: set[Subscription] = set()
-_hooked = False
 
+class Streams:
+    """The open event streams of one controller, ended together when its server is asked to
+    stop (``controller.app.serve``): a stream never ends by itself, and uvicorn's graceful
+    shutdown waits for open responses."""
 
-def _end_streams_on_signal() -> None:
-    """Chain onto SIGTERM/SIGINT so open streams end and shutdown is not held up by them."""
-    global _hooked
-    if _hooked:
-        return
-    _hooked = True
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)
+    def __init__(self) -> None:
+        self._open: set[Subscription] = set()
 
-        def handler(number: int, frame: FrameType | None, previous: Any = previous) -> None:
-            for subscription in list(_streams):
-                subscription.end()
-            if callable(previous):
-                previous(number, frame)
+    def add(self, subscription: Subscription) -> None:
+        self._open.add(subscription)
 
-        try:
-            signal.signal(sig, handler)
-        except ValueError:  # not the main thread (an embedded server): streams end with their readers
-            _hooked = False
-            return
+    def discard(self, subscription: Subscription) -> None:
+        self._open.discard(subscription)
+
+    def end_all(self) -> None:
+        for subscription in list(self._open):
+            subscription.end()
 
 
 def _event(entry: dict[str, Any], sign: Signer) -> bytes:
@@ -66,11 +58,10 @@ def resume_point(from_seq: int | None, last_event_id: str | None) -> int:
     return from_seq if from_seq is not None else -1
 
 
-async def stream(ledger: Ledger, start: int, sign: Signer) -> AsyncIterator[bytes]:
+async def stream(ledger: Ledger, start: int, sign: Signer, streams: Streams) -> AsyncIterator[bytes]:
     """Entries from ``start`` (``-1``: only those committed from now on), then live ones."""
-    _end_streams_on_signal()
     subscription = ledger.subscription(QUEUE_SIZE)  # taken before the catch-up: no gap
-    _streams.add(subscription)
+    streams.add(subscription)
     try:
         position = ledger.size if start < 0 else start
         yield b": duet ledger events from seq %d\nretry: 2000\n\n" % position
@@ -94,5 +85,5 @@ async def stream(ledger: Ledger, start: int, sign: Signer) -> AsyncIterator[byte
                 position = entry["seq"] + 1
                 yield _event(entry, sign)
     finally:
-        _streams.discard(subscription)
+        streams.discard(subscription)
         subscription.close()

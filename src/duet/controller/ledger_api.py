@@ -83,7 +83,7 @@ async def events(
         )
 
     return StreamingResponse(
-        stream(controller.ledger, resume_point(from_seq, last_event_id), sign),
+        stream(controller.ledger, resume_point(from_seq, last_event_id), sign, controller.streams),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -10,11 +10,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from duet import keys
 from duet.controller.auth import RequestAuthenticator
+from duet.controller.events import Streams
 from duet.controller.identity import (
     SIGNING_KEY_FILE,
     Identity,
@@ -77,6 +78,8 @@ class Controller:
     service: LifecycleService
     authenticator: RequestAuthenticator
     tls: TlsIdentity | None = None
+    streams: Streams = field(default_factory=Streams)
+    """Open /v1/events streams, ended when the server stops."""
 
     def attestation(self) -> dict[str, Any]:
         return {"identity": self.identity.document(), "evidence": self.tee.quote(self.identity.report_data())}
