@@ -69,3 +69,46 @@ class VerificationError(DuetError):
     """A signature, a pin or a piece of evidence did not verify (client side)."""
 
     code, status = "verification_failed", 400
+
+
+# --- trust failures (client side) ---------------------------------------------------------------
+#
+# A program decides what to do about a failure by its type, not by its code: a ``TrustError``
+# means that neither the controller nor anything it said may be used (the CLI exits 3), while a
+# plain ``VerificationError`` is a local input that did not verify (a trust root, a saved head).
+# ``code`` stays the precise, stable name of what failed.
+
+
+class TrustError(VerificationError):
+    """The controller, or an answer it gave, cannot be trusted: nothing in it was used."""
+
+    code = "untrusted"
+
+
+class UntrustedAnswer(TrustError):
+    """An answer or an output does not verify against the pinned controller: its signature, its
+    binding to the request, its nonce or its hash (``bad_answer_signature``, ``wrong_controller``,
+    ``answer_not_bound``, ``stale_answer``, ``unsigned_answer``, ``bad_identity``, ``blob_mismatch``)."""
+
+    code = "untrusted_answer"
+
+
+class ControllerChanged(TrustError):
+    """The controller is not the one verified and pinned: another signing key
+    (``controller_key_changed``), TLS certificate (``tls_pin_mismatch``), identity
+    (``controller_changed``) or owner set (``owners_changed``). Re-verify it to accept the change."""
+
+    code = "controller_changed"
+
+
+class NotVerified(TrustError):
+    """The controller was not verified and pinned (``controller_not_verified``), or is reachable
+    only over plain HTTP (``plain_http``), and ``insecure`` was not asked for."""
+
+    code = "controller_not_verified"
+
+
+class DamagedPin(TrustError):
+    """The user's trust store, or a pin in it, is damaged (``bad_pin``): verify the controller again."""
+
+    code = "bad_pin"

@@ -8,6 +8,7 @@ controller, or a view to compare with, could not be asked at all. docs/audit.md 
 import json
 import sys
 import threading
+from contextlib import closing
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -17,6 +18,8 @@ from duet.cli.context import CliContext
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from duet.client import DuetClient
 
 
 def audit(
@@ -40,7 +43,7 @@ def audit(
     ] = None,
 ) -> None:
     """Verify, trusting no one, that the ledger is complete, unaltered, lawful and never forked or rolled back."""
-    from duet.client.audit import Auditor, HeadStore, load_view
+    from duet.client import Auditor, HeadStore, load_view
 
     context: CliContext = ctx.obj
     with output.errors(context), context.client() as client:
@@ -78,7 +81,7 @@ class _EventWaker:
     lost or forged event can at worst delay a check until the next ``--interval``.
     """
 
-    def __init__(self, client: Any, *, start: int) -> None:
+    def __init__(self, client: "DuetClient", *, start: int) -> None:
         self._client = client
         self._start = start  # entries from here on wake us, even those committed before we connect
         self._event = threading.Event()
@@ -94,18 +97,14 @@ class _EventWaker:
         self._stopping.set()
 
     def _run(self) -> None:
-        import httpx
+        from duet.client import ConnectionFailed
 
         last_id: str | None = None
         while not self._stopping.is_set():
-            headers = {"Last-Event-ID": last_id} if last_id else {}
-            params = {} if last_id else {"from": str(self._start)}
             try:
-                # The SDK's own HTTP client, so TLS and pinning settings apply to the stream too.
-                with self._client._http.stream(
-                    "GET", "/v1/events", params=params, headers=headers, timeout=httpx.Timeout(10.0, read=60.0)
-                ) as response:
-                    for line in response.iter_lines():
+                # The SDK's own connection, so TLS and pinning settings apply to the stream too.
+                with closing(self._client.event_lines(start=self._start, last_event_id=last_id)) as lines:
+                    for line in lines:
                         if self._stopping.is_set():
                             return
                         if line.startswith("id:"):
@@ -113,7 +112,7 @@ class _EventWaker:
                             self._event.set()
                         elif line.startswith("event: end"):
                             self._event.set()
-            except httpx.HTTPError:
+            except ConnectionFailed:
                 pass
             self._stopping.wait(1.0)
 

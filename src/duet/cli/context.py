@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from duet.cli.output import warn
+
 if TYPE_CHECKING:
-    from duet.client.sdk import DuetClient
+    from duet.client import DuetClient
 
 
 @dataclass
@@ -21,8 +23,7 @@ class CliContext:
     def client(self, *, owner: bool = False) -> DuetClient:
         """A client for the controller at ``url``; its trust warnings go to stderr on every run
         (stdout stays one JSON object with --json)."""
-        from duet.cli.output import warn
-        from duet.client.sdk import DuetClient, load_owner_key
+        from duet.client import DuetClient, load_owner_key
         from duet.errors import DuetError
 
         if owner and self.key_path is None:

@@ -10,6 +10,8 @@ from duet.cli.context import CliContext
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from duet.client import DuetClient
+
 app = typer.Typer(help="Start, command, mark, inspect and stop CVMs.", no_args_is_help=True)
 
 MODES = ("in-service", "in-update")
@@ -157,11 +159,11 @@ def stop(
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _wait(context: CliContext, client: Any, job_id: str, title: str) -> dict[str, Any]:
+def _wait(context: CliContext, client: "DuetClient", job_id: str, title: str) -> dict[str, Any]:
     if context.json:
-        return client.wait_job(job_id)  # type: ignore[no-any-return]
+        return client.wait_job(job_id)
     with output.err_console.status(title) as status:
-        return client.wait_job(job_id, on_step=lambda step: status.update(f"{title} {step}"))  # type: ignore[no-any-return]
+        return client.wait_job(job_id, on_step=lambda step: status.update(f"{title} {step}"))
 
 
 def _job_error(job: dict[str, Any]) -> Exception:

@@ -21,9 +21,7 @@ from rich.panel import Panel
 from duet import keys
 from duet.attestation import sgx_dcap as dcap
 from duet.attestation.policy import Policy
-from duet.client.sdk import ApiError, DuetClient
-from duet.client.trust import TrustStore
-from duet.client.verify import verify_controller
+from duet.client import ApiError, DuetClient, TrustStore, verify_controller
 from duet.controller.process import ControllerProcess
 from duet.providers.local import remove_all
 from duet.tee.simulated import simulated_root_pem
@@ -136,7 +134,7 @@ def verify_step(controller: ControllerProcess, trust: TrustStore) -> None:
         "TLS certificate; every later answer and connection is checked against the pin",
     )
     assert verdict.pin is not None
-    trust.put(controller.url, verdict.pin)
+    trust.pin_verified(controller.url, verdict.pin)
 
 
 def run_demo(*, keep: bool = False, play: Callable[[DuetClient], None] = scenario) -> int:

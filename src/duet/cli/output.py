@@ -1,7 +1,12 @@
 """How the CLI speaks: one JSON object with --json, readable tables otherwise.
 
 Errors become ``{"error": {"code", "message"}}`` and a non-zero exit; a signature that does
-not verify is said plainly, because it means the answer cannot be trusted at all.
+not verify is said plainly, because it means the answer cannot be trusted at all. What counts
+as untrusted (exit 3) is decided by the error's type (:class:`duet.errors.TrustError`), which
+the SDK raises; the code only names what failed.
+
+This module depends on no other CLI module: commands hand it anything with a ``json`` flag
+(:class:`~duet.cli.context.CliContext`).
 
 rich is imported on first use only (``output.console``, ``output.err_console``): the read
 commands people and scripts run most (`cvm state`, `cvm list`, any `--json` call) print
@@ -14,12 +19,11 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import typer
 
-from duet.cli.context import CliContext
-from duet.errors import DuetError
+from duet.errors import ControllerChanged, DuetError, NotVerified, TrustError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,18 +50,24 @@ EXIT_REFUSED = 1
 EXIT_UNTRUSTED = 3
 
 
+class OutputMode(Protocol):
+    """How to print: one JSON object (``--json``) or text for people."""
+
+    json: bool
+
+
 class UsageError(DuetError):
     code, status = "usage", 400
 
 
-def emit(context: CliContext, data: Any, render: Callable[[Console], None]) -> None:
+def emit(context: OutputMode, data: Any, render: Callable[[Console], None]) -> None:
     if context.json:
         sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
     else:
         render(_console("console"))
 
 
-def emit_plain(context: CliContext, data: Any, text: Callable[[], str]) -> None:
+def emit_plain(context: OutputMode, data: Any, text: Callable[[], str]) -> None:
     """Like :func:`emit`, for output that needs no colour: printed without loading rich."""
     sys.stdout.write(json.dumps(data, sort_keys=True) + "\n" if context.json else text())
 
@@ -70,32 +80,19 @@ def plain_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 @contextmanager
-def errors(context: CliContext) -> Iterator[None]:
-    """Turn duet errors into the CLI's error output and exit status."""
+def errors(context: OutputMode) -> Iterator[None]:
+    """Turn duet errors into the CLI's error output and exit status: 3 for a trust failure
+    (:class:`~duet.errors.TrustError`: an unverified or changed controller, an answer that does
+    not verify), 1 for anything else."""
     try:
         yield
     except DuetError as exc:
-        untrusted = exc.code in {
-            "bad_answer_signature",
-            "wrong_controller",
-            "answer_not_bound",
-            "stale_answer",
-            "unsigned_answer",
-            "bad_identity",
-            "bad_pin",
-            "blob_mismatch",
-            "controller_key_changed",
-            "tls_pin_mismatch",
-            "controller_not_verified",
-            "plain_http",
-            "controller_changed",
-            "owners_changed",
-        }
+        untrusted = isinstance(exc, TrustError)
         if context.json:
             sys.stdout.write(json.dumps({"error": {"code": exc.code, "message": exc.message}}, sort_keys=True) + "\n")
-        elif exc.code in ("controller_not_verified", "plain_http"):
+        elif isinstance(exc, NotVerified):
             _console("err_console").print(f"[bold red]refused[/] ({exc.code}): {exc.message}")
-        elif exc.code in ("controller_key_changed", "tls_pin_mismatch", "controller_changed", "owners_changed"):
+        elif isinstance(exc, ControllerChanged):
             _console("err_console").print(f"[bold red]REFUSED CONTROLLER[/] ({exc.code}): {exc.message}")
         elif untrusted:
             _console("err_console").print(f"[bold red]UNTRUSTED ANSWER[/]: {exc.message} ({exc.code}). Nothing in it was used.")

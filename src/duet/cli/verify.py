@@ -2,17 +2,22 @@
 
 Exit status: 0 verified and pinned; 3 (untrusted) when a check failed, or the controller is not
 the one pinned before or shows another owner set than the pinned one
-(:func:`duet.client.trust.check_repin`; ``--replace`` pins it anyway); 2 when an option is unusable.
+(:meth:`duet.client.TrustStore.pin_verified`; ``--replace`` pins it anyway); 2 when an option is unusable.
 """
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from duet.cli import output
 from duet.cli.context import CliContext
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from duet.client import ControllerVerdict
 
 
 def verify(
@@ -40,9 +45,7 @@ def verify(
     """Verify the controller (evidence, identity binding, policy, TLS certificate) and pin it."""
     from duet.attestation import sgx_dcap as dcap
     from duet.attestation.policy import Policy
-    from duet.client.trust import TrustStore, check_repin
-    from duet.client.verify import verify_controller
-    from duet.errors import VerificationError
+    from duet.client import TrustError, TrustStore, verify_controller
 
     context: CliContext = ctx.obj
     with output.errors(context):
@@ -56,11 +59,10 @@ def verify(
         result = verdict.to_dict()
         if verdict.ok and verdict.pin is not None:
             try:
-                check_repin(trust.get(context.url), verdict.pin, url=context.url, replace=replace)
-            except VerificationError as exc:
+                trust.pin_verified(context.url, verdict.pin, replace=replace)
+            except TrustError as exc:  # another controller or owner set (ControllerChanged), a damaged store
                 result.update(ok=False, failed_step="pin", code=exc.code, message=exc.message, pinned=None)
             else:
-                trust.put(context.url, verdict.pin)
                 result["pinned_in"] = str(trust.path)
         if save is not None:
             result["saved_in"] = str(_save(save, verdict, result))
@@ -69,7 +71,7 @@ def verify(
             raise typer.Exit(output.EXIT_UNTRUSTED)
 
 
-def _save(directory: Path, verdict: Any, result: dict[str, Any]) -> Path:
+def _save(directory: Path, verdict: "ControllerVerdict", result: dict[str, Any]) -> Path:
     """Everything needed to re-check the verdict later, offline (``duet evidence verify``)."""
     import base64
 
@@ -84,16 +86,16 @@ def _save(directory: Path, verdict: Any, result: dict[str, Any]) -> Path:
     except (KeyError, TypeError, AttributeError, ValueError):
         pass
     if verdict.tls_cert_der:
-        from duet.client.verify import _pem
+        from duet.client import certificate_pem
 
-        (directory / "tls-certificate.pem").write_text(_pem(verdict.tls_cert_der))
+        (directory / "tls-certificate.pem").write_text(certificate_pem(verdict.tls_cert_der))
     if verdict.maa_token:
         (directory / "maa-token.jwt").write_text(verdict.maa_token + "\n")
     (directory / "verdict.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return directory
 
 
-def _render(console: Any, verdict: Any, result: dict[str, Any], context: CliContext) -> None:
+def _render(console: "Console", verdict: "ControllerVerdict", result: dict[str, Any], context: CliContext) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -113,8 +115,9 @@ def _render(console: Any, verdict: Any, result: dict[str, Any], context: CliCont
         mark = {True: "[green]✓[/]", False: "[bold red]✗[/]", None: "[yellow]-[/]"}[check.ok]
         code = f" [{check.code}]" if check.code else ""
         console.print(f" {mark} {check.step}: " + escape(check.detail + code))
+    from duet.client import STEPS
+
     done = {c.step for c in verdict.checks}
-    from duet.client.verify import STEPS
 
     for step in STEPS:
         if step not in done and verdict.failure is not None:

@@ -36,13 +36,13 @@ from typing import Any, Protocol
 import httpx
 
 from duet.client.sdk import ConnectionFailed
-from duet.client.trust import ControllerPin, unverified_ssl_context, user_state_dir
+from duet.client.trust import ControllerPin, unverified_ssl_context, user_state_dir, verify_signed_answer
 from duet.errors import DuetError, VerificationError
 from duet.ledger.heads import SignedHead, parse_head, verify_head
 from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import canonical, timestamp
-from duet.protocol.envelope import ANSWER_FIELDS, new_nonce, verify_answer
+from duet.protocol.envelope import ANSWER_FIELDS, new_nonce
 
 PINPOINT_LIMIT = 10_000
 """When a whole-ledger root does not match, at most this many entries are proven one by one."""
@@ -581,7 +581,7 @@ class RemoteController:
     def get(self, path: str, **query: Any) -> Any:
         """The result of a read whose answer verifies with the pinned key (``ProofSource``)."""
         data, nonce = self.answer(path, **query)
-        result = verify_answer(data, controller=self.pin.controller, public_key=self.pin.public_key(), nonce=nonce)
+        result = verify_signed_answer(data, controller=self.pin.controller, public_key=self.pin.public_key(), nonce=nonce)
         if isinstance(result, dict) and isinstance(result.get("error"), dict):
             error = result["error"]
             raise DuetError(f"{self.url} refused: {error.get('message')}", code=str(error.get("code", "error")))
@@ -648,7 +648,7 @@ def _get_json(url: str, params: dict[str, str], transport: httpx.BaseTransport |
 def _head_data(view: OtherView, pin: ControllerPin) -> Any:
     """The signed head inside what the view holds; a signed answer must verify with the pinned key."""
     if _is_answer(view.data):
-        return verify_answer(view.data, controller=pin.controller, public_key=pin.public_key(), nonce=view.nonce)
+        return verify_signed_answer(view.data, controller=pin.controller, public_key=pin.public_key(), nonce=view.nonce)
     return _unwrapped(view.data)
 
 

@@ -10,6 +10,11 @@ answer cannot be replayed. Over HTTPS the TLS certificate must be the pinned one
 ``insecure=True`` uses an unverified controller: its identity is fetched on every run and
 believed as presented (``warnings`` says so, and the CLI prints it on every run). A pinned
 controller is still held to its pin.
+
+Failures are typed (:mod:`duet.errors`): :class:`~duet.errors.NotVerified`,
+:class:`~duet.errors.ControllerChanged` and :class:`~duet.errors.UntrustedAnswer` (all
+:class:`~duet.errors.TrustError`) mean that nothing the controller said was used;
+:class:`ApiError` is a refusal the controller signed; :class:`ConnectionFailed`, no answer at all.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +39,12 @@ from duet.client.trust import (
     presented_certificate,
     sha256_hex,
     unverified_ssl_context,
+    verify_signed_answer,
 )
-from duet.errors import DuetError, VerificationError
-from duet.protocol.envelope import new_nonce, request_digest, sign_request, verify_answer
+from duet.errors import ControllerChanged, DuetError, NotVerified, UntrustedAnswer
+from duet.protocol.envelope import new_nonce, request_digest, sign_request
+
+__all__ = ["ApiError", "ConnectionFailed", "DuetClient", "NotVerified", "load_owner_key"]
 
 
 class ApiError(DuetError):
@@ -47,13 +55,9 @@ class ApiError(DuetError):
 
 
 class ConnectionFailed(DuetError):
+    """The controller (or another party asked) could not be reached, or the connection broke."""
+
     code, status = "connection_failed", 503
-
-
-class NotVerified(VerificationError):
-    """The controller was not verified and pinned, and ``insecure`` was not asked for."""
-
-    code = "controller_not_verified"
 
 
 def _certificate_refused(exc: BaseException) -> bool:
@@ -176,7 +180,7 @@ class DuetClient:
         cheap enough to call before each audit. Ordinary calls do not make it: it would add a
         round trip to each of them.
 
-        Raises :class:`~duet.errors.VerificationError` ``controller_changed`` (another controller
+        Raises :class:`~duet.errors.ControllerChanged` ``controller_changed`` (another controller
         id, signing key or TLS certificate) or ``owners_changed`` (another owner set; see
         :func:`duet.client.trust.check_same_identity`), and :class:`NotVerified` as :meth:`pin`
         does. Over HTTPS a changed TLS certificate is usually refused earlier, at the handshake
@@ -200,12 +204,12 @@ class DuetClient:
             document = answer["result"]["identity"]
             public_key = keys.load_public_key_bytes(document["signing_key"].encode(), "controller signing key")
         except (KeyError, TypeError, DuetError):
-            raise VerificationError("the controller's identity document is malformed", code="bad_identity") from None
+            raise UntrustedAnswer("the controller's identity document is malformed", code="bad_identity") from None
         if keys.key_id(public_key) != document.get("controller"):
-            raise VerificationError("the controller id is not the id of its signing key", code="bad_identity")
-        verify_answer(answer, controller=document["controller"], public_key=public_key, nonce=nonce)
+            raise UntrustedAnswer("the controller id is not the id of its signing key", code="bad_identity")
+        verify_signed_answer(answer, controller=document["controller"], public_key=public_key, nonce=nonce)
         if cert is not None and sha256_hex(cert) != document.get("tls_cert_sha256"):
-            raise VerificationError("the controller's TLS certificate is not the one its identity names", code="tls_pin_mismatch")
+            raise ControllerChanged("the controller's TLS certificate is not the one its identity names", code="tls_pin_mismatch")
         return ControllerPin(
             controller=document["controller"],
             signing_key=document["signing_key"],
@@ -216,11 +220,11 @@ class DuetClient:
 
     # --- transport ---------------------------------------------------------------------
 
-    def _tls_refusal(self, presented: bytes | None) -> VerificationError:
+    def _tls_refusal(self, presented: bytes | None) -> ControllerChanged:
         pin = self._stored
         assert pin is not None
         seen = f"TLS certificate sha256 {sha256_hex(presented)[:16]}…" if presented else "another TLS certificate"
-        return VerificationError(
+        return ControllerChanged(
             f"refused: the controller at {self.url} presented {seen}, but the controller you verified "
             f"({pin.controller[:16]}…) uses {str(pin.tls_cert_sha256)[:16]}…. Someone may be intercepting the "
             "connection, or the controller's TLS key was replaced; if that is expected, verify it again with "
@@ -256,7 +260,7 @@ class DuetClient:
         try:
             return response.status_code, response.json(), peer_certificate(response)
         except ValueError:
-            raise VerificationError(
+            raise UntrustedAnswer(
                 f"the controller answered HTTP {response.status_code} with something that is not a signed answer",
                 code="unsigned_answer",
             ) from None
@@ -269,13 +273,14 @@ class DuetClient:
 
     def _verified(self, status: int, answer: Any, *, digest: str | None = None, nonce: str | None = None) -> Any:
         pin = self.pin()
+        public_key = pin.public_key()
         try:
-            result = verify_answer(
-                answer, controller=pin.controller, public_key=pin.public_key(), request_digest=digest, nonce=nonce
+            result = verify_signed_answer(
+                answer, controller=pin.controller, public_key=public_key, request_digest=digest, nonce=nonce
             )
-        except VerificationError as exc:
+        except UntrustedAnswer as exc:
             if exc.code == "wrong_controller" and isinstance(answer, dict):
-                raise VerificationError(
+                raise ControllerChanged(
                     f"refused: the controller at {self.url} now answers as controller "
                     f"{str(answer.get('controller'))[:16]}…, not as {pin.controller[:16]}…, which you "
                     + ("verified and pinned" if self._stored else "saw at first contact")
@@ -372,9 +377,31 @@ class DuetClient:
         if response.status_code != 200:
             self._verified(response.status_code, response.json())
         if hashlib.sha256(response.content).hexdigest() != sha256:
-            raise VerificationError(f"the output served for {sha256[:16]}… does not match its hash", code="blob_mismatch")
+            raise UntrustedAnswer(f"the output served for {sha256[:16]}… does not match its hash", code="blob_mismatch")
         return response.content
+
+    def event_lines(
+        self, *, start: int | None = None, last_event_id: str | None = None, read_timeout: float = 60.0
+    ) -> Generator[str, None, None]:
+        """The lines of the controller's live event stream (``GET /v1/events``, server-sent
+        events): from ledger entry ``start`` on, or, to resume, after the event ``last_event_id``
+        (then ``start`` is not sent).
+
+        Events are not signed and prove nothing: they only say "look again", so that a follower
+        fetches and verifies a new signed head sooner. The stream uses this client's connection
+        settings (TLS pinning included). Raises :class:`ConnectionFailed` when the stream cannot
+        be opened or breaks; ``close()`` the generator to end it."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        params = {"from": str(start)} if start is not None and not last_event_id else {}
+        try:
+            with self._http.stream(
+                "GET", "/v1/events", params=params, headers=headers, timeout=httpx.Timeout(10.0, read=read_timeout)
+            ) as response:
+                yield from response.iter_lines()
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(f"the event stream of {self.url} failed: {exc}") from None
 
 
 def load_owner_key(path: str | Path | None) -> keys.PrivateKey | None:
+    """The owner's private key (PEM) at ``path``; None without a path."""
     return keys.load_private_key(path) if path else None

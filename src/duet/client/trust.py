@@ -32,7 +32,8 @@ from typing import Any
 import httpx
 
 from duet import keys
-from duet.errors import VerificationError
+from duet.errors import ControllerChanged, DamagedPin, UntrustedAnswer, VerificationError
+from duet.protocol.envelope import verify_answer
 
 
 def user_state_dir() -> Path:
@@ -61,7 +62,7 @@ class ControllerPin:
     def public_key(self) -> keys.PublicKey:
         key = keys.load_public_key_bytes(self.signing_key.encode(), "pinned controller key")
         if keys.key_id(key) != self.controller:
-            raise VerificationError("the pinned controller key does not match its id; the pin file is damaged", code="bad_pin")
+            raise DamagedPin("the pinned controller key does not match its id; the pin file is damaged", code="bad_pin")
         return key
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,7 +78,7 @@ class ControllerPin:
             values["owners"] = tuple(values.get("owners") or ())
             return cls(**values)
         except TypeError:
-            raise VerificationError("a pin in the trust store is damaged; run `duet verify` again", code="bad_pin") from None
+            raise DamagedPin("a pin in the trust store is damaged; run `duet verify` again", code="bad_pin") from None
 
 
 class TrustStore:
@@ -94,7 +95,7 @@ class TrustStore:
         except FileNotFoundError:
             return {}
         except ValueError:
-            raise VerificationError(f"{self.path} is damaged; remove it and run `duet verify` again", code="bad_pin") from None
+            raise DamagedPin(f"{self.path} is damaged; remove it and run `duet verify` again", code="bad_pin") from None
 
     def _save(self, pins: dict[str, dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -107,9 +108,19 @@ class TrustStore:
         return ControllerPin.from_dict(entry) if entry else None
 
     def put(self, url: str, pin: ControllerPin) -> None:
+        """Store ``pin`` for ``url`` as it is, replacing any pin there; programs that pin what
+        they just verified use :meth:`pin_verified`, which keeps the re-pin rule."""
         pins = self._load()
         pins[url.rstrip("/")] = pin.to_dict()
         self._save(pins)
+
+    def pin_verified(self, url: str, pin: ControllerPin, *, replace: bool = False) -> None:
+        """Pin ``pin`` (just verified) for ``url`` unless :func:`check_repin` refuses it: a
+        controller with another key, TLS certificate or owner set than the verified one pinned
+        there is stored only with ``replace``. Raises :class:`~duet.errors.ControllerChanged`
+        (nothing stored) or :class:`~duet.errors.DamagedPin`."""
+        check_repin(self.get(url), pin, url=url, replace=replace)
+        self.put(url, pin)
 
 
 # --- a pinned controller that shows another identity ----------------------------------------
@@ -136,7 +147,7 @@ def check_same_identity(pinned: ControllerPin, shown: ControllerPin, *, url: str
     """
     when = f"you pinned on {pinned.verified_at}" if pinned.verified_at else "seen at first contact"
     if (pinned.controller, pinned.tls_cert_sha256) != (shown.controller, shown.tls_cert_sha256):
-        raise VerificationError(
+        raise ControllerChanged(
             f"the controller at {url} is not the one {when} (pinned {short_id(pinned.controller)}, TLS "
             f"{short_id(pinned.tls_cert_sha256)}; now {short_id(shown.controller)}, TLS "
             f"{short_id(shown.tls_cert_sha256)}). A replaced controller key usually means a new installation; "
@@ -145,7 +156,7 @@ def check_same_identity(pinned: ControllerPin, shown: ControllerPin, *, url: str
         )
     added, removed = set(shown.owners) - set(pinned.owners), set(pinned.owners) - set(shown.owners)
     if added or removed:
-        raise VerificationError(
+        raise ControllerChanged(
             f"the controller at {url} ({short_id(pinned.controller)}, same key and TLS certificate) now shows "
             f"another owner set than the one {when} (added {_short_ids(added)}; removed {_short_ids(removed)}). "
             "Owner sets change only through recorded ledger entries, and none recorded this change: the host may "
@@ -219,5 +230,31 @@ def presented_certificate(url: str, timeout: float = 10.0) -> bytes | None:
     return ssl.PEM_cert_to_DER_cert(pem)
 
 
+def certificate_pem(der: bytes) -> str:
+    """A certificate's DER bytes as PEM text (how pins and ``duet verify --save`` keep it)."""
+    return ssl.DER_cert_to_PEM_cert(der)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+def verify_signed_answer(
+    answer: Any,
+    *,
+    controller: str,
+    public_key: keys.PublicKey,
+    request_digest: str | None = None,
+    nonce: str | None = None,
+) -> Any:
+    """The result of a signed answer (:func:`duet.protocol.envelope.verify_answer`), or
+    :class:`~duet.errors.UntrustedAnswer` with the precise code of what did not hold."""
+    try:
+        return verify_answer(answer, controller=controller, public_key=public_key, request_digest=request_digest, nonce=nonce)
+    except UntrustedAnswer:
+        raise
+    except VerificationError as exc:
+        raise UntrustedAnswer(exc.message, code=exc.code) from None
