@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from duet import keys
-from duet.attestation import sgx as sgx_dcap
+from duet.attestation import sgx
 from duet.attestation.sgx import Policy
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
@@ -52,7 +52,7 @@ def running_controller(*, tls: bool = True) -> Iterator[Bench]:
     controller.start()
     trust = TrustStore(workdir / "user")
     if tls:
-        root = sgx_dcap.load_trust_root(simulated_root_pem(controller.state_dir), "simulated root")
+        root = sgx.load_trust_root(simulated_root_pem(controller.state_dir), "simulated root")
         verdict = verify_controller(controller.url, policy=Policy(), trust_roots=[root])
         assert verdict.ok and verdict.pin is not None, verdict
         trust.put(controller.url, verdict.pin)

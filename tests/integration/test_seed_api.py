@@ -390,7 +390,7 @@ def test_the_seed_protocol_is_off_by_default(tmp_path: Path, rsa_owner: RsaOwner
 
 
 def test_quote_binds_the_rsa_key_and_the_key_survives_a_restart(tmp_path: Path, rsa_owner: RsaOwner) -> None:
-    from duet.attestation import sgx as sgx_dcap
+    from duet.attestation import sgx
     from duet.tee.simulated import simulated_root_pem
 
     process = ControllerProcess(tmp_path / "state", [rsa_owner.pub_path], tee="simulated", extra_args=("--seed-api",))
@@ -398,8 +398,8 @@ def test_quote_binds_the_rsa_key_and_the_key_survives_a_restart(tmp_path: Path, 
     try:
         first = httpx.get(process.url + "/quote", timeout=30).json()
         quote = base64.b64decode(first["quote"], validate=True)
-        root = sgx_dcap.load_trust_root(simulated_root_pem(process.state_dir))
-        assert sgx_dcap.verify_quote(quote, trusted_root_keys=[root], now=datetime.now(UTC)).ok
+        root = sgx.load_trust_root(simulated_root_pem(process.state_dir))
+        assert sgx.verify_quote(quote, trusted_root_keys=[root], now=datetime.now(UTC)).ok
         assert quote[368:400] == hashlib.sha256(first["public_key"].encode()).digest()  # where the seed's client looks
         assert quote[400:432] == bytes(32)
         attestation = httpx.get(process.url + "/v1/attestation", timeout=30).json()["result"]

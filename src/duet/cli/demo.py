@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.panel import Panel
 
 from duet import keys
-from duet.attestation import sgx_dcap as dcap
-from duet.attestation.policy import Policy
+from duet.attestation import sgx as dcap
+from duet.attestation.sgx import Policy
 from duet.client import ApiError, DuetClient, TrustStore, verify_controller
 from duet.controller.process import ControllerProcess
 from duet.providers.local import remove_all

@@ -81,11 +81,11 @@ def quote_binds_key(quote_b64: str, public_pem: str) -> bool:
     """True if the quote verifies to Intel's root and its report data starts with SHA-256 of the PEM."""
     if not quote_b64:
         return False
-    from duet.attestation import sgx_dcap
+    from duet.attestation import sgx
 
     try:
         quote = base64.b64decode(quote_b64, validate=True)
-        verdict = sgx_dcap.verify_quote(quote, trusted_root_keys=[sgx_dcap.intel_sgx_root_key()], now=datetime.now(UTC))
+        verdict = sgx.verify_quote(quote, trusted_root_keys=[sgx.intel_sgx_root_key()], now=datetime.now(UTC))
     except ValueError:
         return False
     if not verdict.ok:

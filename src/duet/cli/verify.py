@@ -43,8 +43,8 @@ def verify(
     ] = False,
 ) -> None:
     """Verify the controller (evidence, identity binding, policy, TLS certificate) and pin it."""
-    from duet.attestation import sgx_dcap as dcap
-    from duet.attestation.policy import Policy
+    from duet.attestation import sgx as dcap
+    from duet.attestation.sgx import Policy
     from duet.client import TrustError, TrustStore, verify_controller
 
     context: CliContext = ctx.obj

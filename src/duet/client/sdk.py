@@ -37,11 +37,11 @@ from duet.client.trust import (
     peer_certificate,
     pinned_ssl_context,
     presented_certificate,
-    sha256_hex,
     unverified_ssl_context,
     verify_signed_answer,
 )
 from duet.errors import ControllerChanged, DuetError, NotVerified, UntrustedAnswer
+from duet.protocol.canonical import sha256_hex
 from duet.protocol.envelope import new_nonce, request_digest, sign_request
 
 __all__ = ["ApiError", "ConnectionFailed", "DuetClient", "NotVerified", "load_owner_key"]

@@ -20,7 +20,6 @@ the controller must be verified again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import ssl
@@ -233,10 +232,6 @@ def presented_certificate(url: str, timeout: float = 10.0) -> bytes | None:
 def certificate_pem(der: bytes) -> str:
     """A certificate's DER bytes as PEM text (how pins and ``duet verify --save`` keep it)."""
     return ssl.DER_cert_to_PEM_cert(der)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- answers ---------------------------------------------------------------------------------

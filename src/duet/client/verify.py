@@ -38,10 +38,10 @@ import httpx
 from duet import keys
 from duet.attestation import sgx
 from duet.attestation.sgx import Policy, PolicyCheck
-from duet.client.trust import ControllerPin, peer_certificate, sha256_hex, unverified_ssl_context
+from duet.client.trust import ControllerPin, certificate_pem, peer_certificate, unverified_ssl_context
 from duet.errors import DuetError
 from duet.keys import PublicKey
-from duet.protocol.canonical import canonical, timestamp
+from duet.protocol.canonical import canonical, sha256_hex, timestamp
 from duet.protocol.envelope import new_nonce, verify_answer
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ def verify_attestation(
         signing_key=document["signing_key"],
         tee=kind,
         tls_cert_sha256=named if tls_cert_der is not None else document.get("tls_cert_sha256"),
-        tls_cert_pem=_pem(tls_cert_der) if tls_cert_der is not None else None,
+        tls_cert_pem=certificate_pem(tls_cert_der) if tls_cert_der is not None else None,
         owners=tuple(document.get("owners") or ()),
         attested=kind != "none",
         verified_at=timestamp(),
@@ -322,12 +322,6 @@ def _check_maa(
     if not all(c.ok for c in verdict.maa_policy):
         raise fail("maa", "maa_policy_violation", _violations(verdict.maa_policy))
     ok("maa", f"Azure Attestation ({claims.issuer}) vouches for the quote; token valid until {claims.expires.isoformat()}")
-
-
-def _pem(der: bytes) -> str:
-    import ssl
-
-    return ssl.DER_cert_to_PEM_cert(der)
 
 
 def fetch_attestation(
