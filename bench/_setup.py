@@ -21,9 +21,8 @@ from duet.attestation.sgx import Policy
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
 from duet.client.verify import verify_controller
-from duet.controller.process import ControllerProcess
-from duet.providers.local import remove_all
 from duet.tee.simulated import simulated_root_pem
+from duet.testing.process import ControllerProcess, remove_all
 
 
 @dataclass

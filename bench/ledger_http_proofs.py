@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import httpx
 
-from duet.controller.process import ControllerProcess
 from duet.controller.store import SCHEMA
 from duet.protocol.canonical import canonical
+from duet.testing.process import ControllerProcess
 from support import make_owner
 
 SAMPLES = 500

@@ -16,7 +16,7 @@ import pytest
 
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
-from duet.controller.process import ControllerProcess
+from duet.testing.process import ControllerProcess
 from support import Owner, make_owner, serving
 
 

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 from duet import keys
 from duet.client.sdk import DuetClient
-from duet.controller.process import ControllerProcess
-from duet.providers.local import remove_all
+from duet.testing.process import ControllerProcess, remove_all
 
 if TYPE_CHECKING:
     from duet.ledger.log import Ledger

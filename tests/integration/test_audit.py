@@ -24,11 +24,11 @@ import httpx
 import pytest
 
 from duet.client.sdk import ApiError, DuetClient
-from duet.controller.process import ControllerProcess
 from duet.errors import DuetError
 from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import verify_answer
+from duet.testing.process import ControllerProcess
 from support import Owner, start_cvm
 
 DB_FILES = ("duet.sqlite3", "duet.sqlite3-wal", "duet.sqlite3-shm")

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from duet.client.sdk import DuetClient
-from duet.controller.process import ControllerProcess
 from duet.providers.local import LocalProvider
+from duet.testing.process import ControllerProcess
 from support import sshd_processes, start_cvm
 
 

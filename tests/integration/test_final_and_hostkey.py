@@ -13,8 +13,8 @@ import asyncssh
 import pytest
 
 from duet.client.sdk import ApiError, DuetClient
-from duet.controller.process import ControllerProcess
 from duet.providers.local import LocalProvider, _find_sshd
+from duet.testing.process import ControllerProcess
 from support import start_cvm
 
 

@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from duet import keys
 from duet.client.sdk import ApiError, DuetClient
 from duet.client.trust import TrustStore
-from duet.controller.process import ControllerProcess, free_port
 from duet.controller.sealed_state import read_anchor
 from duet.errors import DuetError
 from duet.providers.local import LocalProvider, _find_sshd
+from duet.testing.process import ControllerProcess, free_port
 from support import Owner, make_owner, serving, start_cvm
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from duet.controller.process import ControllerProcess
+from duet.testing.process import ControllerProcess
 
 
 def duet(controller: ControllerProcess, owner: Any, user_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from duet.controller.process import ControllerProcess
+from duet.testing.process import ControllerProcess
 
 
 def test_openapi_lists_every_v1_route(controller: ControllerProcess) -> None:

@@ -27,8 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
-from duet.controller.process import ControllerProcess, free_port
-from duet.providers.local import remove_all
+from duet.testing.process import ControllerProcess, free_port, remove_all
 from support import Owner, make_owner, serving
 
 PSS_MAX = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from duet.client.sdk import DuetClient
-from duet.controller.process import ControllerProcess
+from duet.testing.process import ControllerProcess
 from support import start_cvm
 
 

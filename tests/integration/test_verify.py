@@ -26,11 +26,11 @@ from duet.attestation.sgx import Policy
 from duet.client.sdk import DuetClient, NotVerified
 from duet.client.trust import TrustStore
 from duet.client.verify import verify_attestation, verify_controller
-from duet.controller.process import ControllerProcess
 from duet.errors import DuetError, VerificationError
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import new_nonce, sign_answer
 from duet.tee.simulated import SimulatedSgxTee, simulated_root_pem
+from duet.testing.process import ControllerProcess
 from support import Owner, make_owner, serving
 
 

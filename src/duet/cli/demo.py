@@ -22,9 +22,8 @@ from duet import keys
 from duet.attestation import sgx as dcap
 from duet.attestation.sgx import Policy
 from duet.client import ApiError, DuetClient, TrustStore, verify_controller
-from duet.controller.process import ControllerProcess
-from duet.providers.local import remove_all
 from duet.tee.simulated import simulated_root_pem
+from duet.testing.process import ControllerProcess, remove_all
 
 console = Console()
 

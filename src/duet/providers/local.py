@@ -385,16 +385,6 @@ class LocalProvider:
         )
 
 
-def remove_all(state_dir: Path) -> None:
-    """Stop every local CVM of a controller's state directory and remove it.
-
-    Local CVMs outlive their controller on purpose (a restarted controller reuses them); a
-    demo, a test or a benchmark that is done with a controller must not leave them running."""
-    root = Path(state_dir) / "local-cvms"
-    if root.is_dir():
-        asyncio.run(LocalProvider(root).reconcile([]))
-
-
 def _read_port(cvm_dir: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         return int((cvm_dir / _PORT).read_text().strip())

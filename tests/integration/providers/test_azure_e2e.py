@@ -16,11 +16,11 @@ from tests.fakes.fake_arm import FakeArm
 
 from duet.client.sdk import ApiError, DuetClient
 from duet.client.trust import TrustStore
-from duet.controller.process import ControllerProcess
 from duet.providers import controller_scoped
 from duet.providers.azure import AzureProvider
 from duet.providers.base import CvmSpec
 from duet.remote.ssh import fingerprint
+from duet.testing.process import ControllerProcess
 from support import Owner, start_cvm
 
 

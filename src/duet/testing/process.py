@@ -9,6 +9,7 @@ that it can be killed with SIGKILL and restarted on the same state directory.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -20,6 +21,17 @@ from pathlib import Path
 import httpx
 
 from duet.errors import DuetError
+from duet.providers.local import LocalProvider
+
+
+def remove_all(state_dir: Path) -> None:
+    """Stop every local CVM of a controller's state directory and remove it.
+
+    Local CVMs outlive their controller on purpose (a restarted controller reuses them); a
+    demo, a test or a benchmark that is done with a controller must not leave them running."""
+    root = Path(state_dir) / "local-cvms"
+    if root.is_dir():
+        asyncio.run(LocalProvider(root).reconcile([]))
 
 
 def free_port() -> int:
