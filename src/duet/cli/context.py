@@ -27,7 +27,7 @@ class CliContext:
         from duet.errors import DuetError
 
         if owner and self.key_path is None:
-            raise DuetError("this is an owner operation: pass --key PATH or set DUET_KEY", code="no_owner_key", status=400)
+            raise DuetError("this is an owner operation: pass --key PATH or set DUET_KEY", code="no_owner_key")
         client = DuetClient(self.url, owner_key=load_owner_key(self.key_path) if owner else None, insecure=self.insecure)
         for message in client.warnings:
             warn(message)

@@ -57,7 +57,7 @@ class OutputMode(Protocol):
 
 
 class UsageError(DuetError):
-    code, status = "usage", 400
+    code = "usage"
 
 
 def emit(context: OutputMode, data: Any, render: Callable[[Console], None]) -> None:

@@ -67,7 +67,7 @@ class AuditSource(ProofSource, Protocol):
 class CompareError(DuetError):
     """Another view could not be read at all: a path or URL to fix, not a verdict on the controller."""
 
-    code, status = "compare_unreadable", 400
+    code = "compare_unreadable"
 
 
 @dataclass(frozen=True)

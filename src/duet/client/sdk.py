@@ -51,13 +51,15 @@ class ApiError(DuetError):
     """The controller refused or failed a request; its signed answer says why."""
 
     def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message, code=code, status=status)
+        super().__init__(message, code=code)
+        self.status = status
+        """The HTTP status the controller answered with."""
 
 
 class ConnectionFailed(DuetError):
     """The controller (or another party asked) could not be reached, or the connection broke."""
 
-    code, status = "connection_failed", 503
+    code = "connection_failed"
 
 
 def _certificate_refused(exc: BaseException) -> bool:
@@ -303,7 +305,7 @@ class DuetClient:
 
     def call(self, path: str, op: str, params: dict[str, Any]) -> Any:
         if self.owner_key is None:
-            raise DuetError("this operation needs the owner's private key (--key or DUET_KEY)", code="no_owner_key", status=400)
+            raise DuetError("this operation needs the owner's private key (--key or DUET_KEY)", code="no_owner_key")
         envelope = sign_request(op, self.pin().controller, params, self.owner_key)
         status, answer = self._send("POST", path, body=json.dumps(envelope).encode())
         return self._verified(status, answer, digest=request_digest(envelope["request"]))
@@ -351,7 +353,7 @@ class DuetClient:
             if job["status"] != "running":
                 return job
             if time.monotonic() > deadline:
-                raise DuetError(f"job {job_id} did not end within {timeout:.0f} s", code="job_timeout", status=504)
+                raise DuetError(f"job {job_id} did not end within {timeout:.0f} s", code="job_timeout")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 

@@ -19,7 +19,19 @@ from starlette.routing import Route
 
 from duet.controller.auth import AuthorizedRequest
 from duet.controller.runtime import Controller
-from duet.errors import BadRequest, DuetError, PayloadTooLarge
+from duet.errors import (
+    BadRequest,
+    Conflict,
+    DuetError,
+    Forbidden,
+    InvalidParams,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UpstreamError,
+    VerificationError,
+)
+from duet.ledger.merkle import MerkleError
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import sign_answer
 
@@ -150,10 +162,33 @@ async def attestation(request: Request, nonce: str | None = None) -> Response:
 
 # --- errors: always signed JSON, never an HTML 500 -------------------------------------
 
+HTTP_STATUS: dict[type[DuetError], int] = {
+    BadRequest: 400,
+    VerificationError: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    InvalidParams: 422,
+    MerkleError: 422,
+    UpstreamError: 502,
+}
+"""The one place an error type becomes an HTTP status; anything else is the controller's own
+failure (500)."""
+
+
+def http_status(exc: DuetError) -> int:
+    """The status of the nearest error type in ``HTTP_STATUS`` (subclasses answer as their base)."""
+    for kind in type(exc).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]
+    return 500
+
 
 def install_error_handlers(app: FastAPI) -> None:
     async def duet_error(request: Request, exc: DuetError) -> Response:
-        return signed(request, exc.to_json(), status=exc.status)
+        return signed(request, exc.to_json(), status=http_status(exc))
 
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()[:5])

@@ -73,7 +73,7 @@ JOB_RECHECK_S = 5.0
 class SeedRefusal(DuetError):
     """A refusal in the seed's words; ``message`` is the text after ``"<op>: "``."""
 
-    code, status = "seed_refusal", 200
+    code = "seed_refusal"
 
 
 def load_or_create_seed_key(sealed_dir: Path) -> rsa.RSAPrivateKey:

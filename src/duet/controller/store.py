@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
 class StoredBlobAltered(DuetError):
     """A stored output no longer hashes to its address: the database was edited."""
 
-    code, status = "blob_altered", 500
+    code = "blob_altered"
 
 
 @dataclass(frozen=True)

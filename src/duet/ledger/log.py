@@ -116,7 +116,7 @@ class LedgerTampered(ConfigError):
 class LedgerCorrupted(DuetError):
     """A stored entry changed on disk while the controller ran: it is not served."""
 
-    code, status = "ledger_corrupted", 500
+    code = "ledger_corrupted"
 
 
 class SealedHeadLike(Protocol):

@@ -27,7 +27,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-from duet.errors import InvalidParams
+from duet.errors import DuetError
 
 HASH_SIZE = 32
 
@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 
-class MerkleError(InvalidParams):
-    """A proof or root was requested for an index or size the tree cannot answer."""
+class MerkleError(DuetError):
+    """A proof or root was requested for an index or size the tree cannot answer (pure RFC 9162:
+    no HTTP here; the API answers it as invalid parameters)."""
 
     code = "bad_proof_request"
 

@@ -18,7 +18,7 @@ REPORT_DATA_SIZE = 64
 
 
 class TeeError(DuetError):
-    code, status = "tee_error", 500
+    code = "tee_error"
 
 
 @runtime_checkable

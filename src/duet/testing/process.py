@@ -100,7 +100,6 @@ class ControllerProcess:
                 raise DuetError(
                     f"the controller exited at start (status {self.process.returncode}); see {self.log_path}",
                     code="controller_failed",
-                    status=500,
                 )
             try:
                 # A liveness probe only: it believes nothing it reads, so the certificate is not checked here.
@@ -110,9 +109,7 @@ class ControllerProcess:
                 pass
             time.sleep(0.05)
         self.kill()
-        raise DuetError(
-            f"the controller did not answer within {timeout:.0f} s; see {self.log_path}", code="controller_failed", status=500
-        )
+        raise DuetError(f"the controller did not answer within {timeout:.0f} s; see {self.log_path}", code="controller_failed")
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process and self.process.poll() is None:
