@@ -12,6 +12,7 @@ import typer
 
 from duet.cli import audit, cvm, output, verify
 from duet.cli.context import CliContext
+from duet.controller.settings import Settings  # the server's defaults, stated once
 
 app = typer.Typer(
     name="duet",
@@ -51,7 +52,7 @@ def seed_client(ctx: typer.Context) -> None:
 @app.callback()
 def main(
     ctx: typer.Context,
-    url: Annotated[str, typer.Option(envvar="DUET_URL", help="Controller URL.")] = "https://127.0.0.1:6037",
+    url: Annotated[str, typer.Option(envvar="DUET_URL", help="Controller URL.")] = f"https://{Settings.host}:{Settings.port}",
     key: Annotated[Optional[Path], typer.Option(envvar="DUET_KEY", help="Owner private key (PEM) for owner operations.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per command, for scripts.")] = False,
     insecure: Annotated[
@@ -107,16 +108,16 @@ def controller_serve(
         typer.Option(help="Enable a provider: local, azure, aws or gcp; repeat for several (the first is the default)."),
     ] = None,
     tee: Annotated[str, typer.Option(help="none, simulated or gramine.")] = "none",
-    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:6037",
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1024 * 1024,
-    command_timeout: Annotated[float, typer.Option(help="Default per-command timeout in seconds.")] = 300.0,
-    output_limit: Annotated[int, typer.Option(help="Default bytes kept per output stream of a command.")] = 1024 * 1024,
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = f"{Settings.host}:{Settings.port}",
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = Settings.max_body_bytes,
+    command_timeout: Annotated[float, typer.Option(help="Default per-command timeout in seconds.")] = Settings.command_timeout_s,
+    output_limit: Annotated[int, typer.Option(help="Default bytes kept per output stream of a command.")] = Settings.output_limit,
     lockdown_timeout: Annotated[
         float, typer.Option(help="Seconds one attempt of the --final lockdown may take on the CVM.")
-    ] = 60.0,
+    ] = Settings.lockdown_timeout_s,
     lockdown_retry: Annotated[
         float, typer.Option(help="Seconds before an unverified --final lockdown is retried (doubling, up to 300).")
-    ] = 5.0,
+    ] = Settings.lockdown_retry_s,
     seed_api: Annotated[
         bool,
         typer.Option(
@@ -150,7 +151,7 @@ def controller_serve(
     import logging
 
     from duet.controller.app import serve
-    from duet.controller.settings import Settings, read_env_file
+    from duet.controller.settings import read_env_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = _host_port(listen, "--listen")
@@ -170,7 +171,7 @@ def controller_serve(
         output_limit=output_limit,
         lockdown_timeout_s=lockdown_timeout,
         lockdown_retry_s=lockdown_retry,
-        lockdown_retry_max_s=max(lockdown_retry, 300.0),
+        lockdown_retry_max_s=max(lockdown_retry, Settings.lockdown_retry_max_s),
         seed_api=seed_api or seed_address is not None,
         seed_listen=seed_address,
         tls=not no_tls,

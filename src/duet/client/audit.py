@@ -27,7 +27,6 @@ as evidence: together they prove the fork to anyone.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +35,18 @@ from typing import Any, Protocol
 import httpx
 
 from duet.client.sdk import ConnectionFailed
-from duet.client.trust import ControllerPin, unverified_ssl_context, user_state_dir, verify_signed_answer
+from duet.client.trust import (
+    ControllerPin,
+    unverified_ssl_context,
+    user_state_dir,
+    write_json_atomic,
+)
 from duet.errors import DuetError, VerificationError
 from duet.ledger.heads import SignedHead, parse_head, verify_head
 from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol import lifecycle as lc
-from duet.protocol.canonical import canonical, timestamp
-from duet.protocol.envelope import ANSWER_FIELDS, new_nonce
+from duet.protocol.canonical import canonical, is_hex64, timestamp
+from duet.protocol.envelope import ANSWER_FIELDS, new_nonce, verify_answer
 
 PINPOINT_LIMIT = 10_000
 """When a whole-ledger root does not match, at most this many entries are proven one by one."""
@@ -100,7 +104,7 @@ class HeadStore:
         return cls(user_state_dir())
 
     def _path(self, controller: str) -> Path:
-        if not all(c in "0123456789abcdef" for c in controller) or len(controller) != 64:
+        if not is_hex64(controller):
             raise VerificationError("a controller id is 64 lowercase hex characters", code="bad_controller_id")
         return self.directory / f"{controller}.json"
 
@@ -132,10 +136,7 @@ class HeadStore:
         return path
 
     def _write(self, path: Path, data: Any) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_json_atomic(path, data)
 
 
 @dataclass
@@ -540,14 +541,7 @@ def _proven_extension(source: ProofSource, older: SignedHead, newer: SignedHead,
 def _hashes(values: Any) -> list[bytes] | None:
     if not isinstance(values, list):
         return None
-    try:
-        return (
-            [bytes.fromhex(v) for v in values if isinstance(v, str) and len(v) == 64]
-            if all(isinstance(v, str) and len(v) == 64 for v in values)
-            else None
-        )
-    except ValueError:
-        return None
+    return [bytes.fromhex(v) for v in values] if all(is_hex64(v) for v in values) else None
 
 
 # --- other views of the controller (``duet audit --compare``) --------------------------------
@@ -581,7 +575,7 @@ class RemoteController:
     def get(self, path: str, **query: Any) -> Any:
         """The result of a read whose answer verifies with the pinned key (``ProofSource``)."""
         data, nonce = self.answer(path, **query)
-        result = verify_signed_answer(data, controller=self.pin.controller, public_key=self.pin.public_key(), nonce=nonce)
+        result = verify_answer(data, controller=self.pin.controller, public_key=self.pin.public_key(), nonce=nonce)
         if isinstance(result, dict) and isinstance(result.get("error"), dict):
             error = result["error"]
             raise DuetError(f"{self.url} refused: {error.get('message')}", code=str(error.get("code", "error")))
@@ -648,7 +642,7 @@ def _get_json(url: str, params: dict[str, str], transport: httpx.BaseTransport |
 def _head_data(view: OtherView, pin: ControllerPin) -> Any:
     """The signed head inside what the view holds; a signed answer must verify with the pinned key."""
     if _is_answer(view.data):
-        return verify_signed_answer(view.data, controller=pin.controller, public_key=pin.public_key(), nonce=view.nonce)
+        return verify_answer(view.data, controller=pin.controller, public_key=pin.public_key(), nonce=view.nonce)
     return _unwrapped(view.data)
 
 

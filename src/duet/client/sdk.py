@@ -38,11 +38,10 @@ from duet.client.trust import (
     pinned_ssl_context,
     presented_certificate,
     unverified_ssl_context,
-    verify_signed_answer,
 )
 from duet.errors import ControllerChanged, DuetError, NotVerified, UntrustedAnswer
 from duet.protocol.canonical import sha256_hex
-from duet.protocol.envelope import new_nonce, request_digest, sign_request
+from duet.protocol.envelope import new_nonce, request_digest, sign_request, verify_answer
 
 __all__ = ["ApiError", "ConnectionFailed", "DuetClient", "NotVerified", "load_owner_key"]
 
@@ -209,7 +208,7 @@ class DuetClient:
             raise UntrustedAnswer("the controller's identity document is malformed", code="bad_identity") from None
         if keys.key_id(public_key) != document.get("controller"):
             raise UntrustedAnswer("the controller id is not the id of its signing key", code="bad_identity")
-        verify_signed_answer(answer, controller=document["controller"], public_key=public_key, nonce=nonce)
+        verify_answer(answer, controller=document["controller"], public_key=public_key, nonce=nonce)
         if cert is not None and sha256_hex(cert) != document.get("tls_cert_sha256"):
             raise ControllerChanged("the controller's TLS certificate is not the one its identity names", code="tls_pin_mismatch")
         return ControllerPin(
@@ -277,9 +276,7 @@ class DuetClient:
         pin = self.pin()
         public_key = pin.public_key()
         try:
-            result = verify_signed_answer(
-                answer, controller=pin.controller, public_key=public_key, request_digest=digest, nonce=nonce
-            )
+            result = verify_answer(answer, controller=pin.controller, public_key=public_key, request_digest=digest, nonce=nonce)
         except UntrustedAnswer as exc:
             if exc.code == "wrong_controller" and isinstance(answer, dict):
                 raise ControllerChanged(

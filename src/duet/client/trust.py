@@ -31,8 +31,7 @@ from typing import Any
 import httpx
 
 from duet import keys
-from duet.errors import ControllerChanged, DamagedPin, UntrustedAnswer, VerificationError
-from duet.protocol.envelope import verify_answer
+from duet.errors import ControllerChanged, DamagedPin
 
 
 def user_state_dir() -> Path:
@@ -97,10 +96,7 @@ class TrustStore:
             raise DamagedPin(f"{self.path} is damaged; remove it and run `duet verify` again", code="bad_pin") from None
 
     def _save(self, pins: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(pins, indent=2, sort_keys=True))
-        tmp.replace(self.path)
+        write_json_atomic(self.path, pins)
 
     def get(self, url: str) -> ControllerPin | None:
         entry = self._load().get(url.rstrip("/"))
@@ -179,6 +175,15 @@ def check_repin(previous: ControllerPin | None, new: ControllerPin, *, url: str,
     check_same_identity(previous, new, url=url, remedy="pass --replace to pin it (`duet verify --replace`).")
 
 
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` whole (written aside, then renamed), in a private directory: a crash
+    leaves the old file or the new one, never a half-written pin or head."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
 # --- TLS pinning -----------------------------------------------------------------------------
 #
 # How the pin is enforced with httpx: the SSL context trusts the pinned certificate as its only
@@ -232,24 +237,3 @@ def presented_certificate(url: str, timeout: float = 10.0) -> bytes | None:
 def certificate_pem(der: bytes) -> str:
     """A certificate's DER bytes as PEM text (how pins and ``duet verify --save`` keep it)."""
     return ssl.DER_cert_to_PEM_cert(der)
-
-
-# --- answers ---------------------------------------------------------------------------------
-
-
-def verify_signed_answer(
-    answer: Any,
-    *,
-    controller: str,
-    public_key: keys.PublicKey,
-    request_digest: str | None = None,
-    nonce: str | None = None,
-) -> Any:
-    """The result of a signed answer (:func:`duet.protocol.envelope.verify_answer`), or
-    :class:`~duet.errors.UntrustedAnswer` with the precise code of what did not hold."""
-    try:
-        return verify_answer(answer, controller=controller, public_key=public_key, request_digest=request_digest, nonce=nonce)
-    except UntrustedAnswer:
-        raise
-    except VerificationError as exc:
-        raise UntrustedAnswer(exc.message, code=exc.code) from None

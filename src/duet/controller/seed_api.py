@@ -309,29 +309,25 @@ async def quote(request: Request) -> Response:
         return _json({"quote": "", "public_key": gateway.public_pem})
 
 
-@router.post("/start_cvm", summary="Seed protocol: start a CVM (signed params); answers when it is up")
-async def start_cvm(request: Request) -> Response:
-    return await _answer(request, "start-cvm", SeedGateway.start)
+OPERATIONS: tuple[tuple[str, str, Callable[[SeedGateway, bytes], Awaitable[dict[str, Any]] | dict[str, Any]], str], ...] = (
+    ("/start_cvm", "start-cvm", SeedGateway.start, "start a CVM (signed params); answers when it is up"),
+    ("/run_commands", "run-commands", SeedGateway.run, "run commands on an in-update CVM (signed params)"),
+    ("/get_cvm_state", "get-cvm-state", SeedGateway.state, "a CVM's commands with output hashes or outputs"),
+    ("/mark_cvm", "mark-cvm", SeedGateway.mark, "mark a CVM in-service or in-update (signed params)"),
+    ("/stop_cvm", "stop-cvm", SeedGateway.stop, "stop a CVM (signed params); answers when it is stopped"),
+)
+"""The seed's operations: path, name in its answers, the gateway's method, what it does."""
 
 
-@router.post("/run_commands", summary="Seed protocol: run commands on an in-update CVM (signed params)")
-async def run_commands(request: Request) -> Response:
-    return await _answer(request, "run-commands", SeedGateway.run)
+def _route(op: str, handle: Callable[[SeedGateway, bytes], Awaitable[dict[str, Any]] | dict[str, Any]]) -> Any:
+    async def route(request: Request) -> Response:
+        return await _answer(request, op, handle)
+
+    return route
 
 
-@router.post("/get_cvm_state", summary="Seed protocol: a CVM's commands with output hashes or outputs")
-async def get_cvm_state(request: Request) -> Response:
-    return await _answer(request, "get-cvm-state", SeedGateway.state)
-
-
-@router.post("/mark_cvm", summary="Seed protocol: mark a CVM in-service or in-update (signed params)")
-async def mark_cvm(request: Request) -> Response:
-    return await _answer(request, "mark-cvm", SeedGateway.mark)
-
-
-@router.post("/stop_cvm", summary="Seed protocol: stop a CVM (signed params); answers when it is stopped")
-async def stop_cvm(request: Request) -> Response:
-    return await _answer(request, "stop-cvm", SeedGateway.stop)
+for _path, _op, _handle, _summary in OPERATIONS:
+    router.add_api_route(_path, _route(_op, _handle), methods=["POST"], summary=f"Seed protocol: {_summary}")
 
 
 def install_seed_api(app: FastAPI, controller: Controller) -> None:

@@ -145,17 +145,8 @@ class LifecycleService:
         sealed_key = self.sealed.encrypt_ssh_key(cvm_id, private_key)
         with self.store.transaction() as tx:
             self.store.insert_cvm(tx, cvm_id, params.cvm_type, provider, public_key, sealed_key, timestamp())
-            self.ledger.append(
-                tx,
-                cvm=cvm_id,
-                event=lc.CVM_PROVISIONING,
-                actor=request.signer,
-                request_digest=request.digest,
-                type=params.cvm_type,
-                provider=provider,
-                job=job_id,
-                **request.entry_fields(),
-            )
+            fields = {"type": params.cvm_type, "provider": provider, "job": job_id}
+            self._owner_entry(tx, request, cvm=cvm_id, event=lc.CVM_PROVISIONING, **fields)
         self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key, provider))
         return {"job_id": job_id, "cvm_id": cvm_id, "mode": lc.PROVISIONING, "provider": provider}
 
@@ -219,16 +210,9 @@ class LifecycleService:
                 self._record_mismatch(tx, cvm_id, exc)
             self.store.update_cvm(tx, cvm_id, mode=lc.FAILED, failure=reason, now=timestamp())
             self._destroy_key(tx, cvm_id)
-            code = exc.code if isinstance(exc, DuetError) else "start_failed"
+            outcome = {"reason": reason, "code": exc.code if isinstance(exc, DuetError) else "start_failed"}
             self.ledger.append(
-                tx,
-                cvm=cvm_id,
-                event=lc.CVM_FAILED,
-                actor=CONTROLLER,
-                reason=reason,
-                code=code,
-                cleanup_error=cleanup_error,
-                key_destroyed=True,
+                tx, cvm=cvm_id, event=lc.CVM_FAILED, actor=CONTROLLER, **outcome, cleanup_error=cleanup_error, key_destroyed=True
             )
 
     def _destroy_key(self, tx: Transaction, cvm_id: str) -> None:
@@ -277,15 +261,7 @@ class LifecycleService:
         self, cvm_id: str, target: SshTarget, command: str, request: AuthorizedRequest[RunParams], *, timeout: float, limit: int
     ) -> dict[str, Any]:
         with self.store.transaction() as tx:
-            started = self.ledger.append(
-                tx,
-                cvm=cvm_id,
-                event=lc.COMMAND_STARTED,
-                actor=request.signer,
-                request_digest=request.digest,
-                command=command,
-                **request.entry_fields(),
-            )
+            started = self._owner_entry(tx, request, cvm=cvm_id, event=lc.COMMAND_STARTED, command=command)
         try:
             outcome = await self.ssh.run(cvm_id, target, command, timeout=timeout, output_limit=limit)
         except Exception as exc:
@@ -324,22 +300,22 @@ class LifecycleService:
         with self.store.transaction() as tx:
             self.store.put_blob(tx, stdout_sha, outcome.stdout)
             self.store.put_blob(tx, stderr_sha, outcome.stderr)
-            finished = self.ledger.append(
-                tx,
-                cvm=cvm_id,
-                event=lc.COMMAND_FINISHED,
-                actor=CONTROLLER,
-                request_digest=digest,
-                started_seq=started_seq,
-                **summary,
-                **(marks or {}),
-            )
+            recorded: dict[str, Any] = {"request_digest": digest, "started_seq": started_seq, **summary, **(marks or {})}
+            finished = self.ledger.append(tx, cvm=cvm_id, event=lc.COMMAND_FINISHED, actor=CONTROLLER, **recorded)
         return {
             **summary,
             "seq": finished["seq"],
             "stdout": outcome.stdout.decode(errors="replace"),
             "stderr": outcome.stderr.decode(errors="replace"),
         }
+
+    def _owner_entry(
+        self, tx: Transaction, request: AuthorizedRequest[Any], *, cvm: str, event: str, **fields: Any
+    ) -> dict[str, Any]:
+        """An entry an owner's signed request caused: its signer as actor, its digest, its protocol."""
+        return self.ledger.append(
+            tx, cvm=cvm, event=event, actor=request.signer, request_digest=request.digest, **fields, **request.entry_fields()
+        )
 
     def _record_mismatch(self, tx: Transaction, cvm_id: str, exc: HostKeyMismatch) -> None:
         self.ledger.append(
@@ -375,16 +351,14 @@ class LifecycleService:
                 # The final flag and the pending lockdown are one commit: a crash after it
                 # leaves a lockdown to retry at restart, never a silently unlocked final CVM.
                 self.store.update_cvm(tx, cvm.id, mode=params.mode, final=int(was_final or params.final), now=timestamp())
-                self.ledger.append(
+                self._owner_entry(
                     tx,
+                    request,
                     cvm=cvm.id,
                     event=lc.MODE_CHANGED,
-                    actor=request.signer,
-                    request_digest=request.digest,
                     previous=previous,
                     mode=params.mode,
                     final=was_final or params.final,
-                    **request.entry_fields(),
                 )
             if params.final and not was_final and not await self._lock_down(cvm.id, attempt=1):
                 self._schedule_lockdown(cvm.id)
@@ -510,16 +484,7 @@ class LifecycleService:
             previous = cvm.mode
             with self.store.transaction() as tx:
                 self.store.update_cvm(tx, cvm.id, mode=lc.STOPPING, now=timestamp())
-                self.ledger.append(
-                    tx,
-                    cvm=cvm.id,
-                    event=lc.CVM_STOPPING,
-                    actor=request.signer,
-                    request_digest=request.digest,
-                    previous=previous,
-                    job=job_id,
-                    **request.entry_fields(),
-                )
+                self._owner_entry(tx, request, cvm=cvm.id, event=lc.CVM_STOPPING, previous=previous, job=job_id)
         self.jobs.spawn(job_id, lambda: self._teardown(job_id, cvm.id))
         return {"job_id": job_id, "cvm_id": cvm.id, "mode": lc.STOPPING}
 

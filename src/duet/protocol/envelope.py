@@ -24,7 +24,7 @@ import secrets
 from typing import Any
 
 from duet import keys
-from duet.errors import VerificationError
+from duet.errors import UntrustedAnswer
 from duet.protocol.canonical import canonical, sha256_hex, timestamp
 
 ANSWER_FIELDS = frozenset({"controller", "request_digest", "result", "result_sha256", "signed_at", "signature"})
@@ -133,12 +133,12 @@ def verify_answer(
 ) -> Any:
     """Check an answer's signature and bindings; return its ``result``.
 
-    Raises VerificationError naming exactly what did not hold.
+    Raises UntrustedAnswer (a VerificationError) naming exactly what did not hold.
     """
     if not isinstance(answer, dict) or not ANSWER_FIELDS <= answer.keys():
-        raise VerificationError("the answer is not a signed duet answer (fields missing)", code="unsigned_answer")
+        raise UntrustedAnswer("the answer is not a signed duet answer (fields missing)", code="unsigned_answer")
     if answer["controller"] != controller:
-        raise VerificationError(
+        raise UntrustedAnswer(
             f"the answer was signed for controller {str(answer['controller'])[:16]}…, not the expected {controller[:16]}…",
             code="wrong_controller",
         )
@@ -146,19 +146,19 @@ def verify_answer(
     try:
         signature = b64decode(answer["signature"])
     except (ValueError, AttributeError, TypeError):
-        raise VerificationError("the answer's signature is not base64", code="bad_answer_signature") from None
+        raise UntrustedAnswer("the answer's signature is not base64", code="bad_answer_signature") from None
     try:
         signed_bytes, result_bytes = canonical(signed), canonical(answer["result"])
     except Exception:
-        raise VerificationError("the answer cannot be put in canonical form", code="bad_answer_signature") from None
+        raise UntrustedAnswer("the answer cannot be put in canonical form", code="bad_answer_signature") from None
     if not keys.verify(public_key, signature, signed_bytes):
-        raise VerificationError("the answer's signature does not verify with the controller's key", code="bad_answer_signature")
+        raise UntrustedAnswer("the answer's signature does not verify with the controller's key", code="bad_answer_signature")
     if sha256_hex(result_bytes) != answer["result_sha256"]:
-        raise VerificationError(
+        raise UntrustedAnswer(
             "the answer's result is not the one the controller signed (digest differs)", code="bad_answer_signature"
         )
     if request_digest is not None and answer["request_digest"] != request_digest:
-        raise VerificationError("the answer is bound to a different request than the one sent", code="answer_not_bound")
+        raise UntrustedAnswer("the answer is bound to a different request than the one sent", code="answer_not_bound")
     if nonce is not None and answer.get("nonce") != nonce:
-        raise VerificationError("the answer does not echo the nonce that was sent (possibly replayed)", code="stale_answer")
+        raise UntrustedAnswer("the answer does not echo the nonce that was sent (possibly replayed)", code="stale_answer")
     return answer["result"]

@@ -20,31 +20,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Union
 
+from duet.attestation.sgx import verify as quote_checks
 from duet.attestation.sgx.abi import ParsedQuote
 from duet.attestation.sgx.policy import DEFAULT_POLICY, Policy, PolicyCheck, PolicyError
-from duet.attestation.sgx.verify import (
-    SIGNATURE_STEPS,
-    STEP_ATTESTATION_KEY_BINDING,
-    STEP_ENCLAVE_SIGNATURE,
-    STEP_PARSE,
-    STEP_PCK_CHAIN,
-    STEP_QE_REPORT_SIGNATURE,
-    QuoteVerificationError,
-    Verdict,
-    verify_quote,
-)
 from duet.keys import PublicKey
 
 STEP_REPORT_DATA = "report_data"
 STEP_POLICY = "policy"
-EVIDENCE_STEPS: tuple[str, ...] = (*SIGNATURE_STEPS, STEP_REPORT_DATA, STEP_POLICY)
+EVIDENCE_STEPS: tuple[str, ...] = (*quote_checks.SIGNATURE_STEPS, STEP_REPORT_DATA, STEP_POLICY)
 
 _HELD = {
-    STEP_PARSE: "a well-formed SGX DCAP v3 quote",
-    STEP_PCK_CHAIN: "the PCK certificate chain ends at a trusted root key",
-    STEP_QE_REPORT_SIGNATURE: "the PCK key signed the quoting enclave's report",
-    STEP_ATTESTATION_KEY_BINDING: "the quoting enclave's report binds the attestation key",
-    STEP_ENCLAVE_SIGNATURE: "the attestation key signed the enclave's report",
+    quote_checks.STEP_PARSE: "a well-formed SGX DCAP v3 quote",
+    quote_checks.STEP_PCK_CHAIN: "the PCK certificate chain ends at a trusted root key",
+    quote_checks.STEP_QE_REPORT_SIGNATURE: "the PCK key signed the quoting enclave's report",
+    quote_checks.STEP_ATTESTATION_KEY_BINDING: "the quoting enclave's report binds the attestation key",
+    quote_checks.STEP_ENCLAVE_SIGNATURE: "the attestation key signed the enclave's report",
     STEP_REPORT_DATA: "REPORTDATA is the expected binding",
     STEP_POLICY: "every check of the policy holds",
 }
@@ -64,7 +54,7 @@ class EvidenceVerdict:
     """Every step of :data:`EVIDENCE_STEPS`, in order; ``ok`` only if none failed."""
 
     steps: tuple[StepVerdict, ...]
-    signatures: Verdict = field(repr=False)
+    signatures: quote_checks.Verdict = field(repr=False)
     """The signature verdict (parsed quote, verified PCK chain)."""
     policy: tuple[PolicyCheck, ...] = ()
     """Every policy check, once the policy step was reached (held or not)."""
@@ -89,17 +79,19 @@ def check_report_data(quote: ParsedQuote, expected: bytes) -> None:
         raise ValueError(f"expected report data must be 64 bytes, got {len(expected)}")
     actual = quote.report_body.report_data
     if actual != expected:
-        raise QuoteVerificationError(
+        raise quote_checks.QuoteVerificationError(
             f"REPORTDATA does not match the expected binding: expected {expected.hex()}, quote has {actual.hex()}",
             code="report_data_mismatch",
             step=STEP_REPORT_DATA,
         )
 
 
-def _signature_steps(signatures: Verdict) -> list[StepVerdict]:
-    failed = len(SIGNATURE_STEPS) if signatures.ok else SIGNATURE_STEPS.index(signatures.failed_step or "")
+def _signature_steps(signatures: quote_checks.Verdict) -> list[StepVerdict]:
+    failed = (
+        len(quote_checks.SIGNATURE_STEPS) if signatures.ok else quote_checks.SIGNATURE_STEPS.index(signatures.failed_step or "")
+    )
     out = []
-    for i, step in enumerate(SIGNATURE_STEPS):
+    for i, step in enumerate(quote_checks.SIGNATURE_STEPS):
         if i < failed:
             out.append(StepVerdict(step, True, message=_HELD[step]))
         elif i == failed:
@@ -122,7 +114,7 @@ def verify_evidence(
     ``report_data`` (64 bytes) is what REPORTDATA must be; without it that step is not asked.
     Never raises for bad evidence: look at the verdict.
     """
-    signatures = verify_quote(quote, trusted_root_keys=trusted_root_keys, now=now)
+    signatures = quote_checks.verify_quote(quote, trusted_root_keys=trusted_root_keys, now=now)
     steps = _signature_steps(signatures)
     if not signatures.ok or signatures.quote is None:
         steps += [StepVerdict(s, None, message="not reached") for s in (STEP_REPORT_DATA, STEP_POLICY)]
@@ -134,7 +126,7 @@ def verify_evidence(
     else:
         try:
             check_report_data(parsed, report_data)
-        except QuoteVerificationError as exc:
+        except quote_checks.QuoteVerificationError as exc:
             steps += [
                 StepVerdict(STEP_REPORT_DATA, False, exc.code, exc.message),
                 StepVerdict(STEP_POLICY, None, message="not reached"),
