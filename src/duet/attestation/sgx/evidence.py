@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Union
 
-from duet.attestation.sgx import verify as quote_checks
+import duet.attestation.sgx.verify as quote_checks
 from duet.attestation.sgx.abi import ParsedQuote
 from duet.attestation.sgx.policy import DEFAULT_POLICY, Policy, PolicyCheck, PolicyError
 from duet.keys import PublicKey
