@@ -6,6 +6,7 @@ import typer
 
 from duet.cli import output
 from duet.cli.context import CliContext
+from duet.protocol import lifecycle as lc
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -14,8 +15,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Start, command, mark, inspect and stop CVMs.", no_args_is_help=True)
 
-MODES = ("in-service", "in-update")
-PROVIDERS = ("local", "azure", "aws", "gcp")
+MODES = lc.MARKABLE_MODES
+PROVIDERS = lc.PROVIDER_NAMES
 
 
 @app.command()
@@ -31,7 +32,7 @@ def start(
     """Start a CVM; shows progress until it is in-update."""
     context: CliContext = ctx.obj
     with output.errors(context), context.client(owner=True) as client:
-        if cvm_type not in ("snp", "tdx"):
+        if cvm_type not in lc.CVM_TYPES:
             raise output.UsageError(f"unknown CVM type {cvm_type!r}; use snp or tdx", code="bad_cvm_type")
         if provider is not None and provider not in PROVIDERS:
             raise output.UsageError(f"unknown provider {provider!r}; use {', '.join(PROVIDERS)}", code="bad_provider")

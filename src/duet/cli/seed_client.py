@@ -27,6 +27,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from duet.protocol import lifecycle as lc
 from duet.protocol import seed
 
 ACTIONS = ("start-cvm", "stop-cvm", "run-commands", "get-cvm-state", "get-cvm-state-long", "mark-cvm")
@@ -55,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Service owner private key to sign privileged commands",
     )
     parser.add_argument("--action", required=True, choices=list(ACTIONS))
-    parser.add_argument("--cvm-type", metavar="CVM_TYPE", choices=["snp", "tdx"])
+    parser.add_argument("--cvm-type", metavar="CVM_TYPE", choices=list(lc.CVM_TYPES))
     parser.add_argument("--cvm-id", metavar="CVM_ID", help="Stop a CVM (privileged)")
-    parser.add_argument("--cvm-mode", metavar="CVM_MODE", choices=["in-update", "in-service"])
+    parser.add_argument("--cvm-mode", metavar="CVM_MODE", choices=list(lc.MARKABLE_MODES))
     parser.add_argument("--command", metavar="COMMAND", nargs="+", action="append", help="Run commands on a CVM (privileged)")
     return parser
 
