@@ -53,10 +53,10 @@ def fill(ledger: Ledger, store: Store) -> None:
             ledger.append(tx, cvm=cvm, event="cvm.provisioning", actor=OWNER, type="snp", provider="local", job=f"j{n}")
             ledger.append(tx, cvm=cvm, event="cvm.ready", actor="controller", mode="in-update", uname="Linux")
             store.update_cvm(tx, cvm, mode="in-update", now=now)
-    for batch in range(COMMANDS // 1000):
+    for first in range(0, COMMANDS, 1000):
         with store.transaction() as tx:
-            for i in range(1000):
-                cvm = hashlib.sha256(b"cvm %d" % ((batch * 1000 + i) % CVMS)).hexdigest()
+            for i in range(first, min(first + 1000, COMMANDS)):
+                cvm = hashlib.sha256(b"cvm %d" % (i % CVMS)).hexdigest()
                 started = ledger.append(
                     tx,
                     cvm=cvm,
