@@ -9,7 +9,12 @@ It behaves like ARM where duet depends on it (facts: specs/providers.md §1.3):
   a provider that does not await each step fails here as it would on Azure;
 - a DELETE of something still referenced is refused (``InUse...``), so dependency order matters;
   deleting a VM cascades to its OS disk and NIC when ``deleteOption`` is ``Delete``;
-- ``GET .../resources?$filter=tagName eq 'x'`` lists tagged resources of a group.
+- ``GET .../resources?$filter=tagName eq 'x'`` lists tagged resources of a group;
+- extension operations on a VM created with ``osProfile.allowExtensionOperations: false`` or
+  ``linuxConfiguration.provisionVMAgent: false`` (extension PUTs such as VMAccess, managed Run
+  Command PUTs, action Run Command POSTs) are answered ``409 OperationNotAllowed`` as ARM does,
+  and recorded in ``refused``; ``provisionVMAgent`` cannot be changed by a later PUT of the VM
+  (``409 PropertyChangeNotAllowed``).
 Errors can be injected per resource type, synchronous (4xx) or asynchronous (operation
 ``Failed``, resource left in ``Failed`` state as ARM does). When a VM succeeds, a real sshd is
 started with the VM's login key and the host key from its cloud-init customData.
@@ -38,10 +43,16 @@ from tests.fakes.tls import make_server_context
 
 _RES = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/providers/(?P<ns>[^/]+)/(?P<type>[^/]+)/(?P<name>[^/]+)"
-    r"(?:/(?P<subtype>[^/]+)/(?P<subname>[^/]+))?(?:/(?P<action>instanceView|start))?$",
+    r"(?:/(?P<subtype>[^/]+)/(?P<subname>[^/]+))?(?:/(?P<action>instanceView|start|runCommand))?$",
     re.I,
 )
 _LIST = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/resources$", re.I)
+# ARM's answer to an extension operation on a VM without the agent or with extension operations off
+EXTENSIONS_DISALLOWED = (
+    "This operation cannot be performed when extension operations are disallowed. To allow, please ensure VM Agent "
+    "is installed on the VM and the osProfile.allowExtensionOperations property is true."
+)
+_VM_CHILDREN = {"extensions", "runcommands"}  # child resources run by the VM agent
 _IN_USE = {
     "microsoft.network/networksecuritygroups": "InUseNetworkSecurityGroupCannotBeDeleted",
     "microsoft.network/publicipaddresses": "PublicIPAddressCannotBeDeleted",
@@ -93,6 +104,7 @@ class FakeArm:
         self.failures: list[Failure] = []
         self.tokens: set[str] = set()
         self.token_requests: list[dict[str, Any]] = []
+        self.refused: list[dict[str, str]] = []  # extension operations refused (VM agent off / extensions off)
         self.sshds: dict[str, LocalSshd] = {}
         self.host_keys: dict[str, str] = {}
         self.operations: dict[str, Operation] = {}
@@ -210,10 +222,40 @@ class FakeArm:
             sshd.start()
             self.sshds[rid] = sshd
 
+    def extensions_refused(self, m: re.Match[str], what: str) -> tuple[int, dict[str, Any]] | None:
+        """ARM's answer to an extension operation (``what``) on VM ``m['name']``, or None if it may go on."""
+        vm_id = f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/{m['ns']}/{m['type']}/{m['name']}"
+        vm = self.resources.get(vm_id.lower())
+        if vm is None:
+            return 404, _err(
+                "ParentResourceNotFound",
+                f"Can not perform requested operation on nested resource. Parent resource '{m['name']}' not found.",
+            )
+        os_profile = vm["properties"].get("osProfile", {})
+        agent = os_profile.get("linuxConfiguration", {}).get("provisionVMAgent", True)
+        if os_profile.get("allowExtensionOperations", True) is False or agent is False:
+            self.refused.append({"vm": vm["id"], "what": what})
+            return 409, _err("OperationNotAllowed", EXTENSIONS_DISALLOWED)
+        return None
+
     def put(self, rid: str, m: re.Match[str], body: dict[str, Any], host: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         rtype = f"{m['ns']}/{m['type']}" + (f"/{m['subtype']}" if m["subtype"] else "")
         if m["rg"].lower() not in self.resource_groups:
             return 404, _err("ResourceGroupNotFound", f"Resource group '{m['rg']}' could not be found."), {}
+        is_vm = rtype.lower() == "microsoft.compute/virtualmachines"
+        if m["type"].lower() == "virtualmachines" and (m["subtype"] or "").lower() in _VM_CHILDREN:
+            refused = self.extensions_refused(m, m["subtype"])
+            if refused:
+                return *refused, {}
+        if is_vm and rid in self.resources:  # an update: properties fixed at creation stay as they are
+            before = self.resources[rid]["properties"].get("osProfile", {}).get("linuxConfiguration", {})
+            after = body.get("properties", {}).get("osProfile", {}).get("linuxConfiguration", {})
+            if "provisionVMAgent" in after and after["provisionVMAgent"] != before.get("provisionVMAgent", True):
+                return (
+                    409,
+                    _err("PropertyChangeNotAllowed", "Changing property 'linuxConfiguration.provisionVMAgent' is not allowed."),
+                    {},
+                )
         for ref in self._referenced_ids(body):
             target = self.resources.get(ref)
             if target is None:
@@ -445,6 +487,11 @@ def _handler(fake: FakeArm, role: str) -> type[BaseHTTPRequestHandler]:
                     )
                 if m["action"] == "start" and self.command == "POST":
                     return self._send(200 if rid in fake.resources else 404)
+                if m["action"] == "runCommand" and self.command == "POST":
+                    refused = fake.extensions_refused(m, "runCommand")
+                    if refused:
+                        return self._send(*refused)
+                    return self._send(200, {"value": [{"code": "ComponentStatus/StdOut/succeeded", "message": ""}]})
                 if self.command == "PUT":
                     return self._send(*fake.put(rid, m, body or {}, host))
                 if self.command == "DELETE":

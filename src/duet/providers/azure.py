@@ -3,8 +3,9 @@
 Per CVM, in an existing resource group (the seed's ``RESOURCE_GROUP_NAME``, where the managed
 identity has Contributor): an NSG allowing SSH, a VNet and subnet, a static Standard public IP,
 a NIC and the VM (``securityType: ConfidentialVM``, secure boot and vTPM on, OS disk
-``DiskWithVMGuestState``). Every name is derived from the CVM id and every resource is tagged
-``duet-cvm: <id>``, so ``delete`` and ``reconcile`` find them again after a crash.
+``DiskWithVMGuestState``, no VM agent and no extension operations, so no Run Command or VMAccess).
+Every name is derived from the CVM id and every resource is tagged ``duet-cvm: <id>``, so
+``delete`` and ``reconcile`` find them again after a crash.
 
 The SDKs are synchronous; each call runs in a worker thread so the controller's event loop
 keeps serving. Facts behind the request bodies: ``specs/providers.md`` §1.
@@ -243,8 +244,14 @@ def vm_body(
                 "computerName": names.base,
                 "adminUsername": user,
                 "customData": custom_data,
+                # No extension operations (Run Command, VMAccess, Custom Script...): ARM answers them with
+                # 409 OperationNotAllowed. Whoever controls the subscription can set this back to true...
+                "allowExtensionOperations": False,
                 "linuxConfiguration": {
                     "disablePasswordAuthentication": True,
+                    # ...but not this one, which cannot be changed after creation: without it, too, ARM
+                    # refuses extension operations (docs/providers.md, "What the subscription owner keeps").
+                    "provisionVMAgent": False,
                     "ssh": {"publicKeys": [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": ssh_public_key}]},
                 },
             },

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import base64
+import copy
 import getpass
 import logging
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
 import yaml
+from azure.core.exceptions import HttpResponseError
 from tests.fakes.fake_arm import FakeArm
 
 from duet.errors import ConfigError, NotFound, UpstreamError
@@ -50,6 +53,9 @@ async def test_create_sends_confidential_vm_bodies(fake_arm: FakeArm, azure_env,
     assert os_disk["createOption"] == "FromImage" and os_disk["deleteOption"] == "Delete"
     linux = props["osProfile"]["linuxConfiguration"]
     assert linux["disablePasswordAuthentication"] is True
+    # the cloud-layer lockdown: no VM agent, no extension operations (Run Command, VMAccess, Custom Script)
+    assert props["osProfile"]["allowExtensionOperations"] is False
+    assert linux["provisionVMAgent"] is False
     assert linux["ssh"]["publicKeys"] == [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": client_key.public}]
     assert props["osProfile"]["adminUsername"] == user
     cloud = base64.b64decode(props["osProfile"]["customData"]).decode()
@@ -261,3 +267,93 @@ def test_lockdown_command_removes_only_the_controller_key(tmp_path: Path, client
     log = (tmp_path / "sudo.log").read_text()
     assert "systemctl disable --now ssh.service" in log and "systemctl disable --now ssh.socket" in log
     assert "systemctl mask ssh.service" in log
+
+
+# ---- the cloud-layer lockdown: the subscription owner's Run Command / VMAccess back doors ----
+
+VMACCESS = {
+    "location": "westeurope",
+    "properties": {
+        "publisher": "Microsoft.OSTCExtensions",
+        "type": "VMAccessForLinux",
+        "typeHandlerVersion": "1.5",
+        "protectedSettings": {"username": "intruder", "ssh_key": "ssh-ed25519 AAAA intruder"},
+    },
+}
+RUN_COMMAND = {"location": "westeurope", "properties": {"source": {"script": "cat /etc/shadow"}}}
+
+
+def _refused(fn: Any) -> HttpResponseError:
+    with pytest.raises(HttpResponseError) as info:
+        fn()
+    return info.value
+
+
+async def test_extension_operations_are_refused_on_a_duet_cvm(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    """VMAccess (reset SSH keys), managed Run Command and action Run Command: ARM answers 409 OperationNotAllowed."""
+    p = provider(azure_env, tmp_path)
+    await p.create(CvmSpec("cvm-x", "snp"), client_key.public, lambda _m: None)
+    compute, _, _ = p.clients()
+    rg, vm = p._names("cvm-x").resource_group, p._names("cvm-x").vm
+
+    attempts = {
+        "VMAccess": lambda: compute.virtual_machine_extensions.begin_create_or_update(
+            rg, vm, "enablevmaccess", VMACCESS
+        ).result(),
+        "runCommands": lambda: compute.virtual_machine_run_commands.begin_create_or_update(rg, vm, "rc1", RUN_COMMAND).result(),
+        "runCommand": lambda: compute.virtual_machines.begin_run_command(
+            rg, vm, {"commandId": "RunShellScript", "script": ["cat /etc/shadow"]}
+        ).result(),
+    }
+    for what, attempt in attempts.items():
+        err = _refused(attempt)
+        assert err.status_code == 409, what
+        assert err.error is not None and err.error.code == "OperationNotAllowed", what
+        assert "extension operations are disallowed" in str(err.message), what
+    assert [r["what"] for r in fake_arm.refused] == ["extensions", "runCommands", "runCommand"]
+    # nothing was created under the VM
+    assert not any("/extensions/" in rid or "/runcommands/" in rid for rid in fake_arm.resources)
+
+
+async def test_fake_arm_accepts_extensions_on_an_ordinary_vm(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    """The refusal comes from the VM's settings, not from the fake refusing extensions on principle."""
+    p = provider(azure_env, tmp_path)
+    compute, network, _ = p.clients()
+    await p.create(CvmSpec("cvm-o", "snp"), client_key.public, lambda _m: None)
+    names = p._names("cvm-o")
+    [body] = fake_arm.bodies("virtualMachines")
+    ordinary = {**body, "properties": {**body["properties"], "osProfile": {"computerName": "plain", "adminUsername": "u"}}}
+    ordinary["properties"]["storageProfile"] = {**body["properties"]["storageProfile"], "osDisk": {"createOption": "FromImage"}}
+    compute.virtual_machines.begin_create_or_update(names.resource_group, "plain-vm", ordinary).result()
+    ext = compute.virtual_machine_extensions.begin_create_or_update(
+        names.resource_group, "plain-vm", "enablevmaccess", VMACCESS
+    ).result()
+    assert ext.name == "enablevmaccess"
+    assert fake_arm.refused == []
+
+
+async def test_provision_vm_agent_cannot_be_turned_back_on(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    """allowExtensionOperations can be set back to true by whoever controls the subscription (Azure documents
+    it); provisionVMAgent cannot be changed after creation, so extension operations stay refused."""
+    p = provider(azure_env, tmp_path)
+    await p.create(CvmSpec("cvm-f", "snp"), client_key.public, lambda _m: None)
+    compute, _, _ = p.clients()
+    names = p._names("cvm-f")
+    [body] = fake_arm.bodies("virtualMachines")
+    body["properties"]["osProfile"].pop("customData")
+
+    reopened = copy.deepcopy(body)
+    reopened["properties"]["osProfile"]["allowExtensionOperations"] = True
+    compute.virtual_machines.begin_create_or_update(names.resource_group, names.vm, reopened).result()
+    err = _refused(
+        lambda: compute.virtual_machine_extensions.begin_create_or_update(
+            names.resource_group, names.vm, "enablevmaccess", VMACCESS
+        ).result()
+    )
+    assert err.error is not None and err.error.code == "OperationNotAllowed"
+
+    agent = copy.deepcopy(reopened)
+    agent["properties"]["osProfile"]["linuxConfiguration"]["provisionVMAgent"] = True
+    err = _refused(lambda: compute.virtual_machines.begin_create_or_update(names.resource_group, names.vm, agent).result())
+    assert err.status_code == 409 and err.error is not None and err.error.code == "PropertyChangeNotAllowed"
+    assert "provisionVMAgent" in str(err.message)
