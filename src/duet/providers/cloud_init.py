@@ -57,6 +57,10 @@ def user_data(host_key: HostKey, *, authorized_key: str | None = None, username:
     """
     lines = [
         "#cloud-config",
+        # Azure's guest agent runs extensions (Run Command, VMAccess) for whoever owns the
+        # subscription; switched off in the guest at every boot, whatever the cloud API says.
+        "bootcmd:",
+        f"  - [sh, -c, {_json_string(DISABLE_AGENT_EXTENSIONS)}]",
         "ssh_deletekeys: true",
         "ssh_genkeytypes: []",
         "ssh_pwauth: false",
@@ -76,6 +80,22 @@ def user_data(host_key: HostKey, *, authorized_key: str | None = None, username:
             f"      - {authorized_key}",
         ]
     return "\n".join(lines) + "\n"
+
+
+DISABLE_AGENT_EXTENSIONS = (
+    "if [ -f /etc/waagent.conf ]; then "
+    "sed -i -E 's/^#? *Extensions.Enabled=.*/Extensions.Enabled=n/' /etc/waagent.conf; "
+    "grep -q '^Extensions.Enabled=n' /etc/waagent.conf || echo Extensions.Enabled=n >> /etc/waagent.conf; "
+    "systemctl try-restart walinuxagent.service >/dev/null 2>&1 || true; fi"
+)
+"""The in-guest half of the Azure lockdown (docs/providers.md): the VM agent runs no extension."""
+
+
+def _json_string(text: str) -> str:
+    """A YAML double-quoted scalar (JSON strings are valid YAML)."""
+    import json
+
+    return json.dumps(text)
 
 
 def user_data_b64(host_key: HostKey, **kw: str) -> str:

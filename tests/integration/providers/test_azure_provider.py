@@ -18,6 +18,7 @@ from azure.core.exceptions import HttpResponseError
 from tests.fakes.fake_arm import FakeArm
 
 from duet.errors import ConfigError, NotFound, UpstreamError
+from duet.providers import cloud_init
 from duet.providers.azure import AzureConfig, AzureProvider
 from duet.providers.base import CvmSpec, Machine
 
@@ -63,6 +64,7 @@ async def test_create_sends_confidential_vm_bodies(fake_arm: FakeArm, azure_env,
     doc = yaml.safe_load(cloud)
     assert doc["ssh_deletekeys"] is True
     assert doc["ssh_keys"]["ed25519_public"] == machine.host_key
+    assert ["sh", "-c", cloud_init.DISABLE_AGENT_EXTENSIONS] in doc["bootcmd"]  # the agent runs no extension
     assert "OPENSSH PRIVATE KEY" in doc["ssh_keys"]["ed25519_private"]
     assert props["networkProfile"]["networkInterfaces"][0]["properties"] == {"primary": True, "deleteOption": "Delete"}
 
