@@ -31,7 +31,8 @@ def _outcomes(verdict: sgx.EvidenceVerdict) -> list[tuple[str, bool | None]]:
 def test_every_step_holds_in_order(sim_tee: SimulatedSgxTee, sim_quote: bytes) -> None:
     verdict = _judge(sim_tee, sim_quote, report_data=REPORT_DATA)
     assert verdict.ok and verdict.failure is None
-    assert _outcomes(verdict) == [(step, True) for step in sgx.EVIDENCE_STEPS]
+    not_evaluated = {sgx.STEP_PCK_REVOCATION, sgx.STEP_TCB_LEVEL}  # no collateral given
+    assert _outcomes(verdict) == [(step, None if step in not_evaluated else True) for step in sgx.EVIDENCE_STEPS]
     assert [c.check for c in verdict.policy] == ["debug", "mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"]
     assert verdict.quote is not None and verdict.quote.report_body.report_data == REPORT_DATA
 
@@ -47,7 +48,12 @@ def test_a_signature_failure_stops_the_rest(sim_tee: SimulatedSgxTee, sim_quote:
     verdict = _judge(sim_tee, flip(sim_quote, 306), report_data=REPORT_DATA)  # ISVSVN
     assert not verdict.ok and verdict.failure is not None
     assert (verdict.failure.step, verdict.failure.code) == ("enclave_signature", "bad_enclave_signature")
-    assert _outcomes(verdict)[-3:] == [("enclave_signature", False), ("report_data", None), ("policy", None)]
+    assert _outcomes(verdict)[-4:] == [
+        ("enclave_signature", False),
+        ("tcb_level", None),
+        ("report_data", None),
+        ("policy", None),
+    ]
     assert verdict.policy == ()
 
 

@@ -8,6 +8,8 @@ for different reasons:
 * :mod:`~duet.attestation.sgx.verify` — the PCK chain to a pinned root key, the QE report
   signature, the attestation-key binding and the enclave signature; says nothing about which
   enclave is acceptable;
+* :mod:`~duet.attestation.sgx.collateral` — Intel's QE identity, TCB info and CRLs, and the PCK
+  certificate's SGX extension, as tables of named fields; the built-in QE identities;
 * :mod:`~duet.attestation.sgx.roots` — the pinned Intel SGX root and user-given roots;
 * :mod:`~duet.attestation.sgx.policy` — which enclaves are acceptable (:class:`EnclaveClaims`);
 * :mod:`~duet.attestation.sgx.evidence` — the one pipeline (signatures, report data, policy)
@@ -46,6 +48,31 @@ from duet.attestation.sgx.abi import (
     parse_report_body,
     read_fields,
 )
+from duet.attestation.sgx.collateral import (
+    INTEL_QE_IDENTITY,
+    NO_COLLATERAL,
+    PCK_TCB_FIELDS,
+    QE_IDENTITY_FIELDS,
+    SGX_EXTENSION_FIELDS,
+    SGX_EXTENSION_OID,
+    SIMULATED_QE_IDENTITY,
+    TCB_INFO_FIELDS,
+    TCB_STATUSES,
+    Collateral,
+    DerError,
+    PckSgxExtension,
+    PckTcb,
+    QeIdentity,
+    QeTcbLevel,
+    TcbEvaluation,
+    TcbInfo,
+    TcbLevel,
+    load_collateral,
+    load_crl,
+    pack_pck_sgx_extension,
+    parse_pck_sgx_extension,
+    pck_sgx_extension,
+)
 from duet.attestation.sgx.evidence import (
     EVIDENCE_STEPS,
     STEP_POLICY,
@@ -55,7 +82,14 @@ from duet.attestation.sgx.evidence import (
     check_report_data,
     verify_evidence,
 )
-from duet.attestation.sgx.policy import DEFAULT_POLICY, EnclaveClaims, Policy, PolicyCheck, PolicyError
+from duet.attestation.sgx.policy import (
+    DEFAULT_POLICY,
+    DEFAULT_TCB_STATUSES,
+    EnclaveClaims,
+    Policy,
+    PolicyCheck,
+    PolicyError,
+)
 from duet.attestation.sgx.roots import (
     INTEL_SGX_ROOT_CA_FILE,
     INTEL_SGX_ROOT_KEY_SHA256,
@@ -70,11 +104,16 @@ from duet.attestation.sgx.verify import (
     STEP_ENCLAVE_SIGNATURE,
     STEP_PARSE,
     STEP_PCK_CHAIN,
+    STEP_PCK_REVOCATION,
+    STEP_QE_IDENTITY,
     STEP_QE_REPORT_SIGNATURE,
+    STEP_TCB_LEVEL,
     QuoteVerificationError,
     Verdict,
+    anchor_key_id,
     attestation_public_key,
     common_name,
+    qe_identity_for_root,
     verify_pck_chain,
     verify_quote,
     verify_quoting_enclave,
@@ -112,6 +151,30 @@ __all__ = [
     "parse_quote",
     "parse_report_body",
     "read_fields",
+    # collateral
+    "INTEL_QE_IDENTITY",
+    "NO_COLLATERAL",
+    "PCK_TCB_FIELDS",
+    "QE_IDENTITY_FIELDS",
+    "SGX_EXTENSION_FIELDS",
+    "SGX_EXTENSION_OID",
+    "SIMULATED_QE_IDENTITY",
+    "TCB_INFO_FIELDS",
+    "TCB_STATUSES",
+    "Collateral",
+    "DerError",
+    "PckSgxExtension",
+    "PckTcb",
+    "QeIdentity",
+    "QeTcbLevel",
+    "TcbEvaluation",
+    "TcbInfo",
+    "TcbLevel",
+    "load_collateral",
+    "load_crl",
+    "pack_pck_sgx_extension",
+    "parse_pck_sgx_extension",
+    "pck_sgx_extension",
     # verify
     "PCK_LEAF_CN_PHRASE",
     "SIGNATURE_STEPS",
@@ -119,13 +182,18 @@ __all__ = [
     "STEP_ENCLAVE_SIGNATURE",
     "STEP_PARSE",
     "STEP_PCK_CHAIN",
+    "STEP_PCK_REVOCATION",
+    "STEP_QE_IDENTITY",
     "STEP_QE_REPORT_SIGNATURE",
+    "STEP_TCB_LEVEL",
     "QuoteVerificationError",
     "Verdict",
+    "anchor_key_id",
     "attestation_public_key",
     "common_name",
     "verify_pck_chain",
     "verify_quote",
+    "qe_identity_for_root",
     "verify_quoting_enclave",
     # roots
     "INTEL_SGX_ROOT_CA_FILE",
@@ -135,6 +203,7 @@ __all__ = [
     "spki_sha256",
     # policy
     "DEFAULT_POLICY",
+    "DEFAULT_TCB_STATUSES",
     "EnclaveClaims",
     "Policy",
     "PolicyCheck",

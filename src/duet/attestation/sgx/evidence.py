@@ -4,11 +4,12 @@
 offline) both call :func:`verify_evidence`, so they cannot disagree about what held: each gets
 the same step verdicts and only words them for its reader. The order is fixed here, once:
 
-1. the signature steps (:data:`~duet.attestation.sgx.verify.SIGNATURE_STEPS`): nothing an
-   unverified quote says means anything;
+1. the verification steps (:data:`~duet.attestation.sgx.verify.SIGNATURE_STEPS`: signatures,
+   chain, revocation, quoting enclave identity, TCB level): nothing an unverified quote says
+   means anything; a step whose collateral was not given is reported as not evaluated;
 2. ``report_data``: evidence about another identity (a replay) says nothing about this one,
    whatever its measurements, so the binding is checked before the measurements are judged;
-3. ``policy``: whether this enclave is acceptable.
+3. ``policy``: whether this enclave, and the TCB status the collateral gave, are acceptable.
 
 The first failure stops the rest, which are reported as not reached.
 """
@@ -22,6 +23,7 @@ from typing import Union
 
 import duet.attestation.sgx.verify as quote_checks
 from duet.attestation.sgx.abi import ParsedQuote
+from duet.attestation.sgx.collateral import NO_COLLATERAL, Collateral
 from duet.attestation.sgx.policy import DEFAULT_POLICY, Policy, PolicyCheck, PolicyError
 from duet.keys import PublicKey
 
@@ -34,7 +36,10 @@ _HELD = {
     quote_checks.STEP_PCK_CHAIN: "the PCK certificate chain ends at a trusted root key",
     quote_checks.STEP_QE_REPORT_SIGNATURE: "the PCK key signed the quoting enclave's report",
     quote_checks.STEP_ATTESTATION_KEY_BINDING: "the quoting enclave's report binds the attestation key",
+    quote_checks.STEP_PCK_REVOCATION: "no certificate of the PCK chain is revoked",
+    quote_checks.STEP_QE_IDENTITY: "the quoting enclave is the expected one",
     quote_checks.STEP_ENCLAVE_SIGNATURE: "the attestation key signed the enclave's report",
+    quote_checks.STEP_TCB_LEVEL: "the collateral gives the TCB level",
     STEP_REPORT_DATA: "REPORTDATA is the expected binding",
     STEP_POLICY: "every check of the policy holds",
 }
@@ -90,10 +95,12 @@ def _signature_steps(signatures: quote_checks.Verdict) -> list[StepVerdict]:
     failed = (
         len(quote_checks.SIGNATURE_STEPS) if signatures.ok else quote_checks.SIGNATURE_STEPS.index(signatures.failed_step or "")
     )
+    notes = {step: (evaluated, message) for step, evaluated, message in signatures.notes}
     out = []
     for i, step in enumerate(quote_checks.SIGNATURE_STEPS):
         if i < failed:
-            out.append(StepVerdict(step, True, message=_HELD[step]))
+            evaluated, message = notes.get(step, (True, _HELD[step]))
+            out.append(StepVerdict(step, True if evaluated else None, message=message))
         elif i == failed:
             out.append(StepVerdict(step, False, signatures.code, signatures.message))
         else:
@@ -108,13 +115,15 @@ def verify_evidence(
     now: datetime,
     report_data: bytes | None = None,
     policy: Policy = DEFAULT_POLICY,
+    collateral: Collateral = NO_COLLATERAL,
 ) -> EvidenceVerdict:
     """Judge an SGX quote in the order of the module docstring, at time ``now``.
 
     ``report_data`` (64 bytes) is what REPORTDATA must be; without it that step is not asked.
-    Never raises for bad evidence: look at the verdict.
+    ``collateral`` (Intel's QE identity, TCB info, CRLs) is optional; what it lacks is reported
+    as not evaluated. Never raises for bad evidence: look at the verdict.
     """
-    signatures = quote_checks.verify_quote(quote, trusted_root_keys=trusted_root_keys, now=now)
+    signatures = quote_checks.verify_quote(quote, trusted_root_keys=trusted_root_keys, now=now, collateral=collateral)
     steps = _signature_steps(signatures)
     if not signatures.ok or signatures.quote is None:
         steps += [StepVerdict(s, None, message="not reached") for s in (STEP_REPORT_DATA, STEP_POLICY)]
@@ -135,7 +144,7 @@ def verify_evidence(
         steps.append(StepVerdict(STEP_REPORT_DATA, True, message=_HELD[STEP_REPORT_DATA]))
 
     try:
-        checks = policy.enforce(parsed)
+        checks = policy.enforce(parsed, tcb=signatures.tcb)
     except PolicyError as exc:
         steps.append(StepVerdict(STEP_POLICY, False, exc.code, exc.message))
         return EvidenceVerdict(tuple(steps), signatures, exc.checks)

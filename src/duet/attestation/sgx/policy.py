@@ -16,6 +16,8 @@ Policy file format (TOML; every key is optional)::
     isv_prod_id = 1        # exact product id
     min_isv_svn = 1        # ISVSVN must be >= this
     allow_debug = false    # default false: debug enclaves' memory is readable by the host
+    # TCB statuses accepted when collateral evaluated them (default: these two)
+    tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
 
 The default policy (no file, :data:`DEFAULT_POLICY`) pins no measurement but still refuses
 debug enclaves: a debug enclave gives no confidentiality at all, so accepting one must be an
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, Union
 
 from duet.attestation.sgx.abi import ParsedQuote
+from duet.attestation.sgx.collateral import TCB_STATUSES, TcbEvaluation
 from duet.errors import ConfigError, VerificationError
 
 
@@ -76,14 +79,30 @@ class PolicyError(VerificationError):
         self.checks = tuple(checks)
 
 
-_KEYS = {"mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "allow_debug"}
+_KEYS = {"mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "allow_debug", "tcb_statuses"}
+DEFAULT_TCB_STATUSES: tuple[str, ...] = ("UpToDate", "SWHardeningNeeded")
+"""Accepted when evaluated: current, or current but for software mitigations the enclave's
+own build decides. Every other status means a known, unmitigated platform weakness."""
 _CODES = {
     "debug": "debug_enclave",
     "mrenclave": "mrenclave_not_allowed",
     "mrsigner": "mrsigner_mismatch",
     "isv_prod_id": "isv_prod_id_mismatch",
     "min_isv_svn": "isv_svn_too_low",
+    "tcb_status": "tcb_status_not_allowed",
+    "qe_tcb_status": "qe_tcb_status_not_allowed",
 }
+
+
+def _statuses(value: Any, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: tcb_statuses must be a list of status names", code="bad_policy")
+    for v in value:
+        if v not in TCB_STATUSES:
+            raise ConfigError(f"{source}: unknown TCB status {v!r}; known: {', '.join(TCB_STATUSES)}", code="bad_policy")
+        if v == "Revoked":
+            raise ConfigError(f"{source}: a Revoked TCB level cannot be accepted", code="bad_policy")
+    return tuple(value)
 
 
 def _hex32(value: Any, key: str, source: str) -> bytes:
@@ -110,6 +129,9 @@ def _violation(check: PolicyCheck) -> str:
             "the enclave is a debug enclave (ATTRIBUTES.FLAGS DEBUG bit set): its memory is readable "
             "by the host, so it proves nothing; set allow_debug = true only for development"
         )
+    if check.check in ("tcb_status", "qe_tcb_status"):
+        what = "the platform's" if check.check == "tcb_status" else "the quoting enclave's"
+        return f"{what} TCB status is {check.actual}; the policy accepts {check.expected} (tcb_statuses)"
     return f"{check.check}: expected {check.expected}, the quote has {check.actual}"
 
 
@@ -121,6 +143,8 @@ class Policy:
     isv_prod_id: int | None = None
     min_isv_svn: int | None = None
     allow_debug: bool = False
+    tcb_statuses: tuple[str, ...] = DEFAULT_TCB_STATUSES
+    """TCB statuses accepted for the platform and the quoting enclave, when collateral gave them."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "policy") -> Policy:
@@ -143,6 +167,7 @@ class Policy:
             isv_prod_id=_uint(data["isv_prod_id"], "isv_prod_id", source) if "isv_prod_id" in data else None,
             min_isv_svn=_uint(data["min_isv_svn"], "min_isv_svn", source) if "min_isv_svn" in data else None,
             allow_debug=allow_debug,
+            tcb_statuses=_statuses(data["tcb_statuses"], source) if "tcb_statuses" in data else DEFAULT_TCB_STATUSES,
         )
 
     @classmethod
@@ -161,10 +186,11 @@ class Policy:
             raise ConfigError(f"cannot read policy {path}: {exc.strerror}", code="policy_unreadable") from None
         return cls.from_toml(text, str(path))
 
-    def check(self, claims: Union[EnclaveClaims, ParsedQuote]) -> list[PolicyCheck]:
+    def check(self, claims: Union[EnclaveClaims, ParsedQuote], tcb: TcbEvaluation | None = None) -> list[PolicyCheck]:
         """Every check with what was expected and found; ``ok`` False marks a violation.
 
-        A parsed quote stands for its ISV enclave report body (not the quoting enclave's)."""
+        A parsed quote stands for its ISV enclave report body (not the quoting enclave's). The
+        TCB statuses are checked only where ``tcb`` (from the collateral) evaluated them."""
         body: EnclaveClaims = claims.report_body if isinstance(claims, ParsedQuote) else claims
         out = [
             PolicyCheck(
@@ -206,12 +232,17 @@ class Policy:
                 self.min_isv_svn is None or body.isv_svn >= self.min_isv_svn,
             )
         )
+        accepted = " or ".join(self.tcb_statuses)
+        if tcb is not None and tcb.platform_status is not None:
+            out.append(PolicyCheck("tcb_status", accepted, tcb.platform_status, tcb.platform_status in self.tcb_statuses))
+        if tcb is not None and tcb.qe_status is not None:
+            out.append(PolicyCheck("qe_tcb_status", accepted, tcb.qe_status, tcb.qe_status in self.tcb_statuses))
         return out
 
-    def enforce(self, claims: Union[EnclaveClaims, ParsedQuote]) -> list[PolicyCheck]:
+    def enforce(self, claims: Union[EnclaveClaims, ParsedQuote], tcb: TcbEvaluation | None = None) -> list[PolicyCheck]:
         """Every check, when all hold; otherwise :class:`PolicyError` coded for the first failure
         (debug first: a debug enclave voids every other check)."""
-        checks = self.check(claims)
+        checks = self.check(claims, tcb)
         failed = next((c for c in checks if not c.ok), None)
         if failed is not None:
             raise PolicyError(_violation(failed), code=_CODES[failed.check], checks=checks)

@@ -2,8 +2,11 @@
 
 The steps (:data:`SIGNATURE_STEPS`) run in the order each one's key is established by the one
 before: the PCK certificate chain to a pinned root *key*, the QE report signature by the PCK
-key, the binding of the attestation key into the QE report, and the ISV enclave report
-signature by that attestation key. Each failure names its step and a stable code, because
+key, the binding of the attestation key into the QE report, the chain's revocation (when CRLs
+are given), the quoting enclave's identity (Intel's QE for chains ending at Intel's root; the
+simulated QE for a root the user trusted explicitly), the ISV enclave report signature by the
+attestation key, and the TCB level the collateral gives (when TCB info or a QE identity file is
+given). A step whose collateral is absent is reported as not evaluated, never as held. Each failure names its step and a stable code, because
 "the quote does not verify" cannot be acted on and "the PCK leaf expired" can.
 
 Nothing here says *which* enclave is acceptable (:mod:`duet.attestation.sgx.policy`) or what
@@ -36,7 +39,17 @@ from duet.attestation.sgx.abi import (
     ReportBody,
     parse_quote,
 )
-from duet.attestation.sgx.roots import spki_sha256
+from duet.attestation.sgx.collateral import (
+    INTEL_QE_IDENTITY,
+    NO_COLLATERAL,
+    SIMULATED_QE_IDENTITY,
+    Collateral,
+    DerError,
+    QeIdentity,
+    TcbEvaluation,
+    pck_sgx_extension,
+)
+from duet.attestation.sgx.roots import INTEL_SGX_ROOT_KEY_SHA256, spki_sha256
 from duet.errors import VerificationError
 from duet.keys import PublicKey
 
@@ -54,13 +67,20 @@ STEP_PCK_CHAIN = "pck_chain"
 STEP_QE_REPORT_SIGNATURE = "qe_report_signature"
 STEP_ATTESTATION_KEY_BINDING = "attestation_key_binding"
 STEP_ENCLAVE_SIGNATURE = "enclave_signature"
+STEP_PCK_REVOCATION = "pck_revocation"
+STEP_QE_IDENTITY = "qe_identity"
+STEP_TCB_LEVEL = "tcb_level"
 SIGNATURE_STEPS: tuple[str, ...] = (
     STEP_PARSE,
     STEP_PCK_CHAIN,
     STEP_QE_REPORT_SIGNATURE,
     STEP_ATTESTATION_KEY_BINDING,
+    STEP_PCK_REVOCATION,
+    STEP_QE_IDENTITY,
     STEP_ENCLAVE_SIGNATURE,
+    STEP_TCB_LEVEL,
 )
+"""Every step of verification, in order: signatures and chain, revocation, QE identity, TCB level."""
 
 PCK_LEAF_CN_PHRASE = "SGX PCK Certificate"  # as Intel's QVL checks it
 _MAX_CHAIN = 5
@@ -77,6 +97,11 @@ class Verdict:
     code: str | None = None
     pck_chain: tuple[str, ...] = ()
     """Subjects of the verified chain, leaf first (for display)."""
+    notes: tuple[tuple[str, bool, str], ...] = ()
+    """``(step, evaluated, message)`` for the steps that passed: what held, or why a step was
+    not evaluated (no collateral given)."""
+    tcb: TcbEvaluation | None = None
+    """The TCB statuses the collateral gave (None: neither TCB info nor a QE identity file)."""
 
     def raise_for_failure(self) -> ParsedQuote:
         """Exception form: return the parsed quote, or raise :class:`QuoteVerificationError`."""
@@ -259,7 +284,154 @@ def verify_quoting_enclave(
     return chain
 
 
-def _verify_parsed(q: ParsedQuote, trusted_root_keys: Sequence[PublicKey], now: datetime) -> list[x509.Certificate]:
+def anchor_key_id(chain: Sequence[x509.Certificate], trusted_root_keys: Sequence[PublicKey]) -> str:
+    """SPKI SHA-256 of the trusted root key a verified chain ends at (its top's key, or the key
+    that signed its top)."""
+    top = chain[-1]
+    top_id = spki_sha256(top.public_key())  # type: ignore[arg-type]
+    if any(spki_sha256(k) == top_id for k in trusted_root_keys):
+        return top_id
+    return next(spki_sha256(k) for k in trusted_root_keys if _signed_by_key(top, k))
+
+
+def qe_identity_for_root(root_key_id: str, collateral: Collateral = NO_COLLATERAL) -> QeIdentity:
+    """The quoting enclave a chain ending at this root must show: Intel's (the QE identity file's,
+    or the built-in one) for Intel's root; for a root the user trusted explicitly (the simulated
+    TEE's), the simulated QE — trusting that root is trusting everything it signs."""
+    if root_key_id == INTEL_SGX_ROOT_KEY_SHA256:
+        return collateral.qe_identity or INTEL_QE_IDENTITY
+    return SIMULATED_QE_IDENTITY
+
+
+def _crl_fresh(crl: x509.CertificateRevocationList, what: str, now: datetime) -> None:
+    if crl.next_update_utc is not None and now > crl.next_update_utc:
+        raise _fail(
+            STEP_PCK_REVOCATION,
+            "collateral_expired",
+            f"the {what} expired at {crl.next_update_utc.isoformat()} (checked at {now.isoformat()}): fetch a current one",
+        )
+    if now < crl.last_update_utc:
+        raise _fail(STEP_PCK_REVOCATION, "bad_crl", f"the {what} is issued only at {crl.last_update_utc.isoformat()}")
+
+
+def _check_revocation(
+    chain: Sequence[x509.Certificate], trusted_root_keys: Sequence[PublicKey], collateral: Collateral, now: datetime
+) -> tuple[bool, str]:
+    """Neither the PCK leaf (PCK CRL, by its issuing CA) nor an intermediate (root CA CRL) is revoked."""
+    step = STEP_PCK_REVOCATION
+    said = []
+    if collateral.pck_crl is None:
+        said.append("PCK CRL: not evaluated (no PCK CRL given)")
+    else:
+        crl, leaf = collateral.pck_crl, chain[0]
+        issuer = next((c for c in chain[1:] if c.subject == leaf.issuer), None)
+        if issuer is None or crl.issuer != leaf.issuer:
+            raise _fail(step, "bad_crl", f"the PCK CRL is issued by {common_name(crl.issuer)!r}, not by the PCK leaf's issuer")
+        if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            raise _fail(step, "bad_crl", f"the PCK CRL's signature does not verify with the key of {_cn(issuer)!r}")
+        _crl_fresh(crl, "PCK CRL", now)
+        if crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None:
+            raise _fail(step, "certificate_revoked", f"the PCK certificate (serial {leaf.serial_number:x}) is revoked")
+        said.append("PCK CRL: the PCK certificate is not revoked")
+    if collateral.root_crl is None:
+        said.append("root CA CRL: not evaluated (no root CA CRL given)")
+    else:
+        crl = collateral.root_crl
+        if not any(crl.is_signature_valid(k) for k in trusted_root_keys):
+            raise _fail(step, "bad_crl", "the root CA CRL is not signed by a trusted root key")
+        _crl_fresh(crl, "root CA CRL", now)
+        for cert in chain[1:]:
+            if cert.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                raise _fail(step, "certificate_revoked", f"{_cn(cert)!r} (serial {cert.serial_number:x}) is revoked")
+        said.append("root CA CRL: no CA of the chain is revoked")
+    return collateral.pck_crl is not None or collateral.root_crl is not None, "; ".join(said)
+
+
+def _check_qe_identity(qe_report: ReportBody, identity: QeIdentity, now: datetime) -> str:
+    step = STEP_QE_IDENTITY
+    if identity.next_update is not None and now > identity.next_update:
+        raise _fail(
+            step,
+            "collateral_expired",
+            f"the QE identity {identity.source} expired at {identity.next_update.isoformat()} "
+            f"(checked at {now.isoformat()}): fetch a current one",
+        )
+    problems = identity.mismatches(qe_report)
+    if identity.tcb_levels and not problems and identity.tcb_level(qe_report.isv_svn) is None:
+        problems.append(f"ISVSVN {qe_report.isv_svn} reaches no TCB level of the QE identity")
+    if problems:
+        raise _fail(
+            step,
+            "qe_identity_mismatch",
+            f"the quoting enclave is not the one {identity.source} describes: " + "; ".join(problems),
+        )
+    note = f"; {identity.signature_note}" if identity.signature_note else ""
+    return f"the quoting enclave matches the {identity.source}{note}"
+
+
+def _evaluate_tcb(
+    chain: Sequence[x509.Certificate], qe_report: ReportBody, identity: QeIdentity, collateral: Collateral, now: datetime
+) -> tuple[TcbEvaluation | None, str]:
+    step = STEP_TCB_LEVEL
+    said = []
+    platform = date = fmspc = None
+    advisories: tuple[str, ...] = ()
+    info = collateral.tcb_info
+    if info is None:
+        said.append("platform: not evaluated (no TCB info given)")
+    else:
+        try:
+            ext = pck_sgx_extension(chain[0])
+        except DerError as exc:
+            raise _fail(step, "bad_pck_extension", f"cannot read the PCK certificate's SGX extension: {exc}") from None
+        if (ext.fmspc, ext.pce_id) != (info.fmspc, info.pce_id):
+            raise _fail(
+                step,
+                "tcb_info_mismatch",
+                f"the TCB info {info.source} is for FMSPC {info.fmspc.hex()} PCEID {info.pce_id.hex()}; "
+                f"the PCK certificate has FMSPC {ext.fmspc.hex()} PCEID {ext.pce_id.hex()}",
+            )
+        if now > info.next_update:
+            raise _fail(
+                step,
+                "collateral_expired",
+                f"the TCB info {info.source} expired at {info.next_update.isoformat()} (checked at {now.isoformat()})",
+            )
+        level = info.tcb_level(ext.tcb.comp_svns, ext.tcb.pce_svn)
+        if level is None:
+            raise _fail(
+                step,
+                "tcb_level_not_found",
+                f"the platform's TCB (components {list(ext.tcb.comp_svns)}, PCESVN {ext.tcb.pce_svn}) reaches no "
+                f"level of the TCB info {info.source}: not supported",
+            )
+        platform, date, advisories, fmspc = level.tcb_status, level.tcb_date, level.advisory_ids, ext.fmspc
+        said.append(
+            f"platform: {platform} (FMSPC {ext.fmspc.hex()}, TCB date {date.date() if date else '?'}, "
+            f"TCB info {info.source}; {info.signature_note})"
+        )
+    qe_status = None
+    if not identity.tcb_levels:
+        said.append("quoting enclave: not evaluated (no QE identity given)")
+    else:
+        qe_level = identity.tcb_level(qe_report.isv_svn)
+        assert qe_level is not None  # the qe_identity step required one
+        qe_status = qe_level.tcb_status
+        advisories += qe_level.advisory_ids
+        said.append(f"quoting enclave: {qe_status} (ISVSVN {qe_report.isv_svn})")
+    if platform is None and qe_status is None:
+        return None, "TCB level: not evaluated (no TCB info given); quoting enclave TCB: not evaluated (no QE identity given)"
+    return TcbEvaluation(platform, qe_status, date, advisories, fmspc), "TCB level: " + "; ".join(said)
+
+
+@dataclass
+class _Checked:
+    chain: list[x509.Certificate]
+    notes: list[tuple[str, bool, str]]
+    tcb: TcbEvaluation | None = None
+
+
+def _verify_parsed(q: ParsedQuote, trusted_root_keys: Sequence[PublicKey], now: datetime, collateral: Collateral) -> _Checked:
     sd = q.signature_data
     chain = verify_quoting_enclave(
         sd.certification_data,
@@ -270,6 +442,10 @@ def _verify_parsed(q: ParsedQuote, trusted_root_keys: Sequence[PublicKey], now: 
         trusted_root_keys=trusted_root_keys,
         now=now,
     )
+    evaluated, message = _check_revocation(chain, trusted_root_keys, collateral, now)
+    notes = [(STEP_PCK_REVOCATION, evaluated, message)]
+    identity = qe_identity_for_root(anchor_key_id(chain, trusted_root_keys), collateral)
+    notes.append((STEP_QE_IDENTITY, True, _check_qe_identity(sd.qe_report, identity, now)))
     try:
         att_key = attestation_public_key(sd.attestation_key)
     except ValueError:
@@ -283,22 +459,31 @@ def _verify_parsed(q: ParsedQuote, trusted_root_keys: Sequence[PublicKey], now: 
             "the ISV enclave report signature does not verify with the attestation key: the header or "
             "report body (MRENCLAVE, ATTRIBUTES, REPORTDATA, ...) was altered",
         )
-    return chain
+    tcb, message = _evaluate_tcb(chain, sd.qe_report, identity, collateral, now)
+    notes.append((STEP_TCB_LEVEL, tcb is not None, message))
+    return _Checked(chain, notes, tcb)
 
 
-def verify_quote(quote: Union[bytes, ParsedQuote], *, trusted_root_keys: Sequence[PublicKey], now: datetime) -> Verdict:
-    """Verify a quote's signatures offline, step by step (see :data:`SIGNATURE_STEPS`), at time ``now``.
+def verify_quote(
+    quote: Union[bytes, ParsedQuote],
+    *,
+    trusted_root_keys: Sequence[PublicKey],
+    now: datetime,
+    collateral: Collateral = NO_COLLATERAL,
+) -> Verdict:
+    """Verify a quote offline, step by step (see :data:`SIGNATURE_STEPS`), at time ``now``, with
+    whatever Intel ``collateral`` is given (absent parts are reported as not evaluated).
 
-    Nothing here decides whether the enclave is *acceptable* (use a policy for that), nor checks the
-    report data (:func:`duet.attestation.sgx.evidence.verify_evidence` does both). Never raises
-    for bad evidence: look at the verdict, or call :meth:`Verdict.raise_for_failure`.
+    Nothing here decides whether the enclave or its TCB status is *acceptable* (use a policy for
+    that), nor checks the report data (:func:`duet.attestation.sgx.evidence.verify_evidence` does
+    both). Never raises for bad evidence: look at the verdict, or call :meth:`Verdict.raise_for_failure`.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     parsed: ParsedQuote | None = None
     try:
         parsed = quote if isinstance(quote, ParsedQuote) else parse_quote(quote)
-        chain = _verify_parsed(parsed, trusted_root_keys, now)
+        checked = _verify_parsed(parsed, trusted_root_keys, now, collateral)
     except QuoteFormatError as exc:
         return Verdict(False, STEP_PARSE, exc.message, None, code=exc.code)
     except QuoteVerificationError as exc:
@@ -306,7 +491,9 @@ def verify_quote(quote: Union[bytes, ParsedQuote], *, trusted_root_keys: Sequenc
     return Verdict(
         True,
         None,
-        "quote signatures verify: PCK chain to a trusted root, QE report, attestation key binding, enclave report",
+        "quote verifies: PCK chain to a trusted root, QE report, attestation key binding, QE identity, enclave report",
         parsed,
-        pck_chain=tuple(c.subject.rfc4514_string() for c in chain),
+        pck_chain=tuple(c.subject.rfc4514_string() for c in checked.chain),
+        notes=tuple(checked.notes),
+        tcb=checked.tcb,
     )
