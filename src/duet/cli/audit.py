@@ -3,6 +3,10 @@
 Exit status: 0 only when everything verified; 3 when anything did not (what failed or broke
 a lifecycle rule is said, entry by entry, and each other view that does not agree); 1 when the
 controller, or a view to compare with, could not be asked at all. docs/audit.md lists the findings.
+
+Everything the ledger, the controller or another view says (commands, outputs, details, CVM
+ids, findings quoting them) is printed through :func:`output.visible_markup`: shown as text,
+never obeyed by the terminal or by rich's markup. ``--json`` prints it exactly.
 """
 
 import json
@@ -132,37 +136,38 @@ def _report(context: CliContext, result: Any, *, first: bool) -> None:
     if result.ok:
         head = result.head
         console.print(
-            f"[green]✓ verified[/]: head {head.short()}; {len(result.entries)} entr{'y' if len(result.entries) == 1 else 'ies'} "
+            f"[green]✓ verified[/]: head {_markup(head.short())}; {len(result.entries)} entr{'y' if len(result.entries) == 1 else 'ies'} "
             f"{'shown ' if first else 'new '}— each proven in the signed ledger"
             + (f", {len(result.outputs)} outputs match their hashes" if result.outputs else "")
         )
     else:
-        from rich.markup import escape
-
         err = output.err_console
-        err.print(f"[bold red]✗ AUDIT FAILED[/] for controller {result.controller[:16]}… at {escape(result.url)}:")
+        err.print(f"[bold red]✗ AUDIT FAILED[/] for controller {_markup(result.controller[:16])}… at {_markup(result.url)}:")
         for finding in result.findings:
-            err.print(f"  [red]•[/] {escape(str(finding))}")
+            err.print(f"  [red]•[/] {_markup(finding)}")
     sys.stdout.flush()
 
 
-def _header(console: "Console", result: Any) -> None:
-    from rich.markup import escape
+def _markup(text: object) -> str:
+    """Untrusted text for a rich markup line: escapes visible, markup shown as text."""
+    return output.visible_markup(text, one_line=True)
 
+
+def _header(console: "Console", result: Any) -> None:
     pin_note = " (pinned now, on first use)" if result.first_contact else ""
-    console.print(f"Controller [bold]{result.controller}[/] at {escape(result.url)}{pin_note}")
+    console.print(f"Controller [bold]{_markup(result.controller)}[/] at {_markup(result.url)}{pin_note}")
     if result.cvm:
-        console.print(f"CVM [bold]{result.cvm}[/]")
+        console.print(f"CVM [bold]{_markup(result.cvm)}[/]")
     if result.head is None:
         return
     previous = result.previous
     if previous is None:
-        console.print(f"Head: {result.head.short()} — first head seen from this controller; later audits must extend it")
+        console.print(f"Head: {_markup(result.head.short())} — first head seen from this controller; later audits must extend it")
     elif result.ok:
         same = previous.tree_size == result.head.tree_size
         console.print(
-            f"Head: {result.head.short()} — {'same as' if same else 'consistent with'} the head of "
-            f"{previous.tree_size} entries seen {previous.timestamp}"
+            f"Head: {_markup(result.head.short())} — {'same as' if same else 'consistent with'} the head of "
+            f"{_markup(previous.tree_size)} entries seen {_markup(previous.timestamp)}"
         )
 
 
@@ -175,19 +180,19 @@ _RELATIONS = {
 
 def _comparisons(console: "Console", result: Any) -> None:
     """Say which other views agree; those that do not are findings, printed with the others."""
-    from rich.markup import escape
-
     for record in result.comparisons:
         if record["consistent"]:
             relation = _RELATIONS[record["relation"]].format(source=record["source"])
             console.print(
-                f"[green]✓ the two views are consistent[/]: {escape(record['source'])} holds a head of "
-                f"{record['head']['tree_size']} entries signed {record['head']['timestamp']}, {escape(relation)}"
+                f"[green]✓ the two views are consistent[/]: {_markup(record['source'])} holds a head of "
+                f"{_markup(record['head']['tree_size'])} entries signed {_markup(record['head']['timestamp'])}, "
+                + _markup(relation)
             )
 
 
 def _table(console: "Console", rows: list[dict[str, Any]], *, cvm_column: bool, long: bool) -> None:
-    from rich.markup import escape
+    """One row per entry; every cell from the ledger is made visible on one line, outputs (``long``)
+    keep their newlines and tabs."""
     from rich.table import Table
 
     columns = ["seq", "time", *(["CVM"] if cvm_column else []), "event", "mode", "command", "exit", "detail", "ok"]
@@ -195,19 +200,19 @@ def _table(console: "Console", rows: list[dict[str, Any]], *, cvm_column: bool, 
         columns.append("stdout")
     table = Table(*columns, show_lines=long)
     for row in rows:
-        cells = [str(row["seq"]), str(row["time"] or "")[:23]]
+        cells = [_markup(row["seq"]), _markup(str(row["time"] or "")[:23])]
         if cvm_column:
-            cells.append((row["cvm"] or "")[:12])
+            cells.append(_markup(str(row["cvm"] or "")[:12]))
         cells += [
-            str(row["event"]) + (" [yellow](seed protocol)[/]" if row.get("protocol") == "seed" else ""),
-            row["mode"] or "",
-            escape(row["command"] or ""),
-            "" if row["exit_status"] is None else str(row["exit_status"]),
-            escape(row["detail"]),
+            _markup(row["event"]) + (" [yellow](seed protocol)[/]" if row.get("protocol") == "seed" else ""),
+            _markup(row["mode"] or ""),
+            _markup(row["command"] or ""),
+            "" if row["exit_status"] is None else _markup(row["exit_status"]),
+            _markup(row["detail"]),
             ("[green]✓[/]" if row["verified"] else "[bold red]✗[/]")
-            + (f" [bold red]⚠ FORBIDDEN: {row['violation']}[/]" if row.get("violation") else ""),
+            + (f" [bold red]⚠ FORBIDDEN: {_markup(row['violation'])}[/]" if row.get("violation") else ""),
         ]
         if long:
-            cells.append(escape(row.get("stdout", "")))
+            cells.append(output.visible_markup(row.get("stdout", "")))
         table.add_row(*cells)
     console.print(table)

@@ -1,4 +1,9 @@
-"""``duet cvm ...``: the owner's and the users' commands for CVMs."""
+"""``duet cvm ...``: the owner's and the users' commands for CVMs.
+
+Every string from the controller (CVM ids, types, providers, modes, commands, outputs, failure
+reasons) is printed through :func:`output.visible` (``visible_markup`` where rich markup is
+parsed): what an owner or a CVM wrote is shown, never obeyed by the terminal.
+"""
 
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -39,10 +44,12 @@ def start(
         accepted = client.start(cvm_type, provider=provider)
         if no_wait:
             output.emit(
-                context, accepted, lambda console: console.print(f"job {accepted['job_id']} started CVM {accepted['cvm_id']}")
+                context,
+                accepted,
+                lambda console: console.print(f"job {_markup(accepted['job_id'])} started CVM {_markup(accepted['cvm_id'])}"),
             )
             return
-        job = _wait(context, client, accepted["job_id"], f"Starting CVM {accepted['cvm_id'][:16]}…")
+        job = _wait(context, client, accepted["job_id"], f"Starting CVM {_short(accepted['cvm_id'])}…")
         state = client.state(accepted["cvm_id"])["cvm"]
         result = {"cvm_id": accepted["cvm_id"], "mode": state["mode"], "job": job}
         if job["status"] != "succeeded":
@@ -51,7 +58,8 @@ def start(
             context,
             result,
             lambda console: console.print(
-                f"[green]CVM {accepted['cvm_id']} is {state['mode']}[/] (type {state['type']}, provider {state['provider']})"
+                f"[green]CVM {_markup(accepted['cvm_id'])} is {_markup(state['mode'])}[/] "
+                f"(type {_markup(state['type'])}, provider {_markup(state['provider'])})"
             ),
         )
 
@@ -96,7 +104,7 @@ def mark(
             context,
             result,
             lambda console: console.print(
-                f"CVM {cvm_id[:16]}… is [bold]{result['mode']}[/]"
+                f"CVM {_short(cvm_id)}… is [bold]{_markup(result['mode'])}[/]"
                 + _final_text(result)
                 + ("" if result["changed"] else " (unchanged)")
             ),
@@ -147,24 +155,35 @@ def stop(
     context: CliContext = ctx.obj
     with output.errors(context), context.client(owner=True) as client:
         accepted = client.stop(cvm_id)
-        job = _wait(context, client, accepted["job_id"], f"Stopping CVM {cvm_id[:16]}…")
+        job = _wait(context, client, accepted["job_id"], f"Stopping CVM {_short(cvm_id)}…")
         if job["status"] != "succeeded":
             raise _job_error(job)
         output.emit(
             context,
             {"cvm_id": cvm_id, "mode": "stopped", "job": job},
-            lambda console: console.print(f"CVM {cvm_id[:16]}… stopped; its resources are deleted."),
+            lambda console: console.print(f"CVM {_short(cvm_id)}… stopped; its resources are deleted."),
         )
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 
+def _markup(text: object) -> str:
+    """Untrusted text for a rich markup line: escapes visible, markup shown as text."""
+    return output.visible_markup(text, one_line=True)
+
+
+def _short(cvm_id: object) -> str:
+    """The first 16 characters of a CVM id, for rich markup."""
+    return _markup(str(cvm_id)[:16])
+
+
 def _wait(context: CliContext, client: "DuetClient", job_id: str, title: str) -> dict[str, Any]:
+    """``title`` is rich markup (made safe by the caller); each step the controller names is shown as text."""
     if context.json:
         return client.wait_job(job_id)
     with output.err_console.status(title) as status:
-        return client.wait_job(job_id, on_step=lambda step: status.update(f"{title} {step}"))
+        return client.wait_job(job_id, on_step=lambda step: status.update(f"{title} {_markup(step)}"))
 
 
 def _job_error(job: dict[str, Any]) -> Exception:
@@ -181,13 +200,13 @@ def _render_results(console: "Console", results: list[dict[str, Any]]) -> None:
         status = item["exit_status"]
         colour = "green" if status == 0 else "red"
         note = " (timed out)" if item["timed_out"] else ""
-        console.print(f"[bold]$ {item['command']}[/]  [{colour}]exit {status}{note}[/]  {item['duration_ms']:.1f} ms")
-        if item["stdout"]:
-            console.print(item["stdout"], end="" if item["stdout"].endswith("\n") else "\n", markup=False, highlight=False)
-        if item["stderr"]:
-            console.print(
-                item["stderr"], end="" if item["stderr"].endswith("\n") else "\n", style="red", markup=False, highlight=False
-            )
+        console.print(
+            f"[bold]$ {_markup(item['command'])}[/]  [{colour}]exit {_markup(status)}{note}[/]  {item['duration_ms']:.1f} ms"
+        )
+        for stream, style in (("stdout", None), ("stderr", "red")):
+            text = output.visible(item[stream] or "")
+            if text:
+                console.print(text, end="" if text.endswith("\n") else "\n", style=style, markup=False, highlight=False)
 
 
 def _final_text(cvm: dict[str, Any]) -> str:
@@ -199,16 +218,22 @@ def _final_text(cvm: dict[str, Any]) -> str:
 
 
 def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool) -> str:
+    """Plain text (no rich): every string from the controller through :func:`output.visible`;
+    table cells are made visible by :func:`output.plain_table`."""
+
+    def line(text: object) -> str:
+        return output.visible(text, one_line=True)
+
     head = (
-        f"CVM {cvm['cvm_id']}  type {cvm['type']}  provider {cvm['provider']}  mode {cvm['mode']}"
+        f"CVM {line(cvm['cvm_id'])}  type {line(cvm['type'])}  provider {line(cvm['provider'])}  mode {line(cvm['mode'])}"
         + (" " + _final_text(cvm) if cvm["final"] else "")
-        + (f"\nfailure: {cvm['failure']}" if cvm.get("failure") else "")
-        + (f"\nlockdown not verified yet (retrying): {cvm['lockdown_error']}" if cvm.get("lockdown_error") else "")
+        + (f"\nfailure: {line(cvm['failure'])}" if cvm.get("failure") else "")
+        + (f"\nlockdown not verified yet (retrying): {line(cvm['lockdown_error'])}" if cvm.get("lockdown_error") else "")
         + "\n\n"
     )
 
     def exit_text(item: dict[str, Any]) -> str:
-        return str(item["status"] if item.get("exit_status") is None else item["exit_status"])
+        return line(item["status"] if item.get("exit_status") is None else item["exit_status"])
 
     if not long:
         rows = [
@@ -224,9 +249,12 @@ def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool)
         return head + output.plain_table(["seq", "command", "exit", "ms", "stdout sha256"], rows)
     blocks = []
     for item in commands:
-        block = f"[{item['seq']}] $ {item['command']}  (exit {exit_text(item)}, {item.get('duration_ms', 0):.1f} ms)\n"
+        block = (
+            f"[{line(item['seq'])}] $ {line(item['command'])}  (exit {exit_text(item)}, {item.get('duration_ms', 0):.1f} ms)\n"
+        )
         for stream in ("stdout", "stderr"):
             if item.get(stream):
-                block += "".join(f"    {stream[3:]}| {line}\n" for line in item[stream].splitlines())
+                # Made visible first: then only newlines split lines (\x0b, \x1c, U+2028... are escapes by then).
+                block += "".join(f"    {stream[3:]}| {text}\n" for text in output.visible(item[stream]).splitlines())
         blocks.append(block)
     return head + "".join(blocks)

@@ -21,6 +21,7 @@ from rich.panel import Panel
 from duet import keys
 from duet.attestation import sgx as dcap
 from duet.attestation.sgx import Policy
+from duet.cli.output import visible, visible_markup
 from duet.client import ApiError, DuetClient, TrustStore, verify_controller
 from duet.tee.simulated import simulated_root_pem
 from duet.testing.process import ControllerProcess, remove_all
@@ -35,7 +36,7 @@ class DemoFailed(Exception):
 def _expect(condition: bool, what: str) -> None:
     if not condition:
         raise DemoFailed(what)
-    console.print(f"  [green]✓[/] {what}")
+    console.print(f"  [green]✓[/] {visible_markup(what)}")  # ``what`` may quote the controller: shown as text
 
 
 def _step(number: int, title: str, why: str) -> None:
@@ -44,8 +45,11 @@ def _step(number: int, title: str, why: str) -> None:
 
 def _show_results(results: list[dict[str, Any]]) -> None:
     for item in results:
-        console.print(f"  [bold]$ {item['command']}[/] → exit {item['exit_status']} ({item['duration_ms']:.1f} ms)")
-        for line in item["stdout"].splitlines():
+        console.print(
+            f"  [bold]$ {visible_markup(item['command'], one_line=True)}[/] → exit {visible_markup(item['exit_status'])} "
+            f"({item['duration_ms']:.1f} ms)"
+        )
+        for line in visible(item["stdout"]).splitlines():
             console.print(f"    {line}", markup=False, highlight=False)
 
 
@@ -57,7 +61,9 @@ def scenario(client: DuetClient) -> None:
         "and runs a bootstrap. The CVM ends in-update.",
     )
     accepted = client.start("snp")
-    job = client.wait_job(accepted["job_id"], on_step=lambda step: console.print(f"  … {step}", style="dim"))
+    job = client.wait_job(
+        accepted["job_id"], on_step=lambda step: console.print(f"  … {visible(step)}", style="dim", markup=False, highlight=False)
+    )
     cvm_id = accepted["cvm_id"]
     _expect(job["status"] == "succeeded", f"job {job['job_id']} succeeded")
     _expect(client.state(cvm_id)["cvm"]["mode"] == "in-update", f"CVM {cvm_id[:16]}… is in-update")
@@ -90,7 +96,10 @@ def scenario(client: DuetClient) -> None:
     for row in state["commands"]:
         output = client.blob(row["stdout_sha256"]).decode(errors="replace").strip()
         console.print(
-            f"  seq {row['seq']:>3}  {row['command']:<45} exit {row['exit_status']}  → {output}", markup=False, highlight=False
+            f"  seq {row['seq']:>3}  {visible(row['command'], one_line=True):<45} exit {visible(row['exit_status'])}  → "
+            + visible(output),
+            markup=False,
+            highlight=False,
         )
     _expect(
         [row["command"] for row in state["commands"]] == [item["command"] for item in ran["results"]],
@@ -124,9 +133,13 @@ def verify_step(controller: ControllerProcess, trust: TrustStore) -> None:
     verdict = verify_controller(controller.url, policy=Policy(), trust_roots=[root])
     for check in verdict.checks:
         mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]-[/]"}[check.ok]
-        console.print(f"  {mark} {check.step}: {check.detail}", highlight=False)
+        console.print(f"  {mark} {check.step}: {visible_markup(check.detail)}", highlight=False)
     for row in verdict.policy:
-        console.print(f"      {row.check:<12} expected {row.expected:<20} found {row.actual}", highlight=False)
+        console.print(
+            f"      {row.check:<12} expected {visible(row.expected):<20} found {visible(row.actual)}",
+            markup=False,
+            highlight=False,
+        )
     _expect(
         verdict.ok and verdict.pin is not None,
         "the controller verified (SIMULATED SGX) and is pinned, with its "
@@ -158,7 +171,7 @@ def run_demo(*, keep: bool = False, play: Callable[[DuetClient], None] = scenari
                 console.print(f"\nController {client.pin().controller[:16]}… listening on {controller.url}")
                 play(client)
     except Exception as exc:  # DemoFailed or anything else: reported the same plain way
-        console.print(f"\n[bold red]demo failed[/]: {exc}")
+        console.print(f"\n[bold red]demo failed[/]: {visible_markup(exc)}")
         console.print(f"controller log: {controller.log_path}")
         return 1
     finally:

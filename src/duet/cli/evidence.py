@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import typer
 
+from duet.cli.output import visible, visible_markup
+
 app = typer.Typer(help="Inspect and verify SGX DCAP v3 quotes offline.", no_args_is_help=True)
 
 
@@ -30,7 +32,7 @@ def _read_quote(path: Path) -> bytes:
     try:
         return decode_quote_text(data)
     except ValueError as exc:
-        typer.echo(f"error: {path}: {exc}", err=True)
+        typer.echo(f"error: {path}: {visible(exc)}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -56,7 +58,7 @@ def show(
     try:
         q = sgx.parse_quote(_read_quote(file))
     except sgx.QuoteFormatError as exc:
-        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        typer.echo(f"error [{visible(exc.code)}]: {visible(exc.message)}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(q.to_dict(), indent=2))
@@ -103,8 +105,8 @@ def show(
         for i, c in enumerate(cd.certificates()):
             chain.add_row(
                 str(i),
-                sgx.common_name(c.subject),
-                sgx.common_name(c.issuer),
+                visible_markup(sgx.common_name(c.subject)),  # names in the quote's certificates: anyone's text
+                visible_markup(sgx.common_name(c.issuer)),
                 c.not_valid_before_utc.isoformat(),
                 c.not_valid_after_utc.isoformat(),
                 c.fingerprint(hashes.SHA256()).hex(),
@@ -139,7 +141,7 @@ def verify(
     from duet.errors import DuetError
 
     def usage(msg: str) -> typer.Exit:
-        typer.echo(f"error: {msg}", err=True)
+        typer.echo(f"error: {visible(msg)}", err=True)
         return typer.Exit(2)
 
     try:
@@ -196,8 +198,8 @@ def verify(
         typer.echo(json.dumps(result, indent=2))
     else:
         from rich.console import Console
-        from rich.markup import escape
 
+        escape = visible_markup  # messages may quote the evidence: shown as text, escapes visible
         console = Console()
         for step in verdict.steps:
             if step.ok is False:

@@ -11,11 +11,16 @@ This module depends on no other CLI module: commands hand it anything with a ``j
 rich is imported on first use only (``output.console``, ``output.err_console``): the read
 commands people and scripts run most (`cvm state`, `cvm list`, any `--json` call) print
 plain text and never pay for it.
+
+Every string that came from an owner, a CVM or a controller's answer is printed through
+:func:`visible` (and :func:`visible_markup` inside rich markup): an owner must not be able to
+hide a command from a person reading, or move, clear or retitle their terminal.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +51,54 @@ def __getattr__(name: str) -> Console:
     raise AttributeError(name)
 
 
+_UNSAFE = (
+    "\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 but tab and newline, DEL, C1 (the 8-bit CSI U+009B among them)
+    "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidi marks, embeddings, overrides, isolates ("Trojan Source")
+    "\u180e\u200b-\u200d\u2060-\u2065\u206a-\u206f\ufeff\ufff9-\ufffb\U000e0000-\U000e007f"  # invisible format characters
+    "\u2028\u2029"  # line and paragraph separators
+    "\ud800-\udfff"  # lone surrogates (JSON can carry them; they would not even encode)
+)
+_UNSAFE_TEXT = re.compile(f"[{_UNSAFE}]")
+_UNSAFE_LINE = re.compile(f"[{_UNSAFE}\t\n]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def visible(text: object, *, one_line: bool = False) -> str:
+    """``text`` (``str(text)`` if it is not a string) with every character a terminal would
+    obey or not show made visible as a Python-style escape: ``ESC`` as ``\\x1b``, the 8-bit CSI
+    as ``\\x9b``, a right-to-left override as ``\\u202e``. Other text, backslashes included,
+    is unchanged, so plain commands and outputs read as they are.
+
+    Escaped: every C0 control but newline and tab, DEL, every C1 control, bidi marks,
+    embeddings, overrides and isolates, zero-width and other invisible format characters, line
+    and paragraph separators, lone surrogates. Newline and tab are kept (a tab only moves the
+    cursor right over blanks: it can hide nothing, and outputs use it), except with
+    ``one_line``, for a table cell or a heading, where a newline would forge rows and a tab
+    would shift columns: there they are shown as ``\\n`` and ``\\t``.
+
+    Text for rich markup also needs escaping: :func:`visible_markup`.
+    """
+    string = text if isinstance(text, str) else str(text)
+    pattern = _UNSAFE_LINE if one_line else _UNSAFE_TEXT
+    return pattern.sub(_escape, string) if pattern.search(string) else string
+
+
+def visible_markup(text: object, *, one_line: bool = False) -> str:
+    """:func:`visible`, then escaped for rich markup (``[bold]`` shown, not obeyed): for
+    untrusted text put into a rich markup string. Loads rich: use only where rich prints."""
+    from rich.markup import escape
+
+    return escape(visible(text, one_line=one_line))
+
+
 EXIT_REFUSED = 1
 EXIT_UNTRUSTED = 3
 
@@ -73,9 +126,11 @@ def emit_plain(context: OutputMode, data: Any, text: Callable[[], str]) -> None:
 
 
 def plain_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Columns aligned with spaces, a rule under the headers; cells must be single lines."""
-    widths = [max([len(header), *(len(row[index]) for row in rows)]) for index, header in enumerate(headers)]
-    lines = [headers, ["-" * width for width in widths], *rows]
+    """Columns aligned with spaces, a rule under the headers; each cell is shown with
+    :func:`visible` on one line (an escape cannot hide a cell, a newline cannot forge a row)."""
+    shown = [[visible(cell, one_line=True) for cell in row] for row in rows]
+    widths = [max([len(header), *(len(row[index]) for row in shown)]) for index, header in enumerate(headers)]
+    lines = [headers, ["-" * width for width in widths], *shown]
     return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() + "\n" for line in lines)
 
 
@@ -90,17 +145,19 @@ def errors(context: OutputMode) -> Iterator[None]:
         untrusted = isinstance(exc, TrustError)
         if context.json:
             sys.stdout.write(json.dumps({"error": {"code": exc.code, "message": exc.message}}, sort_keys=True) + "\n")
-        elif isinstance(exc, NotVerified):
-            _console("err_console").print(f"[bold red]refused[/] ({exc.code}): {exc.message}")
-        elif isinstance(exc, ControllerChanged):
-            _console("err_console").print(f"[bold red]REFUSED CONTROLLER[/] ({exc.code}): {exc.message}")
-        elif untrusted:
-            _console("err_console").print(f"[bold red]UNTRUSTED ANSWER[/]: {exc.message} ({exc.code}). Nothing in it was used.")
         else:
-            _console("err_console").print(f"[bold red]error[/] ({exc.code}): {exc.message}")
+            code, message = visible_markup(exc.code), visible_markup(exc.message)  # the controller's words, as text
+            if isinstance(exc, NotVerified):
+                _console("err_console").print(f"[bold red]refused[/] ({code}): {message}")
+            elif isinstance(exc, ControllerChanged):
+                _console("err_console").print(f"[bold red]REFUSED CONTROLLER[/] ({code}): {message}")
+            elif untrusted:
+                _console("err_console").print(f"[bold red]UNTRUSTED ANSWER[/]: {message} ({code}). Nothing in it was used.")
+            else:
+                _console("err_console").print(f"[bold red]error[/] ({code}): {message}")
         raise typer.Exit(EXIT_UNTRUSTED if untrusted else EXIT_REFUSED) from None
 
 
 def warn(message: str) -> None:
     """A trust warning: always on stderr, so that --json output stays one object on stdout."""
-    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.write(f"warning: {visible(message)}\n")

@@ -96,9 +96,9 @@ def _save(directory: Path, verdict: "ControllerVerdict", result: dict[str, Any])
 
 
 def _render(console: "Console", verdict: "ControllerVerdict", result: dict[str, Any], context: CliContext) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
+    escape = output.visible_markup  # what the controller says is shown as text, escapes visible (issue 12, item 8)
     tee = result["tee"] or "unknown"
     if verdict.simulated:
         console.print(
@@ -128,16 +128,18 @@ def _render(console: "Console", verdict: "ControllerVerdict", result: dict[str, 
             for column in ("", "measurement", "expected (policy)", "found"):
                 table.add_column(column, overflow="fold")
             for row in rows:
-                table.add_row("[green]✓[/]" if row.ok else "[bold red]✗[/]", row.check, escape(row.expected), escape(row.actual))
+                table.add_row(
+                    "[green]✓[/]" if row.ok else "[bold red]✗[/]", escape(row.check), escape(row.expected), escape(row.actual)
+                )
             console.print(table)
     if verdict.owners:
         console.print("Owner keys (may administer CVMs while in-update):")
         for owner in verdict.owners:
-            console.print(f"  {owner}")
+            console.print(f"  {escape(owner)}")
     if result["ok"]:
         console.print(
-            f"[bold green]verified[/]: pinned controller {str(result['controller'])[:16]}… "
-            f"({'SIMULATED SGX' if verdict.simulated else tee}) in {escape(str(result.get('pinned_in')))}"
+            f"[bold green]verified[/]: pinned controller {escape(str(result['controller'])[:16])}… "
+            f"({'SIMULATED SGX' if verdict.simulated else escape(tee)}) in {escape(str(result.get('pinned_in')))}"
         )
         if not verdict.attested:
             console.print("[bold yellow]warning[/]: pinned WITHOUT attestation (--insecure).")
