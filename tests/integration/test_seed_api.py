@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
 from duet.testing.process import ControllerProcess, free_port, remove_all
 from support import Owner, make_owner, serving
+
+SEED_ALLOW_REPLAYS = "--seed-allow-replays"
 
 PSS_MAX = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
 IN_SERVICE_ERROR = "run-commands: Running commands not allowed while CVM is in service."
@@ -153,8 +156,15 @@ def v1(tmp_path: Path, seed_controller: ControllerProcess, v1_owner: Owner) -> I
         yield client
 
 
+def fresh(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with a random field of the client's own: signed, so part of the request's digest, and ignored
+    by the controller. A start or a reopen repeated with the same params is refused as a replay; this is how a
+    seed client that means to repeat one makes each request unique (duet seed-client does the same)."""
+    return {**params, "request_id": secrets.token_hex(16)}
+
+
 def start(spec: SpecClient) -> str:
-    result = spec.call("/start_cvm", {"cvm_type": "snp"})
+    result = spec.call("/start_cvm", fresh({"cvm_type": "snp"}))
     assert result["success"] is True, result
     return result["state"]["cvm_id"]  # type: ignore[no-any-return]
 
@@ -357,8 +367,10 @@ def _duet_audit(tmp_path: Path, url: str, cvm_id: str) -> dict[str, Any]:
     return json.loads(result.stdout.splitlines()[0])  # type: ignore[no-any-return]
 
 
-def test_a_replayed_seed_request_runs_again_and_the_ledger_shows_it(spec: SpecClient, v1: DuetClient) -> None:
-    """The weakness the warning is about: no nonce, so a captured request replays; auditors see the repeats."""
+def test_a_replayed_seed_run_commands_runs_again_and_the_ledger_shows_it(spec: SpecClient, v1: DuetClient) -> None:
+    """The rule for run_commands: running the same commands again is normal seed use, so a repeated (or replayed)
+    run is accepted, but only while the CVM is in-update, which a replay can no longer bring about; auditors see
+    the repeats as entries with the same digest."""
     cvm_id = start(spec)
     params = {"cvm_id": cvm_id, "commands": ["echo again >> count.txt; wc -l < count.txt"]}
     body = {"params": params, "signature": spec_sign(spec.owner_key, params)}
@@ -368,6 +380,89 @@ def test_a_replayed_seed_request_runs_again_and_the_ledger_shows_it(spec: SpecCl
         e["request_digest"] for e in v1.entries(cvm=cvm_id) if e["event"] == "command.started" and e.get("protocol") == "seed"
     ]
     assert digests == [hashlib.sha256(spec_bytes(params)).hexdigest()] * 2
+
+
+def signed(spec: SpecClient, params: dict[str, Any]) -> dict[str, Any]:
+    """A signed seed request body, as a listener on the wire captures it."""
+    return {"params": params, "signature": spec_sign(spec.owner_key, params)}
+
+
+def seed_process(tmp_path: Path, rsa_owner: RsaOwner, v1_owner: Owner, *extra: str) -> ControllerProcess:
+    """A controller of its own (it restarts, or its settings differ from the module's)."""
+    return ControllerProcess(tmp_path / "state", [v1_owner.pub_path, rsa_owner.pub_path], extra_args=("--seed-api", *extra))
+
+
+def assert_refused_as_replay(result: dict[str, Any], op: str, params: dict[str, Any]) -> None:
+    assert result["success"] is False, result
+    assert result["error"].startswith(f"{op}: refused as a replay: "), result
+    assert hashlib.sha256(spec_bytes(params)).hexdigest()[:16] in result["error"]
+
+
+def test_captured_start_and_reopen_are_refused_after_a_v1_mark_in_service_and_after_a_restart(
+    tmp_path: Path, rsa_owner: RsaOwner, v1_owner: Owner
+) -> None:
+    """The attack reproduced on the seed protocol: requests captured on the wire, replayed once the owner closed
+    the CVM through v1, reopened it, re-ran commands and started more CVMs. The seed listener now refuses a
+    start_cvm or a mark_cvm in-update it has already accepted, remembered from the verified ledger."""
+    with serving(seed_process(tmp_path, rsa_owner, v1_owner)) as process:
+        spec = SpecClient(process.url, rsa_owner.key)
+        captured_start = signed(spec, {"cvm_type": "snp"})  # exactly what the seed's client sends
+        started = spec.post("/start_cvm", captured_start)
+        assert started["success"] is True, started
+        cvm_id = started["state"]["cvm_id"]
+        assert spec.call("/mark_cvm", {"cvm_id": cvm_id, "cvm_mode": "in-service"})["success"] is True
+        captured_reopen = signed(spec, {"cvm_id": cvm_id, "cvm_mode": "in-update"})
+        assert spec.post("/mark_cvm", captured_reopen) == {"success": True, "mode": {"cvm_id": cvm_id, "cvm_mode": "in-update"}}
+        captured_run = signed(spec, {"cvm_id": cvm_id, "commands": ["echo ran >> runs.txt"]})
+        assert spec.post("/run_commands", captured_run)["success"] is True
+
+        def replays_are_refused(v1: DuetClient) -> None:
+            entries, cvms = v1.entries(), v1.list_cvms()
+            assert_refused_as_replay(spec.post("/mark_cvm", captured_reopen), "mark-cvm", captured_reopen["params"])
+            assert_refused_as_replay(spec.post("/start_cvm", captured_start), "start-cvm", captured_start["params"])
+            assert spec.post("/run_commands", captured_run) == {"success": False, "error": IN_SERVICE_ERROR}
+            assert (v1.entries(), v1.list_cvms()) == (entries, cvms)  # nothing changed, nothing recorded
+            assert v1.state(cvm_id)["cvm"]["mode"] == "in-service"
+
+        with v1_client(process.url, v1_owner.key, tmp_path / "user") as v1:
+            v1.mark(cvm_id, "in-service")  # the owner closes the CVM through v1
+            replays_are_refused(v1)
+            assert not [e for e in v1.entries() if e["event"] == "controller.seed_replays_allowed"]
+
+        process.restart()  # the digests are derived from the verified ledger again, not from the database
+        spec = SpecClient(process.url, rsa_owner.key)
+        with v1_client(process.url, v1_owner.key, tmp_path / "user") as v1:
+            replays_are_refused(v1)
+            # The owner can still reopen through the seed protocol with a request never seen before.
+            reopened = spec.call("/mark_cvm", fresh({"cvm_id": cvm_id, "cvm_mode": "in-update"}))
+            assert reopened == {"success": True, "mode": {"cvm_id": cvm_id, "cvm_mode": "in-update"}}
+            assert len(v1.list_cvms()) == 1
+
+
+def test_with_the_operators_opt_in_seed_replays_are_accepted_and_the_ledger_says_so(
+    tmp_path: Path, rsa_owner: RsaOwner, v1_owner: Owner
+) -> None:
+    with serving(seed_process(tmp_path, rsa_owner, v1_owner, SEED_ALLOW_REPLAYS)) as process:
+        assert "replays of captured seed requests are ALLOWED" in process.log()
+        spec = SpecClient(process.url, rsa_owner.key)
+        captured_start = signed(spec, {"cvm_type": "snp"})
+        first, second = spec.post("/start_cvm", captured_start), spec.post("/start_cvm", captured_start)
+        assert first["success"] is True and second["success"] is True
+        assert first["state"]["cvm_id"] != second["state"]["cvm_id"]
+        cvm_id = first["state"]["cvm_id"]
+        with v1_client(process.url, v1_owner.key, tmp_path / "user") as v1:
+            v1.mark(cvm_id, "in-service")
+            captured_reopen = signed(spec, {"cvm_id": cvm_id, "cvm_mode": "in-update"})
+            assert spec.post("/mark_cvm", captured_reopen)["success"] is True
+            v1.mark(cvm_id, "in-service")
+            assert spec.post("/mark_cvm", captured_reopen)["success"] is True  # replayed, and accepted
+            assert v1.state(cvm_id)["cvm"]["mode"] == "in-update"
+            entries = v1.entries()
+            started = [e for e in entries if e["event"] == "controller.started"]
+            allowed = [e for e in entries if e["event"] == "controller.seed_replays_allowed"]
+            assert len(started) == 1 and len(allowed) == 1
+            assert allowed[0]["seq"] == started[0]["seq"] + 1 and allowed[0]["actor"] == "controller"
+            assert "replay" in allowed[0]["reason"]
 
 
 def test_start_up_warns_that_the_seed_protocol_has_no_replay_protection(seed_controller: ControllerProcess) -> None:
@@ -440,7 +535,7 @@ def test_seed_style_end_to_end_script_runs_with_duet_seed_client(
     script.write_text(SEED_STYLE_SCRIPT)
     duet = Path(sys.executable).parent / "duet"
     result = subprocess.run(
-        ["bash", str(script), f"{duet} seed-client"],
+        ["bash", str(script), f"{duet} seed-client --insecure"],  # no TEE here: nothing to verify
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -492,3 +587,48 @@ def test_the_seed_protocol_on_its_own_plain_listener_beside_https(tmp_path: Path
             assert "plain HTTP, no replay protection" in controller.log()
     finally:
         remove_all(controller.state_dir)
+
+
+def run_seed_client(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    duet = Path(sys.executable).parent / "duet"
+    environment = {k: v for k, v in os.environ.items() if k not in ("DUET_INSECURE", "DUET_URL")}
+    return subprocess.run(
+        [str(duet), "seed-client", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**environment, **(env or {})},
+    )
+
+
+def test_seed_client_stops_on_a_failed_attestation_unless_insecure(
+    tmp_path: Path, seed_controller: ControllerProcess, rsa_owner: RsaOwner, v1: DuetClient
+) -> None:
+    """The seed's client printed "Valid SGX controller: False" and sent the owner's signed request anyway."""
+    workdir = tmp_path / "client"
+    write_rsa_owner(workdir, "service_owner_private_key", rsa_owner.key)
+    url = ("--url", seed_controller.url)
+    before = (v1.head()["tree_size"], v1.list_cvms())
+
+    refused = run_seed_client(workdir, *url, "--action", "start-cvm", "--cvm-type", "snp")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    lines = refused.stdout.splitlines()
+    assert "Valid SGX controller: False" in lines
+    assert any(line.startswith("ERROR: ") and "nothing was sent" in line and "--insecure" in line for line in lines)
+    assert not any(line.startswith("started cvm_id") for line in lines)
+    assert (v1.head()["tree_size"], v1.list_cvms()) == before  # the signed request never left the client
+
+    read = run_seed_client(workdir, *url, "--action", "get-cvm-state", "--cvm-id", "0" * 64)
+    assert read.returncode == 3 and "No such CVM" not in read.stdout  # an unverified controller is not asked at all
+
+    insecure = run_seed_client(workdir, *url, "--insecure", "--action", "start-cvm", "--cvm-type", "snp")
+    assert insecure.returncode == 0, insecure.stdout + insecure.stderr
+    lines = insecure.stdout.splitlines()
+    assert "[WARNING]: Unverified SGX controller." in lines
+    assert any("--insecure" in line and "WARNING" in line for line in lines)
+    cvm_id = next(line.split()[-1] for line in lines if line.startswith("started cvm_id: "))
+    assert v1.state(cvm_id)["cvm"]["mode"] == "in-update"
+
+    by_env = run_seed_client(workdir, *url, "--action", "get-cvm-state", "--cvm-id", cvm_id, env={"DUET_INSECURE": "1"})
+    assert by_env.returncode == 0, by_env.stdout + by_env.stderr

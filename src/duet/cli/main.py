@@ -46,7 +46,10 @@ def seed_client(ctx: typer.Context) -> None:
     """The seed's client (its options, its output) over the seed protocol; see docs/seed-api.md."""
     from duet.cli.seed_client import main as seed_client_main
 
-    raise typer.Exit(seed_client_main(list(ctx.args)))
+    args = list(ctx.args)
+    if ctx.obj is not None and ctx.obj.insecure and "--insecure" not in args:
+        args.append("--insecure")  # `duet --insecure seed-client ...` as well as DUET_INSECURE
+    raise typer.Exit(seed_client_main(args))
 
 
 @app.callback()
@@ -125,6 +128,14 @@ def controller_serve(
             help="Also serve the seed's protocol (/quote, /start_cvm, ...) for its clients. It has NO replay protection.",
         ),
     ] = False,
+    seed_allow_replays: Annotated[
+        bool,
+        typer.Option(
+            "--seed-allow-replays",
+            help="With the seed's protocol: accept a start_cvm or mark_cvm in-update request already accepted (refused as "
+            "a replay by default). Whoever copied one can then start CVMs or reopen them; warned and ledgered.",
+        ),
+    ] = False,
     seed_listen: Annotated[
         Optional[str],
         typer.Option(
@@ -173,6 +184,7 @@ def controller_serve(
         lockdown_retry_s=lockdown_retry,
         lockdown_retry_max_s=max(lockdown_retry, Settings.lockdown_retry_max_s),
         seed_api=seed_api or seed_address is not None,
+        seed_allow_replays=seed_allow_replays,
         seed_listen=seed_address,
         tls=not no_tls,
         maa_url=maa_url,

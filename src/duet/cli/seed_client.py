@@ -6,11 +6,15 @@ options, parsed by argparse as the seed did, and prints what it printed, so such
 with only the program name changed, against a controller started with ``--seed-api``.
 
 It speaks the seed protocol (specs/seed-api.md), which has no replay protection; for anything
-new use ``duet cvm ...`` (protocol v1). Differences from the seed's client, all on failure
-paths: it exits non-zero when the controller refuses (1) or an answer's signature does not
-verify (3) instead of exiting 0 or dying with a traceback; it reads the owner key only for
-privileged actions; ``DUET_URL`` may set the default of ``--url``; the quote is checked
-offline against Intel's pinned root (duet.attestation) instead of through Azure Attestation.
+new use ``duet cvm ...`` (protocol v1). Differences from the seed's client: it exits non-zero
+when the controller refuses (1) or an answer's signature does not verify (3) instead of exiting
+0 or dying with a traceback; a controller whose attestation does not verify is not sent anything
+(exit 3) unless ``--insecure`` (or ``DUET_INSECURE``) is given, while the seed's client printed
+"Valid SGX controller: False" and sent the owner's signed request anyway; it reads the owner key
+only for privileged actions; ``DUET_URL`` may set the default of ``--url``; the quote is checked
+offline against Intel's pinned root (duet.attestation) instead of through Azure Attestation; and
+the params of a start or a mark carry a random ``request_id`` (ignored by the controller, but
+signed), so that repeating one is a new request and not a replay the controller refuses.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import base64
 import hashlib
 import os
+import secrets
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +43,10 @@ REPORT_DATA_KEY_HASH = slice(368, 400)
 
 EXIT_REFUSED = 1
 EXIT_UNTRUSTED = 3
+DUET_OPTIONS = ("insecure",)
+"""Options the seed's client did not have (not printed among the arguments)."""
+TRUE_WORDS = ("1", "true", "t", "yes", "y", "on")
+"""What ``DUET_INSECURE`` accepts as true, as the rest of the CLI (click) reads it."""
 
 
 class SeedClientError(Exception):
@@ -60,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cvm-id", metavar="CVM_ID", help="Stop a CVM (privileged)")
     parser.add_argument("--cvm-mode", metavar="CVM_MODE", choices=list(lc.MARKABLE_MODES))
     parser.add_argument("--command", metavar="COMMAND", nargs="+", action="append", help="Run commands on a CVM (privileged)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("DUET_INSECURE", "").strip().lower() in TRUE_WORDS,
+        help="Go on when the controller's attestation does not verify (development only; warned about). Default: DUET_INSECURE.",
+    )
     return parser
 
 
@@ -78,20 +93,23 @@ def missing_argument(args: argparse.Namespace) -> str | None:
     return None
 
 
-def quote_binds_key(quote_b64: str, public_pem: str) -> bool:
-    """True if the quote verifies to Intel's root and its report data starts with SHA-256 of the PEM."""
+def attestation_failure(quote_b64: str, public_pem: str) -> str | None:
+    """Why the quote does not vouch for the controller's key; None if it verifies to Intel's root
+    and its report data starts with SHA-256 of the PEM."""
     if not quote_b64:
-        return False
+        return "the controller sent no quote (it runs without a TEE)"
     from duet.attestation import sgx
 
     try:
         quote = base64.b64decode(quote_b64, validate=True)
         verdict = sgx.verify_quote(quote, trusted_root_keys=[sgx.intel_sgx_root_key()], now=datetime.now(UTC))
-    except ValueError:
-        return False
+    except ValueError as exc:
+        return f"the quote is malformed ({exc})"
     if not verdict.ok:
-        return False
-    return quote[REPORT_DATA_KEY_HASH] == hashlib.sha256(public_pem.encode("utf-8")).digest()
+        return f"the quote does not verify to Intel's root ({verdict.message})"
+    if quote[REPORT_DATA_KEY_HASH] != hashlib.sha256(public_pem.encode("utf-8")).digest():
+        return "the quote does not bind the controller's public key"
+    return None
 
 
 def load_owner_key(path: str) -> rsa.RSAPrivateKey:
@@ -111,7 +129,7 @@ def load_owner_key(path: str) -> rsa.RSAPrivateKey:
 class SeedClient:
     """Talks the seed protocol; checks every answer's signature with the key ``/quote`` gave."""
 
-    def __init__(self, url: str, owner_key: rsa.RSAPrivateKey | None) -> None:
+    def __init__(self, url: str, owner_key: rsa.RSAPrivateKey | None, *, insecure: bool = False) -> None:
         self.url = url.rstrip("/")
         self.owner_key = owner_key
         self._http = httpx.Client(timeout=None)
@@ -121,11 +139,20 @@ class SeedClient:
             or not isinstance(answer.get("public_key"), str)
             or not isinstance(answer.get("quote"), str)
         ):
+            self.close()
             raise SeedClientError(f"{self.url} does not speak the seed protocol (is the controller started with --seed-api?)")
-        verified = quote_binds_key(answer["quote"], answer["public_key"])
-        print(f"Valid SGX controller: {verified}")
-        if not verified:
+        failure = attestation_failure(answer["quote"], answer["public_key"])
+        print(f"Valid SGX controller: {failure is None}")
+        if failure is not None:
             print("[WARNING]: Unverified SGX controller.")
+            if not insecure:
+                self.close()
+                raise SeedClientError(
+                    f"the controller's attestation did not verify: {failure}; nothing was sent. "
+                    "Pass --insecure to use it anyway (development only).",
+                    EXIT_UNTRUSTED,
+                )
+            print(f"[WARNING]: --insecure: going on with an unverified controller ({failure}).")
         try:
             key = serialization.load_pem_public_key(answer["public_key"].encode("utf-8"))
         except ValueError:
@@ -175,11 +202,17 @@ def _print_state(result: dict[str, Any], long: bool) -> None:
         print("=" * 20)
 
 
+def _request_id() -> dict[str, str]:
+    """A random field in the signed params of a start or a mark: the controller ignores it, but it makes
+    each request new, so that starting or reopening again is not refused as a replay of the last one."""
+    return {"request_id": secrets.token_hex(16)}
+
+
 def perform(client: SeedClient, args: argparse.Namespace) -> dict[str, Any]:
     """One action; prints its success output as the seed did and returns the result."""
     action = args.action
     if action == "start-cvm":
-        result = client.request("/start_cvm", {"cvm_type": args.cvm_type}, privileged=True)
+        result = client.request("/start_cvm", {"cvm_type": args.cvm_type, **_request_id()}, privileged=True)
         if result.get("success"):
             print("started cvm_id: " + result["state"]["cvm_id"])
     elif action == "stop-cvm":
@@ -192,7 +225,8 @@ def perform(client: SeedClient, args: argparse.Namespace) -> dict[str, Any]:
         if result.get("success"):
             print(result["output"])
     elif action == "mark-cvm":
-        result = client.request("/mark_cvm", {"cvm_id": args.cvm_id, "cvm_mode": args.cvm_mode}, privileged=True)
+        params = {"cvm_id": args.cvm_id, "cvm_mode": args.cvm_mode, **_request_id()}
+        result = client.request("/mark_cvm", params, privileged=True)
         if result.get("success"):
             print(result["mode"])
     else:
@@ -213,14 +247,15 @@ def main(argv: list[str]) -> int:
     print("=" * 10 + "Start of command: " + args.action + "=" * 10)
     print("-" * 10 + "Arguments" + "-" * 10)
     for name, value in vars(args).items():
-        print(f"{name}: {value}")
+        if name not in DUET_OPTIONS:  # the seed's options only, as its client printed them
+            print(f"{name}: {value}")
     print("-" * 29)
     sys.stdout.flush()
     status = 0
     client: SeedClient | None = None
     try:
         owner_key = load_owner_key(args.service_owner_private_key_file) if args.action in PRIVILEGED_ACTIONS else None
-        client = SeedClient(args.url, owner_key)
+        client = SeedClient(args.url, owner_key, insecure=args.insecure)
         result = perform(client, args)
         if not result.get("success"):
             print("ERROR: " + str(result.get("error")))

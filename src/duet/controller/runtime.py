@@ -129,7 +129,7 @@ def open_controller(
         store.close()
         raise
     store.replace_owners(owners)  # a cache for people reading the database; never read back
-    _record_start(store, verified, owners)
+    _record_start(store, verified, owners, settings)
     identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)), tls_cert_sha256=tls.cert_sha256)
     env = {**os.environ, **settings.provider_env}
     if providers is None:
@@ -161,13 +161,29 @@ def _record_refused_owners(store: Store, verified: VerifiedState, exc: OwnerKeys
         )
 
 
-def _record_start(store: Store, verified: VerifiedState, owners: dict[str, str]) -> None:
+SEED_REPLAYS_ALLOWED = "controller.seed_replays_allowed"
+"""Recorded right after ``controller.started`` when the operator let the seed listener accept
+replays (``Settings.seed_allow_replays``): auditors see from which start on, and until which
+next ``controller.started``, a copied seed request could start CVMs or reopen them."""
+SEED_REPLAYS_REASON = (
+    "the operator allowed replays on the seed protocol (--seed-allow-replays): a captured signed seed "
+    "start_cvm or mark_cvm in-update request is accepted again, so whoever copied one can start CVMs "
+    "or reopen a CVM the owner closed"
+)
+
+
+def _record_start(store: Store, verified: VerifiedState, owners: dict[str, str], settings: Settings) -> None:
     """Each start is an entry naming the size it resumed from, so auditors can tell when
     entries appeared or vanished between two runs; the owner set is recorded when the ledger
-    does not show it yet (first start), so auditors know who could administer from when."""
+    does not show it yet (first start), so auditors know who could administer from when; and
+    an opt-in to seed replays is recorded, in the same commit, at every start it is in force."""
     with store.transaction() as tx:
         ledger = verified.ledger
         ledger.append(tx, cvm=None, event=lc.CONTROLLER_STARTED, actor=lc.CONTROLLER_ACTOR, resumed_from=verified.resumed_from)
+        if settings.seed_api and settings.seed_allow_replays:
+            ledger.append(tx, cvm=None, event=SEED_REPLAYS_ALLOWED, actor=lc.CONTROLLER_ACTOR, reason=SEED_REPLAYS_REASON)
+        elif settings.seed_allow_replays:
+            log.warning("seed_allow_replays is set but the seed protocol is not served (--seed-api): it has no effect")
         if verified.replay.owners != frozenset(owners):
             ledger.append(
                 tx,

@@ -8,7 +8,11 @@ What the seed protocol lacks, and duet cannot add without breaking its clients: 
 request carries no nonce, time or controller, so whoever captures one can replay it at will.
 Hence the protocol is off by default, start-up warns when it is on, and every ledger entry
 caused by a seed request carries ``"protocol": "seed"`` and the SHA-256 of the signed params
-bytes as its ``request_digest`` (replays show up as repeated digests).
+bytes as its ``request_digest`` (replays show up as repeated digests). And the requests whose
+replay does harm are single-use: a ``start_cvm`` or a ``mark_cvm in-update`` whose digest the
+verified ledger (or this run) shows accepted is refused as a replay, unless the operator opted
+in (``Settings.seed_allow_replays``, ledgered at start). ``run_commands`` stays repeatable: it
+runs only while the CVM is in-update, which a replay can no longer bring about.
 
 Differences from the seed, all documented in docs/seed-api.md: commands run without a
 pseudo-terminal, so a command's output lines are its stdout lines then its stderr lines and end
@@ -21,11 +25,12 @@ Routes here only read the body and shape answers; the rules stay in the service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 from duet import keys
 from duet.controller.api import read_body
 from duet.controller.auth import AuthorizedRequest, ParamsT, describe_validation_error, parse_json_object
+from duet.controller.startup import SEED_PROTOCOL, accepted_seed_requests, single_use_seed_digest
 from duet.errors import ConfigError, DuetError, Forbidden, NotFound
 from duet.protocol import lifecycle as lc
 from duet.protocol import seed
@@ -49,12 +55,19 @@ log = logging.getLogger("duet.seed_api")
 
 SEED_KEY_FILE = "controller-seed-rsa.pem"
 SEED_KEY_BITS = 4096
-PROTOCOL = "seed"
+PROTOCOL = SEED_PROTOCOL
 
 REPLAY_WARNING = (
     "seed protocol enabled (--seed-api): /quote, /start_cvm, /run_commands, /get_cvm_state, /mark_cvm, "
-    "/stop_cvm are served beside /v1. This protocol has NO replay protection: anyone who captures a signed "
-    'seed request can send it again. Its ledger entries are marked "protocol": "seed"; prefer protocol v1.'
+    "/stop_cvm are served beside /v1. This protocol has NO replay protection of its own (no nonce): anyone who "
+    "captures a signed seed request can send it again. duet refuses a copy of a start_cvm or mark_cvm in-update "
+    "it has accepted; copies of run_commands, mark_cvm in-service and stop_cvm are accepted. Its ledger entries "
+    'are marked "protocol": "seed"; prefer protocol v1.'
+)
+REPLAYS_ALLOWED_WARNING = (
+    "seed protocol: replays of captured seed requests are ALLOWED (--seed-allow-replays): a copied signed "
+    "start_cvm starts another CVM and a copied mark_cvm in-update reopens a CVM the owner closed, for whoever "
+    "copied it. Recorded in the ledger as controller.seed_replays_allowed."
 )
 
 PRIVILEGED = {
@@ -65,6 +78,15 @@ PRIVILEGED = {
 }
 NO_SUCH_CVM = "No such CVM."
 IN_SERVICE = "Running commands not allowed while CVM is in service."
+REPLAYED = (
+    "refused as a replay: this signed request (digest {digest}…) was accepted before, and the seed protocol has "
+    "no nonce to tell the owner's repeat from a copy. To {what} again, sign new params (a field of your own with a "
+    'random value, such as "request_id", makes them new; duet seed-client adds one) or use protocol v1 ({v1}).'
+)
+REPLAY_HINTS = {
+    "start-cvm": ("start a CVM", "duet cvm start"),
+    "mark-cvm": ("reopen this CVM", "duet cvm mark CVM_ID in-update"),
+}
 
 JOB_RECHECK_S = 5.0
 """How often a waiting start/stop re-reads its job even without a ledger entry (a safety net only)."""
@@ -104,6 +126,14 @@ class SeedGateway:
     def __init__(self, controller: Controller, key: rsa.RSAPrivateKey) -> None:
         self.controller = controller
         self.key = key
+        self.allow_replays = controller.settings.seed_allow_replays
+        self._accepted: set[str] = set() if self.allow_replays else accepted_seed_requests(controller.ledger)
+        """Digests of the single-use seed requests accepted: from the verified ledger at start, then
+        from each committed entry (``_note``), plus reopens that changed nothing (no entry: this run only)."""
+        self._in_flight: set[str] = set()
+        """Digests of single-use requests being handled: an identical copy sent meanwhile is a replay too."""
+        if not self.allow_replays:
+            controller.ledger.subscribe(self._note)
         self.public_pem = keys.public_pem(key.public_key()).decode("ascii")
         self._quote: str | None = None
         self._owners = [
@@ -141,6 +171,31 @@ class SeedGateway:
             raise SeedRefusal(PRIVILEGED[op])
         return params, _Admitted(duet_op, signer, seed.digest(params))
 
+    def _note(self, entry: dict[str, Any]) -> None:
+        """Each committed entry: a single-use seed request it records is spent, whether or not its
+        operation then succeeded (a start whose job failed still provisioned a CVM)."""
+        digest = single_use_seed_digest(entry)
+        if digest is not None:
+            self._accepted.add(digest)
+
+    @contextlib.contextmanager
+    def _single_use(self, op: str, admitted: _Admitted) -> Iterator[None]:
+        """Refuse a request already accepted (or being handled); remember it once accepted."""
+        if self.allow_replays:
+            yield
+            return
+        digest = admitted.digest
+        if digest in self._accepted or digest in self._in_flight:
+            what, v1 = REPLAY_HINTS[op]
+            log.warning("seed %s refused as a replay: request %s was accepted before", op, digest)
+            raise SeedRefusal(REPLAYED.format(digest=digest[:16], what=what, v1=v1))
+        self._in_flight.add(digest)
+        try:
+            yield
+            self._accepted.add(digest)  # also a reopen of a CVM already in-update, which left no entry
+        finally:
+            self._in_flight.discard(digest)
+
     def _require_cvm(self, params: dict[str, Any]) -> None:
         """The seed answers ``No such CVM.`` for any id it does not know, well-formed or not."""
         cvm_id = params.get("cvm_id")
@@ -152,8 +207,9 @@ class SeedGateway:
     async def start(self, body: bytes) -> dict[str, Any]:
         params, authorized = self.authorize("start-cvm", "cvm.start", body)
         model = _validate(StartParams, {"cvm_type": params.get("cvm_type")})
-        accepted = await self.controller.service.start(_with(authorized, model))
-        job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
+        with self._single_use("start-cvm", authorized):
+            accepted = await self.controller.service.start(_with(authorized, model))
+            job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
         if job["status"] != "succeeded":
             raise SeedRefusal(_job_reason(job))
         return {"success": True, "state": self._state(accepted["cvm_id"], long=False)}
@@ -191,7 +247,11 @@ class SeedGateway:
         params, authorized = self.authorize("mark-cvm", "cvm.mark", body)
         self._require_cvm(params)
         model = _validate(MarkParams, {"cvm_id": params.get("cvm_id"), "mode": params.get("cvm_mode")}, {"mode": "cvm_mode"})
-        result = await self.controller.service.mark(_with(authorized, model))
+        if model.mode != lc.IN_UPDATE:  # closing a CVM again is harmless: in-service replays are accepted
+            result = await self.controller.service.mark(_with(authorized, model))
+        else:
+            with self._single_use("mark-cvm", authorized):
+                result = await self.controller.service.mark(_with(authorized, model))
         return {"success": True, "mode": {"cvm_id": result["cvm_id"], "cvm_mode": result["mode"]}}
 
     async def stop(self, body: bytes) -> dict[str, Any]:
@@ -336,3 +396,5 @@ def install_seed_api(app: FastAPI, controller: Controller) -> None:
     app.state.seed_gateway = SeedGateway(controller, key)
     app.include_router(router)
     log.warning(REPLAY_WARNING)
+    if controller.settings.seed_allow_replays:
+        log.warning(REPLAYS_ALLOWED_WARNING)

@@ -31,6 +31,13 @@ class Settings:
     """Bytes kept per stream (stdout, stderr) of one command; the rest is cut and marked."""
     max_output_limit: int = 16 * MiB
     ssh_ready_timeout_s: float = 120.0
+    ssh_connect_timeout_s: float = 10.0
+    """Connecting to a CVM over SSH: TCP, key exchange and authentication."""
+    ssh_channel_timeout_s: float = 5.0
+    """Opening a command's channel on a connected CVM (one round trip; a stalled CVM never answers)."""
+    ssh_close_timeout_s: float = 2.0
+    """Each step of ending a timed-out command on the CVM (the kill, the channel's close) and of
+    closing a connection. The defaults of these three are ``duet.remote.ssh``'s."""
     lockdown_timeout_s: float = 60.0
     """How long one attempt of the ``--final`` lockdown command may take on the CVM."""
     lockdown_retry_s: float = 5.0
@@ -52,10 +59,22 @@ class Settings:
     seed_listen: tuple[str, int] | None = None
     """Serve the seed's protocol on its own plain-HTTP address (its clients know nothing of
     duet's TLS certificate), while /v1 stays on the HTTPS listener."""
+    seed_allow_replays: bool = False
+    """Accept a seed ``start_cvm`` or ``mark_cvm in-update`` request the controller has accepted
+    before (the seed protocol has no nonce; by default such a copy is refused as a replay, see
+    docs/seed-api.md). For seed clients that repeat identical requests; warned about at start
+    and recorded in the ledger (``controller.seed_replays_allowed``) at every start."""
 
     @property
     def database(self) -> Path:
         return self.state_dir / "duet.sqlite3"
+
+    @property
+    def ssh_margin_s(self) -> float:
+        """How much longer than its command's timeout a command holds its CVM's lock at most, whatever
+        the CVM does: connecting, opening the channel, killing and closing it on timeout, and
+        dropping the connection of a CVM that stalled."""
+        return self.ssh_connect_timeout_s + self.ssh_channel_timeout_s + 3 * self.ssh_close_timeout_s
 
     @property
     def nonce_retention_s(self) -> float:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from duet.controller.sealed_state import SealedState, SealedStateError
 from duet.controller.service import machine_digest
@@ -131,3 +132,39 @@ def recent_requests(ledger: Ledger, window_s: float) -> tuple[float, dict[str, f
                 requests.setdefault(digest, moment)
         end -= len(entries)
     return last_time, requests
+
+
+SEED_PROTOCOL = "seed"
+"""The ``protocol`` of ledger entries caused by a request of the seed's protocol (controller/seed_api.py)."""
+
+
+def single_use_seed_digest(entry: dict[str, Any]) -> str | None:
+    """The digest of the seed request that caused ``entry``, if that request may be accepted once only:
+    a ``start_cvm`` (its ``cvm.provisioning``) or a ``mark_cvm in-update`` that reopened a CVM (its
+    ``mode.changed``). Other seed requests (run_commands, mark in-service, stop) are not single-use."""
+    if entry.get("protocol") != SEED_PROTOCOL or entry.get("actor") == lc.CONTROLLER_ACTOR:
+        return None
+    digest = entry.get("request_digest")
+    event = entry.get("event")
+    if not isinstance(digest, str):
+        return None
+    if event == lc.CVM_PROVISIONING or (event == lc.MODE_CHANGED and entry.get("mode") == lc.IN_UPDATE):
+        return digest
+    return None
+
+
+def accepted_seed_requests(ledger: Ledger) -> set[str]:
+    """The digests of every single-use seed request the verified ledger shows accepted.
+
+    Read from the verified ledger, page by page, like :func:`recent_requests`, never from the
+    database's tables: the seed listener refuses these requests again after any restart, whatever
+    the host did to its disk. The seed protocol has no time, so there is no window: the whole
+    ledger is read (only when the seed protocol is served)."""
+    digests: set[str] = set()
+    size = ledger.size
+    for start in range(0, size, 500):
+        for entry in ledger.entries(start, min(size, start + 500)):
+            digest = single_use_seed_digest(entry)
+            if digest is not None:
+                digests.add(digest)
+    return digests
