@@ -132,9 +132,14 @@ def verify(
         None, "--at", help="Check certificate validity at this ISO time (e.g. 2025-01-01T00:00:00Z) instead of now."
     ),
     report_data: Optional[str] = typer.Option(None, "--report-data", help="Expected REPORTDATA, 128 hex digits."),
+    qe_identity: Optional[Path] = typer.Option(None, "--qe-identity", help="Intel's QE identity JSON (PCS qe/identity)."),
+    tcb_info: Optional[Path] = typer.Option(None, "--tcb-info", help="Intel's TCB info JSON for the platform's FMSPC."),
+    pck_crl: Optional[Path] = typer.Option(None, "--pck-crl", help="The PCK CRL (DER, PEM or hex)."),
+    root_crl: Optional[Path] = typer.Option(None, "--root-crl", help="The Intel root CA CRL (DER, PEM or hex)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Verify a quote offline: signatures to a pinned root, then report data, then policy; say which step failed."""
+    """Verify a quote offline: signatures to a pinned root, then report data, then policy; say which step failed.
+    Without collateral files, the TCB level and PCK revocation are reported as not evaluated."""
     from datetime import datetime
 
     from duet.attestation import sgx
@@ -158,6 +163,7 @@ def verify(
         else:
             roots = [sgx.intel_sgx_root_key()]
         pol = sgx.Policy.load(policy) if policy else sgx.DEFAULT_POLICY
+        collateral = sgx.load_collateral(qe_identity=qe_identity, tcb_info=tcb_info, pck_crl=pck_crl, root_crl=root_crl)
         expected_rd = None
         if report_data is not None:
             try:
@@ -171,7 +177,9 @@ def verify(
     except DuetError as exc:
         raise usage(f"[{exc.code}] {exc.message}") from None
 
-    verdict = sgx.verify_evidence(_read_quote(file), trusted_root_keys=roots, now=now, report_data=expected_rd, policy=pol)
+    verdict = sgx.verify_evidence(
+        _read_quote(file), trusted_root_keys=roots, now=now, report_data=expected_rd, policy=pol, collateral=collateral
+    )
     failure = verdict.failure
     result: dict[str, Any] = {
         "ok": verdict.ok,
@@ -181,6 +189,7 @@ def verify(
         "checked_at": now.isoformat(),
         "trusted_roots": [sgx.spki_sha256(k) for k in roots],
         "pck_chain": list(verdict.signatures.pck_chain),
+        "steps": [{"step": s.step, "ok": s.ok, "code": s.code, "message": s.message} for s in verdict.steps],
     }
     if verdict.signatures.ok and verdict.quote is not None:
         body = verdict.quote.report_body
@@ -210,6 +219,8 @@ def verify(
                 continue  # shown only when it fails; asked for only with --report-data
             elif step.ok:
                 console.print(f"[green]✓ {step.step}[/]")
+            elif step.message:
+                console.print(f"[dim]- {step.step}: {escape(step.message)}[/]")  # e.g. not evaluated (no TCB info given)
             else:
                 console.print(f"[dim]- {step.step} (not reached)[/]")
         for c in verdict.policy:

@@ -104,3 +104,18 @@ def test_show_json_and_bad_quote(tmp_path: Path) -> None:
     bad.write_bytes(RELEASE.read_bytes()[:300])
     result = runner.invoke(app, ["show", str(bad)])
     assert result.exit_code == 1 and "bad_quote" in result.output
+
+
+def test_verify_says_what_was_not_evaluated_and_judges_given_collateral(tmp_path: Path) -> None:
+    from test_sgx_collateral import _tcb_info_json
+
+    code, out = _json(["verify", str(RELEASE), *AT])
+    steps = {s["step"]: s for s in out["steps"]}
+    assert code == 0 and steps["tcb_level"]["ok"] is None and "not evaluated" in steps["tcb_level"]["message"]
+    assert "not evaluated" in runner.invoke(app, ["verify", str(RELEASE), *AT]).stdout
+
+    tcb_info = tmp_path / "tcb.json"
+    tcb_info.write_bytes(_tcb_info_json(RELEASE, ("OutOfDate", "OutOfDate")))
+    code, out = _json(["verify", str(RELEASE), *AT, "--tcb-info", str(tcb_info)])
+    assert code == 1 and (out["failed_step"], out["code"]) == ("policy", "tcb_status_not_allowed")
+    assert runner.invoke(app, ["verify", str(RELEASE), *AT, "--tcb-info", str(tmp_path / "missing.json")]).exit_code == 2
