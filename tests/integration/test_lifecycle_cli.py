@@ -138,3 +138,27 @@ def test_start_on_a_provider_the_controller_did_not_enable_is_refused(
     started = duet_json(controller, owner, user, "cvm", "start", "--provider", "local")
     assert started["mode"] == "in-update"
     assert duet_json(controller, owner, user, "cvm", "list")["cvms"][0]["provider"] == "local"
+
+
+def test_a_request_the_controller_refuses_is_reported_as_its_refusal(
+    controller: ControllerProcess, owner: Any, tmp_path: Path
+) -> None:
+    """Refusals are bound to the request they refuse, so the CLI says what was wrong (exit 1),
+    not that the answer is untrusted (exit 3)."""
+    user = tmp_path / "user"
+    cvm_id = duet_json(controller, owner, user, "cvm", "start")["cvm_id"]
+    too_many = [arg for index in range(101) for arg in ("--cmd", f"echo {index}")]
+    done = duet(controller, owner, user, "cvm", "run", cvm_id, *too_many)
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "UNTRUSTED" not in done.stdout + done.stderr
+    assert "at most 100" in done.stdout + done.stderr
+    refused = duet_json(controller, owner, user, "cvm", "run", cvm_id, *too_many, ok=False)
+    assert refused["error"]["code"] == "invalid_params"
+
+    # A key the controller does not know: refused as such, not reported as a forgery.
+    from support import make_owner
+
+    stranger = make_owner(tmp_path, "stranger")
+    unknown = duet(controller, stranger, user, "--json", "cvm", "run", cvm_id, "--", "true")
+    assert unknown.returncode == 1, (unknown.returncode, unknown.stdout, unknown.stderr)
+    assert json.loads(unknown.stdout)["error"]["code"] == "unknown_signer"

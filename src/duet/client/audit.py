@@ -46,7 +46,7 @@ from duet.ledger.heads import SignedHead, parse_head, verify_head
 from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import canonical, is_hex64, timestamp
-from duet.protocol.envelope import ANSWER_FIELDS, new_nonce, verify_answer
+from duet.protocol.envelope import ANSWER_FIELDS, new_nonce, request_target, verify_answer
 
 PINPOINT_LIMIT = 10_000
 """When a whole-ledger root does not match, at most this many entries are proven one by one."""
@@ -199,13 +199,15 @@ class OtherView:
     ``data`` is kept as read (a bare signed head, a signed answer holding one, or a ``duet audit
     --json`` report) and believed only once it verifies with the audited controller's pinned
     key. ``proofs`` is set when the view is a live copy of the controller: it can then prove
-    that its larger head extends ours. ``nonce`` is what was sent with the request, if any.
+    that its larger head extends ours. ``nonce`` is what was sent with the request, if any, and
+    ``target`` the request target the answer must name (see protocol/envelope.py), if any.
     """
 
     where: str
     data: Any
     nonce: str | None = None
     proofs: ProofSource | None = None
+    target: str | None = None
 
 
 class Auditor:
@@ -566,16 +568,20 @@ class RemoteController:
         self._timeout = timeout
         self._transport = transport
 
-    def answer(self, path: str, **query: Any) -> tuple[Any, str]:
-        """The answer to a read, as served (not verified yet), and the nonce it must echo."""
+    def answer(self, path: str, **query: Any) -> tuple[Any, str, str]:
+        """The answer to a read, as served (not verified yet), the nonce it must echo and the
+        request target it must name."""
         nonce = new_nonce()
-        params = {name: str(value) for name, value in query.items() if value is not None}
-        return _get_json(self.url + path, {**params, "nonce": nonce}, self._transport, self._timeout), nonce
+        params = {**{name: str(value) for name, value in query.items() if value is not None}, "nonce": nonce}
+        data = _get_json(self.url + path, params, self._transport, self._timeout)
+        return data, nonce, request_target("GET", path, params)
 
     def get(self, path: str, **query: Any) -> Any:
         """The result of a read whose answer verifies with the pinned key (``ProofSource``)."""
-        data, nonce = self.answer(path, **query)
-        result = verify_answer(data, controller=self.pin.controller, public_key=self.pin.public_key(), nonce=nonce)
+        data, nonce, target = self.answer(path, **query)
+        result = verify_answer(
+            data, controller=self.pin.controller, public_key=self.pin.public_key(), nonce=nonce, request_target=target
+        )
         if isinstance(result, dict) and isinstance(result.get("error"), dict):
             error = result["error"]
             raise DuetError(f"{self.url} refused: {error.get('message')}", code=str(error.get("code", "error")))
@@ -594,8 +600,8 @@ def load_view(spec: str, pin: ControllerPin, *, transport: httpx.BaseTransport |
     if base is None:
         return OtherView(spec, _get_json(spec, {}, transport))
     remote = RemoteController(base, pin, transport=transport)
-    data, nonce = remote.answer(HEAD_PATH)
-    return OtherView(spec, data, nonce, remote)
+    data, nonce, target = remote.answer(HEAD_PATH)
+    return OtherView(spec, data, nonce, remote, target)
 
 
 def _controller_base(url: str) -> str | None:
@@ -642,7 +648,9 @@ def _get_json(url: str, params: dict[str, str], transport: httpx.BaseTransport |
 def _head_data(view: OtherView, pin: ControllerPin) -> Any:
     """The signed head inside what the view holds; a signed answer must verify with the pinned key."""
     if _is_answer(view.data):
-        return verify_answer(view.data, controller=pin.controller, public_key=pin.public_key(), nonce=view.nonce)
+        return verify_answer(
+            view.data, controller=pin.controller, public_key=pin.public_key(), nonce=view.nonce, request_target=view.target
+        )
     return _unwrapped(view.data)
 
 

@@ -2,8 +2,11 @@
 
 A client talks only to a controller the user verified with ``duet verify`` (pinned in the
 trust store), unless ``insecure=True``. Every answer's signature is checked against the
-pinned key before anything in it is believed; answers to owner requests must be bound to the
-request's digest, and reads carry a fresh nonce that the signed answer must echo, so an old
+pinned key before anything in it is believed; every answer must name the method, path and
+query it answers (its signed ``request_target``), so a proxy cannot answer one question with
+the answer to another; answers to owner requests must be bound to the request's digest (a
+refusal of a request too malformed to have one comes with a null digest and is reported as the
+refusal it is), and reads carry a fresh nonce that the signed answer must echo, so an old
 answer cannot be replayed. Over HTTPS the TLS certificate must be the pinned one (see
 :mod:`duet.client.trust` for how that is enforced with httpx).
 
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -41,7 +45,7 @@ from duet.client.trust import (
 )
 from duet.errors import ControllerChanged, DuetError, NotVerified, UntrustedAnswer
 from duet.protocol.canonical import sha256_hex
-from duet.protocol.envelope import new_nonce, request_digest, sign_request, verify_answer
+from duet.protocol.envelope import new_nonce, request_digest, request_target, sign_request, verify_answer
 
 __all__ = ["ApiError", "ConnectionFailed", "DuetClient", "NotVerified", "load_owner_key"]
 
@@ -71,6 +75,13 @@ def _certificate_refused(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def target(method: str, path: str, params: dict[str, str] | None = None) -> str:
+    """The ``request_target`` an answer to this request must carry. ``path`` is as this client
+    passes it to httpx, which percent-encodes what must be and leaves escapes as they are; the
+    controller sees it percent-decoded, hence ``unquote``."""
+    return request_target(method, unquote(path), params or {})
 
 
 def _verify_hint(url: str) -> str:
@@ -200,7 +211,8 @@ class DuetClient:
         """The identity as presented now, checked for self-consistency: its id is its key's, the
         answer is signed by that key and fresh, and the connection's certificate is the named one."""
         nonce = new_nonce()
-        _, answer, cert = self._send_raw("GET", "/v1/attestation", params={"nonce": nonce})
+        params = {"nonce": nonce}
+        _, answer, cert = self._send_raw("GET", "/v1/attestation", params=params)
         try:
             document = answer["result"]["identity"]
             public_key = keys.load_public_key_bytes(document["signing_key"].encode(), "controller signing key")
@@ -208,7 +220,13 @@ class DuetClient:
             raise UntrustedAnswer("the controller's identity document is malformed", code="bad_identity") from None
         if keys.key_id(public_key) != document.get("controller"):
             raise UntrustedAnswer("the controller id is not the id of its signing key", code="bad_identity")
-        verify_answer(answer, controller=document["controller"], public_key=public_key, nonce=nonce)
+        verify_answer(
+            answer,
+            controller=document["controller"],
+            public_key=public_key,
+            nonce=nonce,
+            request_target=target("GET", "/v1/attestation", params),
+        )
         if cert is not None and sha256_hex(cert) != document.get("tls_cert_sha256"):
             raise ControllerChanged("the controller's TLS certificate is not the one its identity names", code="tls_pin_mismatch")
         return ControllerPin(
@@ -272,11 +290,16 @@ class DuetClient:
         status, answer, _ = self._send_raw(method, path, params=params, body=body)
         return status, answer
 
-    def _verified(self, status: int, answer: Any, *, digest: str | None = None, nonce: str | None = None) -> Any:
+    def _verified(self, status: int, answer: Any, *, sent: str, digest: str | None = None, nonce: str | None = None) -> Any:
+        """The result of an answer verified against the pin and bound to what was ``sent`` (its
+        request target), the request's ``digest`` and ``nonce`` when given; a signed refusal
+        raises :class:`ApiError`."""
         pin = self.pin()
         public_key = pin.public_key()
         try:
-            result = verify_answer(answer, controller=pin.controller, public_key=public_key, request_digest=digest, nonce=nonce)
+            result = verify_answer(
+                answer, controller=pin.controller, public_key=public_key, request_digest=digest, nonce=nonce, request_target=sent
+            )
         except UntrustedAnswer as exc:
             if exc.code == "wrong_controller" and isinstance(answer, dict):
                 raise ControllerChanged(
@@ -296,16 +319,16 @@ class DuetClient:
     def get(self, path: str, **query: Any) -> Any:
         self.pin()  # refuse an unverified controller before sending anything
         nonce = new_nonce()
-        params = {name: str(value) for name, value in query.items() if value is not None}
-        status, answer = self._send("GET", path, params={**params, "nonce": nonce})
-        return self._verified(status, answer, nonce=nonce)
+        params = {**{name: str(value) for name, value in query.items() if value is not None}, "nonce": nonce}
+        status, answer = self._send("GET", path, params=params)
+        return self._verified(status, answer, sent=target("GET", path, params), nonce=nonce)
 
     def call(self, path: str, op: str, params: dict[str, Any]) -> Any:
         if self.owner_key is None:
             raise DuetError("this operation needs the owner's private key (--key or DUET_KEY)", code="no_owner_key")
         envelope = sign_request(op, self.pin().controller, params, self.owner_key)
         status, answer = self._send("POST", path, body=json.dumps(envelope).encode())
-        return self._verified(status, answer, digest=request_digest(envelope["request"]))
+        return self._verified(status, answer, sent=target("POST", path), digest=request_digest(envelope["request"]))
 
     # --- operations --------------------------------------------------------------------
 
@@ -374,7 +397,14 @@ class DuetClient:
         self.pin()
         response = self._request("GET", f"/v1/blobs/{sha256}")
         if response.status_code != 200:
-            self._verified(response.status_code, response.json())
+            try:
+                answer = response.json()
+            except ValueError:
+                raise UntrustedAnswer(
+                    f"the controller answered HTTP {response.status_code} with something that is not a signed answer",
+                    code="unsigned_answer",
+                ) from None
+            self._verified(response.status_code, answer, sent=target("GET", f"/v1/blobs/{sha256}"))
         if hashlib.sha256(response.content).hexdigest() != sha256:
             raise UntrustedAnswer(f"the output served for {sha256[:16]}… does not match its hash", code="blob_mismatch")
         return response.content

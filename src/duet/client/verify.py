@@ -42,7 +42,7 @@ from duet.client.trust import ControllerPin, certificate_pem, peer_certificate, 
 from duet.errors import DuetError
 from duet.keys import PublicKey
 from duet.protocol.canonical import canonical, sha256_hex, timestamp
-from duet.protocol.envelope import new_nonce, verify_answer
+from duet.protocol.envelope import new_nonce, request_target, verify_answer
 
 if TYPE_CHECKING:
     from duet.attestation.maa import MaaSgxClaims
@@ -139,8 +139,13 @@ def verify_attestation(
     insecure: bool = False,
     now: datetime | None = None,
     maa: MaaCheck | None = None,
+    target: str | None = None,
 ) -> ControllerVerdict:
-    """Judge one ``GET /v1/attestation`` answer (offline, apart from ``maa``)."""
+    """Judge one ``GET /v1/attestation`` answer (offline, apart from ``maa``).
+
+    ``target``: the ``request_target`` the answer must name (:func:`attestation_target` of the
+    nonce sent); :func:`verify_controller` always gives it, an answer judged apart from its
+    request (a saved one) may go without."""
     now = now or datetime.now(UTC)
     verdict = ControllerVerdict(url=url.rstrip("/"), answer=answer, tls_cert_der=tls_cert_der)
 
@@ -179,10 +184,13 @@ def verify_attestation(
 
         # 2. answer signature
         try:
-            verify_answer(answer, controller=controller, public_key=public_key, nonce=nonce)
+            verify_answer(answer, controller=controller, public_key=public_key, nonce=nonce, request_target=target)
         except DuetError as exc:
             raise fail("answer_signature", exc.code, exc.message) from None
-        ok("answer_signature", "signed by the controller's key, fresh (echoes our nonce)")
+        ok(
+            "answer_signature",
+            "signed by the controller's key, fresh (echoes our nonce)" + (", answering the request sent" if target else ""),
+        )
 
         # 3. TLS certificate of this connection
         named = document.get("tls_cert_sha256")
@@ -327,7 +335,7 @@ def _check_maa(
 def fetch_attestation(
     url: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
 ) -> tuple[Any, str, bytes | None]:
-    """``(answer, nonce, certificate DER of the connection)`` of ``GET /v1/attestation``.
+    """``(answer, nonce, certificate DER of the connection)`` of ``GET /v1/attestation?nonce=``.
 
     The certificate is not judged by a CA here: it is compared with the attested identity.
     """
@@ -347,6 +355,11 @@ def fetch_attestation(
     except ValueError:
         answer = None
     return answer, nonce, cert
+
+
+def attestation_target(nonce: str) -> str:
+    """The ``request_target`` of ``GET /v1/attestation?nonce=<nonce>``, which its answer names."""
+    return request_target("GET", "/v1/attestation", {"nonce": nonce})
 
 
 def verify_controller(
@@ -370,5 +383,14 @@ def verify_controller(
                 return client.attest_and_verify(quote, now=now)
 
     return verify_attestation(
-        url, answer, nonce=nonce, tls_cert_der=cert, policy=policy, trust_roots=trust_roots, insecure=insecure, now=now, maa=maa
+        url,
+        answer,
+        nonce=nonce,
+        tls_cert_der=cert,
+        policy=policy,
+        trust_roots=trust_roots,
+        insecure=insecure,
+        now=now,
+        maa=maa,
+        target=attestation_target(nonce),
     )

@@ -1,8 +1,9 @@
 """HTTP routes of protocol v1: parse, call one service method, return the signed answer.
 
 Every answer, errors included, is signed by the controller and bound to the request it
-answers: state-changing calls by the digest of the signed request, reads by the client's
-optional ``?nonce=``, which the answer echoes.
+answers: every answer names its method, path and query (``request_target``, see
+protocol/envelope.py), state-changing calls carry the digest of the signed request (set as soon
+as the body parsed, so refusals are bound too), and reads echo the client's optional ``?nonce=``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +35,7 @@ from duet.errors import (
 )
 from duet.ledger.merkle import MerkleError
 from duet.protocol.canonical import canonical
-from duet.protocol.envelope import sign_answer
+from duet.protocol.envelope import request_target, sign_answer
 
 log = logging.getLogger("duet.api")
 
@@ -44,6 +46,13 @@ router = APIRouter(prefix="/v1")
 
 def _controller(request: Request) -> Controller:
     return request.app.state.controller  # type: ignore[no-any-return]
+
+
+def target_of(request: Request) -> str:
+    """``request_target`` of this request: its method, (percent-decoded) path and query pairs,
+    parsed as Starlette parses them, in the canonical form of protocol/envelope.py."""
+    query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return request_target(request.method, request.scope["path"], query)
 
 
 def signed(request: Request, result: Any, *, status: int = 200, raw: tuple[bytes, str] | None = None) -> Response:
@@ -60,6 +69,7 @@ def signed(request: Request, result: Any, *, status: int = 200, raw: tuple[bytes
         signing_key=controller.identity.signing_key,
         request_digest=getattr(request.state, "request_digest", None),
         nonce=nonce,
+        request_target=target_of(request),
     )
     return Response(content=body, status_code=status, media_type="application/json")
 
@@ -80,8 +90,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def _authorized(request: Request, op: str, cvm_id: str | None = None) -> AuthorizedRequest[Any]:
     controller = _controller(request)
     body = await read_body(request, controller.settings.max_body_bytes)
-    authorized = controller.authenticator.authenticate(body, op)
-    request.state.request_digest = authorized.digest
+    parsed = controller.authenticator.parse(body)
+    request.state.request_digest = parsed.digest  # from here on, refusals are bound to the request
+    authorized = controller.authenticator.admit(parsed, op)
     if cvm_id is not None and authorized.params.cvm_id != cvm_id:
         raise BadRequest("the CVM id in the path differs from the one in the signed params", code="cvm_id_mismatch")
     return authorized

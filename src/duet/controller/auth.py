@@ -5,6 +5,11 @@ names this controller and the operation of the route, it was issued within the a
 and its nonce was never accepted before. The checks run in that order, so a stranger learns
 nothing about nonces, and a nonce is only consumed by a request an owner really signed.
 Nonces are persisted, so a restart does not reopen a replay window.
+
+Admission is two steps, so that refusals are bound to the request they refuse: :meth:`parse`
+reads the body and computes the request's digest (SHA-256 of JCS(request)) as soon as there is
+a ``request`` object, which the route then puts in every answer, and :meth:`admit` runs the
+checks above.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from duet import keys
 from duet.controller.settings import Settings
 from duet.controller.store import Store
 from duet.errors import BadRequest, Conflict, InvalidParams, Unauthorized
-from duet.protocol.canonical import parse_timestamp
-from duet.protocol.envelope import request_digest, request_signature_valid
+from duet.protocol.canonical import canonical, parse_timestamp, sha256_hex
+from duet.protocol.envelope import b64decode
 from duet.protocol.models import PARAMS_BY_OP, SignedRequest
 
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
@@ -45,6 +50,17 @@ class AuthorizedRequest(Generic[ParamsT]):
         """Extra fields for the ledger entries of this request; none for v1, so v1 entries
         stay exactly as they were, and auditors can tell replayable seed requests apart."""
         return {} if self.protocol == "v1" else {"protocol": self.protocol}
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A request body read as far as it goes: the JSON object, and the digest of its ``request``
+    (None when there is no ``request`` object, or it has no canonical form)."""
+
+    raw: dict[str, Any]
+    request_bytes: bytes | None
+    """JCS(request): what the owner signed."""
+    digest: str | None
 
 
 def _reject_constant(name: str) -> None:
@@ -127,18 +143,36 @@ class RequestAuthenticator:
         return self.store.consume_nonce(nonce, signer, now=now, keep_seconds=keep)
 
     def authenticate(self, body: bytes, op: str) -> AuthorizedRequest[Any]:
+        """:meth:`parse` then :meth:`admit`."""
+        return self.admit(self.parse(body), op)
+
+    @staticmethod
+    def parse(body: bytes) -> ParsedRequest:
+        """The body as a JSON object with the digest of its ``request``; raises ``malformed_json``
+        (answered with a null ``request_digest``) when it is not a JSON object."""
         raw = parse_json_object(body)
+        request = raw.get("request")
+        request_bytes: bytes | None = None
+        if isinstance(request, dict):
+            try:
+                request_bytes = canonical(request)
+            except Exception:  # no canonical form (e.g. huge numbers, lone surrogates): no digest
+                request_bytes = None
+        return ParsedRequest(raw, request_bytes, sha256_hex(request_bytes) if request_bytes is not None else None)
+
+    def admit(self, parsed: ParsedRequest, op: str) -> AuthorizedRequest[Any]:
+        """Run the admission checks on a parsed request for the route of ``op``."""
         try:
-            envelope = SignedRequest.model_validate(raw)
+            envelope = SignedRequest.model_validate(parsed.raw)
         except ValidationError as exc:
             raise BadRequest(f"not a signed duet request: {describe_validation_error(exc)}", code="bad_envelope") from None
-        request = raw["request"]
         public_key = self.owner_keys.get(envelope.signer)
         if public_key is None:
             raise Unauthorized(f"signer {envelope.signer[:16]}… is not an owner key of this controller", code="unknown_signer")
         try:
-            signature_ok = request_signature_valid(request, envelope.signature, public_key)
-        except Exception:  # canonicalization of hostile input (e.g. huge numbers)
+            signature = b64decode(envelope.signature)
+            signature_ok = parsed.request_bytes is not None and keys.verify(public_key, signature, parsed.request_bytes)
+        except Exception:  # not base64, or a key refusing hostile input
             signature_ok = False
         if not signature_ok:
             raise Unauthorized("the request's signature does not verify with the signer's key", code="bad_signature")
@@ -154,7 +188,9 @@ class RequestAuthenticator:
             )
         self._check_time(envelope.request.issued_at)
         params = self._params(op, envelope.request.params)
-        digest = request_digest(request)
+        digest = parsed.digest
+        if digest is None:  # cannot happen: the signature verified over the request's canonical bytes
+            raise Unauthorized("the request has no canonical form", code="bad_signature")
         if not self._consume_nonce(envelope.request.nonce, envelope.signer, digest):
             raise Conflict(
                 "this request was already received once; a signed request is accepted only once", code="replayed_request"

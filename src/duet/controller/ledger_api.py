@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from duet.controller.api import _check_nonce, _controller, signed
+from duet.controller.api import _check_nonce, _controller, signed, target_of
 from duet.controller.events import resume_point, stream
 from duet.errors import BadRequest
 from duet.ledger.heads import sign_head
@@ -76,10 +76,15 @@ async def events(
 ) -> StreamingResponse:
     _check_nonce(nonce)
     controller = _controller(request)
+    target = target_of(request)
 
     def sign(result: bytes) -> bytes:
         return sign_answer(
-            result, controller=controller.identity.controller_id, signing_key=controller.identity.signing_key, nonce=nonce
+            result,
+            controller=controller.identity.controller_id,
+            signing_key=controller.identity.signing_key,
+            nonce=nonce,
+            request_target=target,
         )
 
     return StreamingResponse(

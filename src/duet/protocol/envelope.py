@@ -3,11 +3,32 @@
 Owner requests: ``{"request": {op, controller, nonce, issued_at, params}, "signer", "signature"}``
 with the signature over JCS(request).
 
-Controller answers: ``{"controller", "request_digest", "result", "result_sha256", "signed_at",
-["nonce"], "signature"}``. The signature covers JCS of every field but ``result`` and
-``signature``; ``result_sha256`` (SHA-256 hex of JCS(result)) ties the result in. Signing a
-digest instead of the result itself is what lets a large answer (a state with 1,000 ledger
-entries is ~0.5 MB) be canonicalized and hashed once per ledger size and then signed per
+Controller answers: ``{"controller", "request_digest", "request_target", "result",
+"result_sha256", "signed_at", ["nonce"], "signature"}``. The signature covers JCS of every field
+but ``result`` and ``signature``; ``result_sha256`` (SHA-256 hex of JCS(result)) ties the result
+in. An answer is bound to what it answers twice over:
+
+- ``request_digest``: SHA-256 hex of JCS(request) of the signed owner request it answers, set as
+  soon as the body parsed into an envelope with a ``request`` object, so refusals (invalid
+  params, wrong op, expired, replayed, unknown signer...) are bound too; ``null`` for reads and
+  for a body too malformed to have a digest. A client that sent a signed request accepts a
+  ``null`` digest only on an *error* answer (its result is ``{"error": ...}``), never on a success.
+  A bound refusal says the controller refused *that copy* of the request. Refusals that follow
+  from the request itself (invalid params, wrong op or controller, a mode refusal) prove it
+  never took effect; those that depend on what surrounds it (signer, signature, time, a nonce
+  already seen) do not: a man in the middle may forward the genuine request and also a delayed
+  copy or one with a spoiled signature. The ledger says what ran.
+- ``request_target``: SHA-256 hex of the request's target in canonical form (:func:`canonical_target`):
+  ``METHOD SP path ["?" query]``, the path percent-decoded then re-encoded with
+  ``urllib.parse.quote(path, safe="/")``, the query's (name, value) pairs percent-decoded, sorted,
+  each encoded with ``quote(part, safe="")`` and joined as ``name=value`` with ``&`` (no ``?`` when
+  there is no pair). E.g. ``GET /v1/cvms/<id>?nonce=<hex>``. It names what a read asked for (a
+  proxy that sends ``/v1/cvms/A`` to ``/v1/cvms/B`` makes B's answer name B) and, with the echoed
+  ``?nonce=``, when. Every answer of the v1 HTTP routes carries it (each event of
+  ``/v1/events`` names the stream's request); the seed protocol's answers do not.
+
+Signing a digest instead of the result itself is what lets a large answer (a state with 1,000
+ledger entries is ~0.5 MB) be canonicalized and hashed once per ledger size and then signed per
 request in microseconds (design.md §3: the per-request work is the small envelope).
 Answers are assembled from the result's canonical bytes; the body is itself canonical JSON.
 
@@ -21,13 +42,16 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from duet import keys
 from duet.errors import UntrustedAnswer
 from duet.protocol.canonical import canonical, sha256_hex, timestamp
 
 ANSWER_FIELDS = frozenset({"controller", "request_digest", "result", "result_sha256", "signed_at", "signature"})
+"""The fields every signed answer has; ``nonce`` and ``request_target`` are there when set."""
 
 
 def new_nonce() -> str:
@@ -79,6 +103,29 @@ def request_signature_valid(request: dict[str, Any], signature_b64: str, public_
     return keys.verify(public_key, signature, canonical(request))
 
 
+def _encoded(text: str, safe: str) -> str:
+    return quote(text, safe=safe, errors="backslashreplace")
+
+
+def canonical_target(method: str, path: str, query: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> str:
+    """The canonical form of a request's target: ``METHOD SP path ["?" name=value *("&" name=value)]``.
+
+    ``path`` and the query's names and values are given percent-decoded (as a server sees them
+    after parsing, as a client means them before encoding); the pairs are sorted, so the order
+    they were sent in does not matter, and each part is percent-encoded again (``/`` kept in
+    the path), so the form is unambiguous."""
+    pairs = sorted(query.items() if isinstance(query, Mapping) else query)
+    target = f"{method.upper()} {_encoded(path, '/')}"
+    if pairs:
+        target += "?" + "&".join(f"{_encoded(name, '')}={_encoded(value, '')}" for name, value in pairs)
+    return target
+
+
+def request_target(method: str, path: str, query: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> str:
+    """SHA-256 hex of :func:`canonical_target`: the ``request_target`` an answer signs."""
+    return sha256_hex(canonical_target(method, path, query).encode("ascii"))
+
+
 _PLAIN = re.compile(r"[0-9A-Za-z:.+/=_-]*")
 
 
@@ -103,11 +150,13 @@ def sign_answer(
     signing_key: keys.PrivateKey,
     request_digest: str | None = None,
     nonce: str | None = None,
+    request_target: str | None = None,
     signed_at: str | None = None,
     result_sha256: str | None = None,
 ) -> bytes:
     """Return the whole answer body; ``result_bytes`` must be JCS(result).
 
+    ``request_target`` is :func:`request_target` of the request answered (omitted when None).
     ``result_sha256`` may be passed when the caller cached it with the bytes."""
     fields = {
         "controller": _canonical_field(controller),
@@ -117,6 +166,8 @@ def sign_answer(
     }
     if nonce is not None:
         fields["nonce"] = _canonical_field(nonce)
+    if request_target is not None:
+        fields["request_target"] = _canonical_field(request_target)
     signature = keys.sign(signing_key, _assemble(fields))
     fields["result"] = result_bytes
     fields["signature"] = _canonical_field(b64encode(signature))
@@ -130,8 +181,14 @@ def verify_answer(
     public_key: keys.PublicKey,
     request_digest: str | None = None,
     nonce: str | None = None,
+    request_target: str | None = None,
 ) -> Any:
     """Check an answer's signature and bindings; return its ``result``.
+
+    Each binding given is required: ``request_digest`` (the digest of the signed request sent;
+    an *error* answer whose ``request_digest`` is null is accepted as the refusal of a request
+    too malformed to have a digest, a success never is), ``nonce`` (echoed), ``request_target``
+    (:func:`request_target` of the method, path and query sent).
 
     Raises UntrustedAnswer (a VerificationError) naming exactly what did not hold.
     """
@@ -158,7 +215,18 @@ def verify_answer(
             "the answer's result is not the one the controller signed (digest differs)", code="bad_answer_signature"
         )
     if request_digest is not None and answer["request_digest"] != request_digest:
-        raise UntrustedAnswer("the answer is bound to a different request than the one sent", code="answer_not_bound")
+        if answer["request_digest"] is not None or not _is_error(answer["result"]):
+            raise UntrustedAnswer("the answer is bound to a different request than the one sent", code="answer_not_bound")
     if nonce is not None and answer.get("nonce") != nonce:
         raise UntrustedAnswer("the answer does not echo the nonce that was sent (possibly replayed)", code="stale_answer")
+    if request_target is not None and answer.get("request_target") != request_target:
+        raise UntrustedAnswer(
+            "the answer is for another method, path or query than the one sent (the request was redirected or rewritten)",
+            code="answer_not_bound",
+        )
     return answer["result"]
+
+
+def _is_error(result: Any) -> bool:
+    """Whether a (signed) result is a refusal, ``{"error": {"code", "message"}}``."""
+    return isinstance(result, dict) and set(result) == {"error"} and isinstance(result["error"], dict)

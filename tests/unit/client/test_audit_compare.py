@@ -23,7 +23,7 @@ from duet.cli.main import app
 from duet.client.audit import Auditor, AuditResult, CompareError, HeadStore, OtherView, RemoteController, load_view
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import canonical
-from duet.protocol.envelope import sign_answer
+from duet.protocol.envelope import request_target, sign_answer
 
 COMMON = 5
 
@@ -125,9 +125,13 @@ def test_a_larger_head_of_another_history_served_by_a_copy_is_a_fork(tmp_path: P
     assert codes(result) == ["fork"]
 
 
-def answer(result: Any, key: keys.PrivateKey = KEY, nonce: str | None = None) -> dict[str, Any]:
-    """A signed answer envelope, as a controller serves it."""
-    return json.loads(sign_answer(canonical(result), controller=keys.key_id(key.public_key()), signing_key=key, nonce=nonce))
+def answer(result: Any, key: keys.PrivateKey = KEY, nonce: str | None = None, target: str | None = None) -> dict[str, Any]:
+    """A signed answer envelope, as a controller serves it (naming the request ``target``, if given)."""
+    return json.loads(
+        sign_answer(
+            canonical(result), controller=keys.key_id(key.public_key()), signing_key=key, nonce=nonce, request_target=target
+        )
+    )
 
 
 def copy_transport(ledger: EntryLedger, key: keys.PrivateKey = KEY) -> httpx.MockTransport:
@@ -136,7 +140,10 @@ def copy_transport(ledger: EntryLedger, key: keys.PrivateKey = KEY) -> httpx.Moc
 
     def handle(request: httpx.Request) -> httpx.Response:
         query = {name: int(value) for name, value in request.url.params.items() if name != "nonce"}
-        return httpx.Response(200, json=answer(source.get(request.url.path, **query), key, request.url.params.get("nonce")))
+        target = request_target(request.method, request.url.path, request.url.params.multi_items())
+        return httpx.Response(
+            200, json=answer(source.get(request.url.path, **query), key, request.url.params.get("nonce"), target)
+        )
 
     return httpx.MockTransport(handle)
 

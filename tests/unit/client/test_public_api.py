@@ -39,7 +39,7 @@ from duet.client import (
     VerificationError,
 )
 from duet.protocol.canonical import canonical
-from duet.protocol.envelope import sign_answer
+from duet.protocol.envelope import request_target, sign_answer
 
 URL = "https://controller.test:6037"
 KEY = keys.generate()
@@ -117,6 +117,7 @@ def answering(result: Any, *, key: keys.PrivateKey = KEY, nonce: str | None = No
                 signing_key=key,
                 request_digest=None,
                 nonce=nonce or request.url.params.get("nonce"),
+                request_target=request_target(request.method, request.url.path, request.url.params.multi_items()),
             )
         )
         if tamper:

@@ -24,7 +24,7 @@ from duet.client.trust import ControllerPin, TrustStore, check_repin
 from duet.client.verify import Check, ControllerVerdict
 from duet.errors import VerificationError
 from duet.protocol.canonical import canonical
-from duet.protocol.envelope import sign_answer
+from duet.protocol.envelope import request_target, sign_answer
 
 URL = "https://controller.test:6037"
 KEY = keys.generate()
@@ -123,6 +123,7 @@ class StubController:
             signing_key=self.key,
             request_digest=None,
             nonce=request.url.params["nonce"],
+            request_target=request_target("GET", "/v1/attestation", {"nonce": request.url.params["nonce"]}),
         )
         return httpx.Response(200, content=body, headers={"content-type": "application/json"})
 

@@ -54,12 +54,20 @@ def test_answer_body_is_canonical_json_and_verifies() -> None:
         ("request_digest", "f" * 64),
         ("nonce", "cd" * 16),
         ("controller", "d" * 64),
+        ("request_target", "8" * 64),
     ],
 )
 def test_any_change_to_an_answer_is_detected(field: str, value: object) -> None:
     key = keys.generate()
     answer = json.loads(
-        sign_answer(canonical({"a": "x"}), controller=CONTROLLER, signing_key=key, request_digest="e" * 64, nonce="ab" * 16)
+        sign_answer(
+            canonical({"a": "x"}),
+            controller=CONTROLLER,
+            signing_key=key,
+            request_digest="e" * 64,
+            nonce="ab" * 16,
+            request_target="9" * 64,
+        )
     )
     answer[field] = value
     with pytest.raises(VerificationError):
@@ -82,3 +90,74 @@ def test_answer_from_another_key_or_for_another_request_is_refused() -> None:
     with pytest.raises(VerificationError) as unsigned:
         verify_answer({"result": {}}, controller=CONTROLLER, public_key=key.public_key())
     assert unsigned.value.code == "unsigned_answer"
+
+
+# --- answers name what they answer (request_target) -------------------------------------------
+
+
+def test_the_request_target_is_method_path_and_sorted_query() -> None:
+    from duet.protocol.envelope import canonical_target, request_target
+
+    assert canonical_target("get", "/v1/cvms/" + "a" * 64, {"nonce": "ab" * 16}) == f"GET /v1/cvms/{'a' * 64}?nonce={'ab' * 16}"
+    assert canonical_target("GET", "/v1/ledger/head") == "GET /v1/ledger/head"
+    # The order the query was sent in does not matter; names and values are percent-encoded.
+    sent = canonical_target("GET", "/v1/ledger/entries", [("start", "0"), ("cvm", "a b&c=d"), ("nonce", "ff" * 16)])
+    seen = canonical_target("GET", "/v1/ledger/entries", [("nonce", "ff" * 16), ("cvm", "a b&c=d"), ("start", "0")])
+    assert sent == seen == f"GET /v1/ledger/entries?cvm=a%20b%26c%3Dd&nonce={'ff' * 16}&start=0"
+    assert request_target("GET", "/v1/cvms") == sha256_hex(b"GET /v1/cvms")
+    # Every part counts.
+    targets = {
+        request_target("GET", "/v1/cvms/a", {"nonce": "00" * 16}),
+        request_target("GET", "/v1/cvms/b", {"nonce": "00" * 16}),
+        request_target("POST", "/v1/cvms/a", {"nonce": "00" * 16}),
+        request_target("GET", "/v1/cvms/a", {"nonce": "01" * 16}),
+        request_target("GET", "/v1/cvms/a", {"nonce": "00" * 16, "cvm": "a"}),
+        request_target("GET", "/v1/cvms/a?nonce=" + "00" * 16),
+    }
+    assert len(targets) == 6
+
+
+def test_a_read_answer_for_another_target_is_refused() -> None:
+    from duet.protocol.envelope import request_target
+
+    key = keys.generate()
+    nonce = "ab" * 16
+    asked = request_target("GET", "/v1/cvms/" + "a" * 64, {"nonce": nonce})
+    other = request_target("GET", "/v1/cvms/" + "b" * 64, {"nonce": nonce})
+    answer = json.loads(
+        sign_answer(canonical({"cvm": "b"}), controller=CONTROLLER, signing_key=key, nonce=nonce, request_target=other)
+    )
+    assert answer["request_target"] == other
+    assert verify_answer(answer, controller=CONTROLLER, public_key=key.public_key(), nonce=nonce, request_target=other)
+    with pytest.raises(VerificationError) as unbound:
+        verify_answer(answer, controller=CONTROLLER, public_key=key.public_key(), nonce=nonce, request_target=asked)
+    assert unbound.value.code == "answer_not_bound"
+    # The target is signed: rewriting it breaks the signature.
+    answer["request_target"] = asked
+    with pytest.raises(VerificationError) as forged:
+        verify_answer(answer, controller=CONTROLLER, public_key=key.public_key(), nonce=nonce, request_target=asked)
+    assert forged.value.code == "bad_answer_signature"
+    # An answer naming no target is not an answer to the one asked.
+    bare = json.loads(sign_answer(canonical({}), controller=CONTROLLER, signing_key=key, nonce=nonce))
+    with pytest.raises(VerificationError) as untargeted:
+        verify_answer(bare, controller=CONTROLLER, public_key=key.public_key(), nonce=nonce, request_target=asked)
+    assert untargeted.value.code == "answer_not_bound"
+
+
+def test_an_error_with_no_request_digest_is_the_error_it_is_but_a_success_is_not() -> None:
+    key = keys.generate()
+    sent = request_digest({"op": "cvm.run"})
+    refusal = {"error": {"code": "malformed_json", "message": "the request body is not valid JSON"}}
+    error = json.loads(sign_answer(canonical(refusal), controller=CONTROLLER, signing_key=key, request_digest=None))
+    assert verify_answer(error, controller=CONTROLLER, public_key=key.public_key(), request_digest=sent) == refusal
+    success = json.loads(sign_answer(canonical({"results": []}), controller=CONTROLLER, signing_key=key, request_digest=None))
+    with pytest.raises(VerificationError) as unbound:
+        verify_answer(success, controller=CONTROLLER, public_key=key.public_key(), request_digest=sent)
+    assert unbound.value.code == "answer_not_bound"
+    # An error bound to another request is still refused.
+    other = json.loads(
+        sign_answer(canonical(refusal), controller=CONTROLLER, signing_key=key, request_digest=request_digest({"op": "x"}))
+    )
+    with pytest.raises(VerificationError) as elsewhere:
+        verify_answer(other, controller=CONTROLLER, public_key=key.public_key(), request_digest=sent)
+    assert elsewhere.value.code == "answer_not_bound"
