@@ -93,6 +93,8 @@ def test_verify_pins_the_controller_and_then_commands_work(
         "policy",
         "maa",
     ]
+    evidence = next(c for c in out["checks"] if c["step"] == "evidence")
+    assert "TCB level: not evaluated" in json.dumps(evidence)  # no collateral given: said, never passed
     measured = {m["check"]: m for m in out["measurements"]}
     assert measured["mrenclave"]["actual"] == SimulatedSgxTee(attested.state_dir).mr_enclave.hex()
     assert out["owners"] == [owner.key_id]

@@ -41,8 +41,13 @@ def verify(
             help="Pin this controller even if another one, or the same one with another owner set, is pinned for the URL."
         ),
     ] = False,
+    qe_identity: Annotated[Optional[Path], typer.Option(help="Intel's QE identity JSON (PCS qe/identity).")] = None,
+    tcb_info: Annotated[Optional[Path], typer.Option(help="Intel's TCB info JSON for the platform's FMSPC.")] = None,
+    pck_crl: Annotated[Optional[Path], typer.Option(help="The PCK CRL (DER, PEM or hex).")] = None,
+    root_crl: Annotated[Optional[Path], typer.Option(help="The Intel root CA CRL (DER, PEM or hex).")] = None,
 ) -> None:
-    """Verify the controller (evidence, identity binding, policy, TLS certificate) and pin it."""
+    """Verify the controller (evidence, identity binding, policy, TLS certificate) and pin it.
+    Without collateral files, the TCB level and PCK revocation are reported as not evaluated."""
     from duet.attestation import sgx as dcap
     from duet.attestation.sgx import Policy
     from duet.client import TrustError, TrustStore, verify_controller
@@ -52,9 +57,12 @@ def verify(
         try:
             pol = Policy.load(policy) if policy else Policy()
             roots = [dcap.load_trust_root(p.read_bytes(), str(p)) for p in trust_root or []]
+            collateral = dcap.load_collateral(qe_identity=qe_identity, tcb_info=tcb_info, pck_crl=pck_crl, root_crl=root_crl)
         except OSError as exc:
             raise output.UsageError(f"cannot read {exc.filename}: {exc.strerror}", code="unreadable") from None
-        verdict = verify_controller(context.url, policy=pol, trust_roots=roots, insecure=context.insecure, maa_url=maa_url)
+        verdict = verify_controller(
+            context.url, policy=pol, trust_roots=roots, insecure=context.insecure, maa_url=maa_url, collateral=collateral
+        )
         trust = TrustStore.default()
         result = verdict.to_dict()
         if verdict.ok and verdict.pin is not None:

@@ -140,6 +140,7 @@ def verify_attestation(
     now: datetime | None = None,
     maa: MaaCheck | None = None,
     target: str | None = None,
+    collateral: sgx.Collateral = sgx.NO_COLLATERAL,
 ) -> ControllerVerdict:
     """Judge one ``GET /v1/attestation`` answer (offline, apart from ``maa``).
 
@@ -250,7 +251,9 @@ def verify_attestation(
                 raise fail("evidence", "bad_evidence", "the evidence's quote is not base64") from None
             _check_sgx_evidence(
                 verdict,
-                sgx.verify_evidence(quote_bytes, trusted_root_keys=roots, now=now, report_data=expected_rd, policy=policy),
+                sgx.verify_evidence(
+                    quote_bytes, trusted_root_keys=roots, now=now, report_data=expected_rd, policy=policy, collateral=collateral
+                ),
                 ok,
                 fail,
             )
@@ -295,7 +298,8 @@ def _check_sgx_evidence(
     if failure is not None and failure.step in sgx.SIGNATURE_STEPS:
         raise fail("evidence", failure.code or "bad_quote", f"{failure.step}: {failure.message}")
     label = "SIMULATED root you passed (not Intel)" if verdict.simulated else "Intel SGX Root CA"
-    ok("evidence", f"SGX DCAP v3 quote verifies to the {label}")
+    unevaluated = [s.message for s in evidence.steps if s.ok is None and s.step in sgx.SIGNATURE_STEPS and s.message]
+    ok("evidence", f"SGX DCAP v3 quote verifies to the {label}" + "".join(f"; {m}" for m in unevaluated))
     if failure is not None and failure.step == sgx.STEP_REPORT_DATA:
         raise fail(
             "report_data",
@@ -371,6 +375,7 @@ def verify_controller(
     maa_url: str | None = None,
     now: datetime | None = None,
     transport: httpx.BaseTransport | None = None,
+    collateral: sgx.Collateral = sgx.NO_COLLATERAL,
 ) -> ControllerVerdict:
     """Fetch the controller's attestation over a fresh connection and judge it."""
     answer, nonce, cert = fetch_attestation(url, transport=transport)
@@ -393,4 +398,5 @@ def verify_controller(
         now=now,
         maa=maa,
         target=attestation_target(nonce),
+        collateral=collateral,
     )
