@@ -141,7 +141,13 @@ def open_controller(
         store,
         verified.ledger,
         providers,
-        ssh if ssh is not None else SshPool(),
+        ssh
+        if ssh is not None
+        else SshPool(
+            connect_timeout=settings.ssh_connect_timeout_s,
+            channel_timeout=settings.ssh_channel_timeout_s,
+            close_timeout=settings.ssh_close_timeout_s,
+        ),
         sealed=sealed,
         replay=verified.replay,
         machines=verified.machines,

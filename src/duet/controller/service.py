@@ -6,7 +6,13 @@ provisioning ──> in-update <──> in-service ──> stopping ──> stop
 Every change is announced in the ledger in the same transaction that makes it, and effects
 outside the controller (a command on the CVM) happen only after their entry has committed
 and its head was sealed: no entry, no effect. A per-CVM lock orders everything that touches
-one CVM, so no command can start after an ``in-service`` was acknowledged.
+one CVM, so no command can start after an ``in-service`` was acknowledged. Every SSH step has
+a time limit (``_ssh_run``), so a stalled CVM holds its lock no longer than the command's
+timeout plus ``Settings.ssh_margin_s``.
+
+A stop whose resource deletion failed (``cvm.stop_failed``) leaves the CVM ``stopping``; a new
+``stop`` retries it, and so does every start. A recovery step that fails at start is logged
+and recorded (``controller.recovery_failed``), never fatal to the start.
 
 What the rules decide from lives in memory: each CVM's mode, final flag and lockdown come
 from replaying the ledger (``LifecycleReplay``, fed every committed entry), its machine from
@@ -17,6 +23,7 @@ back to decide (design.md §1: the host owns the disk).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -188,7 +195,7 @@ class LifecycleService:
 
     async def _bootstrap(self, cvm_id: str, cvm_type: str, target: SshTarget) -> dict[str, Any]:
         """Record what the CVM says it is (guest attestation comes with the CVM attestation issue)."""
-        outcome = await self.ssh.run(
+        outcome = await self._ssh_run(
             cvm_id, target, BOOTSTRAP_COMMAND, timeout=self.settings.command_timeout_s, output_limit=64 * 1024
         )
         if outcome.exit_status != 0:
@@ -263,7 +270,7 @@ class LifecycleService:
         with self.store.transaction() as tx:
             started = self._owner_entry(tx, request, cvm=cvm_id, event=lc.COMMAND_STARTED, command=command)
         try:
-            outcome = await self.ssh.run(cvm_id, target, command, timeout=timeout, output_limit=limit)
+            outcome = await self._ssh_run(cvm_id, target, command, timeout=timeout, output_limit=limit)
         except Exception as exc:
             with self.store.transaction() as tx:
                 if isinstance(exc, HostKeyMismatch):
@@ -280,6 +287,28 @@ class LifecycleService:
                 )
             raise
         return self._record_result(cvm_id, started["seq"], command, outcome, request.digest, request.entry_fields())
+
+    async def _ssh_run(self, cvm_id: str, target: SshTarget, command: str, *, timeout: float, output_limit: int) -> ExecResult:
+        """``ssh.run`` within ``timeout + ssh_margin_s``, whatever the SSH layer does.
+
+        The SSH pool bounds each of its steps itself and reports a stalled CVM in its own words;
+        this deadline is the guarantee for the CVM's lock, whatever runner is plugged in. Its
+        connection is then dropped (within ``ssh_close_timeout_s``, counted in the margin)."""
+        settings = self.settings
+        budget = timeout + settings.ssh_margin_s - settings.ssh_close_timeout_s
+        try:
+            return await asyncio.wait_for(
+                self.ssh.run(cvm_id, target, command, timeout=timeout, output_limit=output_limit), budget
+            )
+        except TimeoutError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ssh.drop(cvm_id), settings.ssh_close_timeout_s)
+            raise SshUnavailable(
+                f"the CVM did not answer within the command's {timeout:g} s timeout plus "
+                f"{settings.ssh_margin_s - settings.ssh_close_timeout_s:g} s for connecting, opening and ending it: it is "
+                "stalled. Its connection was dropped; the command may have run partly: check the CVM before retrying",
+                reason="timeout",
+            ) from None
 
     def _record_result(
         self, cvm_id: str, started_seq: int, command: str, outcome: ExecResult, digest: str, marks: dict[str, str] | None = None
@@ -389,16 +418,12 @@ class LifecycleService:
             target = self._target(cvm_id)
             if machine is None:
                 raise Conflict("the controller has no machine record for this CVM", code="no_machine")
-            limit = self.settings.lockdown_timeout_s
-            outcome = await asyncio.wait_for(
-                self.ssh.run(  # opening the channel has no time limit of its own
-                    cvm_id,
-                    target,
-                    self._provider(machine.provider).lockdown_command(machine),
-                    timeout=limit,
-                    output_limit=64 * 1024,
-                ),
-                limit + 5,
+            outcome = await self._ssh_run(
+                cvm_id,
+                target,
+                self._provider(machine.provider).lockdown_command(machine),
+                timeout=self.settings.lockdown_timeout_s,
+                output_limit=64 * 1024,
             )
             if outcome.exit_status != 0 or LOCKDOWN_MARKER.encode() not in outcome.stdout:
                 ended = "timed out" if outcome.timed_out else f"exited {outcome.exit_status}"
@@ -411,8 +436,6 @@ class LifecycleService:
                 error = exc.message
         except DuetError as exc:
             error = exc.message
-        except TimeoutError:
-            error = f"the CVM did not answer the lockdown within {self.settings.lockdown_timeout_s + 5:g} s"
         await self.ssh.drop(cvm_id)
         cvm = self.get_cvm(cvm_id)
         if error is not None and (error == cvm.lockdown_error or cvm.lockdown_failures >= MAX_RECORDED_LOCKDOWN_FAILURES):
@@ -479,29 +502,35 @@ class LifecycleService:
                 raise Conflict(
                     f"CVM {cvm.id[:16]}… is still being provisioned; stop it when its start job has ended", code="cvm_busy"
                 )
-            if cvm.mode not in lc.ALLOWED_IN[lc.CVM_STOPPING]:
+            if cvm.mode == lc.STOPPING and not cvm.stop_failed:
+                raise Conflict(f"CVM {cvm.id[:16]}… is being stopped; its stop job has not ended yet", code="cvm_busy")
+            if not lc.stop_allowed(cvm):
                 raise Conflict(f"CVM {cvm.id[:16]}… is already {cvm.mode}", code="bad_transition")
-            previous = cvm.mode
+            previous = cvm.mode  # stopping: a retry of the stop that failed
             with self.store.transaction() as tx:
                 self.store.update_cvm(tx, cvm.id, mode=lc.STOPPING, now=timestamp())
                 self._owner_entry(tx, request, cvm=cvm.id, event=lc.CVM_STOPPING, previous=previous, job=job_id)
         self.jobs.spawn(job_id, lambda: self._teardown(job_id, cvm.id))
         return {"job_id": job_id, "cvm_id": cvm.id, "mode": lc.STOPPING}
 
-    async def _teardown(self, job_id: str, cvm_id: str) -> None:
+    async def _teardown(self, job_id: str | None, cvm_id: str, *, retry: str | None = None) -> None:
+        """Delete the CVM's resources and record the outcome. ``job_id`` None with ``retry``: the
+        controller retries a failed stop on its own (at start); its entries say so."""
+        progress = self.jobs.progress(job_id) if job_id is not None else (lambda step: None)
+        marks = {"retry": retry} if retry is not None else {}
         async with self._locked(cvm_id):
-            self.jobs.progress(job_id)("deleting the CVM's resources")
+            progress("deleting the CVM's resources")
             await self.ssh.drop(cvm_id)
             error = await self._delete_resources(cvm_id, self.machines.get(cvm_id))
             with self.store.transaction() as tx:
                 if error is None:
                     self.store.update_cvm(tx, cvm_id, mode=lc.STOPPED, now=timestamp())
                     self._destroy_key(tx, cvm_id)
-                    self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_STOPPED, actor=CONTROLLER, key_destroyed=True)
+                    self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_STOPPED, actor=CONTROLLER, key_destroyed=True, **marks)
                 else:
-                    # Stay "stopping": a later stop or restart retries; nothing is silently orphaned.
-                    self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_STOP_FAILED, actor=CONTROLLER, reason=error)
-            self.jobs.progress(job_id)("stopped" if error is None else "failed")
+                    # Stay "stopping": a later stop and every restart retry it; nothing is silently orphaned.
+                    self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_STOP_FAILED, actor=CONTROLLER, reason=error, **marks)
+            progress("stopped" if error is None else "failed")
 
     # --- reads -------------------------------------------------------------------------
 
@@ -576,8 +605,22 @@ class LifecycleService:
 
     # --- recovery after a restart -------------------------------------------------------
 
+    def _recovery_failed(self, step: str, provider: str, exc: BaseException, cvm_id: str | None = None) -> None:
+        """Log and record a recovery step that failed; the start goes on."""
+        reason = _describe(exc)
+        log.error("recovery at start: %s with provider %s failed, starting anyway: %s", step, provider, reason)
+        with self.store.transaction() as tx:
+            self.ledger.append(
+                tx, cvm=cvm_id, event=lc.CONTROLLER_RECOVERY_FAILED, actor=CONTROLLER, step=step, provider=provider, reason=reason
+            )
+
     async def recover(self) -> None:
-        """Finish what a crash interrupted, from the ledger's own account of it; nothing is lost or orphaned."""
+        """Finish what a crash interrupted, from the ledger's own account of it; nothing is lost or orphaned.
+
+        Failed stops are retried too. No failure of the cloud stops the start: a deletion that
+        fails is recorded as the stop's or the start's outcome, a reconcile or resume that fails
+        as ``controller.recovery_failed``."""
+        failed_stops = [cvm.id for cvm in self.replay.cvms.values() if cvm.mode == lc.STOPPING and cvm.stop_failed]
         for cvm in list(self.replay.cvms.values()):
             for seq, command in sorted(cvm.running.items()):
                 with self.store.transaction() as tx:
@@ -603,11 +646,17 @@ class LifecycleService:
                 )
             else:
                 await self._teardown(job.id, job.cvm_id)
+        for cvm_id in failed_stops:
+            log.info("retrying the failed stop of CVM %s", cvm_id)
+            await self._teardown(None, cvm_id, retry="restart")
         active = [cvm for cvm in self.replay.cvms.values() if cvm.mode in lc.ACTIVE_MODES]
         for name, provider in self.providers.items():
-            await provider.reconcile(
-                [self.machines[cvm.id] for cvm in active if cvm.id in self.machines and cvm.provider == name]
-            )
+            try:
+                await provider.reconcile(
+                    [self.machines[cvm.id] for cvm in active if cvm.id in self.machines and cvm.provider == name]
+                )
+            except Exception as exc:
+                self._recovery_failed("reconcile", name, exc)
         for cvm in active:
             if cvm.lockdown == lc.LOCKDOWN_DONE or cvm.id not in self.machines:
                 continue
@@ -619,7 +668,11 @@ class LifecycleService:
                 )
                 continue
             pinned = self.machines[cvm.id]
-            machine = await self.providers[cvm.provider].resume(pinned)
+            try:
+                machine = await self.providers[cvm.provider].resume(pinned)
+            except Exception as exc:
+                self._recovery_failed("resume", cvm.provider, exc, cvm.id)
+                continue
             if machine.host_key != pinned.host_key:
                 # The host key is what makes the CVM this CVM: never re-pinned on a resume.
                 with self.store.transaction() as tx:

@@ -58,6 +58,9 @@ COMMAND_INTERRUPTED: Final = "command.interrupted"
 CONTROLLER_STARTED: Final = "controller.started"
 CONTROLLER_OWNERS: Final = "controller.owners"
 CONTROLLER_OWNERS_REFUSED: Final = "controller.owners_refused"
+CONTROLLER_RECOVERY_FAILED: Final = "controller.recovery_failed"
+"""A step of the recovery at start failed (``step``: reconcile, resume, stop; ``provider``,
+``reason``); the controller started all the same. Changes no mode."""
 
 COMMAND_OUTCOMES: Final = (COMMAND_FINISHED, COMMAND_FAILED, COMMAND_INTERRUPTED)
 OWNER_EVENTS: Final = frozenset({CVM_PROVISIONING, COMMAND_STARTED, MODE_CHANGED, CVM_STOPPING})
@@ -84,12 +87,18 @@ ALLOWED_IN: Final[dict[str, tuple[str, ...]]] = {
     CVM_RESUMED: ACTIVE_MODES,
     MODE_CHANGED: MARKABLE_MODES,
     COMMAND_STARTED: (IN_UPDATE,),
-    CVM_STOPPING: (IN_UPDATE, IN_SERVICE, FAILED),
+    CVM_STOPPING: (IN_UPDATE, IN_SERVICE, FAILED, STOPPING),
     CVM_STOPPED: (STOPPING,),
     CVM_STOP_FAILED: (STOPPING,),
     CVM_LOCKED: (IN_SERVICE, STOPPING),
 }
-"""The modes a CVM must be in for each event; anything else is a forbidden sequence."""
+"""The modes a CVM must be in for each event; anything else is a forbidden sequence.
+``cvm.stopping`` in ``stopping`` is a retry, allowed only as ``RETRY_AFTER`` says."""
+
+RETRY_AFTER: Final[dict[tuple[str, str], str]] = {(CVM_STOPPING, STOPPING): CVM_STOP_FAILED}
+"""(event, mode) pairs allowed only when the CVM's last job ended with the given failure: a stop
+is asked again only once the previous one ended in ``cvm.stop_failed`` (never while a stop job
+runs, and once per failure). ``CvmFacts.stop_failed`` is that condition."""
 
 MODE_CHANGES: Final = frozenset({(IN_UPDATE, IN_SERVICE), (IN_SERVICE, IN_UPDATE), (IN_SERVICE, IN_SERVICE)})
 """(previous, new) pairs ``mark`` may record; in-service → in-service only to add ``final``."""
@@ -99,6 +108,7 @@ AFTER_LOCKDOWN: Final = frozenset({CVM_STOPPING, CVM_STOPPED, CVM_STOP_FAILED})
 
 KEY_DESTROYING: Final = frozenset({CVM_FAILED, CVM_STOPPED})
 """Events after which the controller holds no key for the CVM (``cvm.locked`` with ok too)."""
+
 
 # --- lockdown states -------------------------------------------------------------------------
 
@@ -147,12 +157,19 @@ class CvmFacts:
     lockdown_error: str | None = None
     lockdown_failures: int = 0
     """``cvm.locked`` entries with ``ok: false`` so far."""
+    stop_failed: bool = False
+    """The last stop ended in ``cvm.stop_failed`` and no stop was asked since: one may be (a retry)."""
     last_seq: int = -1
     running: dict[int, str] = field(default_factory=dict)
     request_digest: str | None = None
     """The signed owner request whose entries come last, and the digests of those before it."""
     past_requests: set[str] = field(default_factory=set)
     """Commands started and not yet ended: started seq → command."""
+
+
+def stop_allowed(cvm: CvmFacts) -> bool:
+    """Whether a ``cvm.stopping`` may be recorded for ``cvm`` now (the service's test, the replay's rule)."""
+    return cvm.mode in ALLOWED_IN[CVM_STOPPING] and ((CVM_STOPPING, cvm.mode) not in RETRY_AFTER or cvm.stop_failed)
 
 
 @dataclass
@@ -265,6 +282,14 @@ class LifecycleReplay:
                 "forbidden_in_mode" if event != COMMAND_STARTED else "command_outside_update",
                 f"{what} while CVM {cvm_id[:16]}… was {cvm.mode} (allowed only in {', '.join(allowed)})",
             )
+        if (event, cvm.mode) in RETRY_AFTER and not cvm.stop_failed:
+            violation(
+                "forbidden_in_mode",
+                f"{event} while CVM {cvm_id[:16]}… was {cvm.mode} and its last job had not ended in "
+                f"{RETRY_AFTER[event, cvm.mode]}: only a failed stop may be retried, once per failure",
+            )
+        if event == CVM_STOPPING and entry.get("previous") != cvm.mode:
+            violation("forbidden_transition", f"cvm.stopping says the CVM was {entry.get('previous')!r}, but it was {cvm.mode}")
         if event in (MODE_CHANGED, CVM_STOPPING) and cvm.running:
             violation(
                 "changed_during_command",
@@ -303,12 +328,14 @@ class LifecycleReplay:
                 cvm.lockdown_error = _str(entry.get("error")) or "unknown"
                 cvm.lockdown_failures += 1
         elif event == CVM_STOPPING:
+            cvm.stop_failed = False
             job = entry.get("job")
             if isinstance(job, str):
                 self.jobs[job] = JobFacts(job, "stop", cvm_id, created_at=time, updated_at=time)
         elif event == CVM_STOPPED:
             self._end_job(cvm_id, "stop", "succeeded", None, time)
         elif event == CVM_STOP_FAILED:
+            cvm.stop_failed = True
             self._end_job(cvm_id, "stop", "failed", {"code": "stop_failed", "message": _str(entry.get("reason")) or ""}, time)
         elif event == COMMAND_STARTED and seq is not None:
             cvm.running[seq] = str(entry.get("command"))

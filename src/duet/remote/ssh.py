@@ -1,6 +1,16 @@
 """SSH from the controller to its CVMs: pinned host keys, one reused connection per CVM,
 and command execution with a time limit and an output cap.
 
+Every step has a time limit, so a CVM that stops answering (a frozen guest, a SIGSTOPped
+sshd: the kernel still holds its sockets open) never holds a command, and with it the CVM's
+lock in the controller, longer than the command's timeout plus ``SshPool.margin_s``:
+connecting (TCP, key exchange, authentication: ``connect_timeout``), opening the command's
+channel (``channel_timeout``; connecting and opening share one deadline, retry included), and
+on timeout the kill (pid marker, kill command: ``close_timeout``) and the channel's close
+(``close_timeout``). A CVM that does not confirm the kill is reported as stalled, with its
+connection dropped, not as a clean timeout. Closing a connection waits ``close_timeout`` at
+most, then aborts it.
+
 The host key is the only thing that tells the controller it talks to the CVM it created
 (design.md §1, man-in-the-middle attack), so it is checked against the pinned key alone:
 no ``~/.ssh/known_hosts``, no ``~/.ssh/config``, no agent, no default client keys.
@@ -32,9 +42,13 @@ __all__ = [
     "generate_client_key",
 ]
 
-_CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+"""TCP connect, key exchange and authentication."""
+CHANNEL_TIMEOUT_S = 5.0
+"""Opening a command's channel on a connected CVM: one round trip when the CVM is alive."""
+CLOSE_TIMEOUT_S = 2.0
+"""Each step of ending a timed-out command (the kill, the channel's close) and closing a connection."""
 _KEEPALIVE_S = 30.0
-_CLOSE_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,7 @@ class _PinnedClient(asyncssh.SSHClient):
         return False
 
 
-async def _connect(target: SshTarget, *, timeout: float = _CONNECT_TIMEOUT_S) -> asyncssh.SSHClientConnection:
+async def _connect(target: SshTarget, *, timeout: float = CONNECT_TIMEOUT_S) -> asyncssh.SSHClientConnection:
     """Open and authenticate one connection, turning every failure into a typed error."""
     pinned = _import_public(target.host_key)
     client_key = _import_private(target.client_key)
@@ -284,8 +298,16 @@ class CommandRunner(Protocol):
 class SshPool:
     """Keeps one open connection per CVM and reuses it (NOT a new connection per command)."""
 
-    def __init__(self, *, connect_timeout: float = _CONNECT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        channel_timeout: float = CHANNEL_TIMEOUT_S,
+        close_timeout: float = CLOSE_TIMEOUT_S,
+    ) -> None:
         self._connect_timeout = connect_timeout
+        self._channel_timeout = channel_timeout
+        self._close_timeout = close_timeout
         self._conns: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()  # kills of cancelled commands
@@ -301,16 +323,34 @@ class SshPool:
                 return entry.conn
             if entry is not None:
                 del self._conns[cvm_id]
-                entry.conn.close()
+                entry.conn.abort()  # dead or for another target: nothing to say to it
             conn = await _connect(target, timeout=self._connect_timeout)
             self._conns[cvm_id] = _Entry(target, conn)
             return conn
 
-    async def _forget(self, cvm_id: str, conn: asyncssh.SSHClientConnection) -> None:
+    @property
+    def margin_s(self) -> float:
+        """How much longer than its command's timeout ``run`` takes at most, whatever the CVM
+        does: connecting and opening the channel, then, on timeout, the kill and the close."""
+        return self._connect_timeout + self._channel_timeout + 2 * self._close_timeout
+
+    async def _forget(self, cvm_id: str, conn: asyncssh.SSHClientConnection, *, abort: bool = False) -> None:
+        """Stop using ``conn`` for this CVM; ``abort`` for a stalled one (nothing is sent to it)."""
         entry = self._conns.get(cvm_id)
         if entry is not None and entry.conn is conn:
             del self._conns[cvm_id]
+        if abort:
+            conn.abort()
+        else:
+            conn.close()
+
+    async def _close(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Close cleanly if the CVM answers within ``close_timeout``; abort otherwise."""
         conn.close()
+        try:
+            await asyncio.wait_for(conn.wait_closed(), self._close_timeout)
+        except TimeoutError:
+            conn.abort()
 
     async def _open(
         self, cvm_id: str, target: SshTarget, command: str, limit: int
@@ -319,14 +359,35 @@ class SshPool:
 
         Retrying is safe: a channel that failed to open never ran the command. A live
         connection that refuses a channel (e.g. sshd's MaxSessions) is kept, because other
-        commands may be running on it."""
+        commands may be running on it. Everything here, waiting for another command's connect
+        and the retry included, ends within ``connect_timeout + channel_timeout``; a channel
+        that does not open in ``channel_timeout`` means a stalled CVM: its connection is dropped."""
         where = f"{target.host}:{target.port}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout + self._channel_timeout
         for attempt in (1, 2):
-            conn = await self._connection(cvm_id, target)
+            budget = max(deadline - loop.time(), 0.0)
             try:
-                chan, session = await conn.create_session(lambda: _Collector(limit), _PROLOGUE + command, encoding=None)
+                conn = await asyncio.wait_for(self._connection(cvm_id, target), budget)
+            except TimeoutError:
+                raise SshUnavailable(
+                    f"SSH connection to {where} timed out after {self._connect_timeout:g} s", reason="timeout"
+                ) from None
+            limit_s = min(self._channel_timeout, max(deadline - loop.time(), 0.0))
+            try:
+                chan, session = await asyncio.wait_for(
+                    conn.create_session(lambda: _Collector(limit), _PROLOGUE + command, encoding=None), limit_s
+                )
                 assert isinstance(session, _Collector)
                 return conn, chan, session
+            except TimeoutError:
+                await self._forget(cvm_id, conn, abort=True)
+                raise SshUnavailable(
+                    f"{where} did not open a channel for the command within {limit_s:g} s: the CVM is stalled or "
+                    "overloaded. The connection was dropped; the command did not start, unless the CVM stalled just "
+                    "as it received it: check the CVM before retrying",
+                    reason="timeout",
+                ) from None
             except (asyncssh.Error, OSError) as exc:
                 reason = getattr(exc, "reason", None) or type(exc).__name__
                 if not conn.is_closed():
@@ -340,23 +401,35 @@ class SshPool:
         """Run ``command`` (no PTY) and collect its outputs, at most ``output_limit`` bytes each.
 
         On timeout the remote process is sent SIGKILL and its channel closed; the result then
-        has ``timed_out=True`` and no exit status. A connection lost while the command runs
-        raises SshUnavailable and is never retried: the command may already have had effects."""
+        has ``timed_out=True`` and no exit status. A CVM that does not confirm the kill within
+        the close budget is stalled: its connection is dropped and SshUnavailable ("timeout")
+        raised, since the command may still run there. A connection lost while the command runs
+        raises SshUnavailable and is never retried: the command may already have had effects.
+        Whatever the CVM does, this ends within ``timeout + margin_s``."""
         start = time.perf_counter()
         conn, chan, session = await self._open(cvm_id, target, command, output_limit)
-        timed_out = False
+        timed_out = stalled = False
         try:
             chan.write_eof()  # commands reading stdin see EOF instead of hanging
             done, _ = await asyncio.wait((session.closed,), timeout=timeout)
             if not done:
                 timed_out = True
-                await _kill(conn, chan, session)
+                stalled = not await _kill(conn, chan, session, self._close_timeout)
         finally:
-            if not session.closed.done():  # the caller was cancelled: still kill the command
-                task = asyncio.get_running_loop().create_task(_kill(conn, chan, session))
+            if not session.closed.done() and not stalled:  # the caller was cancelled: still kill the command
+                task = asyncio.get_running_loop().create_task(self._kill_in_background(cvm_id, conn, chan, session))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         duration = time.perf_counter() - start
+        if stalled:
+            await self._forget(cvm_id, conn, abort=True)
+            raise SshUnavailable(
+                f"the command ran past its {timeout:g} s timeout and {target.host}:{target.port} did not confirm it was "
+                f"killed within {2 * self._close_timeout:g} s: the CVM is stalled. The connection was dropped and the "
+                "command may still be running: check the CVM before retrying",
+                reason="timeout",
+                command_started=session.remote_pid is not None,
+            )
         if not timed_out and session.lost is not None:
             await self._forget(cvm_id, conn)
             raise SshUnavailable(
@@ -377,6 +450,12 @@ class SshPool:
             stdout_truncated=session.out_truncated,
             stderr_truncated=session.err_truncated,
         )
+
+    async def _kill_in_background(
+        self, cvm_id: str, conn: asyncssh.SSHClientConnection, chan: asyncssh.SSHClientChannel[bytes], session: _Collector
+    ) -> None:
+        if not await _kill(conn, chan, session, self._close_timeout):
+            await self._forget(cvm_id, conn, abort=True)
 
     async def wait_ready(self, target: SshTarget, *, timeout: float) -> None:
         """Poll until the machine answers SSH and accepts the key, instead of a fixed sleep.
@@ -402,8 +481,7 @@ class SshPool:
                 await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
                 delay = min(delay * 2, 1.0)
                 continue
-            conn.close()
-            await conn.wait_closed()
+            await self._close(conn)
             return
 
     async def login_refused(self, target: SshTarget) -> bool:
@@ -415,16 +493,14 @@ class SshPool:
             conn = await _connect(target, timeout=self._connect_timeout)
         except SshUnavailable as exc:
             return exc.reason in ("refused", "auth")
-        conn.close()
-        await conn.wait_closed()
+        await self._close(conn)
         return False
 
     async def drop(self, cvm_id: str) -> None:
         entry = self._conns.pop(cvm_id, None)
         self._locks.pop(cvm_id, None)
         if entry is not None:
-            entry.conn.close()
-            await entry.conn.wait_closed()
+            await self._close(entry.conn)
 
     async def close(self) -> None:
         if self._background:
@@ -433,21 +509,28 @@ class SshPool:
             await self.drop(cvm_id)
 
 
-async def _kill(conn: asyncssh.SSHClientConnection, chan: asyncssh.SSHClientChannel[bytes], session: _Collector) -> None:
-    """Kill the timed-out command's process group, then close its channel.
+async def _kill(
+    conn: asyncssh.SSHClientConnection, chan: asyncssh.SSHClientChannel[bytes], session: _Collector, budget: float
+) -> bool:
+    """Kill the timed-out command's process group, then close its channel; returns whether
+    the channel closed (False: the CVM does not answer, the command may still run).
 
     Costs one more round trip, only on timeout. The signal request is sent too, for servers
-    that honour it (non-root logins on stock OpenSSH)."""
+    that honour it (non-root logins on stock OpenSSH). Takes at most ``2 * budget``: one for
+    the pid marker and the kill, one for the channel's close."""
     with contextlib.suppress(OSError, asyncssh.Error):
         chan.send_signal("KILL")
     # Cancelled right after the start, the pid marker may still be in flight: wait for it.
-    deadline = time.monotonic() + _CLOSE_GRACE_S
-    while session.awaiting_pid and time.monotonic() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    while session.awaiting_pid and loop.time() < deadline:
         await asyncio.sleep(0.01)
     pid = session.remote_pid
-    if pid is not None and not session.closed.done():
-        with contextlib.suppress(OSError, asyncssh.Error, asyncio.TimeoutError, TimeoutError):
-            await asyncio.wait_for(conn.run(f"kill -KILL -- -{pid} {pid} 2>/dev/null", check=False), _CLOSE_GRACE_S)
+    remaining = deadline - loop.time()
+    if pid is not None and not session.closed.done() and remaining > 0:
+        with contextlib.suppress(OSError, asyncssh.Error, TimeoutError):
+            await asyncio.wait_for(conn.run(f"kill -KILL -- -{pid} {pid} 2>/dev/null", check=False), remaining)
     chan.close()
-    with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-        await asyncio.wait_for(asyncio.shield(session.closed), _CLOSE_GRACE_S)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(session.closed), budget)
+    return session.closed.done()

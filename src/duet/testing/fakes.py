@@ -5,7 +5,7 @@ service, store, ledger and sealed state in-process, in milliseconds, so every ru
 tested exhaustively; the real sshd and kill -9 tests stay in tests/integration.
 
 A test steers them through hooks: ``FakeProvider.gate`` (an event ``create``/``delete`` wait
-on), ``FakeProvider.fail_create``/``fail_delete``, and ``FakeSsh.on_run`` (called with each
+on), ``FakeProvider.fail_create``/``fail_delete``/``fail_reconcile``/``fail_resume``, and ``FakeSsh.on_run`` (called with each
 command; it may return a result, raise, or wait). Raising a ``BaseException`` that is not an
 ``Exception`` (see ``SimulatedCrash``) from a hook stops the controller between two steps, as
 a ``kill -9`` would: nothing after it runs, nothing catches it.
@@ -45,6 +45,8 @@ class FakeProvider:
     """When set, ``create`` and ``delete`` wait for it (to hold a CVM in provisioning or stopping)."""
     fail_create: BaseException | None = None
     fail_delete: BaseException | None = None
+    fail_reconcile: BaseException | None = None
+    fail_resume: BaseException | None = None
 
     async def create(self, spec: CvmSpec, ssh_public_key: str, progress: Progress) -> Machine:
         progress("creating a fake machine")
@@ -65,9 +67,13 @@ class FakeProvider:
         self.deleted.append(machine.cvm_id)
 
     async def reconcile(self, known: list[Machine]) -> list[Machine]:
+        if self.fail_reconcile is not None:
+            raise self.fail_reconcile
         return [machine for machine in known if machine.cvm_id in self.machines]
 
     async def resume(self, machine: Machine) -> Machine:
+        if self.fail_resume is not None:
+            raise self.fail_resume
         return machine
 
     def lockdown_command(self, machine: Machine) -> str:

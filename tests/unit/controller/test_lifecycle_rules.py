@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class Harness:
         return [f"{v.seq}: {v.code}: {v.message}" for v in replay.violations]
 
 
-def settings(world: World) -> Settings:
+def settings(world: World, **overrides: Any) -> Settings:
     return Settings(
         state_dir=world.state_dir,
         owner_keys=(world.owner_pub,),
@@ -91,11 +92,12 @@ def settings(world: World) -> Settings:
         tee="none",
         lockdown_retry_s=0.01,
         lockdown_retry_max_s=0.05,
+        **overrides,
     )
 
 
-async def open_harness(world: World) -> Harness:
-    controller = open_controller(settings(world), providers={"fake": world.provider}, ssh=world.ssh)
+async def open_harness(world: World, **overrides: Any) -> Harness:
+    controller = open_controller(settings(world, **overrides), providers={"fake": world.provider}, ssh=world.ssh)
     await controller.service.recover()
     harness = Harness(world, controller)
     await harness.settle()
@@ -127,7 +129,8 @@ async def harness(world: World) -> AsyncIterator[Harness]:
 
 
 async def in_mode(h: Harness, mode: str) -> str:
-    """A CVM in ``mode`` (final and final-pending are in-service with the flag)."""
+    """A CVM in ``mode`` (final and final-pending are in-service with the flag; stop-failed is
+    stopping, its last stop having failed)."""
     world = h.world
     if mode == "provisioning":
         world.provider.gate = asyncio.Event()
@@ -146,10 +149,15 @@ async def in_mode(h: Harness, mode: str) -> str:
         if mode == "stopping":
             world.provider.gate = asyncio.Event()
         await h.stop(cvm_id)
+    if mode == "stop-failed":
+        world.provider.fail_delete = UpstreamError("the cloud refused to delete the VM", code="cloud_error")
+        await h.stop(cvm_id)
+        world.provider.fail_delete = None
+        assert h.events(cvm_id)[-2:] == ["cvm.stopping", "cvm.stop_failed"]
     return cvm_id
 
 
-MODES = ("provisioning", "in-update", "in-service", "final", "final-pending", "stopping", "stopped", "failed")
+MODES = ("provisioning", "in-update", "in-service", "final", "final-pending", "stopping", "stop-failed", "stopped", "failed")
 OPERATIONS: dict[str, Callable[[Harness, str], Any]] = {
     "run": lambda h, cvm: h.run(cvm, "true"),
     "mark in-update": lambda h, cvm: h.mark(cvm, "in-update"),
@@ -160,12 +168,17 @@ OPERATIONS: dict[str, Callable[[Harness, str], Any]] = {
 HELD_BY_A_JOB = {"provisioning": "in-update", "stopping": "stopped"}
 """While a start or stop job holds the CVM, an operation waits for it, then meets the mode it left."""
 REFUSED = {
-    **{(mode, "run"): "not_in_update" for mode in ("in-service", "final", "final-pending", "stopped", "failed")},
+    **{(mode, "run"): "not_in_update" for mode in ("in-service", "final", "final-pending", "stop-failed", "stopped", "failed")},
     ("final", "mark in-update"): "cvm_final",
     ("final-pending", "mark in-update"): "cvm_final",
     **{("stopped", op): "bad_transition" for op in OPERATIONS if op != "run"},
-    **{("failed", op): "bad_transition" for op in ("mark in-update", "mark in-service", "mark final")},
+    **{
+        (mode, op): "bad_transition"
+        for mode in ("failed", "stop-failed")
+        for op in ("mark in-update", "mark in-service", "mark final")
+    },
 }
+SHOWN_AS = {"final": "in-service", "final-pending": "in-service", "stop-failed": "stopping"}
 UNCHANGED = {
     ("in-update", "mark in-update"),
     ("in-service", "mark in-service"),
@@ -196,7 +209,7 @@ async def test_every_operation_in_every_mode(harness: Harness, mode: str, operat
         with pytest.raises(DuetError) as refused:
             await pending
         assert refused.value.code == refusal
-        assert harness.mode(cvm_id) == {"final": "in-service", "final-pending": "in-service"}.get(mode, mode)
+        assert harness.mode(cvm_id) == SHOWN_AS.get(mode, mode)
         assert before_size in (None, harness.controller.ledger.size)  # nothing recorded
     else:
         answer = await pending
@@ -320,3 +333,120 @@ async def test_an_unreachable_lockdown_is_retried_and_its_failures_are_bounded(h
     await asyncio.sleep(0.2)
     assert harness.controller.service.get_cvm(cvm_id).lockdown == lc.LOCKDOWN_DONE
     assert harness.violations() == []
+
+
+# --- a failed stop is retried: by stop again, and at every start ---------------------------------
+
+
+async def test_stop_again_retries_a_failed_stop(harness: Harness) -> None:
+    cvm_id = await in_mode(harness, "in-service")
+    harness.world.provider.fail_delete = UpstreamError("the cloud refused to delete the VM", code="cloud_error")
+    await harness.stop(cvm_id)
+    await harness.stop(cvm_id)  # still failing: recorded again, still retryable
+    assert harness.mode(cvm_id) == "stopping"
+    harness.world.provider.fail_delete = None
+    accepted = await harness.stop(cvm_id)
+    assert harness.mode(cvm_id) == "stopped" and cvm_id in harness.world.provider.deleted
+    assert harness.controller.service.job(accepted["job_id"])["status"] == "succeeded"
+    stops = [e for e in harness.controller.ledger.entries(cvm=cvm_id) if e["event"].startswith("cvm.stop")]
+    assert [(e["event"], e.get("previous")) for e in stops] == [
+        ("cvm.stopping", "in-service"), ("cvm.stop_failed", None),
+        ("cvm.stopping", "stopping"), ("cvm.stop_failed", None),
+        ("cvm.stopping", "stopping"), ("cvm.stopped", None),
+    ]  # fmt: skip
+    assert not harness.controller.service.sealed.has_data_key(cvm_id)
+    assert harness.violations() == []
+
+
+async def test_stop_while_a_stop_runs_is_refused_as_busy(harness: Harness) -> None:
+    cvm_id = await in_mode(harness, "in-update")
+    harness.world.provider.gate = asyncio.Event()
+    service = harness.controller.service
+    await service.stop(harness.request("cvm.stop", StopParams(cvm_id=cvm_id)))  # its job has not started yet
+    with pytest.raises(DuetError) as refused:
+        await service.stop(harness.request("cvm.stop", StopParams(cvm_id=cvm_id)))
+    assert refused.value.code == "cvm_busy"
+    harness.world.provider.gate.set()
+    await harness.settle()
+    assert harness.mode(cvm_id) == "stopped"
+    assert harness.violations() == []
+
+
+async def test_a_failed_stop_is_retried_at_every_start(harness: Harness) -> None:
+    cvm_id = await in_mode(harness, "in-update")
+    world = harness.world
+    world.provider.fail_delete = UpstreamError("the cloud refused to delete the VM", code="cloud_error")
+    await harness.stop(cvm_id)
+
+    again = await reopen(harness)  # the deletion still fails: the start goes on, the failure is recorded
+    assert again.mode(cvm_id) == "stopping"
+    assert again.events(cvm_id)[-3:] == ["cvm.stopping", "cvm.stop_failed", "cvm.stop_failed"]
+    assert again.controller.ledger.entries(cvm=cvm_id)[-1]["retry"] == "restart"
+    assert again.violations() == []
+
+    world.provider.fail_delete = None
+    third = await reopen(again)
+    assert third.mode(cvm_id) == "stopped" and cvm_id in world.provider.deleted
+    assert not third.controller.service.sealed.has_data_key(cvm_id)
+    assert third.violations() == []
+    await third.controller.close()
+
+
+@pytest.mark.parametrize("failing", ["reconcile", "resume", "delete of a start interrupted by a crash"])
+async def test_a_failing_cleanup_at_start_is_recorded_not_fatal(harness: Harness, failing: str) -> None:
+    world = harness.world
+    cvm_id = await in_mode(harness, "in-update")
+    if failing.startswith("delete"):
+        world.provider.fail_create = SimulatedCrash()
+        await harness.controller.service.start(harness.request("cvm.start", StartParams(cvm_type="snp")))
+        await harness.settle()
+        world.provider.fail_create = None
+        world.provider.fail_delete = UpstreamError("the cloud refused to delete the VM", code="cloud_error")
+    else:
+        setattr(world.provider, f"fail_{failing}", UpstreamError("the cloud API is down", code="cloud_down"))
+
+    again = await reopen(harness)  # starts all the same
+    entries = again.controller.ledger.entries()
+    if failing.startswith("delete"):
+        failed = [e for e in entries if e["event"] == "cvm.failed"]
+        assert failed[-1]["cleanup_error"] == "the cloud refused to delete the VM"
+    else:
+        recorded = [e for e in entries if e["event"] == lc.CONTROLLER_RECOVERY_FAILED]
+        assert [(e["step"], e["provider"], e["reason"]) for e in recorded] == [(failing, "fake", "the cloud API is down")]
+    assert again.mode(cvm_id) == "in-update"
+    assert (await again.run(cvm_id, "true"))["results"][0]["exit_status"] == 0  # and it serves
+    assert again.violations() == []
+    await again.controller.close()
+
+
+# --- a stalled CVM holds its lock no longer than the command's timeout plus a margin -------------
+
+
+async def test_a_hung_ssh_layer_holds_the_cvm_no_longer_than_the_timeout_plus_the_margin(world: World) -> None:
+    h = await open_harness(world, ssh_connect_timeout_s=0.05, ssh_channel_timeout_s=0.05, ssh_close_timeout_s=0.05)
+    try:
+        cvm_id = await in_mode(h, "in-update")
+
+        async def hang(cvm: str, command: str) -> None:
+            if command == "stalled":
+                await asyncio.Event().wait()  # as an SSH layer whose every step hangs would
+
+        world.ssh.on_run = hang
+        params = RunParams(cvm_id=cvm_id, commands=["stalled", "never"], timeout_s=0.2)
+        began = time.monotonic()
+        with pytest.raises(DuetError) as failed:
+            await asyncio.wait_for(h.controller.service.run(h.request("cvm.run", params)), 10)
+        bound = 0.2 + h.controller.settings.ssh_margin_s
+        assert time.monotonic() - began < bound + 0.5
+        assert failed.value.code == "ssh_unavailable"
+        entries = h.controller.ledger.entries(cvm=cvm_id)
+        assert [e["event"] for e in entries[-2:]] == ["command.started", "command.failed"]
+        assert "did not answer" in entries[-1]["reason"] and "0.2 s" in entries[-1]["reason"]
+        assert "never" not in [command for _, command in world.ssh.ran]
+
+        began = time.monotonic()
+        await asyncio.wait_for(h.mark(cvm_id, "in-service"), 1)  # the lock is free again
+        assert time.monotonic() - began < 0.5 and h.mode(cvm_id) == "in-service"
+        assert h.violations() == []
+    finally:
+        await h.controller.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from duet.controller.settings import read_env_file
+from duet.controller.settings import Settings, read_env_file
 from duet.errors import ConfigError
 
 
@@ -36,3 +36,13 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as missing:
         read_env_file(tmp_path / "nope.env")
     assert missing.value.code == "env_file_unreadable"
+
+
+def test_the_ssh_timeouts_default_to_the_ssh_pools_own() -> None:
+    from duet.remote import ssh
+
+    settings = Settings(state_dir=Path("state"))
+    assert (settings.ssh_connect_timeout_s, settings.ssh_channel_timeout_s, settings.ssh_close_timeout_s) == (
+        ssh.CONNECT_TIMEOUT_S, ssh.CHANNEL_TIMEOUT_S, ssh.CLOSE_TIMEOUT_S,
+    )  # fmt: skip
+    assert settings.ssh_margin_s == ssh.SshPool().margin_s + ssh.CLOSE_TIMEOUT_S  # the service also drops the connection

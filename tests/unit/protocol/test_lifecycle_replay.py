@@ -88,3 +88,59 @@ def test_a_cvm_marked_in_service_while_a_command_runs_is_a_finding() -> None:
     marked = history.owner(lc.MODE_CHANGED, previous=lc.IN_UPDATE, mode=lc.IN_SERVICE, final=False)
     history.add(lc.COMMAND_FINISHED, started_seq=started["seq"], exit_status=0)
     assert history.findings() == [("changed_during_command", marked["seq"])]
+
+
+# --- a failed stop may be retried, and only a failed one ----------------------------------------
+
+
+def stopping(history: History) -> History:
+    history.owner(lc.CVM_STOPPING, previous=lc.IN_UPDATE, job="s1")
+    return history
+
+
+def test_a_stop_retried_after_it_failed_passes() -> None:
+    history = stopping(History().ready())
+    history.add(lc.CVM_STOP_FAILED, reason="the cloud said no")
+    history.owner(lc.CVM_STOPPING, previous=lc.STOPPING, job="s2")
+    history.add(lc.CVM_STOP_FAILED, reason="the cloud said no again")
+    history.add(lc.CVM_STOP_FAILED, reason="retried at a restart", retry="restart")  # the controller retries at start
+    history.owner(lc.CVM_STOPPING, previous=lc.STOPPING, job="s3")
+    history.add(lc.CVM_STOPPED, key_destroyed=True)
+    replay = LifecycleReplay().apply_all(history.entries)
+    assert replay.violations == []
+    assert replay.cvms[CVM].mode == lc.STOPPED
+    assert [(job.id, job.status) for job in replay.jobs.values() if job.kind == "stop"] == [
+        ("s1", "failed"), ("s2", "failed"), ("s3", "succeeded"),
+    ]  # fmt: skip
+
+
+def test_a_second_stop_while_one_runs_is_a_finding() -> None:
+    history = stopping(History().ready())
+    again = history.owner(lc.CVM_STOPPING, previous=lc.STOPPING, job="s2")
+    history.add(lc.CVM_STOPPED, key_destroyed=True)
+    assert history.findings() == [("forbidden_in_mode", again["seq"])]
+
+
+def test_a_stop_retried_twice_after_one_failure_is_a_finding() -> None:
+    history = stopping(History().ready())
+    history.add(lc.CVM_STOP_FAILED, reason="the cloud said no")
+    history.owner(lc.CVM_STOPPING, previous=lc.STOPPING, job="s2")
+    again = history.owner(lc.CVM_STOPPING, previous=lc.STOPPING, job="s3")
+    assert history.findings() == [("forbidden_in_mode", again["seq"])]
+
+
+def test_a_stop_after_stopped_is_still_a_finding() -> None:
+    history = stopping(History().ready())
+    history.add(lc.CVM_STOP_FAILED, reason="the cloud said no")
+    history.owner(lc.CVM_STOPPING, previous=lc.STOPPING, job="s2")
+    history.add(lc.CVM_STOPPED, key_destroyed=True)
+    again = history.owner(lc.CVM_STOPPING, previous=lc.STOPPED, job="s3")
+    assert history.findings() == [("forbidden_in_mode", again["seq"])]
+
+
+def test_a_stopping_entry_that_misstates_the_previous_mode_is_a_finding() -> None:
+    history = History().ready()
+    lying = history.owner(lc.CVM_STOPPING, previous=lc.IN_SERVICE, job="s1")
+    history.add(lc.CVM_STOP_FAILED, reason="the cloud said no")
+    retry = history.owner(lc.CVM_STOPPING, previous=lc.IN_UPDATE, job="s2")
+    assert history.findings() == [("forbidden_transition", lying["seq"]), ("forbidden_transition", retry["seq"])]

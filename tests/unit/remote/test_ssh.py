@@ -7,17 +7,23 @@ prologue, runs a handful of named commands, and honours ``kill -KILL -- -PID PID
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import getpass
 import itertools
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
+from tests.fakes.sshd import SSHD, LocalSshd, free_port
 
 from duet.errors import ConfigError
 from duet.remote import ssh
@@ -419,3 +425,138 @@ def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
 def test_fingerprint_rejects_garbage() -> None:
     with pytest.raises(ConfigError):
         fingerprint("not a key")
+
+
+# -- a stalled CVM: a real sshd, SIGSTOPped ------------------------------------------------------
+
+
+@dataclass
+class RealCvm:
+    """A real OpenSSH sshd on loopback; ``stall`` freezes it and every sshd process of its
+    connections (the CVM stops answering, while the kernel keeps its sockets open)."""
+
+    sshd: LocalSshd
+    target: SshTarget
+    stopped: list[int] = field(default_factory=list)
+
+    def sshd_processes(self) -> list[int]:
+        assert self.sshd._proc is not None
+        found, todo = [], [self.sshd._proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+            for child in map(int, children):
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{child}/comm").read_text().startswith("sshd"):
+                        todo.append(child)
+        return found
+
+    def stall(self) -> None:
+        for pid in self.sshd_processes():
+            with contextlib.suppress(ProcessLookupError):  # a connection's process that just ended
+                os.kill(pid, signal.SIGSTOP)
+                self.stopped.append(pid)
+
+    def resume(self) -> None:
+        for pid in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.stopped.clear()
+
+
+@pytest.fixture
+def real_cvm(tmp_path: Path) -> Iterator[RealCvm]:
+    if not Path(SSHD).exists():
+        pytest.skip("needs OpenSSH's sshd")
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    private, public = generate_client_key()
+    sshd = LocalSshd(tmp_path / "sshd", free_port(), host_key.export_private_key("openssh").decode(), [public])
+    sshd.start()
+    pinned = host_key.export_public_key("openssh").decode().strip()
+    cvm = RealCvm(sshd, SshTarget("127.0.0.1", sshd.port, getpass.getuser(), pinned, private))
+    try:
+        yield cvm
+    finally:
+        cvm.resume()
+        sshd.stop()
+
+
+@pytest.fixture
+async def quick_pool() -> AsyncIterator[SshPool]:
+    """Step timeouts short enough for a test, so a stalled CVM shows within seconds."""
+    p = SshPool(connect_timeout=1.0, channel_timeout=1.0, close_timeout=0.5)
+    yield p
+    await asyncio.wait_for(p.close(), 5)
+
+
+async def bounded(coro: Any, limit: float = 20.0) -> Any:
+    """Fails the test instead of hanging it (before the fix, a stalled CVM took 120 s)."""
+    return await asyncio.wait_for(coro, limit)
+
+
+async def test_the_margin_covers_every_step(quick_pool: SshPool) -> None:
+    assert quick_pool.margin_s == pytest.approx(1.0 + 1.0 + 0.5 * 2)
+    assert SshPool().margin_s <= 20
+
+
+async def test_a_real_sshd_runs_commands(real_cvm: RealCvm, quick_pool: SshPool) -> None:
+    result = await quick_pool.run("cvm-1", real_cvm.target, "echo out; echo err >&2; exit 4", timeout=5, output_limit=LIMIT)
+    assert (result.exit_status, result.stdout, result.stderr) == (4, b"out\n", b"err\n")
+
+
+async def test_a_stalled_cvm_fails_the_command_within_its_timeout_plus_the_margin(real_cvm: RealCvm, quick_pool: SshPool) -> None:
+    """The pooled connection is open when the CVM stalls: opening the command's channel never
+    gets an answer (this took 120 s, the keepalive's limit, with the lock held)."""
+    assert (await quick_pool.run("cvm-1", real_cvm.target, "true", timeout=5, output_limit=LIMIT)).exit_status == 0
+    real_cvm.stall()
+    began = time.monotonic()
+    with pytest.raises(SshUnavailable) as info:
+        await bounded(quick_pool.run("cvm-1", real_cvm.target, "touch /tmp/x", timeout=2, output_limit=LIMIT))
+    elapsed = time.monotonic() - began
+    assert elapsed < 2 + quick_pool.margin_s and elapsed < 2.5  # here: the channel timeout alone
+    assert info.value.reason == "timeout"
+    assert "did not open a channel" in info.value.message and "1 s" in info.value.message
+
+    real_cvm.resume()  # once it answers again, a fresh connection is used
+    result = await bounded(quick_pool.run("cvm-1", real_cvm.target, "echo back", timeout=5, output_limit=LIMIT))
+    assert result.stdout == b"back\n"
+
+
+async def test_a_cvm_stalled_during_a_command_ends_it_at_its_timeout_with_an_error(
+    real_cvm: RealCvm, quick_pool: SshPool
+) -> None:
+    """The kill cannot reach a stalled CVM: the pool gives up after its close budget, says the
+    command may still run, and drops the connection instead of reporting a clean timeout."""
+    task = asyncio.ensure_future(quick_pool.run("cvm-1", real_cvm.target, "sleep 5", timeout=1.5, output_limit=LIMIT))
+    await asyncio.sleep(0.7)  # the command runs (its pid marker has arrived)
+    real_cvm.stall()
+    began = time.monotonic()
+    with pytest.raises(SshUnavailable) as info:
+        await bounded(task)
+    assert time.monotonic() - began < 1.5 + quick_pool.margin_s
+    assert info.value.reason == "timeout" and info.value.command_started
+    assert "1.5 s" in info.value.message and "may still be running" in info.value.message
+    assert "cvm-1" not in quick_pool._conns
+
+
+async def test_connecting_to_a_stalled_cvm_times_out(real_cvm: RealCvm, quick_pool: SshPool) -> None:
+    real_cvm.stall()  # the kernel still accepts the TCP connection; no banner ever comes
+    began = time.monotonic()
+    with pytest.raises(SshUnavailable) as info:
+        await bounded(quick_pool.run("cvm-1", real_cvm.target, "true", timeout=2, output_limit=LIMIT))
+    assert time.monotonic() - began < 2
+    assert info.value.reason == "timeout"
+    with pytest.raises(SshUnavailable):
+        await bounded(quick_pool.wait_ready(real_cvm.target, timeout=1.5))
+    assert not await bounded(quick_pool.login_refused(real_cvm.target))  # a timeout proves nothing
+
+
+async def test_drop_and_close_of_a_stalled_connection_are_bounded(real_cvm: RealCvm, quick_pool: SshPool) -> None:
+    await quick_pool.run("cvm-1", real_cvm.target, "true", timeout=5, output_limit=LIMIT)
+    await quick_pool.run("cvm-2", real_cvm.target, "true", timeout=5, output_limit=LIMIT)
+    real_cvm.stall()
+    began = time.monotonic()
+    await bounded(quick_pool.drop("cvm-1"))
+    await bounded(quick_pool.close())
+    assert time.monotonic() - began < 2
