@@ -32,6 +32,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from duet.cli.output import visible
 from duet.protocol import lifecycle as lc
 from duet.protocol import seed
 
@@ -195,10 +196,10 @@ def _print_state(result: dict[str, Any], long: bool) -> None:
     """Exactly as the seed printed a state; a hash is printed character by character, like its lines."""
     list_name, field = ("command_outputs", "output") if long else ("command_output_hashes", "output_hash")
     for entry in result["state"][list_name]:
-        print("command: " + entry["command"])
+        print("command: " + visible(entry["command"], one_line=True))  # control characters made visible
         print("-" * 20)
         for line in entry[field]:
-            print(line, end="")
+            print(visible(line), end="")
         print("=" * 20)
 
 
@@ -214,7 +215,7 @@ def perform(client: SeedClient, args: argparse.Namespace) -> dict[str, Any]:
     if action == "start-cvm":
         result = client.request("/start_cvm", {"cvm_type": args.cvm_type, **_request_id()}, privileged=True)
         if result.get("success"):
-            print("started cvm_id: " + result["state"]["cvm_id"])
+            print("started cvm_id: " + visible(result["state"]["cvm_id"], one_line=True))
     elif action == "stop-cvm":
         result = client.request("/stop_cvm", {"cvm_id": args.cvm_id}, privileged=True)
         if result.get("success"):
@@ -258,7 +259,7 @@ def main(argv: list[str]) -> int:
         client = SeedClient(args.url, owner_key, insecure=args.insecure)
         result = perform(client, args)
         if not result.get("success"):
-            print("ERROR: " + str(result.get("error")))
+            print("ERROR: " + visible(result.get("error"), one_line=True))
             status = EXIT_REFUSED
     except SeedClientError as exc:
         print(f"ERROR: {exc}")
