@@ -78,6 +78,12 @@ def verify_head(data: Any, *, controller: str, public_key: keys.PublicKey) -> Si
         signature = b64decode(head.signature)
     except ValueError:
         raise VerificationError("the tree head's signature is not base64", code="bad_head_signature") from None
-    if not keys.verify(public_key, signature, canonical(head.unsigned())):
+    try:
+        signed = canonical(head.unsigned())
+    except ValueError:  # no RFC 8785 form (an integer beyond 2**53, a lone surrogate): not a head we signed
+        raise VerificationError(
+            "the tree head has no canonical form; it was not signed by a controller", code="bad_head"
+        ) from None
+    if not keys.verify(public_key, signature, signed):
         raise VerificationError("the tree head's signature does not verify with the controller's key", code="bad_head_signature")
     return head

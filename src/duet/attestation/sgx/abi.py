@@ -360,7 +360,7 @@ def _pck_chain(data: bytes, offset: int) -> tuple[str, ...]:
         return tuple(
             x509.load_der_x509_certificate(d).public_bytes(serialization.Encoding.PEM).decode() for d in _split_der(text)
         )
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise QuoteFormatError(
             f"PCK certificate chain does not parse: {exc}", field="certification data", offset=offset
         ) from None

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Union
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -254,10 +254,16 @@ def verify_quoting_enclave(
             "bad_pck_chain",
             f"certification data type is {certification_data.type}; only type 5 (PCK certificate chain) can be verified offline",
         )
-    chain = verify_pck_chain(certification_data.certificates(), trusted_root_keys=trusted_root_keys, now=now)
-
-    pck_key = chain[0].public_key()
-    assert isinstance(pck_key, ec.EllipticCurvePublicKey)
+    try:
+        chain = verify_pck_chain(certification_data.certificates(), trusted_root_keys=trusted_root_keys, now=now)
+        pck_key = chain[0].public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.InvalidVersion) as exc:
+        # A certificate that parsed as DER but whose fields do not (found by fuzzing): a bad chain, not a crash.
+        raise _fail(
+            STEP_PCK_CHAIN, "bad_pck_certificate", f"a PCK certificate is malformed: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(pck_key, ec.EllipticCurvePublicKey):
+        raise _fail(STEP_PCK_CHAIN, "bad_pck_certificate", "the PCK certificate's key is not an ECDSA key")
     if not _ecdsa_ok(pck_key, qe_report_signature, qe_report.raw):
         raise _fail(
             STEP_QE_REPORT_SIGNATURE,
