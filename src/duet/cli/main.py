@@ -156,6 +156,39 @@ def controller_serve(
         Optional[Path],
         typer.Option(help="Provider settings as KEY=VALUE lines, e.g. the seed's azure_config.env; the environment is read too."),
     ] = None,
+    max_header_bytes: Annotated[
+        int, typer.Option(help="Largest request head (request line and headers) in bytes; larger: 431.")
+    ] = Settings.max_header_bytes,
+    max_header_count: Annotated[
+        int, typer.Option(help="Most header lines in one request; more: 431.")
+    ] = Settings.max_header_count,
+    max_request_line: Annotated[
+        int, typer.Option(help="Longest request target (path and query) in bytes; longer: 414.")
+    ] = Settings.max_request_line_bytes,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds for a request head to arrive in full, from the connection's start or its first byte; then 408."
+        ),
+    ] = Settings.header_timeout_s,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds a request body may pause while the controller waits for it; then 408.")
+    ] = Settings.idle_timeout_s,
+    keep_alive_timeout: Annotated[
+        float, typer.Option(help="Seconds an idle connection is kept open between requests.")
+    ] = Settings.keep_alive_timeout_s,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            help="Client connections open at once, all listeners together; more are refused (503, or closed before TLS)."
+        ),
+    ] = Settings.max_connections,
+    max_connections_per_address: Annotated[
+        int, typer.Option(help="Client connections open at once from one IP address; more are refused likewise.")
+    ] = Settings.max_connections_per_address,
+    tls_handshake_timeout: Annotated[
+        float, typer.Option(help="Seconds for a client's TLS handshake; then the connection is closed.")
+    ] = Settings.tls_handshake_timeout_s,
 ) -> None:
     """Serve the controller over HTTPS (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
     import dataclasses
@@ -188,6 +221,15 @@ def controller_serve(
         seed_listen=seed_address,
         tls=not no_tls,
         maa_url=maa_url,
+        max_header_bytes=max_header_bytes,
+        max_header_count=max_header_count,
+        max_request_line_bytes=max_request_line,
+        header_timeout_s=header_timeout,
+        idle_timeout_s=idle_timeout,
+        keep_alive_timeout_s=keep_alive_timeout,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
+        tls_handshake_timeout_s=tls_handshake_timeout,
     )
     if sealed_dir:
         settings = dataclasses.replace(settings, gramine_sealed_dir=sealed_dir)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from duet.controller.limits import Guard, LimitedHttpProtocol, Slot
 
 from duet import __version__
 from duet.controller.api import FAST_ROUTES, install_error_handlers, router
@@ -91,17 +95,29 @@ def serve(settings: Settings) -> None:
         log.warning(
             "NO TLS (--no-tls): serving plain HTTP, for development only; clients reach this controller only with --insecure"
         )
-    main = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False, **ssl)  # type: ignore[arg-type]
+    from duet.controller.limits import Guard, Limits, fit_to_file_limit
+
+    main = uvicorn.Config(app, host=settings.host, port=settings.port, **_uvicorn_options(settings), **ssl)  # type: ignore[arg-type]
+    guard = Guard(fit_to_file_limit(Limits.of(settings)))  # one budget for every listener
     if settings.seed_listen is None:
-        _server(main, controller).run()
+        _server(main, controller, guard).run()
         return
     seed_host, seed_port = settings.seed_listen
     log.warning("the seed's protocol is served on http://%s:%d (plain HTTP, no replay protection)", seed_host, seed_port)
     seed = uvicorn.Config(
-        create_seed_app(controller), host=seed_host, port=seed_port, log_level="info", access_log=False, lifespan="off"
+        create_seed_app(controller), host=seed_host, port=seed_port, **_uvicorn_options(settings), lifespan="off"
     )
     with asyncio.Runner(loop_factory=main.get_loop_factory()) as runner:  # uvloop, as uvicorn.run would
-        runner.run(_serve_both(_server(main, controller), uvicorn.Server(seed)))
+        runner.run(_serve_both(_server(main, controller, guard), _server(seed, None, guard)))
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "log_level": "info",
+        "access_log": False,
+        "ws": "none",  # no upgrades: every request goes through LimitedHttpProtocol's limits
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+    }
 
 
 async def _serve_both(main: uvicorn.Server, seed: uvicorn.Server) -> None:
@@ -115,15 +131,40 @@ async def _serve_both(main: uvicorn.Server, seed: uvicorn.Server) -> None:
         await seed_task
 
 
-def _server(config: uvicorn.Config, controller: Controller) -> uvicorn.Server:
-    """A uvicorn server that ends the controller's event streams as soon as it is asked to stop,
-    so its graceful shutdown is not held up by responses that never end by themselves."""
+def _server(config: uvicorn.Config, controller: Controller | None, guard: Guard) -> uvicorn.Server:
+    """A uvicorn server that accepts its connections under the controller's limits
+    (``duet.controller.limits``) and ends the controller's event streams as soon as it is asked
+    to stop, so its graceful shutdown is not held up by responses that never end by themselves."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    from duet.controller.limits import LimitedHttpProtocol, Listener, bind
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            controller.streams.end_all()
+            if controller is not None:
+                controller.streams.end_all()
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn's startup, but with our own accept loop in place of loop.create_server.
+            await self.lifespan.startup()
+            if self.lifespan.should_exit:
+                sys.exit(STARTUP_FAILURE)
+            state = self.lifespan.state
+
+            def protocol(slot: Slot) -> LimitedHttpProtocol:
+                return LimitedHttpProtocol(config, self.server_state, state, limits=guard.limits, slot=slot)
+
+            try:
+                sock = bind(config.host, config.port, config.backlog)
+            except OSError as exc:
+                log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+                await self.lifespan.shutdown()
+                sys.exit(STARTUP_FAILURE)
+            self.servers = [Listener(sock, guard, protocol, config.ssl)]  # type: ignore[list-item]  # close(), wait_closed()
+            self._log_started_message([sock])
+            self.started = True
 
     return Server(config)
 

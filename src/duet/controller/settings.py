@@ -65,6 +65,46 @@ class Settings:
     docs/seed-api.md). For seed clients that repeat identical requests; warned about at start
     and recorded in the ledger (``controller.seed_replays_allowed``) at every start."""
 
+    # --- outputs: budgets, quota, retention (docs/security.md) -----------------------------
+    request_output_budget: int = 16 * MiB
+    """Bytes of output (stdout and stderr of all its commands) one ``run`` request keeps and
+    answers. Past it, the request's commands still run, their outputs cut and marked truncated."""
+    cvm_output_quota: int = 1024 * MiB
+    """Bytes of output kept for one CVM (outputs recorded within the retention period). A CVM at
+    its quota refuses commands with 507 ``output_quota_exceeded``; the last command's outputs are
+    cut to fit."""
+    output_retention_days: float | None = 90.0
+    """Outputs last stored longer ago than this are pruned (at start, then every
+    ``output_prune_interval_s``); their hashes stay in the ledger forever. None: kept forever."""
+    output_prune_interval_s: float = 3600.0
+    seed_state_max_bytes: int = 1 * MiB
+    """The seed's long state (``should_be_long``) holds at most this many bytes of output text;
+    the rest is replaced by a marker line naming the outputs' hashes (served at /v1/blobs)."""
+
+    # --- hostile clients: what one client may hold (docs/security.md, "Hostile clients") ---
+    max_header_bytes: int = 32 * 1024
+    """A request head (request line and headers) larger than this is refused with 431."""
+    max_header_count: int = 100
+    """More header lines than this in one request: 431."""
+    max_request_line_bytes: int = 8 * 1024
+    """A request target (path and query) longer than this: 414."""
+    header_timeout_s: float = 10.0
+    """A request head must arrive in full within this long of the connection's start (after TLS)
+    or, for a later request on the connection, of its first byte: else 408 (a silent close when
+    nothing was sent), however slowly its bytes trickle in."""
+    idle_timeout_s: float = 30.0
+    """A request body that pauses this long while the controller waits for it: 408."""
+    keep_alive_timeout_s: float = 5.0
+    """An idle connection between requests is closed after this long."""
+    max_connections: int = 2048
+    """Client connections open at once, all listeners and addresses together (TLS handshakes
+    included); more are refused at once (503 on plain HTTP, a close before TLS). Lowered at
+    start if the open-file limit cannot hold them, so a flood never exhausts descriptors."""
+    max_connections_per_address: int = 128
+    """Client connections open at once from one IP address; more are refused as above."""
+    tls_handshake_timeout_s: float = 10.0
+    """A TLS handshake not finished within this long is abandoned and its connection closed."""
+
     @property
     def database(self) -> Path:
         return self.state_dir / "duet.sqlite3"
