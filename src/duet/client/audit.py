@@ -515,6 +515,9 @@ class Auditor:
                 try:
                     result.outputs[digest] = self.source.blob(digest).decode(errors="replace")
                 except DuetError as exc:
+                    if exc.code == "output_pruned":  # a signed answer: deleted by the retention policy
+                        result.outputs[digest] = f"[pruned by the controller's retention policy: {exc.message}]"
+                        continue
                     code = "output_altered" if exc.code == "blob_mismatch" else "output_missing"
                     result.findings.append(
                         Finding(code, f"{stream} of `{entry.get('command')}`: {exc.message}", entry.get("seq"))

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from duet.controller.auth import AuthorizedRequest
 from duet.controller.runtime import Controller
+from duet.controller.store import OutputPruned, OutputQuotaExceeded
 from duet.errors import (
     BadRequest,
     Conflict,
@@ -180,10 +181,12 @@ HTTP_STATUS: dict[type[DuetError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    OutputPruned: 410,
     PayloadTooLarge: 413,
     InvalidParams: 422,
     MerkleError: 422,
     UpstreamError: 502,
+    OutputQuotaExceeded: 507,
 }
 """The one place an error type becomes an HTTP status; anything else is the controller's own
 failure (500)."""

@@ -6,6 +6,10 @@ O(log n) without reading any entry, so they stay cheap at millions of entries.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -13,11 +17,14 @@ from fastapi.responses import Response, StreamingResponse
 
 from duet.controller.api import _check_nonce, _controller, signed, target_of
 from duet.controller.events import resume_point, stream
+from duet.controller.store import BlobLocation, Store, StoredBlobAltered
 from duet.errors import BadRequest
 from duet.ledger.heads import sign_head
 from duet.ledger.log import MAX_PAGE
 from duet.protocol.canonical import is_hex64
 from duet.protocol.envelope import sign_answer
+
+log = logging.getLogger("duet.ledger_api")
 
 router = APIRouter(prefix="/v1")
 
@@ -61,10 +68,51 @@ async def consistency_proof(request: Request, first: Size, second: Size, nonce: 
 
 @router.get("/blobs/{sha256}", summary="A command's stored stdout or stderr, addressed by its SHA-256")
 async def blob(request: Request, sha256: str) -> Response:
+    """Streamed from disk in chunks, each read and hashed off the event loop.
+
+    An output of one chunk is checked whole before anything is sent (an altered one is refused
+    with a signed error). A larger one is hashed while it streams, with ``Content-Length`` set
+    and its last chunk held back until the whole hash matched: if it does not, the connection
+    is reset before the last chunk, so no client ever receives the complete body of an altered
+    output; it sees a body shorter than announced (a protocol error), and a client that
+    checks the hash itself (the SDK, ``duet audit``) would refuse it anyway."""
     if not is_hex64(sha256):
         raise BadRequest("a blob is named by 64 lowercase hex characters (its SHA-256)", code="bad_blob_id")
-    data = _controller(request).store.get_blob(sha256)
-    return Response(content=data, media_type="application/octet-stream", headers={"X-Content-SHA256": sha256})
+    store = _controller(request).store
+    where, first = await asyncio.to_thread(_first_chunk, store, sha256)
+    headers = {"X-Content-SHA256": sha256}
+    if where.size <= len(first):
+        if hashlib.sha256(first).hexdigest() != sha256:
+            raise StoredBlobAltered(f"the stored output {sha256[:16]}… was altered on disk; the controller will not serve it")
+        return Response(content=first, media_type="application/octet-stream", headers=headers)
+    headers["Content-Length"] = str(where.size)
+    return StreamingResponse(_verified_stream(store, where, first), media_type="application/octet-stream", headers=headers)
+
+
+def _first_chunk(store: Store, sha256: str) -> tuple[BlobLocation, bytes]:
+    where = store.locate_blob(sha256)
+    return where, store.read_blob(where, 0) if where.size else b""
+
+
+def _read_hashed(store: Store, where: BlobLocation, offset: int, digest: hashlib._Hash) -> bytes:
+    chunk = store.read_blob(where, offset)
+    digest.update(chunk)  # in the worker thread too: hashlib releases the GIL on large buffers
+    return chunk
+
+
+async def _verified_stream(store: Store, where: BlobLocation, first: bytes) -> AsyncIterator[bytes]:
+    digest = hashlib.sha256(first)
+    held, offset = first, len(first)
+    while offset < where.size:
+        chunk = await asyncio.to_thread(_read_hashed, store, where, offset, digest)
+        if not chunk:
+            break
+        yield held  # one chunk behind: the last one goes out only once the whole hash matched
+        held, offset = chunk, offset + len(chunk)
+    if offset != where.size or digest.hexdigest() != where.sha256:
+        log.error("the stored output %s was altered on disk: its stream was cut before its end", where.sha256)
+        raise StoredBlobAltered(f"the stored output {where.sha256[:16]}… was altered on disk; its stream was cut")
+    yield held
 
 
 @router.get("/events", summary="Server-Sent Events: one signed event per new ledger entry; resume with Last-Event-ID or ?from=")

@@ -25,9 +25,11 @@ Routes here only read the body and shape answers; the rules stay in the service.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -43,6 +45,7 @@ from duet import keys
 from duet.controller.api import read_body
 from duet.controller.auth import AuthorizedRequest, ParamsT, describe_validation_error, parse_json_object
 from duet.controller.startup import SEED_PROTOCOL, accepted_seed_requests, single_use_seed_digest
+from duet.controller.store import OutputPruned, Store, StoredBlobAltered
 from duet.errors import ConfigError, DuetError, Forbidden, NotFound
 from duet.protocol import lifecycle as lc
 from duet.protocol import seed
@@ -135,6 +138,8 @@ class SeedGateway:
         if not self.allow_replays:
             controller.ledger.subscribe(self._note)
         self.public_pem = keys.public_pem(key.public_key()).decode("ascii")
+        self._output_hashes: dict[tuple[str, str], str] = {}
+        """The seed's output hash by (stdout SHA-256, stderr SHA-256), computed once."""
         self._quote: str | None = None
         self._owners = [
             (key_id, key) for key_id, key in controller.authenticator.owner_keys.items() if isinstance(key, rsa.RSAPublicKey)
@@ -212,7 +217,7 @@ class SeedGateway:
             job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
         if job["status"] != "succeeded":
             raise SeedRefusal(_job_reason(job))
-        return {"success": True, "state": self._state(accepted["cvm_id"], long=False)}
+        return {"success": True, "state": await self._state(accepted["cvm_id"], long=False)}
 
     async def run(self, body: bytes) -> dict[str, Any]:
         params, authorized = self.authorize("run-commands", "cvm.run", body)
@@ -232,7 +237,7 @@ class SeedGateway:
             output.extend(seed.output_lines(item["stdout"], item["stderr"]))
         return {"success": True, "output": output}
 
-    def state(self, body: bytes) -> dict[str, Any]:
+    async def state(self, body: bytes) -> dict[str, Any]:
         """Unsigned, as in the seed: anybody may read a CVM's history."""
         params = parse_json_object(body).get("params")
         if not isinstance(params, dict) or not isinstance(params.get("cvm_id"), str):
@@ -241,7 +246,7 @@ class SeedGateway:
         if not isinstance(long, bool):
             raise SeedRefusal("invalid params: params.should_be_long: must be true or false")
         self._require_cvm(params)
-        return {"success": True, "state": self._state(params["cvm_id"], long=long)}
+        return {"success": True, "state": await self._state(params["cvm_id"], long=long)}
 
     async def mark(self, body: bytes) -> dict[str, Any]:
         params, authorized = self.authorize("mark-cvm", "cvm.mark", body)
@@ -266,21 +271,30 @@ class SeedGateway:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _state(self, cvm_id: str, *, long: bool) -> dict[str, Any]:
-        """The seed's state from the ledger: one item per finished command, outputs from the blobs."""
-        store = self.controller.store
-        items = []
-        for entry in self.controller.ledger.entries(cvm=cvm_id):
-            if entry["event"] != lc.COMMAND_FINISHED:
-                continue
-            stdout = store.get_blob(entry["stdout_sha256"]).decode(errors="replace")
-            stderr = store.get_blob(entry["stderr_sha256"]).decode(errors="replace")
-            lines = seed.output_lines(stdout, stderr)
-            if long:
-                items.append({"command": entry["command"], "output": lines})
-            else:
-                items.append({"command": entry["command"], "output_hash": seed.output_hash(lines)})
-        return {"cvm_id": cvm_id, "command_outputs" if long else "command_output_hashes": items}
+    async def _state(self, cvm_id: str, *, long: bool) -> dict[str, Any]:
+        """The seed's state from the ledger: one item per finished command, outputs from the blobs.
+
+        Bounded: the ledger is read on the loop (small entries), the outputs in a worker thread
+        through the store's own read connection, chunk by chunk, each checked against its hash.
+        The long form holds at most ``seed_state_max_bytes`` of output text (JSON-encoded), then
+        a marker line naming the outputs' hashes; the short form's hashes are computed streaming
+        and cached by the outputs' hashes (content-addressed, so they never go stale)."""
+        finished = [entry for entry in self.controller.ledger.entries(cvm=cvm_id) if entry["event"] == lc.COMMAND_FINISHED]
+        if long:
+            items = await asyncio.to_thread(
+                _long_items, self.controller.store, finished, self.controller.settings.seed_state_max_bytes
+            )
+            return {"cvm_id": cvm_id, "command_outputs": items}
+        hashes = []
+        for entry in finished:
+            key = (entry["stdout_sha256"], entry["stderr_sha256"])
+            if key not in self._output_hashes:
+                try:
+                    self._output_hashes[key] = await asyncio.to_thread(_streamed_output_hash, self.controller.store, *key)
+                except OutputPruned:
+                    self._output_hashes[key] = f"pruned: {_PRUNED.format(stdout=key[0], stderr=key[1]).strip()}"
+            hashes.append({"command": entry["command"], "output_hash": self._output_hashes[key]})
+        return {"cvm_id": cvm_id, "command_output_hashes": hashes}
 
     async def _job_end(self, job_id: str, cvm_id: str) -> dict[str, Any]:
         """Wait until a start or stop job ends: the seed's calls were synchronous.
@@ -327,6 +341,89 @@ def _reason(exc: DuetError) -> str:
     if isinstance(exc, NotFound) and exc.code == "unknown_cvm":
         return NO_SUCH_CVM
     return exc.message
+
+
+# --- the state's outputs, bounded (run in a worker thread) ---------------------------------
+
+_TRUNCATED = (
+    "[duet: output truncated here: the seed state's long form holds at most {limit} bytes of output; the whole "
+    "outputs are GET /v1/blobs/{stdout} (stdout) and GET /v1/blobs/{stderr} (stderr)]\n"
+)
+_PRUNED = (
+    "[duet: output pruned by the controller's retention policy; its hashes stay in the ledger: stdout {stdout}, "
+    "stderr {stderr}]\n"
+)
+
+
+def _long_items(store: Store, finished: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The long form's items, at most ``limit`` bytes of JSON-encoded output lines in all; past
+    it, each item's output ends with (or is only) the truncation marker. Outputs are read only
+    up to what still fits, each hashed whole against its address."""
+    items: list[dict[str, Any]] = []
+    room = limit
+    for entry in finished:
+        shas = {"stdout": entry["stdout_sha256"], "stderr": entry["stderr_sha256"]}
+        marker = _TRUNCATED.format(limit=limit, **shas)
+        if room <= 0:
+            items.append({"command": entry["command"], "output": [marker]})
+            continue
+        try:
+            texts, cut = [], False
+            for sha in shas.values():
+                data, size = store.blob_prefix(sha, room)
+                cut = cut or size > len(data)
+                texts.append(data.decode(errors="replace"))
+        except OutputPruned:
+            items.append({"command": entry["command"], "output": [_PRUNED.format(**shas)]})
+            continue
+        lines = []
+        for line in seed.output_lines(*texts):
+            cost = len(json.dumps(line)) + 2
+            if cost > room:
+                while line and len(json.dumps(line)) + 2 > room:  # the part of the line that fits
+                    line = line[: min(room, len(line) * 3 // 4)]
+                if line:
+                    lines.append(line)
+                cut = True
+                break
+            room -= cost
+            lines.append(line)
+        if cut:
+            lines.append(marker)
+            room = 0
+        items.append({"command": entry["command"], "output": lines})
+    return items
+
+
+def _streamed_output_hash(store: Store, stdout_sha256: str, stderr_sha256: str) -> str:
+    """``seed.output_hash(seed.output_lines(stdout, stderr))`` without holding either output:
+    ``str(lines)`` is written line by line into the hash, each output checked against its address."""
+    digest = hashlib.sha256(b"[")
+    first = True
+    for sha in (stdout_sha256, stderr_sha256):
+        where = store.locate_blob(sha)
+        check = hashlib.sha256()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        partial: list[str] = []  # the current line's pieces so far (a line may span many chunks)
+        size = 0
+        for chunk in itertools.chain(store.chunks(where), [None]):
+            if chunk is not None:
+                check.update(chunk)
+                size += len(chunk)
+            text = decoder.decode(chunk or b"", final=chunk is None)
+            *complete, rest = text.split("\n")
+            for piece in complete:
+                digest.update((("" if first else ", ") + repr("".join([*partial, piece, "\n"]))).encode("utf-8"))
+                partial, first = [], False
+            if rest:
+                partial.append(rest)
+        if partial:
+            digest.update((("" if first else ", ") + repr("".join(partial))).encode("utf-8"))
+            first = False
+        if size != where.size or check.hexdigest() != sha:
+            raise StoredBlobAltered(f"the stored output {sha[:16]}… was altered on disk; the controller will not serve it")
+    digest.update(b"]")
+    return digest.hexdigest()
 
 
 # --- routes ------------------------------------------------------------------------------

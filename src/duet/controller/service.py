@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,12 +36,12 @@ from duet.controller.auth import AuthorizedRequest
 from duet.controller.jobs import JobRunner, new_job_id
 from duet.controller.sealed_state import SealedState
 from duet.controller.settings import Settings
-from duet.controller.store import Store
+from duet.controller.store import OutputQuotaExceeded, Store
 from duet.errors import Conflict, DuetError, Forbidden, InvalidParams, NotFound, UpstreamError
 from duet.ledger.history import command_rows, mode_rows
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
-from duet.protocol.canonical import canonical, sha256_hex, timestamp
+from duet.protocol.canonical import canonical, parse_timestamp, sha256_hex, timestamp
 from duet.protocol.lifecycle import CONTROLLER_ACTOR, CvmFacts, LifecycleReplay
 from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
 from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, Machine, Provider
@@ -67,6 +69,20 @@ MAX_RECORDED_LOCKDOWN_FAILURES = 5
 
 def _describe(exc: BaseException) -> str:
     return exc.message if isinstance(exc, DuetError) else f"{type(exc).__name__}: {exc}"
+
+
+def _kept(outcome: ExecResult, keep: int) -> ExecResult:
+    """The outcome with at most ``keep`` bytes of output in all: stdout first, stderr cut to what is left."""
+    room = max(keep - len(outcome.stdout[:keep]), 0)
+    if len(outcome.stdout) <= keep and len(outcome.stderr) <= room:
+        return outcome
+    return dataclasses.replace(
+        outcome,
+        stdout=outcome.stdout[:keep],
+        stdout_truncated=outcome.stdout_truncated or len(outcome.stdout) > keep,
+        stderr=outcome.stderr[:room],
+        stderr_truncated=outcome.stderr_truncated or len(outcome.stderr) > room,
+    )
 
 
 def machine_digest(machine: Machine) -> str:
@@ -119,6 +135,10 @@ class LifecycleService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._state_cache: dict[str, tuple[int, bytes, str]] = {}
         self._lockdown_wake: dict[str, asyncio.Event] = {}
+        self._output_usage: dict[str, list[tuple[float, int]]] = {}
+        self._pruning: asyncio.Task[None] | None = None
+        """Per CVM, (when, bytes) of each command's recorded outputs: from its ledger entries at
+        its first run of this process, then from each result recorded (for the quota)."""
         ledger.subscribe(replay.apply)
 
     @asynccontextmanager
@@ -241,6 +261,10 @@ class LifecycleService:
     # --- run ---------------------------------------------------------------------------
 
     async def run(self, request: AuthorizedRequest[RunParams]) -> dict[str, Any]:
+        """Run the commands in order. Their outputs share the request's budget
+        (``request_output_budget``) and the CVM's quota (``cvm_output_quota``): each command
+        keeps at most what is left of both, cut and marked truncated beyond it, and a CVM at
+        its quota refuses the next command (507 ``output_quota_exceeded``)."""
         params = request.params
         timeout = params.timeout_s or self.settings.command_timeout_s
         limit = params.output_limit or self.settings.output_limit
@@ -253,10 +277,81 @@ class LifecycleService:
             if cvm.mode not in lc.ALLOWED_IN[lc.COMMAND_STARTED]:
                 raise Forbidden(self._refusal(cvm), code="not_in_update")
             target = self._target(cvm.id)
-            results = [
-                await self._run_one(cvm.id, target, command, request, timeout=timeout, limit=limit) for command in params.commands
-            ]
+            results: list[dict[str, Any]] = []
+            budget = self.settings.request_output_budget
+            for command in params.commands:
+                room = min(budget, self._quota_room(cvm.id, ran=len(results)))
+                result = await self._run_one(cvm.id, target, command, request, timeout=timeout, limit=min(limit, room), keep=room)
+                budget -= result["stdout_size"] + result["stderr_size"]
+                results.append(result)
         return {"cvm_id": params.cvm_id, "results": results, "tree_size": self.ledger.size}
+
+    def _quota_room(self, cvm_id: str, *, ran: int) -> int:
+        """Bytes of output the CVM may still store; refuses when none (before the command's entry)."""
+        quota = self.settings.cvm_output_quota
+        used = self._outputs_kept(cvm_id)
+        if used >= quota:
+            done = f" {ran} command(s) of this request ran and are recorded;" if ran else ""
+            raise OutputQuotaExceeded(
+                f"CVM {cvm_id[:16]}… keeps {used} bytes of command output, its quota of {quota} bytes:{done} no more "
+                "commands run on it until older outputs are pruned by the retention policy "
+                f"({self._retention_text()}) or the operator raises the quota"
+            )
+        return quota - used
+
+    def _retention_text(self) -> str:
+        days = self.settings.output_retention_days
+        return "outputs are kept forever" if days is None else f"outputs are pruned after {days:g} days"
+
+    def _outputs_kept(self, cvm_id: str) -> int:
+        """Bytes of output recorded for the CVM within the retention period (what pruning has not freed)."""
+        usage = self._output_usage.get(cvm_id)
+        if usage is None:
+            usage = self._output_usage[cvm_id] = [
+                (parse_timestamp(entry["time"]).timestamp(), int(entry.get("stdout_size", 0)) + int(entry.get("stderr_size", 0)))
+                for entry in self.ledger.entries(0, self.ledger.size, cvm=cvm_id)
+                if entry.get("event") == lc.COMMAND_FINISHED
+            ]
+        days = self.settings.output_retention_days
+        if days is not None:
+            cutoff = time.time() - days * 86400
+            usage[:] = [(when, size) for when, size in usage if when >= cutoff]
+        return sum(size for _, size in usage)
+
+    async def prune_outputs(self) -> int:
+        """Delete outputs older than the retention period, in small transactions (the loop stays
+        responsive); their hashes stay in the ledger. Returns how many were deleted."""
+        days = self.settings.output_retention_days
+        if days is None:
+            return 0
+        cutoff, pruned, batch = time.time() - days * 86400, 0, 64
+        while True:
+            count = self.store.prune_blobs(cutoff, batch=batch)
+            pruned += count
+            if count < batch:
+                break
+            await asyncio.sleep(0)
+        if pruned:
+            log.info(
+                "pruned %d stored output(s) older than %g days (retention policy); their hashes stay in the ledger", pruned, days
+            )
+        return pruned
+
+    def _schedule_pruning(self) -> None:
+        """Prune now (at start), then every ``output_prune_interval_s``."""
+        if self.settings.output_retention_days is None:
+            return
+
+        async def prune() -> None:
+            while True:
+                try:
+                    await self.prune_outputs()
+                except Exception:
+                    log.exception("pruning stored outputs failed; retrying at the next interval")
+                await asyncio.sleep(self.settings.output_prune_interval_s)
+
+        if self._pruning is None:  # not a job: ``jobs.wait_all`` waits for jobs to end, and this never does
+            self._pruning = asyncio.create_task(prune(), name="output-pruning")
 
     @staticmethod
     def _refusal(cvm: CvmFacts) -> str:
@@ -265,7 +360,15 @@ class LifecycleService:
         return f"CVM {cvm.id[:16]}… is {cvm.mode}: commands run only while it is in-update"
 
     async def _run_one(
-        self, cvm_id: str, target: SshTarget, command: str, request: AuthorizedRequest[RunParams], *, timeout: float, limit: int
+        self,
+        cvm_id: str,
+        target: SshTarget,
+        command: str,
+        request: AuthorizedRequest[RunParams],
+        *,
+        timeout: float,
+        limit: int,
+        keep: int,
     ) -> dict[str, Any]:
         with self.store.transaction() as tx:
             started = self._owner_entry(tx, request, cvm=cvm_id, event=lc.COMMAND_STARTED, command=command)
@@ -286,7 +389,7 @@ class LifecycleService:
                     **request.entry_fields(),
                 )
             raise
-        return self._record_result(cvm_id, started["seq"], command, outcome, request.digest, request.entry_fields())
+        return self._record_result(cvm_id, started["seq"], command, _kept(outcome, keep), request.digest, request.entry_fields())
 
     async def _ssh_run(self, cvm_id: str, target: SshTarget, command: str, *, timeout: float, output_limit: int) -> ExecResult:
         """``ssh.run`` within ``timeout + ssh_margin_s``, whatever the SSH layer does.
@@ -331,6 +434,8 @@ class LifecycleService:
             self.store.put_blob(tx, stderr_sha, outcome.stderr)
             recorded: dict[str, Any] = {"request_digest": digest, "started_seq": started_seq, **summary, **(marks or {})}
             finished = self.ledger.append(tx, cvm=cvm_id, event=lc.COMMAND_FINISHED, actor=CONTROLLER, **recorded)
+        if cvm_id in self._output_usage:
+            self._output_usage[cvm_id].append((time.time(), len(outcome.stdout) + len(outcome.stderr)))
         return {
             **summary,
             "seq": finished["seq"],
@@ -684,7 +789,12 @@ class LifecycleService:
                 self._record_machine(cvm.id, machine, lc.CVM_RESUMED)
             if cvm.lockdown == lc.LOCKDOWN_PENDING:
                 self._wake_lockdown(cvm.id)  # final, but the lockdown was never verified: retry now
+        self._schedule_pruning()
 
     async def close(self) -> None:
+        if self._pruning is not None:
+            self._pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruning
         await self.jobs.cancel_all()
         await self.ssh.close()

@@ -13,8 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
+import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from duet.errors import Conflict, DuetError, NotFound
@@ -32,13 +36,38 @@ CREATE TABLE IF NOT EXISTS cvms (
     final INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
     machine TEXT, ssh_public_key TEXT NOT NULL, ssh_private_key BLOB, failure TEXT);
 CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS pruned_blobs (sha256 TEXT PRIMARY KEY, pruned_at REAL NOT NULL);
 """
+
+BLOB_CHUNK = 256 * 1024
+"""Bytes read from a stored output at a time (streamed answers, verified prefixes)."""
 
 
 class StoredBlobAltered(DuetError):
     """A stored output no longer hashes to its address: the database was edited."""
 
     code = "blob_altered"
+
+
+class OutputPruned(DuetError):
+    """A stored output was deleted by the retention policy; its SHA-256 stays in the ledger."""
+
+    code = "output_pruned"
+
+
+class OutputQuotaExceeded(DuetError):
+    """A CVM's stored outputs reached its quota: no more commands until older outputs are pruned."""
+
+    code = "output_quota_exceeded"
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """Where a stored output is: its row and its size, for chunked reads."""
+
+    sha256: str
+    rowid: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -64,12 +93,32 @@ class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
         db.create(SCHEMA)
+        if "stored_at" not in {row[1] for row in db.execute("PRAGMA table_info(blobs)")}:
+            # Outputs stored before the retention policy existed count from the upgrade.
+            db.execute("ALTER TABLE blobs ADD COLUMN stored_at REAL")
+            db.execute("UPDATE blobs SET stored_at = ? WHERE stored_at IS NULL", (time.time(),))
+        db.execute("CREATE INDEX IF NOT EXISTS blobs_stored_at ON blobs (stored_at)")
+        self._reader_lock = threading.Lock()
+        self._reader = self._open_reader()
 
     def transaction(self) -> AbstractContextManager[Transaction]:
         return self.db.transaction()
 
     def close(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         self.db.close()
+
+    def _open_reader(self) -> sqlite3.Connection | None:
+        """A read-only connection of its own for outputs, usable from worker threads: reads of
+        large outputs run off the event loop, and never inside the writer's transactions."""
+        path = self.db.execute("PRAGMA database_list").fetchone()[2]
+        if not path:
+            return None  # an in-memory database: read through the main connection
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
     # --- owners (a cache of the sealed pin, for people who look at the database) ---------
 
@@ -148,15 +197,98 @@ class Store:
         ]
 
     # --- blobs (content-addressed: checked against their address on every read) -------
+    #
+    # Reads may run in worker threads (``asyncio.to_thread``): they go through the read-only
+    # connection, one chunk at a time under a lock, each chunk its own short read transaction
+    # (a slow reader never pins the WAL). Writes stay on the main connection.
 
     def put_blob(self, tx: Transaction, sha256: str, data: bytes) -> None:
-        tx.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)", (sha256, data))
+        """Store an output (again): a repeat refreshes its time, so retention counts from its last use."""
+        now = time.time()
+        tx.execute(
+            "INSERT INTO blobs (sha256, data, stored_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(sha256) DO UPDATE SET stored_at = excluded.stored_at",
+            (sha256, data, now),
+        )
+        tx.execute("DELETE FROM pruned_blobs WHERE sha256 = ?", (sha256,))
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> Any:
+        with self._reader_lock:
+            if self._reader is None:
+                return self.db.execute(sql, args).fetchone()
+            return self._reader.execute(sql, args).fetchone()
+
+    def locate_blob(self, sha256: str) -> BlobLocation:
+        """Where an output is; ``OutputPruned`` when the retention policy deleted it, ``NotFound``
+        when it was never stored (or the host deleted it)."""
+        row = self._read("SELECT rowid, length(data) FROM blobs WHERE sha256 = ?", (sha256,))
+        if row is not None:
+            return BlobLocation(sha256, int(row[0]), int(row[1]))
+        pruned = self._read("SELECT pruned_at FROM pruned_blobs WHERE sha256 = ?", (sha256,))
+        if pruned is not None:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(pruned[0])))
+            raise OutputPruned(
+                f"the output with SHA-256 {sha256} was pruned by the controller's retention policy on {when}; "
+                "its hash stays in the ledger"
+            )
+        raise NotFound(f"no stored output with SHA-256 {sha256}", code="unknown_blob")
+
+    def read_blob(self, where: BlobLocation, offset: int, size: int = BLOB_CHUNK) -> bytes:
+        """Up to ``size`` bytes of an output from ``offset``, unchecked: the caller hashes the
+        whole. Empty when the row is gone or changed size (the caller's hash then fails)."""
+        with self._reader_lock:
+            connection = self._reader
+            if connection is None:
+                row = self.db.execute(
+                    "SELECT substr(data, ?, ?) FROM blobs WHERE rowid = ?", (offset + 1, size, where.rowid)
+                ).fetchone()
+                return bytes(row[0]) if row else b""
+            try:
+                with connection.blobopen("blobs", "data", where.rowid, readonly=True) as blob:
+                    if len(blob) != where.size:
+                        return b""
+                    blob.seek(offset)
+                    return blob.read(size)
+            except sqlite3.Error:
+                return b""
+
+    def chunks(self, where: BlobLocation, *, first: bytes = b"") -> Iterator[bytes]:
+        """The output's bytes chunk by chunk (after ``first``, already read), unchecked."""
+        offset = len(first)
+        while offset < where.size:
+            chunk = self.read_blob(where, offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+    def blob_prefix(self, sha256: str, limit: int) -> tuple[bytes, int]:
+        """The first ``limit`` bytes of an output and its size, after hashing all of it against
+        its address (memory: the prefix and one chunk). Blocking: call it off the event loop."""
+        where = self.locate_blob(sha256)
+        digest = hashlib.sha256()
+        kept = bytearray()
+        total = 0
+        for chunk in self.chunks(where):
+            digest.update(chunk)
+            total += len(chunk)
+            if len(kept) < limit:
+                kept += chunk[: limit - len(kept)]
+        if total != where.size or digest.hexdigest() != sha256:
+            raise StoredBlobAltered(f"the stored output {sha256[:16]}… was altered on disk; the controller will not serve it")
+        return bytes(kept), total
 
     def get_blob(self, sha256: str) -> bytes:
-        row = self.db.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
-        if row is None:
-            raise NotFound(f"no stored output with SHA-256 {sha256}", code="unknown_blob")
-        data = bytes(row[0])
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise StoredBlobAltered(f"the stored output {sha256[:16]}… was altered on disk; the controller will not serve it")
-        return data
+        """A whole output, checked against its address (small outputs only: this holds it all)."""
+        return self.blob_prefix(sha256, 2**62)[0]
+
+    def prune_blobs(self, cutoff: float, *, batch: int = 64) -> int:
+        """Delete up to ``batch`` outputs last stored before ``cutoff`` (epoch seconds), remembering
+        that they were pruned; returns how many. The ledger keeps their hashes."""
+        with self.transaction() as tx:
+            rows = tx.execute("SELECT sha256 FROM blobs WHERE stored_at < ? LIMIT ?", (cutoff, batch)).fetchall()
+            now = time.time()
+            for (sha256,) in rows:
+                tx.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+                tx.execute("INSERT OR REPLACE INTO pruned_blobs (sha256, pruned_at) VALUES (?, ?)", (sha256, now))
+        return len(rows)
