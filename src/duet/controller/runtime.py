@@ -80,6 +80,8 @@ class Controller:
     tls: TlsIdentity | None = None
     streams: Streams = field(default_factory=Streams)
     """Open /v1/events streams, ended when the server stops."""
+    seed_requests_at_start: set[str] = field(default_factory=set)
+    """Single-use seed requests the verified ledger showed accepted (startup.VerifiedState)."""
 
     def attestation(self) -> dict[str, Any]:
         return {"identity": self.identity.document(), "evidence": self.tee.quote(self.identity.report_data())}
@@ -156,7 +158,10 @@ def open_controller(
     authenticator = RequestAuthenticator(
         store, controller_id, settings, owners, clock=clock, not_before=not_before, recent_requests=requests
     )
-    return Controller(settings, identity, tee, store, verified.ledger, service, authenticator, tls)
+    return Controller(
+        settings, identity, tee, store, verified.ledger, service, authenticator, tls,
+        seed_requests_at_start=verified.seed_requests,
+    )  # fmt: skip
 
 
 def _record_refused_owners(store: Store, verified: VerifiedState, exc: OwnerKeysChanged) -> None:

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ValidationError
 from duet import keys
 from duet.controller.api import read_body
 from duet.controller.auth import AuthorizedRequest, ParamsT, describe_validation_error, parse_json_object
-from duet.controller.startup import SEED_PROTOCOL, accepted_seed_requests, single_use_seed_digest
+from duet.controller.startup import SEED_PROTOCOL, single_use_seed_digest
 from duet.controller.store import OutputPruned, Store, StoredBlobAltered
 from duet.errors import ConfigError, DuetError, Forbidden, NotFound
 from duet.protocol import lifecycle as lc
@@ -130,7 +130,7 @@ class SeedGateway:
         self.controller = controller
         self.key = key
         self.allow_replays = controller.settings.seed_allow_replays
-        self._accepted: set[str] = set() if self.allow_replays else accepted_seed_requests(controller.ledger)
+        self._accepted: set[str] = set() if self.allow_replays else set(controller.seed_requests_at_start)
         """Digests of the single-use seed requests accepted: from the verified ledger at start, then
         from each committed entry (``_note``), plus reopens that changed nothing (no entry: this run only)."""
         self._in_flight: set[str] = set()

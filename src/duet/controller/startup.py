@@ -42,13 +42,24 @@ class VerifiedState:
     machines: dict[str, Machine]
     resumed_from: int
     """The ledger size this start resumed from (recorded as ``controller.started``)."""
+    seed_requests: set[str]
+    """Digests of the single-use seed requests the verified ledger shows accepted (collected in
+    the same pass that verifies the ledger, so the seed listener never reads it a second time)."""
 
 
 def load_verified_state(
     store: Store, controller_id: str, sealed: SealedState, clock: Callable[[], float] = time.time
 ) -> VerifiedState:
     replay = LifecycleReplay()
-    ledger = Ledger(store.db, controller_id, sealed, on_entry=replay.apply, clock=clock)
+    seed_requests: set[str] = set()
+
+    def on_entry(entry: dict[str, Any]) -> None:
+        replay.apply(entry)
+        digest = single_use_seed_digest(entry)
+        if digest is not None:
+            seed_requests.add(digest)
+
+    ledger = Ledger(store.db, controller_id, sealed, on_entry=on_entry, clock=clock)
     if replay.violations:
         shown = "; ".join(f"seq {v.seq}: {v.message} ({v.code})" for v in replay.violations[:5])
         raise StoredStateTampered(
@@ -57,7 +68,7 @@ def load_verified_state(
         )
     machines = _check_rows(store.cvm_rows(), replay.cvms, sealed)
     _shred_destroyed_keys(replay, sealed)
-    return VerifiedState(ledger, replay, machines, ledger.size)
+    return VerifiedState(ledger, replay, machines, ledger.size, seed_requests)
 
 
 def _check_rows(rows: list[CvmRow], derived: dict[str, CvmFacts], sealed: SealedState) -> dict[str, Machine]:
@@ -151,20 +162,3 @@ def single_use_seed_digest(entry: dict[str, Any]) -> str | None:
     if event == lc.CVM_PROVISIONING or (event == lc.MODE_CHANGED and entry.get("mode") == lc.IN_UPDATE):
         return digest
     return None
-
-
-def accepted_seed_requests(ledger: Ledger) -> set[str]:
-    """The digests of every single-use seed request the verified ledger shows accepted.
-
-    Read from the verified ledger, page by page, like :func:`recent_requests`, never from the
-    database's tables: the seed listener refuses these requests again after any restart, whatever
-    the host did to its disk. The seed protocol has no time, so there is no window: the whole
-    ledger is read (only when the seed protocol is served)."""
-    digests: set[str] = set()
-    size = ledger.size
-    for start in range(0, size, 500):
-        for entry in ledger.entries(start, min(size, start + 500)):
-            digest = single_use_seed_digest(entry)
-            if digest is not None:
-                digests.add(digest)
-    return digests

@@ -310,10 +310,6 @@ class Ledger:
                 code="bad_range",
             )
 
-    def cvm_seqs(self, cvm: str) -> list[int]:
-        """Seqs of one CVM's committed entries, from the in-memory index (a copy)."""
-        return list(self._by_cvm.get(cvm, ()))
-
     def _seqs(self, start: int, end: int, cvm: str | None, limit: int | None) -> list[int]:
         if cvm is None:
             stop = end if limit is None else min(end, start + limit)

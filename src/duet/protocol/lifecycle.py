@@ -159,7 +159,6 @@ class CvmFacts:
     """``cvm.locked`` entries with ``ok: false`` so far."""
     stop_failed: bool = False
     """The last stop ended in ``cvm.stop_failed`` and no stop was asked since: one may be (a retry)."""
-    last_seq: int = -1
     running: dict[int, str] = field(default_factory=dict)
     request_digest: str | None = None
     """The signed owner request whose entries come last, and the digests of those before it."""
@@ -186,8 +185,6 @@ class LifecycleReplay:
     jobs: dict[str, JobFacts] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
     owners: frozenset[str] | None = None
-    size: int = 0
-    """Entries applied so far (the seq the next entry must have when replaying a whole ledger)."""
     _owners_from_ledger: bool = field(default=False, init=False, repr=False)
     _start_requests: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -216,8 +213,6 @@ class LifecycleReplay:
             violation("unknown_actor", f"{event} names the controller as its actor; only an owner's signed request causes it")
         if actor != CONTROLLER_ACTOR and self.owners is not None and actor not in self.owners:
             violation("unknown_actor", f"{event} was signed by {str(actor)[:16]}…, which is not in the owner set in force")
-        if seq is not None:
-            self.size = max(self.size, seq + 1)
         if event == CONTROLLER_STARTED:
             resumed = entry.get("resumed_from")
             if resumed != seq:
@@ -260,7 +255,6 @@ class LifecycleReplay:
                 mode=PROVISIONING,
                 created_at=time,
                 updated_at=time,
-                last_seq=seq if seq is not None else -1,
             )
             job = entry.get("job")
             if isinstance(job, str):
@@ -269,8 +263,6 @@ class LifecycleReplay:
         if cvm is None:
             violation("unknown_cvm", f"{event} about CVM {cvm_id[:16]}…, which was never provisioned")
             return
-        if seq is not None:
-            cvm.last_seq = seq
         if cvm.lockdown == LOCKDOWN_DONE and event not in AFTER_LOCKDOWN:
             violation(
                 "after_lockdown", f"{event} after the controller locked itself out of CVM {cvm_id[:16]}…; only a stop may follow"
