@@ -1,8 +1,6 @@
 """Output budgets, quota, retention and bounded reads, on real controller processes (issue 12, items 2-3).
 
-The limits are set small through the controller's settings: a launcher runs the real
-``duet controller serve`` with ``Settings`` fields replaced (fields the controller does not have
-are left out, so these tests also run, and fail, against a controller without them).
+The limits are set small through ``duet controller serve``'s own flags.
 """
 
 from __future__ import annotations
@@ -32,30 +30,9 @@ from support import Owner, serving, start_cvm
 KiB = 1024
 MiB = 1024 * KiB
 
-LAUNCHER = """
-import dataclasses, json, sys
-import duet.controller.app as app
-from duet.controller.settings import Settings
-known = {f.name for f in dataclasses.fields(Settings)}
-overrides = {k: v for k, v in json.loads(sys.argv[1]).items() if k in known}
-serve = app.serve
-app.serve = lambda settings: serve(dataclasses.replace(settings, **overrides))
-from duet.cli.main import app as cli
-cli(sys.argv[2:], prog_name="duet")
-"""
-
 
 class TunedController(ControllerProcess):
-    """A controller process whose settings are replaced by ``overrides``."""
-
-    def __init__(self, state_dir: Path, owner_keys: list[Path], overrides: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(state_dir, owner_keys, **kwargs)
-        self.overrides = overrides
-
-    def command(self) -> list[str]:
-        args = super().command()
-        assert args[1:3] == ["-m", "duet"]
-        return [sys.executable, "-c", LAUNCHER, json.dumps(self.overrides), *args[3:]]
+    """A controller process whose peak memory the tests read."""
 
     def vm_hwm(self) -> int:
         """The controller's peak resident memory so far (bytes)."""
@@ -66,9 +43,9 @@ class TunedController(ControllerProcess):
         raise AssertionError("no VmHWM")
 
 
-def tuned(tmp_path: Path, owner: Owner, **overrides: Any) -> Iterator[tuple[TunedController, DuetClient]]:
-    extra = ("--seed-api",) if overrides.pop("seed_api", False) else ()
-    process = TunedController(tmp_path / "state", [owner.pub_path], overrides, extra_args=extra)
+def tuned(tmp_path: Path, owner: Owner, *flags: str) -> Iterator[tuple[TunedController, DuetClient]]:
+    """A controller started with ``duet controller serve ... FLAGS``."""
+    process = TunedController(tmp_path / "state", [owner.pub_path], extra_args=flags)
     with serving(process):
         with DuetClient(process.url, owner_key=owner.key, trust=TrustStore(tmp_path / "user"), insecure=True) as client:
             yield process, client
@@ -88,7 +65,7 @@ def finished(client: DuetClient, cvm_id: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def small_budget(tmp_path: Path, owner: Owner) -> Iterator[tuple[TunedController, DuetClient]]:
-    yield from tuned(tmp_path, owner, request_output_budget=64 * KiB)
+    yield from tuned(tmp_path, owner, "--request-output-budget", str(64 * KiB))
 
 
 def test_a_run_past_the_request_budget_is_cut_and_recorded(small_budget: tuple[TunedController, DuetClient]) -> None:
@@ -116,7 +93,7 @@ def test_a_run_past_the_request_budget_is_cut_and_recorded(small_budget: tuple[T
 
 
 def test_a_cvm_at_its_output_quota_refuses_commands_with_a_clear_error(tmp_path: Path, owner: Owner) -> None:
-    for _, client in tuned(tmp_path, owner, cvm_output_quota=100 * KiB):
+    for _, client in tuned(tmp_path, owner, "--cvm-output-quota", str(100 * KiB)):
         cvm_id = start_cvm(client)
         assert client.run(cvm_id, [write(60 * KiB)])["results"][0]["stdout_size"] == 60 * KiB
         last = client.run(cvm_id, [write(60 * KiB)])["results"][0]
@@ -136,7 +113,7 @@ def test_a_cvm_at_its_output_quota_refuses_commands_with_a_clear_error(tmp_path:
 
 @pytest.fixture
 def big_outputs(tmp_path: Path, owner: Owner) -> Iterator[tuple[TunedController, DuetClient]]:
-    yield from tuned(tmp_path, owner, request_output_budget=40 * MiB)
+    yield from tuned(tmp_path, owner, "--request-output-budget", str(40 * MiB))
 
 
 def _slow_readers(url: str, path: str, count: int) -> list[socket.socket]:
@@ -206,7 +183,7 @@ def test_an_altered_blob_is_never_served_whole(big_outputs: tuple[TunedControlle
 
 
 def test_the_seed_long_state_is_capped_with_a_marker(tmp_path: Path, owner: Owner) -> None:
-    for process, client in tuned(tmp_path, owner, seed_api=True, seed_state_max_bytes=4 * KiB):
+    for process, client in tuned(tmp_path, owner, "--seed-api", "--seed-state-max-bytes", str(4 * KiB)):
         cvm_id = start_cvm(client)
         results = client.run(cvm_id, [write(100 * KiB, 10), "echo after"])["results"]
 
@@ -237,7 +214,7 @@ def test_the_seed_long_state_is_capped_with_a_marker(tmp_path: Path, owner: Owne
 
 
 def test_pruned_outputs_keep_their_hashes_and_audit_as_pruned(tmp_path: Path, owner: Owner) -> None:
-    for process, client in tuned(tmp_path, owner, output_retention_days=2 / 86400, output_prune_interval_s=0.5):
+    for process, client in tuned(tmp_path, owner, "--output-retention-days", str(2 / 86400), "--output-prune-interval", "0.5"):
         cvm_id = start_cvm(client)
         result = client.run(cvm_id, ["echo old"])["results"][0]
         sha = result["stdout_sha256"]

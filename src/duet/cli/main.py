@@ -189,6 +189,24 @@ def controller_serve(
     tls_handshake_timeout: Annotated[
         float, typer.Option(help="Seconds for a client's TLS handshake; then the connection is closed.")
     ] = Settings.tls_handshake_timeout_s,
+    request_output_budget: Annotated[
+        int,
+        typer.Option(help="Bytes of output one run request keeps, all its commands together; past it outputs are cut."),
+    ] = Settings.request_output_budget,
+    cvm_output_quota: Annotated[
+        int,
+        typer.Option(help="Bytes of output kept per CVM within the retention period; at it, commands are refused."),
+    ] = Settings.cvm_output_quota,
+    output_retention_days: Annotated[
+        float,
+        typer.Option(help="Days outputs are kept before they are pruned (their hashes stay in the ledger); 0: forever."),
+    ] = Settings.output_retention_days or 0.0,
+    output_prune_interval: Annotated[
+        float, typer.Option(help="Seconds between two pruning passes.")
+    ] = Settings.output_prune_interval_s,
+    seed_state_max_bytes: Annotated[
+        int, typer.Option(help="Bytes of output text in the seed's long state; the rest is named by hash.")
+    ] = Settings.seed_state_max_bytes,
 ) -> None:
     """Serve the controller over HTTPS (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
     import dataclasses
@@ -230,6 +248,11 @@ def controller_serve(
         max_connections=max_connections,
         max_connections_per_address=max_connections_per_address,
         tls_handshake_timeout_s=tls_handshake_timeout,
+        request_output_budget=request_output_budget,
+        cvm_output_quota=cvm_output_quota,
+        output_retention_days=output_retention_days or None,
+        output_prune_interval_s=output_prune_interval,
+        seed_state_max_bytes=seed_state_max_bytes,
     )
     if sealed_dir:
         settings = dataclasses.replace(settings, gramine_sealed_dir=sealed_dir)
