@@ -101,7 +101,7 @@ def test_a_cvm_at_its_output_quota_refuses_commands_with_a_clear_error(tmp_path:
         count = len(client.entries(cvm=cvm_id))
         with pytest.raises(ApiError) as refused:
             client.run(cvm_id, ["echo never"])
-        assert (refused.value.code, refused.value.status) == ("output_quota_exceeded", 507)
+        assert (refused.value.code, refused.value.status) == ("output_quota_exceeded", 409)
         assert "quota of 102400 bytes" in refused.value.message
         assert len(client.entries(cvm=cvm_id)) == count  # refused before any entry: nothing ran
         other = start_cvm(client)  # the quota is per CVM

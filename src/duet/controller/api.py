@@ -8,6 +8,7 @@ as the body parsed, so refusals are bound too), and reads echo the client's opti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -21,7 +22,7 @@ from starlette.routing import Route
 
 from duet.controller.auth import AuthorizedRequest
 from duet.controller.runtime import Controller
-from duet.controller.store import OutputPruned, OutputQuotaExceeded
+from duet.controller.store import OutputPruned
 from duet.errors import (
     BadRequest,
     Conflict,
@@ -75,6 +76,13 @@ def signed(request: Request, result: Any, *, status: int = 200, raw: tuple[bytes
     return Response(content=body, status_code=status, media_type="application/json")
 
 
+async def signed_off_loop(request: Request, result: Any, *, status: int = 200) -> Response:
+    """:func:`signed` in a worker thread, for answers that may be tens of megabytes (a run's
+    outputs, JSON-escaped): canonicalizing and hashing them takes a second or more, which on the
+    event loop would stall every other client, ``/v1/ledger/head`` included."""
+    return await asyncio.to_thread(signed, request, result, status=status)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` (before parsing)."""
     declared = request.headers.get("content-length")
@@ -116,7 +124,7 @@ async def start_cvm(request: Request) -> Response:
 @router.post("/cvms/{cvm_id}/run", summary="Run commands on an in-update CVM (signed op cvm.run)")
 async def run_commands(request: Request, cvm_id: str) -> Response:
     authorized = await _authorized(request, "cvm.run", cvm_id)
-    return signed(request, await _controller(request).service.run(authorized))
+    return await signed_off_loop(request, await _controller(request).service.run(authorized))
 
 
 @router.post("/cvms/{cvm_id}/mark", summary="Mark a CVM in-service or in-update (signed op cvm.mark)")
@@ -186,7 +194,6 @@ HTTP_STATUS: dict[type[DuetError], int] = {
     InvalidParams: 422,
     MerkleError: 422,
     UpstreamError: 502,
-    OutputQuotaExceeded: 507,
 }
 """The one place an error type becomes an HTTP status; anything else is the controller's own
 failure (500)."""

@@ -28,7 +28,12 @@ log = logging.getLogger("duet.controller")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    controller = open_controller(settings)
+    return build_app(open_controller(settings))
+
+
+def build_app(controller: Controller) -> FastAPI:
+    """The application around an opened controller (tests pass one made with fakes)."""
+    settings = controller.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -453,7 +453,8 @@ async def _answer(
     except Exception:
         log.exception("unexpected error on seed operation %s", op)
         result = seed.error_result(op, "the controller hit an unexpected error; it is in the controller's log")
-    return _json(seed.signed_answer(gateway.key, result))  # type: ignore[arg-type]
+    # Off the loop: a run's answer holds its outputs (megabytes, JSON-escaped) to serialize and sign.
+    return await asyncio.to_thread(lambda: _json(seed.signed_answer(gateway.key, result)))  # type: ignore[arg-type]
 
 
 @router.get("/quote", summary="Seed protocol: the controller's RSA key and a quote binding it")

@@ -264,7 +264,7 @@ class LifecycleService:
         """Run the commands in order. Their outputs share the request's budget
         (``request_output_budget``) and the CVM's quota (``cvm_output_quota``): each command
         keeps at most what is left of both, cut and marked truncated beyond it, and a CVM at
-        its quota refuses the next command (507 ``output_quota_exceeded``)."""
+        its quota refuses the next command (409 ``output_quota_exceeded``)."""
         params = request.params
         timeout = params.timeout_s or self.settings.command_timeout_s
         limit = params.output_limit or self.settings.output_limit

@@ -71,7 +71,7 @@ class Settings:
     answers. Past it, the request's commands still run, their outputs cut and marked truncated."""
     cvm_output_quota: int = 1024 * MiB
     """Bytes of output kept for one CVM (outputs recorded within the retention period). A CVM at
-    its quota refuses commands with 507 ``output_quota_exceeded``; the last command's outputs are
+    its quota refuses commands with 409 ``output_quota_exceeded``; the last command's outputs are
     cut to fit."""
     output_retention_days: float | None = 90.0
     """Outputs last stored longer ago than this are pruned (at start, then every

@@ -55,8 +55,11 @@ class OutputPruned(DuetError):
     code = "output_pruned"
 
 
-class OutputQuotaExceeded(DuetError):
-    """A CVM's stored outputs reached its quota: no more commands until older outputs are pruned."""
+class OutputQuotaExceeded(Conflict):
+    """A CVM's stored outputs reached its quota: no more commands until older outputs are pruned.
+
+    A conflict with the CVM's state (409), as a command in the wrong mode is, not a failure of
+    the controller: nothing is wrong with the server, and the owner can act on it."""
 
     code = "output_quota_exceeded"
 
