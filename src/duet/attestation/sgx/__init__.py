@@ -16,6 +16,7 @@ for different reasons:
   every front end calls, so that they report the same steps in the same order.
 """
 
+from duet.attestation.layout import Field, pack_fields, read_fields
 from duet.attestation.sgx.abi import (
     ATT_KEY_TYPE_ECDSA_P256,
     CERT_DATA_HEADER_FIELDS,
@@ -36,17 +37,14 @@ from duet.attestation.sgx.abi import (
     SIGNED_REGION_END,
     TEE_TYPE_SGX,
     CertificationData,
-    Field,
     ParsedQuote,
     QuoteFormatError,
     QuoteHeader,
     ReportBody,
     SignatureData,
     decode_quote_text,
-    pack_fields,
     parse_quote,
     parse_report_body,
-    read_fields,
 )
 from duet.attestation.sgx.collateral import (
     INTEL_QE_IDENTITY,
@@ -78,7 +76,6 @@ from duet.attestation.sgx.evidence import (
     STEP_POLICY,
     STEP_REPORT_DATA,
     EvidenceVerdict,
-    StepVerdict,
     check_report_data,
     verify_evidence,
 )
@@ -118,6 +115,7 @@ from duet.attestation.sgx.verify import (
     verify_quote,
     verify_quoting_enclave,
 )
+from duet.attestation.steps import StepVerdict
 
 __all__ = [
     # abi

@@ -2,7 +2,7 @@
 
 Everything here is layout: which bytes hold which field. The tables are ``(offset, size, name)``
 rows with the names Intel's ``sgx_quote_3.h`` and ``sgx_report.h`` use, so a reader can hold
-them against the header files, and :func:`_check_table` proves at import time that each table
+them against the header files, and :func:`~duet.attestation.layout.check_table` proves at import time that each table
 tiles its structure without a gap or an overlap. Parsing trusts nothing and checks nothing
 cryptographic (that is :mod:`duet.attestation.sgx.verify`); a malformed quote raises
 :class:`QuoteFormatError` naming the field and its offset, because "bad quote" alone does not
@@ -19,13 +19,13 @@ import base64
 import json
 import re
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from duet.attestation.layout import Field, check_table, read_fields
 from duet.errors import VerificationError
 
 
@@ -46,22 +46,6 @@ class QuoteFormatError(VerificationError):
 # --------------------------------------------------------------------------------------------
 # Layout tables. Offsets are relative to the start of each structure.
 # --------------------------------------------------------------------------------------------
-
-Kind = Literal["u16", "u32", "u64", "bytes"]
-
-
-@dataclass(frozen=True)
-class Field:
-    """One row of a layout table: ``[offset, offset+size)`` holds the spec field ``name``."""
-
-    offset: int
-    size: int
-    name: str
-    """The field name as Intel's headers spell it."""
-    attr: str
-    """The attribute of the parsed dataclass that holds the value."""
-    kind: Kind = "bytes"
-
 
 HEADER_SIZE = 48
 REPORT_BODY_SIZE = 384
@@ -123,49 +107,12 @@ CERT_DATA_HEADER_SIZE = 6
 MIN_SIGNATURE_DATA_LEN = QE_AUTH_DATA_OFFSET + CERT_DATA_HEADER_SIZE  # 584
 
 FLAG_DEBUG = 0x02
-_UNPACK = {"u16": "<H", "u32": "<I", "u64": "<Q"}
 
 
-def _check_table(table: Sequence[Field], total: int) -> None:
-    """Tables must tile their structure exactly; a typo in an offset fails at import."""
-    pos = 0
-    for f in table:
-        assert f.offset == pos, f"layout gap/overlap before {f.name}"
-        assert f.kind == "bytes" or struct.calcsize(_UNPACK[f.kind]) == f.size, f.name
-        pos += f.size
-    assert pos == total, f"layout covers {pos} bytes, expected {total}"
-
-
-_check_table(HEADER_FIELDS, HEADER_SIZE)
-_check_table(REPORT_BODY_FIELDS, REPORT_BODY_SIZE)
-_check_table(SIGNATURE_DATA_FIELDS, QE_AUTH_DATA_OFFSET)
-_check_table(CERT_DATA_HEADER_FIELDS, CERT_DATA_HEADER_SIZE)
-
-
-def read_fields(table: Sequence[Field], buf: bytes, base: int = 0) -> dict[str, Any]:
-    """Read every field of ``table`` from ``buf`` starting at ``base``; the caller checked the length."""
-    out: dict[str, Any] = {}
-    for f in table:
-        raw = buf[base + f.offset : base + f.offset + f.size]
-        out[f.attr] = raw if f.kind == "bytes" else struct.unpack(_UNPACK[f.kind], raw)[0]
-    return out
-
-
-def pack_fields(table: Sequence[Field], values: dict[str, Any]) -> bytes:
-    """Inverse of :func:`read_fields`; missing fields are zero. Used to build (simulated) quotes."""
-    unknown = set(values) - {f.attr for f in table}
-    if unknown:
-        raise ValueError(f"unknown fields {sorted(unknown)}")
-    out = bytearray()
-    for f in table:
-        value = values.get(f.attr, 0 if f.kind != "bytes" else b"")
-        if f.kind == "bytes":
-            if len(value) > f.size:
-                raise ValueError(f"{f.name} is {len(value)} bytes, at most {f.size} fit")
-            out += bytes(value).ljust(f.size, b"\0")
-        else:
-            out += struct.pack(_UNPACK[f.kind], value)
-    return bytes(out)
+check_table(HEADER_FIELDS, HEADER_SIZE)
+check_table(REPORT_BODY_FIELDS, REPORT_BODY_SIZE)
+check_table(SIGNATURE_DATA_FIELDS, QE_AUTH_DATA_OFFSET)
+check_table(CERT_DATA_HEADER_FIELDS, CERT_DATA_HEADER_SIZE)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import duet.attestation.sgx.verify as quote_checks
 from duet.attestation.sgx.abi import ParsedQuote
 from duet.attestation.sgx.collateral import NO_COLLATERAL, Collateral
 from duet.attestation.sgx.policy import DEFAULT_POLICY, Policy, PolicyCheck, PolicyError
+from duet.attestation.steps import StepVerdict
 from duet.keys import PublicKey
 
 STEP_REPORT_DATA = "report_data"
@@ -43,15 +44,6 @@ _HELD = {
     STEP_REPORT_DATA: "REPORTDATA is the expected binding",
     STEP_POLICY: "every check of the policy holds",
 }
-
-
-@dataclass(frozen=True)
-class StepVerdict:
-    step: str
-    ok: bool | None
-    """True held; False failed; None not checked (not reached after a failure, or not asked)."""
-    code: str | None = None
-    message: str = ""
 
 
 @dataclass(frozen=True)
