@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from duet.attestation.steps import StepVerdict
+from duet.attestation.steps import PolicyCheck, StepVerdict
 
 EvidenceKind = Literal["snp", "tdx", "azure-snp", "azure-tdx", "maa-cvm"]
 EVIDENCE_KINDS: tuple[EvidenceKind, ...] = ("snp", "tdx", "azure-snp", "azure-tdx", "maa-cvm")
@@ -93,6 +93,8 @@ class CvmVerdict:
     steps: tuple[StepVerdict, ...]
     claims: CvmClaims | None = None
     """Present whenever the evidence parsed, also when a later step failed (for display)."""
+    policy: tuple[PolicyCheck, ...] = ()
+    """Every policy check, once the policy step was reached (held or not)."""
 
     @property
     def failure(self) -> StepVerdict | None:
@@ -102,6 +104,6 @@ class CvmVerdict:
     def ok(self) -> bool:
         return self.failure is None
 
-    def then(self, *more: StepVerdict) -> CvmVerdict:
+    def then(self, *more: StepVerdict, policy: tuple[PolicyCheck, ...] = ()) -> CvmVerdict:
         """This verdict with ``more`` steps after its own (the binding, identity and policy)."""
-        return CvmVerdict(self.kind, (*self.steps, *more), self.claims)
+        return CvmVerdict(self.kind, (*self.steps, *more), self.claims, policy or self.policy)

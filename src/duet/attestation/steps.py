@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from duet.errors import VerificationError
 
@@ -52,3 +53,26 @@ def step_verdicts(
         else:
             verdicts.append(StepVerdict(step, None, message="not reached" if failure is not None else "not asked"))
     return tuple(verdicts)
+
+
+class PolicyCheck(NamedTuple):
+    """One check of a policy: what it expected, what the evidence has, whether that is acceptable."""
+
+    check: str
+    expected: str
+    actual: str
+    ok: bool
+
+
+class PolicyError(VerificationError):
+    """The evidence verified but what it describes is not acceptable under the policy.
+
+    ``code`` names the first failed check (``debug_enclave``, ``measurement_not_allowed``, ...);
+    ``checks`` holds every check, so a caller can still show them side by side.
+    """
+
+    code = "policy_violation"
+
+    def __init__(self, message: str, *, code: str, checks: Sequence[PolicyCheck] = ()) -> None:
+        super().__init__(message, code=code)
+        self.checks = tuple(checks)

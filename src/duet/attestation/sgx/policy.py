@@ -27,14 +27,15 @@ explicit choice. See also ``docs/policy.md``.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, Union
+from typing import Any, Protocol, Union
 
 from duet.attestation.sgx.abi import ParsedQuote
 from duet.attestation.sgx.collateral import TCB_STATUSES, TcbEvaluation
-from duet.errors import ConfigError, VerificationError
+from duet.attestation.steps import PolicyCheck as PolicyCheck  # re-exported: the SGX API keeps its names
+from duet.attestation.steps import PolicyError as PolicyError
+from duet.errors import ConfigError
 
 
 class EnclaveClaims(Protocol):
@@ -56,27 +57,6 @@ class EnclaveClaims(Protocol):
 
     @property
     def debug(self) -> bool: ...
-
-
-class PolicyCheck(NamedTuple):
-    check: str
-    expected: str
-    actual: str
-    ok: bool
-
-
-class PolicyError(VerificationError):
-    """The evidence verified but the enclave is not acceptable under the policy.
-
-    ``code`` names the first failed check (``debug_enclave``, ``mrenclave_not_allowed``, ...);
-    ``checks`` holds every check, so a caller can still show them side by side.
-    """
-
-    code = "policy_violation"
-
-    def __init__(self, message: str, *, code: str, checks: Sequence[PolicyCheck] = ()) -> None:
-        super().__init__(message, code=code)
-        self.checks = tuple(checks)
 
 
 _KEYS = {"mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "allow_debug", "tcb_statuses"}
