@@ -45,6 +45,11 @@ CVM_CREATED: Final = "cvm.created"
 CVM_READY: Final = "cvm.ready"
 CVM_FAILED: Final = "cvm.failed"
 CVM_RESUMED: Final = "cvm.resumed"
+CVM_ATTESTED: Final = "cvm.attested"
+"""The controller judged the CVM's hardware evidence (design §10): ``ok``, the evidence kind,
+its SHA-256 (the evidence is a blob), the claims, the policy's SHA-256, ``valid_until`` (when
+``mark in-service`` must re-attest) and, on the attestation that pins it, the host key's
+fingerprint. A failure (``ok`` false) voids the previous pass."""
 CVM_LOCKED: Final = "cvm.locked"
 CVM_STOPPING: Final = "cvm.stopping"
 CVM_STOPPED: Final = "cvm.stopped"
@@ -85,6 +90,7 @@ ALLOWED_IN: Final[dict[str, tuple[str, ...]]] = {
     CVM_READY: (PROVISIONING,),
     CVM_FAILED: (PROVISIONING,),
     CVM_RESUMED: ACTIVE_MODES,
+    CVM_ATTESTED: (PROVISIONING, *ACTIVE_MODES),
     MODE_CHANGED: MARKABLE_MODES,
     COMMAND_STARTED: (IN_UPDATE,),
     CVM_STOPPING: (IN_UPDATE, IN_SERVICE, FAILED, STOPPING),
@@ -108,6 +114,12 @@ AFTER_LOCKDOWN: Final = frozenset({CVM_STOPPING, CVM_STOPPED, CVM_STOP_FAILED})
 
 KEY_DESTROYING: Final = frozenset({CVM_FAILED, CVM_STOPPED})
 """Events after which the controller holds no key for the CVM (``cvm.locked`` with ok too)."""
+
+
+ATTESTATION_REQUIRED: Final = "required"
+ATTESTATION_OFF: Final = "off"
+"""``cvm.provisioning`` says which applies to the CVM (``attestation``; absent in ledgers older than
+CVM attestation: off). Off is the owner's explicit opt-out, shown to every user as unattested."""
 
 
 # --- lockdown states -------------------------------------------------------------------------
@@ -160,6 +172,12 @@ class CvmFacts:
     stop_failed: bool = False
     """The last stop ended in ``cvm.stop_failed`` and no stop was asked since: one may be (a retry)."""
     running: dict[int, str] = field(default_factory=dict)
+    attestation: str = ATTESTATION_OFF
+    """``required`` or ``off``, as the CVM's ``cvm.provisioning`` entry said."""
+    attested: dict[str, Any] | None = None
+    """The last ``cvm.attested`` entry, passing or not (None: never attested)."""
+    attested_until: str | None = None
+    """When the last passing attestation stops counting for ``mark in-service``; None: none counts."""
     request_digest: str | None = None
     """The signed owner request whose entries come last, and the digests of those before it."""
     past_requests: set[str] = field(default_factory=set)
@@ -255,6 +273,7 @@ class LifecycleReplay:
                 mode=PROVISIONING,
                 created_at=time,
                 updated_at=time,
+                attestation=ATTESTATION_REQUIRED if entry.get("attestation") == ATTESTATION_REQUIRED else ATTESTATION_OFF,
             )
             job = entry.get("job")
             if isinstance(job, str):
@@ -290,6 +309,8 @@ class LifecycleReplay:
             )
         if event in OWNER_EVENTS and entry.get("protocol") != "seed":
             self._check_once(cvm, entry.get("request_digest"), violation)
+        if cvm.attestation == ATTESTATION_REQUIRED:
+            self._check_attested(cvm, event, entry, time, violation)
         if event in MODE_AFTER:
             cvm.mode = MODE_AFTER[event]
             cvm.updated_at = time
@@ -304,6 +325,8 @@ class LifecycleReplay:
             cvm.host_key_fingerprint = _str(entry.get("host_key_fingerprint"))
         elif event == CVM_READY:
             self._end_job(cvm_id, "start", "succeeded", None, time)
+        elif event == CVM_ATTESTED:
+            self._attested(cvm, entry, violation)
         elif event == CVM_FAILED:
             cvm.failure = _str(entry.get("reason"))
             code = _str(entry.get("code")) or "start_failed"
@@ -339,6 +362,40 @@ class LifecycleReplay:
                 )
         if event in KEY_DESTROYING or (event == CVM_LOCKED and entry.get("ok") is True) or entry.get("key_destroyed") is True:
             cvm.key_destroyed = True
+
+    @staticmethod
+    def _check_attested(cvm: CvmFacts, event: str, entry: dict[str, Any], time: str, violation: Any) -> None:
+        """A CVM under attestation reaches in-update, and goes in-service, only on a passing
+        attestation that still counts (design §10, the gate)."""
+        if event == CVM_READY and cvm.attested_until is None:
+            violation("unattested_ready", f"CVM {cvm.id[:16]}… became ready without a passing attestation")
+        if event == MODE_CHANGED and entry.get("mode") == IN_SERVICE and cvm.mode == IN_UPDATE:
+            if cvm.attested_until is None or time > cvm.attested_until:
+                when = (
+                    "without a passing attestation"
+                    if cvm.attested_until is None
+                    else f"after its attestation expired ({cvm.attested_until})"
+                )
+                violation("unattested_service", f"CVM {cvm.id[:16]}… went in-service {when}")
+
+    @staticmethod
+    def _attested(cvm: CvmFacts, entry: dict[str, Any], violation: Any) -> None:
+        cvm.attested = entry
+        if entry.get("ok") is not True:
+            cvm.attested_until = None
+            return
+        cvm.attested_until = _str(entry.get("valid_until"))
+        presented = _str(entry.get("host_key_fingerprint"))
+        if presented is None:
+            return
+        if cvm.host_key_fingerprint is None:
+            cvm.host_key_fingerprint = presented  # born in the CVM, pinned by this evidence
+        elif presented != cvm.host_key_fingerprint:
+            violation(
+                "host_key_changed",
+                f"CVM {cvm.id[:16]}… attested with host key {presented}, not the pinned {cvm.host_key_fingerprint}: "
+                "the controller would be talking to another machine",
+            )
 
     @staticmethod
     def _mode_changed(cvm: CvmFacts, entry: dict[str, Any], violation: Any) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "SshUnavailable",
     "fingerprint",
     "generate_client_key",
+    "host_key_blob",
 ]
 
 CONNECT_TIMEOUT_S = 10.0
@@ -57,7 +58,10 @@ class SshTarget:
     port: int
     username: str
     host_key: str
-    """Pinned OpenSSH one-line public host key, e.g. ``ssh-ed25519 AAAA...``."""
+    """Pinned OpenSSH one-line public host key, e.g. ``ssh-ed25519 AAAA...``; empty before the
+    CVM's own key is pinned: whatever Ed25519 key the server presents is then a *candidate*,
+    reported in :attr:`ExecResult.host_key`, that the caller pins only once attestation
+    evidence binds it (design §10). Nothing but attestation may run on such a connection."""
     client_key: str = field(repr=False)
     """OpenSSH or PKCS8 PEM private key text. A secret: kept out of repr, logs and errors."""
 
@@ -72,6 +76,8 @@ class ExecResult:
     timed_out: bool
     stdout_truncated: bool
     stderr_truncated: bool
+    host_key: str = ""
+    """The host key the server presented on the connection the command ran on (OpenSSH line)."""
 
 
 class HostKeyMismatch(UpstreamError):
@@ -137,29 +143,46 @@ class _PinnedClient(asyncssh.SSHClient):
     """Remembers the key the server presented when it is not the pinned one.
 
     asyncssh calls ``validate_host_public_key`` only for keys outside ``known_hosts``; the
-    pinned key is the only entry there, so whatever arrives here is a mismatch."""
+    pinned key is the only entry there, so whatever arrives here is a mismatch. Without a
+    pinned key (a candidate connection), ``known_hosts`` is empty and any key is accepted
+    and remembered: the caller binds it through attestation before it trusts anything."""
 
-    def __init__(self) -> None:
+    def __init__(self, candidate: bool) -> None:
+        self.candidate = candidate
         self.presented: asyncssh.SSHKey | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         self.presented = key
-        return False
+        return self.candidate
 
 
-async def _connect(target: SshTarget, *, timeout: float = CONNECT_TIMEOUT_S) -> asyncssh.SSHClientConnection:
-    """Open and authenticate one connection, turning every failure into a typed error."""
-    pinned = _import_public(target.host_key)
+def _openssh_line(key: asyncssh.SSHKey) -> str:
+    return key.export_public_key("openssh").decode("ascii").strip()
+
+
+def host_key_blob(openssh_public_line: str) -> bytes:
+    """The key in SSH wire format (what the attestation binding hashes)."""
+    return bytes(_import_public(openssh_public_line).public_data)
+
+
+async def _connect(target: SshTarget, *, timeout: float = CONNECT_TIMEOUT_S) -> tuple[asyncssh.SSHClientConnection, str]:
+    """Open and authenticate one connection, turning every failure into a typed error; returns
+    it with the host key the server presented (the pinned one, or a candidate)."""
+    candidate = not target.host_key
+    pinned = None if candidate else _import_public(target.host_key)
     client_key = _import_private(target.client_key)
-    client = _PinnedClient()
+    client = _PinnedClient(candidate)
     where = f"{target.username}@{target.host}:{target.port}"
     try:
-        return await asyncssh.connect(
+        conn = await asyncssh.connect(
             target.host,
             target.port,
             username=target.username,
             client_factory=lambda: client,
-            known_hosts=([pinned], [], []),
+            known_hosts=([pinned] if pinned else [], [], []),
+            # A candidate is one Ed25519 key: the one the CVM's evidence binds (its
+            # /etc/ssh/ssh_host_ed25519_key.pub), whatever other host keys it has.
+            server_host_key_algs=["ssh-ed25519"] if candidate else (),
             client_keys=[client_key],
             agent_path=None,
             config=None,
@@ -173,12 +196,12 @@ async def _connect(target: SshTarget, *, timeout: float = CONNECT_TIMEOUT_S) -> 
         )
     except asyncssh.HostKeyNotVerifiable:
         presented = client.presented.get_fingerprint("sha256") if client.presented else None
-        raise HostKeyMismatch(target, pinned.get_fingerprint("sha256"), presented) from None
+        raise HostKeyMismatch(target, pinned.get_fingerprint("sha256") if pinned else "none", presented) from None
     except asyncssh.KeyExchangeFailed as exc:
         # Only the pinned key's algorithms are offered; a server without that key type
         # cannot be the pinned machine either.
         if "host key" in exc.reason.lower():
-            raise HostKeyMismatch(target, pinned.get_fingerprint("sha256"), None) from None
+            raise HostKeyMismatch(target, pinned.get_fingerprint("sha256") if pinned else "an Ed25519 key", None) from None
         raise SshUnavailable(f"SSH key exchange with {where} failed: {exc.reason}") from None
     except asyncssh.PermissionDenied:
         raise SshUnavailable(
@@ -194,6 +217,10 @@ async def _connect(target: SshTarget, *, timeout: float = CONNECT_TIMEOUT_S) -> 
         raise SshUnavailable(f"SSH connection to {where} refused: nothing listens on that port", reason="refused") from None
     except OSError as exc:
         raise SshUnavailable(f"SSH connection to {where} failed: {exc.strerror or exc}") from None
+    if candidate:
+        assert client.presented is not None  # asyncssh asked, or the connection would have failed
+        return conn, _openssh_line(client.presented)
+    return conn, target.host_key
 
 
 # Every command is preceded by a line that prints its shell's pid to stderr between two
@@ -278,6 +305,8 @@ class _Collector(asyncssh.SSHClientSession[bytes]):
 class _Entry:
     target: SshTarget
     conn: asyncssh.SSHClientConnection
+    host_key: str
+    """What the server presented on this connection (the pinned key, or the candidate)."""
 
 
 def _alive(conn: asyncssh.SSHClientConnection) -> bool:
@@ -312,21 +341,21 @@ class SshPool:
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()  # kills of cancelled commands
 
-    async def _connection(self, cvm_id: str, target: SshTarget) -> asyncssh.SSHClientConnection:
+    async def _connection(self, cvm_id: str, target: SshTarget) -> _Entry:
         entry = self._conns.get(cvm_id)
         if entry is not None and entry.target == target and _alive(entry.conn):
-            return entry.conn  # fast path: no lock, no round trip
+            return entry  # fast path: no lock, no round trip
         lock = self._locks.setdefault(cvm_id, asyncio.Lock())
         async with lock:
             entry = self._conns.get(cvm_id)
             if entry is not None and entry.target == target and _alive(entry.conn):
-                return entry.conn
+                return entry
             if entry is not None:
                 del self._conns[cvm_id]
                 entry.conn.abort()  # dead or for another target: nothing to say to it
-            conn = await _connect(target, timeout=self._connect_timeout)
-            self._conns[cvm_id] = _Entry(target, conn)
-            return conn
+            conn, host_key = await _connect(target, timeout=self._connect_timeout)
+            entry = self._conns[cvm_id] = _Entry(target, conn, host_key)
+            return entry
 
     @property
     def margin_s(self) -> float:
@@ -354,7 +383,7 @@ class SshPool:
 
     async def _open(
         self, cvm_id: str, target: SshTarget, command: str, limit: int
-    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientChannel[bytes], _Collector]:
+    ) -> tuple[_Entry, asyncssh.SSHClientChannel[bytes], _Collector]:
         """Open the command's channel, reconnecting once if the cached connection died.
 
         Retrying is safe: a channel that failed to open never ran the command. A live
@@ -368,18 +397,19 @@ class SshPool:
         for attempt in (1, 2):
             budget = max(deadline - loop.time(), 0.0)
             try:
-                conn = await asyncio.wait_for(self._connection(cvm_id, target), budget)
+                entry = await asyncio.wait_for(self._connection(cvm_id, target), budget)
             except TimeoutError:
                 raise SshUnavailable(
                     f"SSH connection to {where} timed out after {self._connect_timeout:g} s", reason="timeout"
                 ) from None
+            conn = entry.conn
             limit_s = min(self._channel_timeout, max(deadline - loop.time(), 0.0))
             try:
                 chan, session = await asyncio.wait_for(
                     conn.create_session(lambda: _Collector(limit), _PROLOGUE + command, encoding=None), limit_s
                 )
                 assert isinstance(session, _Collector)
-                return conn, chan, session
+                return entry, chan, session
             except TimeoutError:
                 await self._forget(cvm_id, conn, abort=True)
                 raise SshUnavailable(
@@ -407,7 +437,8 @@ class SshPool:
         raises SshUnavailable and is never retried: the command may already have had effects.
         Whatever the CVM does, this ends within ``timeout + margin_s``."""
         start = time.perf_counter()
-        conn, chan, session = await self._open(cvm_id, target, command, output_limit)
+        entry, chan, session = await self._open(cvm_id, target, command, output_limit)
+        conn = entry.conn
         timed_out = stalled = False
         try:
             chan.write_eof()  # commands reading stdin see EOF instead of hanging
@@ -449,6 +480,7 @@ class SshPool:
             timed_out=timed_out,
             stdout_truncated=session.out_truncated,
             stderr_truncated=session.err_truncated,
+            host_key=entry.host_key,
         )
 
     async def _kill_in_background(
@@ -472,7 +504,7 @@ class SshPool:
                 raise SshUnavailable(f"SSH not ready after {timeout:g} s: {reason}", reason=last.reason if last else "timeout")
             budget = min(remaining, self._connect_timeout)
             try:
-                conn = await _connect(target, timeout=budget)
+                conn, _ = await _connect(target, timeout=budget)
             except SshUnavailable as exc:
                 # A timeout of an attempt cut short by the deadline says less than the
                 # failure before it (e.g. "key refused"), so that one is reported.
@@ -490,7 +522,7 @@ class SshPool:
         Only a refusal counts: a timeout or a network error says nothing about the CVM, so
         it is no evidence that a lockdown took effect."""
         try:
-            conn = await _connect(target, timeout=self._connect_timeout)
+            conn, _ = await _connect(target, timeout=self._connect_timeout)
         except SshUnavailable as exc:
             return exc.reason in ("refused", "auth")
         await self._close(conn)

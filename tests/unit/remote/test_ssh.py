@@ -330,6 +330,30 @@ async def test_pinned_key_of_another_type_is_a_mismatch(cvm: FakeCvm, pool: SshP
     assert info.value.presented_fingerprint is None
 
 
+async def test_an_unpinned_target_reports_the_presented_key_as_a_candidate(cvm: FakeCvm, pool: SshPool) -> None:
+    """Before attestation pins the CVM's own host key, the pool connects to whatever Ed25519
+    key is presented and names it in each result, for the binding to check (design §10)."""
+    pinned = await run(pool, cvm, "out-err-3")
+    assert pinned.host_key == cvm.target.host_key
+    candidate = await pool.run("cvm-2", replace(cvm.target, host_key=""), "out-err-3", timeout=5, output_limit=LIMIT)
+    assert candidate.host_key == cvm.target.host_key and candidate.exit_status == 3
+
+
+async def test_a_candidate_connection_accepts_only_ed25519(pool: SshPool) -> None:
+    state = ServerState()
+    server_key = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
+    private, public = generate_client_key()
+    server = await start_server(state, server_key, public)
+    try:
+        target = SshTarget("127.0.0.1", server.sockets[0].getsockname()[1], "tester", "", private)
+        with pytest.raises(HostKeyMismatch):
+            await pool.run("cvm-1", target, "true", timeout=5, output_limit=LIMIT)
+        assert state.sessions == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_wrong_client_key_is_unavailable_and_secret_free(cvm: FakeCvm, pool: SshPool) -> None:
     wrong_private, _ = generate_client_key()
     target = replace(cvm.target, client_key=wrong_private)
