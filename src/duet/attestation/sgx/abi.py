@@ -20,7 +20,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,12 +33,14 @@ class QuoteFormatError(VerificationError):
     """The bytes are not a well-formed SGX DCAP v3 quote; ``field``/``offset`` say where."""
 
     code = "bad_quote"
+    quote_name: ClassVar[str] = "SGX DCAP v3 quote"
+    """What the bytes were meant to be, for the message (the TDX quote's error says its own)."""
 
     def __init__(self, message: str, *, field: str | None = None, offset: int | None = None) -> None:
         where = ""
         if field is not None:
             where = f" (field {field}" + (f" at offset {offset}" if offset is not None else "") + ")"
-        super().__init__(f"malformed SGX DCAP v3 quote: {message}{where}")
+        super().__init__(f"malformed {self.quote_name}: {message}{where}")
         self.field = field
         self.offset = offset
 
@@ -297,8 +299,10 @@ def _split_der(data: bytes) -> list[bytes]:
     return out
 
 
-def _pck_chain(data: bytes, offset: int) -> tuple[str, ...]:
-    """PEM blocks of a type-5 certification data (NUL-terminated PEM; DER fallback)."""
+def pck_chain_pem(data: bytes) -> tuple[str, ...]:
+    """PEM blocks of a type-5 certification data (NUL-terminated PEM; DER fallback), in the order
+    found; raises ``ValueError`` when a certificate does not parse. TDX quotes nest the same
+    type-5 data inside their type-6 certification data, so the TDX parser calls this too."""
     text = data.rstrip(b"\0")
     blocks = _PEM_CERT.findall(text)
     try:
@@ -307,7 +311,14 @@ def _pck_chain(data: bytes, offset: int) -> tuple[str, ...]:
         return tuple(
             x509.load_der_x509_certificate(d).public_bytes(serialization.Encoding.PEM).decode() for d in _split_der(text)
         )
-    except (ValueError, x509.InvalidVersion) as exc:
+    except x509.InvalidVersion as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _pck_chain(data: bytes, offset: int) -> tuple[str, ...]:
+    try:
+        return pck_chain_pem(data)
+    except ValueError as exc:
         raise QuoteFormatError(
             f"PCK certificate chain does not parse: {exc}", field="certification data", offset=offset
         ) from None

@@ -103,6 +103,16 @@ TCB_INFO_FIELDS: tuple[JsonField, ...] = (  # "tcbInfo", PCS tcb v2 (PCS v3) and
 )
 TCB_LEVEL_FIELDS: tuple[JsonField, ...] = QE_TCB_LEVEL_FIELDS
 TCB_COMPONENT_COUNT = 16
+TDX_MODULE_FIELDS: tuple[JsonField, ...] = (  # "tdxModule", TDX TCB info v3 only
+    JsonField("mrsigner", "mr_signer", "hex", 48),
+    JsonField("attributes", "attributes", "hex", 8),
+    JsonField("attributesMask", "attributes_mask", "hex", 8),
+)
+TDX_MODULE_IDENTITY_FIELDS: tuple[JsonField, ...] = (  # "tdxModuleIdentities[]", TDX TCB info v3 only
+    JsonField("id", "id", "str"),
+    *TDX_MODULE_FIELDS,
+    JsonField("tcbLevels", "tcb_levels", "list"),
+)
 
 
 def _parse_time(value: str) -> datetime:
@@ -209,26 +219,21 @@ class QeIdentity:
     signature_note: str = ""
 
     @classmethod
-    def from_json(cls, data: bytes, source: str = "QE identity") -> QeIdentity:
-        """Parse Intel PCS ``qe/identity`` (v2 format, ``{"enclaveIdentity": ..., "signature": ...}``)."""
+    def from_json(cls, data: bytes, source: str = "QE identity", *, expected_id: str = "QE") -> QeIdentity:
+        """Parse Intel PCS ``qe/identity`` (v2 format, ``{"enclaveIdentity": ..., "signature": ...}``).
+
+        ``expected_id`` is the quoting enclave the file must describe: ``QE`` (SGX's, from
+        ``sgx/certification/v4/qe/identity``) or ``TD_QE`` (TDX's, from ``tdx/certification/v4/qe/identity``)."""
         doc = _signed_body(data, "enclaveIdentity", source)
         v = read_json_fields(QE_IDENTITY_FIELDS, doc["enclaveIdentity"], source, "enclaveIdentity")
-        if v["id"] != "QE":
-            raise _bad(source, f"enclaveIdentity.id is {v['id']!r}; only the SGX quoting enclave ('QE') is supported")
+        if v["id"] != expected_id:
+            raise _bad(
+                source,
+                f"enclaveIdentity.id is {v['id']!r}; this quote's quoting enclave is {expected_id!r} ({_QE_IDS.get(expected_id, '?')})",
+            )
         if v["version"] != 2:
             raise _bad(source, f"enclaveIdentity.version is {v['version']}; only version 2 is supported")
-        levels = []
-        for i, raw in enumerate(v["tcb_levels"]):
-            where = f"enclaveIdentity.tcbLevels[{i}]"
-            lv = read_json_fields(QE_TCB_LEVEL_FIELDS, raw, source, where)
-            svn = lv["tcb"].get("isvsvn")
-            if isinstance(svn, bool) or not isinstance(svn, int):
-                raise _bad(source, f"{where}.tcb.isvsvn is not an integer")
-            levels.append(
-                QeTcbLevel(svn, lv["tcb_date"], _tcb_status(lv["tcb_status"], source, where), tuple(lv["advisory_ids"] or ()))
-            )
-        if not levels:
-            raise _bad(source, "enclaveIdentity.tcbLevels is empty")
+        levels = _isvsvn_levels(v["tcb_levels"], source, "enclaveIdentity.tcbLevels")
         return cls(
             source=source,
             mr_signer=v["mr_signer"],
@@ -273,6 +278,24 @@ class QeIdentity:
     def tcb_level(self, isv_svn: int) -> QeTcbLevel | None:
         """The first (highest) TCB level the QE's ISVSVN reaches, as Intel's QVL picks it."""
         return next((lv for lv in self.tcb_levels if isv_svn >= lv.isv_svn), None)
+
+
+_QE_IDS = {"QE": "Intel's SGX quoting enclave", "TD_QE": "Intel's TDX quoting enclave"}
+
+
+def _isvsvn_levels(raw_levels: list[Any], source: str, where: str) -> tuple[QeTcbLevel, ...]:
+    """``tcbLevels`` keyed by one ISVSVN (QE identity; TDX module identity), highest first."""
+    levels = []
+    for i, raw in enumerate(raw_levels):
+        at = f"{where}[{i}]"
+        lv = read_json_fields(QE_TCB_LEVEL_FIELDS, raw, source, at)
+        svn = lv["tcb"].get("isvsvn")
+        if isinstance(svn, bool) or not isinstance(svn, int):
+            raise _bad(source, f"{at}.tcb.isvsvn is not an integer")
+        levels.append(QeTcbLevel(svn, lv["tcb_date"], _tcb_status(lv["tcb_status"], source, at), tuple(lv["advisory_ids"] or ())))
+    if not levels:
+        raise _bad(source, f"{where} is empty")
+    return tuple(levels)
 
 
 _QE_ATTRIBUTES = bytes.fromhex("11000000000000000000000000000000")  # INIT | PROVISIONKEY; not DEBUG
@@ -320,6 +343,21 @@ class TcbLevel:
     tcb_date: datetime | None
     tcb_status: str
     advisory_ids: tuple[str, ...] = ()
+    tdx_comp_svns: tuple[int, ...] = ()
+    """TDX TCB info only: the ``tdxtcbcomponents`` SVNs, compared with a TD report's TEE_TCB_SVN."""
+
+
+@dataclass(frozen=True)
+class TdxModuleIdentity:
+    """A TDX module Intel signed, from TDX TCB info: ``tdxModule`` (id ``""``), or one of
+    ``tdxModuleIdentities`` (id ``TDX_<major version as two hex digits>``, with TCB levels keyed
+    by the module's ISVSVN)."""
+
+    id: str
+    mr_signer: bytes
+    attributes: bytes
+    attributes_mask: bytes
+    tcb_levels: tuple[QeTcbLevel, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -335,17 +373,28 @@ class TcbInfo:
     tcb_evaluation_data_number: int
     tcb_levels: tuple[TcbLevel, ...]
     signature_note: str = COLLATERAL_SIGNATURE_NOTE
+    id: str = "SGX"
+    """``SGX`` (``sgx/certification/v4/tcb``) or ``TDX`` (``tdx/certification/v4/tcb``)."""
+    tdx_module: TdxModuleIdentity | None = None
+    """TDX TCB info only: the ``tdxModule`` member."""
+    tdx_module_identities: tuple[TdxModuleIdentity, ...] = ()
+    """TDX TCB info only: ``tdxModuleIdentities`` (absent in older files)."""
 
     @classmethod
-    def from_json(cls, data: bytes, source: str = "TCB info") -> TcbInfo:
-        """Parse Intel PCS ``tcb?fmspc=`` for SGX: ``tcbInfo`` version 2 (``sgxtcbcompNNsvn``
-        members) or 3 (``sgxtcbcomponents`` list, ``id`` "SGX")."""
+    def from_json(cls, data: bytes, source: str = "TCB info", *, expected_id: str = "SGX") -> TcbInfo:
+        """Parse Intel PCS ``tcb?fmspc=``: for SGX, ``tcbInfo`` version 2 (``sgxtcbcompNNsvn``
+        members) or 3 (``sgxtcbcomponents`` list, ``id`` "SGX"); for TDX (``expected_id`` "TDX"),
+        version 3 with ``id`` "TDX", ``tdxtcbcomponents`` in every level and the TDX module's
+        identity, which a TDX quote is judged by as well."""
         doc = _signed_body(data, "tcbInfo", source)
         v = read_json_fields(TCB_INFO_FIELDS, doc["tcbInfo"], source, "tcbInfo")
-        if v["version"] not in (2, 3):
-            raise _bad(source, f"tcbInfo.version is {v['version']}; versions 2 and 3 are supported")
-        if v["version"] == 3 and v["id"] != "SGX":
-            raise _bad(source, f"tcbInfo.id is {v['id']!r}; only SGX TCB info is supported")
+        tdx = expected_id == "TDX"
+        if v["version"] not in ((3,) if tdx else (2, 3)):
+            raise _bad(
+                source, f"tcbInfo.version is {v['version']}; {'version 3 is' if tdx else 'versions 2 and 3 are'} supported"
+            )
+        if v["version"] == 3 and v["id"] != expected_id:
+            raise _bad(source, f"tcbInfo.id is {v['id']!r}; this quote needs {expected_id} TCB info")
         if v["tcb_type"] != 0:
             raise _bad(source, f"tcbInfo.tcbType is {v['tcb_type']}; only 0 is defined")
         levels = []
@@ -355,11 +404,28 @@ class TcbInfo:
             comps, pce = _level_svns(lv["tcb"], v["version"], source, where)
             levels.append(
                 TcbLevel(
-                    comps, pce, lv["tcb_date"], _tcb_status(lv["tcb_status"], source, where), tuple(lv["advisory_ids"] or ())
+                    comps,
+                    pce,
+                    lv["tcb_date"],
+                    _tcb_status(lv["tcb_status"], source, where),
+                    tuple(lv["advisory_ids"] or ()),
+                    _components(lv["tcb"], "tdxtcbcomponents", source, where) if tdx else (),
                 )
             )
         if not levels:
             raise _bad(source, "tcbInfo.tcbLevels is empty")
+        module: TdxModuleIdentity | None = None
+        identities: tuple[TdxModuleIdentity, ...] = ()
+        if tdx:
+            raw_info = doc["tcbInfo"]
+            m = read_json_fields(TDX_MODULE_FIELDS, raw_info.get("tdxModule"), source, "tcbInfo.tdxModule")
+            module = TdxModuleIdentity("", m["mr_signer"], m["attributes"], m["attributes_mask"])
+            raw_ids = raw_info.get("tdxModuleIdentities", [])
+            if not isinstance(raw_ids, list):
+                raise _bad(source, "tcbInfo.tdxModuleIdentities is not a list")
+            identities = tuple(
+                _tdx_module_identity(raw, source, f"tcbInfo.tdxModuleIdentities[{i}]") for i, raw in enumerate(raw_ids)
+            )
         return cls(
             source=source,
             version=v["version"],
@@ -369,6 +435,9 @@ class TcbInfo:
             next_update=v["next_update"],
             tcb_evaluation_data_number=v["tcb_evaluation_data_number"],
             tcb_levels=tuple(levels),
+            id=v["id"] or "SGX",
+            tdx_module=module,
+            tdx_module_identities=identities,
         )
 
     def tcb_level(self, comp_svns: Sequence[int], pce_svn: int) -> TcbLevel | None:
@@ -385,15 +454,25 @@ def _svn(value: Any, source: str, where: str) -> int:
     return value
 
 
+def _components(tcb: dict[str, Any], member: str, source: str, where: str) -> tuple[int, ...]:
+    """The SVNs of a v3 component list (``sgxtcbcomponents`` / ``tdxtcbcomponents``)."""
+    comps = tcb.get(member)
+    if not isinstance(comps, list) or len(comps) != TCB_COMPONENT_COUNT:
+        raise _bad(source, f"{where}.tcb.{member} must list {TCB_COMPONENT_COUNT} components")
+    return tuple(
+        _svn(c.get("svn") if isinstance(c, dict) else None, source, f"{where}.tcb.{member}[{i}].svn") for i, c in enumerate(comps)
+    )
+
+
+def _tdx_module_identity(raw: Any, source: str, where: str) -> TdxModuleIdentity:
+    v = read_json_fields(TDX_MODULE_IDENTITY_FIELDS, raw, source, where)
+    levels = _isvsvn_levels(v["tcb_levels"], source, f"{where}.tcbLevels")
+    return TdxModuleIdentity(v["id"], v["mr_signer"], v["attributes"], v["attributes_mask"], levels)
+
+
 def _level_svns(tcb: dict[str, Any], version: int, source: str, where: str) -> tuple[tuple[int, ...], int]:
     if version == 3:
-        comps = tcb.get("sgxtcbcomponents")
-        if not isinstance(comps, list) or len(comps) != TCB_COMPONENT_COUNT:
-            raise _bad(source, f"{where}.tcb.sgxtcbcomponents must list {TCB_COMPONENT_COUNT} components")
-        svns = tuple(
-            _svn(c.get("svn") if isinstance(c, dict) else None, source, f"{where}.tcb.sgxtcbcomponents[{i}].svn")
-            for i, c in enumerate(comps)
-        )
+        svns = _components(tcb, "sgxtcbcomponents", source, where)
     else:
         svns = tuple(
             _svn(tcb.get(f"sgxtcbcomp{i:02d}svn"), source, f"{where}.tcb.sgxtcbcomp{i:02d}svn")
@@ -657,12 +736,15 @@ def load_collateral(
     tcb_info: Path | None = None,
     pck_crl: Path | None = None,
     root_crl: Path | None = None,
+    tee: Literal["SGX", "TDX"] = "SGX",
 ) -> Collateral:
-    """Collateral from files (Intel PCS formats); raises ``ConfigError`` (``collateral_unreadable``,
-    ``bad_collateral``)."""
+    """Collateral from files (Intel PCS formats) for an SGX or a TDX quote (``tee``: which QE
+    identity, ``QE`` or ``TD_QE``, and which TCB info the files must be); raises ``ConfigError``
+    (``collateral_unreadable``, ``bad_collateral``)."""
+    qe_id = "TD_QE" if tee == "TDX" else "QE"
     return Collateral(
-        qe_identity=QeIdentity.from_json(_read(qe_identity), str(qe_identity)) if qe_identity else None,
-        tcb_info=TcbInfo.from_json(_read(tcb_info), str(tcb_info)) if tcb_info else None,
+        qe_identity=QeIdentity.from_json(_read(qe_identity), str(qe_identity), expected_id=qe_id) if qe_identity else None,
+        tcb_info=TcbInfo.from_json(_read(tcb_info), str(tcb_info), expected_id=tee) if tcb_info else None,
         pck_crl=load_crl(_read(pck_crl), str(pck_crl)) if pck_crl else None,
         root_crl=load_crl(_read(root_crl), str(root_crl)) if root_crl else None,
     )

@@ -50,16 +50,15 @@ from duet.attestation.sgx.collateral import (
     pck_sgx_extension,
 )
 from duet.attestation.sgx.roots import INTEL_SGX_ROOT_KEY_SHA256, spki_sha256
-from duet.errors import VerificationError
+from duet.attestation.steps import StepFailed
 from duet.keys import PublicKey
 
 
-class QuoteVerificationError(VerificationError):
-    """A verification step failed; ``step`` names it and ``code`` is stable for programs."""
+class QuoteVerificationError(StepFailed):
+    """A verification step failed; ``step`` names it and ``code`` is stable for programs.
 
-    def __init__(self, message: str, *, code: str, step: str) -> None:
-        super().__init__(message, code=code)
-        self.step = step
+    A :class:`~duet.attestation.steps.StepFailed`, so that the TDX verifier, which runs these
+    checks as its own steps, reports them like its other failures."""
 
 
 STEP_PARSE = "parse"
@@ -121,7 +120,8 @@ def attestation_public_key(raw64: bytes) -> ec.EllipticCurvePublicKey:
     return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw64)
 
 
-def _ecdsa_ok(key: ec.EllipticCurvePublicKey, sig64: bytes, data: bytes) -> bool:
+def raw_signature_ok(key: ec.EllipticCurvePublicKey, sig64: bytes, data: bytes) -> bool:
+    """ECDSA-SHA256 over ``data`` with a quote's raw big-endian ``r‖s`` signature."""
     try:
         key.verify(_raw_sig(sig64), data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
@@ -264,7 +264,7 @@ def verify_quoting_enclave(
         ) from None
     if not isinstance(pck_key, ec.EllipticCurvePublicKey):
         raise _fail(STEP_PCK_CHAIN, "bad_pck_certificate", "the PCK certificate's key is not an ECDSA key")
-    if not _ecdsa_ok(pck_key, qe_report_signature, qe_report.raw):
+    if not raw_signature_ok(pck_key, qe_report_signature, qe_report.raw):
         raise _fail(
             STEP_QE_REPORT_SIGNATURE,
             "bad_qe_report_signature",
@@ -300,13 +300,22 @@ def anchor_key_id(chain: Sequence[x509.Certificate], trusted_root_keys: Sequence
     return next(spki_sha256(k) for k in trusted_root_keys if _signed_by_key(top, k))
 
 
-def qe_identity_for_root(root_key_id: str, collateral: Collateral = NO_COLLATERAL) -> QeIdentity:
+def qe_identity_for_root(
+    root_key_id: str,
+    collateral: Collateral = NO_COLLATERAL,
+    *,
+    intel: QeIdentity = INTEL_QE_IDENTITY,
+    simulated: QeIdentity = SIMULATED_QE_IDENTITY,
+) -> QeIdentity:
     """The quoting enclave a chain ending at this root must show: Intel's (the QE identity file's,
     or the built-in one) for Intel's root; for a root the user trusted explicitly (the simulated
-    TEE's), the simulated QE — trusting that root is trusting everything it signs."""
+    TEE's), the simulated QE — trusting that root is trusting everything it signs.
+
+    ``intel`` and ``simulated`` are the built-in identities: SGX's QE by default; the TDX
+    verifier passes the TD quoting enclave's."""
     if root_key_id == INTEL_SGX_ROOT_KEY_SHA256:
-        return collateral.qe_identity or INTEL_QE_IDENTITY
-    return SIMULATED_QE_IDENTITY
+        return collateral.qe_identity or intel
+    return simulated
 
 
 def _crl_fresh(crl: x509.CertificateRevocationList, what: str, now: datetime) -> None:
@@ -320,10 +329,12 @@ def _crl_fresh(crl: x509.CertificateRevocationList, what: str, now: datetime) ->
         raise _fail(STEP_PCK_REVOCATION, "bad_crl", f"the {what} is issued only at {crl.last_update_utc.isoformat()}")
 
 
-def _check_revocation(
+def check_revocation(
     chain: Sequence[x509.Certificate], trusted_root_keys: Sequence[PublicKey], collateral: Collateral, now: datetime
 ) -> tuple[bool, str]:
-    """Neither the PCK leaf (PCK CRL, by its issuing CA) nor an intermediate (root CA CRL) is revoked."""
+    """Neither the PCK leaf (PCK CRL, by its issuing CA) nor an intermediate (root CA CRL) is revoked.
+
+    Returns whether any CRL was evaluated and what held; raises step ``pck_revocation``."""
     step = STEP_PCK_REVOCATION
     said = []
     if collateral.pck_crl is None:
@@ -353,7 +364,9 @@ def _check_revocation(
     return collateral.pck_crl is not None or collateral.root_crl is not None, "; ".join(said)
 
 
-def _check_qe_identity(qe_report: ReportBody, identity: QeIdentity, now: datetime) -> str:
+def check_qe_identity(qe_report: ReportBody, identity: QeIdentity, now: datetime) -> str:
+    """The quoting enclave's report matches ``identity`` (and the identity is current); returns
+    what held, raises step ``qe_identity``."""
     step = STEP_QE_IDENTITY
     if identity.next_update is not None and now > identity.next_update:
         raise _fail(
@@ -448,17 +461,17 @@ def _verify_parsed(q: ParsedQuote, trusted_root_keys: Sequence[PublicKey], now: 
         trusted_root_keys=trusted_root_keys,
         now=now,
     )
-    evaluated, message = _check_revocation(chain, trusted_root_keys, collateral, now)
+    evaluated, message = check_revocation(chain, trusted_root_keys, collateral, now)
     notes = [(STEP_PCK_REVOCATION, evaluated, message)]
     identity = qe_identity_for_root(anchor_key_id(chain, trusted_root_keys), collateral)
-    notes.append((STEP_QE_IDENTITY, True, _check_qe_identity(sd.qe_report, identity, now)))
+    notes.append((STEP_QE_IDENTITY, True, check_qe_identity(sd.qe_report, identity, now)))
     try:
         att_key = attestation_public_key(sd.attestation_key)
     except ValueError:
         raise _fail(
             STEP_ENCLAVE_SIGNATURE, "bad_attestation_key", "the attestation public key in the quote is not a point on P-256"
         ) from None
-    if not _ecdsa_ok(att_key, sd.isv_signature, q.signed_region):
+    if not raw_signature_ok(att_key, sd.isv_signature, q.signed_region):
         raise _fail(
             STEP_ENCLAVE_SIGNATURE,
             "bad_enclave_signature",
