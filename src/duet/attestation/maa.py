@@ -17,11 +17,16 @@ time (specs/attestation.md §5.3–5.4), and every failure is a :class:`MaaError
 Why keep MAA next to the offline verifier: MAA also judges the platform's TCB level against
 Intel's collateral, which the offline path does not fetch. It is an extra opinion, never a
 replacement for the report-data binding, which the caller still checks on the claims.
+
+Steps 1–3 are :func:`validate_token`, shared with the CVM tokens
+(:mod:`duet.attestation.azure.maa_cvm`): a token is a token whatever it attests, and one
+implementation of "is this really from that instance, and current" cannot drift from another.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,20 +35,28 @@ import httpx
 import jwt
 from cryptography import x509
 
-from duet.errors import VerificationError
+from duet.attestation.steps import StepFailed
 
 API_VERSION = "2020-10-01"
 DEFAULT_LEEWAY_S = 60.0
 
 
-class MaaError(VerificationError):
-    """MAA refused the quote, or its token does not hold."""
+class MaaError(StepFailed):
+    """MAA refused the quote, or its token does not hold.
+
+    A :class:`~duet.attestation.steps.StepFailed`, so that a CVM verdict can report the token
+    step that failed (:data:`TOKEN_STEPS`) as it reports the steps of any other evidence."""
 
     code = "maa_failed"
 
-    def __init__(self, message: str, *, code: str, step: str) -> None:
-        super().__init__(message, code=code)
-        self.step = step
+
+STEP_HEADER = "header"
+STEP_KEYS = "keys"
+STEP_SIGNATURE = "signature"
+STEP_ISSUER = "issuer"
+STEP_EXPIRY = "expiry"
+TOKEN_STEPS: tuple[str, ...] = (STEP_HEADER, STEP_KEYS, STEP_SIGNATURE, STEP_ISSUER, STEP_EXPIRY)
+"""The steps of :func:`validate_token`, in order; a :class:`MaaError` it raises names one of them."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +119,12 @@ def _hex(value: Any, name: str, size: int | None = 32) -> bytes:
     return raw
 
 
-def verify_token(
+def validate_token(
     token: str, *, instance: str, jwks: Any, now: datetime | None = None, leeway_s: float = DEFAULT_LEEWAY_S
-) -> MaaSgxClaims:
-    """Check an MAA SGX token (module docstring, steps 1–4); raise :class:`MaaError` on the first failure."""
+) -> dict[str, Any]:
+    """The claims of an MAA token that ``instance`` signed and that is current at ``now``
+    (module docstring, steps 1–3, whatever the token attests); :class:`MaaError` naming the
+    step of :data:`TOKEN_STEPS` that failed otherwise. What the claims say is the caller's."""
     instance = instance_url(instance)
     now = now or datetime.now(UTC)
     try:
@@ -147,18 +162,38 @@ def verify_token(
     except jwt.InvalidIssuerError:
         raise _fail("issuer", "maa_wrong_issuer", f"the MAA token was not issued by {instance}") from None
     except jwt.MissingRequiredClaimError as exc:
-        raise _fail("claims", "maa_missing_claim", f"the MAA token lacks the {exc.claim} claim") from None
+        step = STEP_ISSUER if exc.claim == "iss" else STEP_EXPIRY
+        raise _fail(step, "maa_missing_claim", f"the MAA token lacks the {exc.claim} claim") from None
     except jwt.PyJWTError as exc:
         raise _fail("signature", "maa_malformed_token", f"the MAA token does not verify: {exc}") from None
     stamp = now.timestamp()
     try:
         exp, nbf = float(claims["exp"]), float(claims["nbf"])
-    except (TypeError, ValueError):
-        raise _fail("claims", "maa_bad_claim", "the MAA token's exp/nbf are not numbers") from None
+    except (TypeError, ValueError, OverflowError):
+        raise _fail(STEP_EXPIRY, "maa_bad_claim", "the MAA token's exp/nbf are not numbers") from None
+    if not (math.isfinite(exp) and math.isfinite(nbf)):
+        raise _fail(STEP_EXPIRY, "maa_bad_claim", "the MAA token's exp/nbf are not finite numbers")
     if stamp > exp + leeway_s:
-        raise _fail("expiry", "maa_expired", f"the MAA token expired at {datetime.fromtimestamp(exp, UTC).isoformat()}")
+        raise _fail(STEP_EXPIRY, "maa_expired", f"the MAA token expired at {_when(exp)}")
     if stamp < nbf - leeway_s:
-        raise _fail("expiry", "maa_not_yet_valid", "the MAA token is not valid yet (check the clocks)")
+        raise _fail(STEP_EXPIRY, "maa_not_yet_valid", "the MAA token is not valid yet (check the clocks)")
+    return claims
+
+
+def _when(stamp: float) -> str:
+    try:
+        return datetime.fromtimestamp(stamp, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return f"{stamp:.0f} (seconds since 1970)"
+
+
+def verify_token(
+    token: str, *, instance: str, jwks: Any, now: datetime | None = None, leeway_s: float = DEFAULT_LEEWAY_S
+) -> MaaSgxClaims:
+    """Check an MAA SGX token (module docstring, steps 1–4); raise :class:`MaaError` on the first failure."""
+    instance = instance_url(instance)
+    claims = validate_token(token, instance=instance, jwks=jwks, now=now, leeway_s=leeway_s)
+    exp = float(claims["exp"])
     kind = claims.get("x-ms-attestation-type", claims.get("tee"))
     if kind != "sgx":
         raise _fail("claims", "maa_not_sgx", f"the MAA token attests {kind!r}, not an SGX enclave")
