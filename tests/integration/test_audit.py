@@ -44,7 +44,7 @@ def duet_audit(controller: ControllerProcess, home: Path, *args: str) -> tuple[i
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
+        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1", "DUET_CVM_ROOTS": str(controller.cvm_roots_file())},
     )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -207,7 +207,7 @@ def test_follow_prints_new_entries_and_stops_at_the_first_failure(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
+        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1", "DUET_CVM_ROOTS": str(controller.cvm_roots_file())},
     )
     try:
         lines: list[dict[str, Any]] = []

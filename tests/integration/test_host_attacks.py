@@ -309,7 +309,7 @@ def audit(controller: ControllerProcess, home: Path, *args: str) -> tuple[int, d
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1"},
+        env={**os.environ, "DUET_HOME": str(home), "DUET_INSECURE": "1", "DUET_CVM_ROOTS": str(controller.cvm_roots_file())},
     )
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -74,8 +74,9 @@ async def pool() -> AsyncIterator[SshPool]:
 
 
 async def make_cvm(provider: LocalProvider, cvm_id: str, steps: list[str] | None = None) -> Cvm:
+    """A local CVM whose host key the provider states (the unattested path), for the SSH tests."""
     private, public = generate_client_key()
-    machine = await provider.create(CvmSpec(cvm_id, "snp"), public, (steps if steps is not None else []).append)
+    machine = await provider.create(CvmSpec(cvm_id, "snp", attested=False), public, (steps if steps is not None else []).append)
     return Cvm(provider, machine, private, public)
 
 
@@ -106,6 +107,19 @@ async def test_create_describes_the_machine_and_reports_progress(provider: Local
         assert len(steps) >= 3 and any("sshd" in s for s in steps)
     finally:
         await provider.delete(c.machine, lambda _: None)
+
+
+async def test_an_attested_cvm_keeps_its_host_key_to_itself(provider: LocalProvider) -> None:
+    """The key is born in the CVM; the controller learns it over SSH and pins it once evidence binds it."""
+    private, public = generate_client_key()
+    machine = await provider.create(CvmSpec("cvm-q", "snp"), public, lambda _: None)
+    try:
+        assert machine.host_key == "" and (provider.root / "cvm-q" / "ssh_host_ed25519_key.pub").exists()
+        assert (await provider.resume(machine)).host_key == ""  # nothing pinned yet: the provider says nothing either
+        source = provider.evidence_source(machine, "snp")
+        assert source.source == "simulated" and source.host_key_file.endswith("cvm-q/ssh_host_ed25519_key.pub")
+    finally:
+        await provider.delete(machine, lambda _: None)
 
 
 async def test_run_output_streams_and_exit_status(cvm: Cvm, pool: SshPool) -> None:

@@ -240,7 +240,12 @@ def test_pruned_outputs_keep_their_hashes_and_audit_as_pruned(tmp_path: Path, ow
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "DUET_HOME": str(tmp_path / "auditor"), "DUET_INSECURE": "1"},
+            env={
+                **os.environ,
+                "DUET_HOME": str(tmp_path / "auditor"),
+                "DUET_INSECURE": "1",
+                "DUET_CVM_ROOTS": str(process.cvm_roots_file()),
+            },
         )
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         assert proc.returncode == 0 and report["ok"], report["findings"]

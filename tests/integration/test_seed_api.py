@@ -346,7 +346,7 @@ def test_mixed_use_seed_started_cvm_is_audited_with_its_seed_marks(
         "echo via v1",
     ]
 
-    audit = _duet_audit(tmp_path, seed_controller.url, cvm_id)
+    audit = _duet_audit(tmp_path, seed_controller, cvm_id)
     assert audit["ok"] is True, audit["findings"]
     assert [row["seq"] for row in audit["timeline"]] == [entry["seq"] for entry in entries]
     audited_marks = {row["seq"] for row in audit["timeline"] if row["protocol"] == "seed"}
@@ -354,14 +354,15 @@ def test_mixed_use_seed_started_cvm_is_audited_with_its_seed_marks(
     assert {row["protocol"] for row in audit["timeline"]} == {"seed", "v1"}
 
 
-def _duet_audit(tmp_path: Path, url: str, cvm_id: str) -> dict[str, Any]:
-    """``duet --json audit CVM_ID`` in its own user directory."""
+def _duet_audit(tmp_path: Path, controller: ControllerProcess, cvm_id: str) -> dict[str, Any]:
+    """``duet --json audit CVM_ID`` in its own user directory, trusting the local CVMs' SIMULATED roots."""
+    roots = str(controller.cvm_roots_file())
     result = subprocess.run(
-        [sys.executable, "-m", "duet", "--json", "--url", url, "audit", cvm_id],
+        [sys.executable, "-m", "duet", "--json", "--url", controller.url, "audit", cvm_id],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "DUET_HOME": str(tmp_path / "auditor"), "DUET_INSECURE": "1"},
+        env={**os.environ, "DUET_HOME": str(tmp_path / "auditor"), "DUET_INSECURE": "1", "DUET_CVM_ROOTS": roots},
     )
     assert result.stdout, result.stderr
     return json.loads(result.stdout.splitlines()[0])  # type: ignore[no-any-return]

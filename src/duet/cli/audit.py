@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 from contextlib import closing
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -23,7 +24,21 @@ from duet.cli.context import CliContext
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from duet.attestation.bundle import CvmRoots
     from duet.client import DuetClient
+
+
+def _cvm_roots(path: "Path | None") -> "CvmRoots | None":
+    if path is None:
+        return None
+    from duet.attestation.bundle import load_cvm_roots
+    from duet.errors import ConfigError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --cvm-roots {path}: {exc.strerror}", code="roots_unreadable") from None
+    return load_cvm_roots(data, str(path))
 
 
 def audit(
@@ -45,6 +60,14 @@ def audit(
             "(FILE, e.g. their <state dir>/heads/<controller>.json) or another copy's URL. Repeatable; once, at the start.",
         ),
     ] = None,
+    cvm_roots: Annotated[
+        Optional[Path],
+        typer.Option(
+            envvar="DUET_CVM_ROOTS",
+            help="Also trust these roots for CVM evidence (PEM; e.g. `duet controller sim-root --cvm` for SIMULATED "
+            "local CVMs). AMD's and Intel's are always trusted.",
+        ),
+    ] = None,
 ) -> None:
     """Verify, trusting no one, that the ledger is complete, unaltered, lawful and never forked or rolled back."""
     from duet.client import Auditor, HeadStore, load_view
@@ -54,7 +77,7 @@ def audit(
         client.check_identity()  # the owner set (and keys) it shows now must be the ones the user verified
         store = HeadStore(client.trust.path.parent)
         others = [load_view(spec, client.pin()) for spec in compare or []]
-        auditor = Auditor(client, store, cvm=cvm_id, long=long)
+        auditor = Auditor(client, store, cvm=cvm_id, long=long, cvm_roots=_cvm_roots(cvm_roots))
         result = auditor.audit()
         for other in others:
             auditor.compare(other, result)

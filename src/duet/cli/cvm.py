@@ -165,7 +165,56 @@ def stop(
         )
 
 
+@app.command()
+def attest(
+    ctx: typer.Context,
+    cvm_id: Annotated[str, typer.Argument(help="The CVM's id.")],
+) -> None:
+    """Have the controller attest a running CVM now: its hardware evidence, bound to its SSH host
+    key, judged by the CVM policy and recorded in the ledger. Exits 1 if it fails."""
+    context: CliContext = ctx.obj
+    with output.errors(context), context.client(owner=True) as client:
+        result = client.attest(cvm_id)
+        output.emit_plain(context, result, lambda: _attest_text(result))
+        if not result["ok"]:
+            raise typer.Exit(1)
+
+
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _attest_text(result: dict[str, Any]) -> str:
+    def line(text: object) -> str:
+        return output.visible(text, one_line=True)
+
+    marks = {True: "ok  ", False: "FAIL", None: "-   "}
+    steps = "".join(f"  {marks[s['ok']]} {line(s['step'])}: {line(s['message'])}\n" for s in result["steps"])
+    verdict = "passed" if result["ok"] else "FAILED"
+    return f"attestation of CVM {line(result['cvm_id'])} {verdict}\n{steps}" + attestation_text(result["attestation"])
+
+
+def attestation_text(attestation: dict[str, Any] | None) -> str:
+    """The attestation lines of ``cvm state`` and ``cvm attest`` (plain text, made visible)."""
+
+    def line(text: object) -> str:
+        return output.visible(text, one_line=True)
+
+    if not attestation or not attestation.get("required"):
+        return "attestation: NONE (started with --no-cvm-attestation: nothing proves what this CVM is)\n"
+    last = attestation.get("last")
+    if last is None:
+        return "attestation: required, not yet attested\n"
+    simulated = " SIMULATED" if last.get("simulated") else ""
+    if not last.get("ok"):
+        return (
+            f"attestation:{simulated} FAILED at {line(last.get('step'))} ({line(last.get('code'))}) on {line(last.get('time'))}\n"
+        )
+    text = f"attestation:{simulated} passed ({line(last.get('kind'))}, signer {line(last.get('signer'))}) on {line(last.get('time'))}"
+    text += f", valid until {line(attestation.get('valid_until'))}\n"
+    for name, value in sorted((last.get("measurements") or {}).items()):
+        text += f"  {line(name)}: {line(value)}\n"
+    tcb = ", ".join(f"{line(k)} {line(v)}" for k, v in sorted((last.get("tcb") or {}).items()))
+    return text + (f"  tcb: {tcb}\n" if tcb else "")
 
 
 def _markup(text: object) -> str:
@@ -229,7 +278,9 @@ def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool)
         + (" " + _final_text(cvm) if cvm["final"] else "")
         + (f"\nfailure: {line(cvm['failure'])}" if cvm.get("failure") else "")
         + (f"\nlockdown not verified yet (retrying): {line(cvm['lockdown_error'])}" if cvm.get("lockdown_error") else "")
-        + "\n\n"
+        + "\n"
+        + attestation_text(cvm.get("attestation"))
+        + "\n"
     )
 
     def exit_text(item: dict[str, Any]) -> str:

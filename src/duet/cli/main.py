@@ -207,6 +207,24 @@ def controller_serve(
     seed_state_max_bytes: Annotated[
         int, typer.Option(help="Bytes of output text in the seed's long state; the rest is named by hash.")
     ] = Settings.seed_state_max_bytes,
+    cvm_policy: Annotated[
+        Optional[Path],
+        typer.Option(help="The CVM policy (TOML, docs/policy.md): measurements, minimum TCB, debug, migration, evidence age."),
+    ] = None,
+    no_cvm_attestation: Annotated[
+        bool,
+        typer.Option(
+            "--no-cvm-attestation",
+            help="Start CVMs without attesting them; the provider's host key is pinned unverified. Recorded; shown as unattested.",
+        ),
+    ] = False,
+    trust_simulated_cvm: Annotated[
+        bool,
+        typer.Option(
+            "--trust-simulated-cvm",
+            help="Accept the SIMULATED hardware evidence of local CVMs (development and demos: it proves nothing).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the controller over HTTPS (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
     import dataclasses
@@ -253,6 +271,9 @@ def controller_serve(
         output_retention_days=output_retention_days or None,
         output_prune_interval_s=output_prune_interval,
         seed_state_max_bytes=seed_state_max_bytes,
+        cvm_policy=cvm_policy,
+        cvm_attestation=not no_cvm_attestation,
+        trust_simulated_cvm=trust_simulated_cvm,
     )
     if sealed_dir:
         settings = dataclasses.replace(settings, gramine_sealed_dir=sealed_dir)
@@ -270,9 +291,21 @@ def _host_port(value: str, option: str) -> tuple[str, int]:
 @controller_app.command("sim-root")
 def controller_sim_root(
     state_dir: Annotated[Path, typer.Option(help="The controller's state directory.")],
+    cvm: Annotated[
+        bool,
+        typer.Option(
+            "--cvm", help="Print the roots of local CVMs' SIMULATED hardware instead (AMD ASK and ARK, Intel-style root)."
+        ),
+    ] = False,
 ) -> None:
     """Print the SIMULATED root certificate that a --tee simulated controller's quotes chain to."""
     from duet.tee.simulated import simulated_root_pem
+
+    if cvm:
+        from duet.providers.local_tsm import roots_pem
+
+        typer.echo(roots_pem(state_dir / "local-cvms" / ".simulated-hardware").decode(), nl=False)
+        return
 
     typer.echo(simulated_root_pem(state_dir).decode(), nl=False)
 

@@ -34,6 +34,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from duet.attestation.bundle import CvmRoots
+from duet.client.evidence_check import recheck
 from duet.client.sdk import ConnectionFailed
 from duet.client.trust import (
     ControllerPin,
@@ -213,8 +215,19 @@ class OtherView:
 class Auditor:
     """Audits one controller (optionally one CVM of it); ``follow`` re-audits incrementally."""
 
-    def __init__(self, source: AuditSource, store: HeadStore, *, cvm: str | None = None, long: bool = False) -> None:
+    def __init__(
+        self,
+        source: AuditSource,
+        store: HeadStore,
+        *,
+        cvm: str | None = None,
+        long: bool = False,
+        cvm_roots: CvmRoots | None = None,
+    ) -> None:
+        """``cvm_roots``: the roots recorded CVM evidence must chain to (AMD's and Intel's by
+        default; simulated ones only when the auditor passes them)."""
         self.source = source
+        self.cvm_roots = cvm_roots or CvmRoots()
         self.store = store
         self.cvm = cvm
         self.long = long
@@ -257,6 +270,7 @@ class Auditor:
             self._check_each_entry(head, start, result)
         if result.ok:
             self._check_rules(pin, result)
+            self._check_evidence(result)
             self.verified_size = head.tree_size
         if self.long:
             self._check_outputs(result)
@@ -501,6 +515,22 @@ class Auditor:
             self._replay = lc.LifecycleReplay(initial_owners=None if self.cvm is None else (pin.owners or None))
         result.modes, violations = _replay(self._replay, result.entries)
         result.findings += [Finding(v.code, v.message, v.seq, rule=True) for v in violations]
+
+    def _check_evidence(self, result: AuditResult) -> None:
+        """Every passing CVM attestation shown: its evidence verified again, here (docs/audit.md)."""
+        for entry in result.entries:
+            if entry.get("event") != lc.CVM_ATTESTED or entry.get("ok") is not True:
+                continue
+            seq, digest = entry.get("seq"), entry.get("evidence_sha256")
+            try:
+                evidence = self.source.blob(str(digest))
+            except DuetError as exc:
+                if exc.code != "output_pruned":
+                    result.findings.append(Finding("evidence_missing", f"the attestation's evidence: {exc.message}", seq))
+                continue
+            problem = recheck(entry, evidence, self.cvm_roots)
+            if problem is not None:
+                result.findings.append(Finding("evidence_unverified", f"CVM attestation entry {seq}: {problem}", seq))
 
     # --- outputs -----------------------------------------------------------------------
 

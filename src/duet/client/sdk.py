@@ -352,6 +352,10 @@ class DuetClient:
     def stop(self, cvm_id: str) -> dict[str, Any]:
         return self.call(f"/v1/cvms/{cvm_id}/stop", "cvm.stop", {"cvm_id": cvm_id})  # type: ignore[no-any-return]
 
+    def attest(self, cvm_id: str) -> dict[str, Any]:
+        """Have the controller attest the CVM now; the answer holds the verdict step by step."""
+        return self.call(f"/v1/cvms/{cvm_id}/attest", "cvm.attest", {"cvm_id": cvm_id})  # type: ignore[no-any-return]
+
     def state(self, cvm_id: str) -> dict[str, Any]:
         return self.get(f"/v1/cvms/{cvm_id}")  # type: ignore[no-any-return]
 

@@ -143,6 +143,12 @@ async def stop_cvm(request: Request, cvm_id: str) -> Response:
     return signed(request, await _controller(request).service.stop(authorized), status=202)
 
 
+@router.post("/cvms/{cvm_id}/attest", summary="Attest a running CVM now (signed op cvm.attest); answers the verdict")
+async def attest_cvm(request: Request, cvm_id: str) -> Response:
+    authorized = await _authorized(request, "cvm.attest", cvm_id)
+    return signed(request, await _controller(request).service.attest(authorized))
+
+
 # --- public reads ----------------------------------------------------------------------
 
 

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from duet import keys
+from duet.attestation.bundle import CvmRoots
+from duet.attestation.cvm_policy import DEFAULT_CVM_POLICY, CvmPolicy
+from duet.attestation.sgx.roots import intel_sgx_root_key
+from duet.attestation.snp.roots import amd_roots
 from duet.controller.auth import RequestAuthenticator
 from duet.controller.events import Streams
 from duet.controller.identity import (
@@ -34,7 +38,7 @@ from duet.errors import ConfigError
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
 from duet.providers import make_provider
-from duet.providers.base import Provider
+from duet.providers.base import Provider, SimulatedHardware
 from duet.remote.ssh import CommandRunner, SshPool
 from duet.storage import Database
 from duet.tee.base import TeeBackend
@@ -153,6 +157,9 @@ def open_controller(
         sealed=sealed,
         replay=verified.replay,
         machines=verified.machines,
+        cvm_roots=cvm_roots(settings, providers),
+        cvm_policy=CvmPolicy.load(settings.cvm_policy) if settings.cvm_policy else DEFAULT_CVM_POLICY,
+        clock=clock,
     )
     not_before, requests = recent_requests(verified.ledger, settings.nonce_retention_s)
     authenticator = RequestAuthenticator(
@@ -162,6 +169,21 @@ def open_controller(
         settings, identity, tee, store, verified.ledger, service, authenticator, tls,
         seed_requests_at_start=verified.seed_requests,
     )  # fmt: skip
+
+
+def cvm_roots(settings: Settings, providers: dict[str, Provider]) -> CvmRoots:
+    """AMD's and Intel's pinned roots; with ``trust_simulated_cvm``, also the roots of the
+    local CVMs' SIMULATED hardware (made on first use), whose verdicts then say SIMULATED."""
+    if not settings.trust_simulated_cvm:
+        return CvmRoots()
+    simulated: list[CvmRoots] = [p.simulated_roots() for p in providers.values() if isinstance(p, SimulatedHardware)]
+    if not simulated:
+        return CvmRoots()
+    log.warning("trusting the SIMULATED hardware of local CVMs (--trust-simulated-cvm): their attestation proves nothing")
+    return CvmRoots(
+        amd=(*amd_roots(), *(root for r in simulated for root in r.amd or ())),
+        intel=(intel_sgx_root_key(), *(key for r in simulated for key in r.intel or ())),
+    )
 
 
 def _record_refused_owners(store: Store, verified: VerifiedState, exc: OwnerKeysChanged) -> None:

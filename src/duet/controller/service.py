@@ -28,11 +28,15 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
+from duet.attestation.bundle import CvmRoots
+from duet.attestation.cvm_policy import DEFAULT_CVM_POLICY, CvmPolicy
 from duet.controller.auth import AuthorizedRequest
+from duet.controller.cvm_attestation import Attestation, attest, host_key_fingerprint
 from duet.controller.jobs import JobRunner, new_job_id
 from duet.controller.sealed_state import SealedState
 from duet.controller.settings import Settings
@@ -43,7 +47,7 @@ from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import canonical, parse_timestamp, sha256_hex, timestamp
 from duet.protocol.lifecycle import CONTROLLER_ACTOR, CvmFacts, LifecycleReplay
-from duet.protocol.models import MarkParams, RunParams, StartParams, StopParams
+from duet.protocol.models import AttestParams, MarkParams, RunParams, StartParams, StopParams
 from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, Machine, Provider
 from duet.remote.ssh import (
     CommandRunner,
@@ -62,6 +66,22 @@ CONTROLLER = CONTROLLER_ACTOR
 """The ledger actor for what the controller does on its own."""
 
 BOOTSTRAP_COMMAND = "uname -a"
+MAX_EVIDENCE_OUTPUT = 1024 * 1024
+"""What the collection program may print (``attestation.bundle.MAX_BUNDLE_BYTES``)."""
+
+
+class AttestationFailed(Forbidden):
+    """A new CVM's evidence did not pass: it fails, its resources are deleted (the reason is in
+    ``cvm.attested`` and ``cvm.failed``)."""
+
+    code = "attestation_failed"
+
+    def __init__(self, attestation: Attestation) -> None:
+        failure = attestation.verdict.failure
+        assert failure is not None
+        super().__init__(f"the CVM's attestation failed at {failure.step} ({failure.code}): {failure.message}")
+        self.attestation = attestation
+
 
 MAX_RECORDED_LOCKDOWN_FAILURES = 5
 """A pending lockdown's failures are recorded when their reason changes, at most this many times."""
@@ -104,7 +124,18 @@ def public_cvm(cvm: CvmFacts, machine: Machine | None) -> dict[str, Any]:
         "updated_at": cvm.updated_at,
         "host_key": machine.host_key if machine and machine.host_key else None,
         "failure": cvm.failure,
+        "attestation": attestation_summary(cvm),
     }
+
+
+def attestation_summary(cvm: CvmFacts) -> dict[str, Any]:
+    """What users see of a CVM's attestation: required or not, and its last verdict."""
+    last = cvm.attested
+    summary: dict[str, Any] = {"required": cvm.attestation == lc.ATTESTATION_REQUIRED, "valid_until": cvm.attested_until}
+    if last is not None:
+        keep = ("ok", "kind", "simulated", "time", "seq", "measurements", "tcb", "debug", "migration_allowed", "signer")
+        summary["last"] = {key: last[key] for key in (*keep, "vm_id", "step", "code", "reason", "evidence_sha256") if key in last}
+    return summary
 
 
 class LifecycleService:
@@ -119,6 +150,9 @@ class LifecycleService:
         sealed: SealedState,
         replay: LifecycleReplay,
         machines: dict[str, Machine],
+        cvm_roots: CvmRoots | None = None,
+        cvm_policy: CvmPolicy = DEFAULT_CVM_POLICY,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``replay`` holds the state derived from the verified ledger so far; from here on it
         is fed every committed entry. ``machines`` are the verified machine records."""
@@ -131,6 +165,9 @@ class LifecycleService:
         self.sealed = sealed
         self.replay = replay
         self.machines = machines
+        self.cvm_roots = cvm_roots or CvmRoots()
+        self.cvm_policy = cvm_policy
+        self.clock = clock
         self.jobs = JobRunner()
         self._locks: dict[str, asyncio.Lock] = {}
         self._state_cache: dict[str, tuple[int, bytes, str]] = {}
@@ -172,7 +209,8 @@ class LifecycleService:
         sealed_key = self.sealed.encrypt_ssh_key(cvm_id, private_key)
         with self.store.transaction() as tx:
             self.store.insert_cvm(tx, cvm_id, params.cvm_type, provider, public_key, sealed_key, timestamp())
-            fields = {"type": params.cvm_type, "provider": provider, "job": job_id}
+            attestation = lc.ATTESTATION_REQUIRED if self.settings.cvm_attestation else lc.ATTESTATION_OFF
+            fields = {"type": params.cvm_type, "provider": provider, "job": job_id, "attestation": attestation}
             self._owner_entry(tx, request, cvm=cvm_id, event=lc.CVM_PROVISIONING, **fields)
         self.jobs.spawn(job_id, lambda: self._provision(job_id, cvm_id, params.cvm_type, public_key, provider))
         return {"job_id": job_id, "cvm_id": cvm_id, "mode": lc.PROVISIONING, "provider": provider}
@@ -182,12 +220,22 @@ class LifecycleService:
         machine: Machine | None = None
         async with self._locked(cvm_id):
             try:
+                attested = self.get_cvm(cvm_id).attestation == lc.ATTESTATION_REQUIRED
                 progress(f"creating the CVM with provider {provider}")
-                machine = await self.providers[provider].create(CvmSpec(cvm_id, cvm_type), public_key, progress)  # type: ignore[arg-type]
+                spec = CvmSpec(cvm_id, cvm_type, attested=attested)  # type: ignore[arg-type]
+                machine = await self.providers[provider].create(spec, public_key, progress)
+                if attested:  # whatever the cloud says of the host key, only the evidence will pin one
+                    machine = dataclasses.replace(machine, host_key="")
                 self._record_machine(cvm_id, machine, lc.CVM_CREATED)
-                progress("waiting for SSH with the pinned host key")
+                progress("waiting for SSH" + ("" if attested else " with the pinned host key"))
                 target = self._target(cvm_id)
                 await self.ssh.wait_ready(target, timeout=self.settings.ssh_ready_timeout_s)
+                if attested:
+                    progress("attesting the CVM")
+                    attestation = await self._attest(cvm_id)
+                    if not attestation.ok:
+                        raise AttestationFailed(attestation)
+                    target = self._target(cvm_id)  # now with the pinned key
                 progress("running the bootstrap")
                 result = await self._bootstrap(cvm_id, cvm_type, target)
                 with self.store.transaction() as tx:
@@ -208,7 +256,7 @@ class LifecycleService:
                 actor=CONTROLLER,
                 host=machine.host,
                 port=machine.port,
-                host_key_fingerprint=fingerprint(machine.host_key),
+                host_key_fingerprint=fingerprint(machine.host_key) if machine.host_key else None,
                 machine_sha256=machine_digest(machine),
             )
         self.machines[cvm_id] = machine
@@ -257,6 +305,85 @@ class LifecycleService:
             log.error("cleanup of CVM %s failed: %s", cvm_id, _describe(exc))
             return _describe(exc)
         return None
+
+    # --- attestation (design §10) ------------------------------------------------------------
+
+    async def _attest(self, cvm_id: str) -> Attestation:
+        """Collect and judge the CVM's evidence and record the verdict (``cvm.attested``, the
+        evidence as a blob); the first passing one pins the host key it binds. Under the CVM's lock."""
+        cvm, machine = self.get_cvm(cvm_id), self.machines.get(cvm_id)
+        if machine is None:
+            raise Conflict(f"the controller has no machine record for CVM {cvm_id[:16]}…", code="no_machine")
+        target = self._target(cvm_id)
+        source = self._provider(machine.provider).evidence_source(machine, cvm.type)  # type: ignore[arg-type]
+
+        async def run(command: str) -> ExecResult:
+            timeout = self.settings.cvm_attest_timeout_s
+            return await self._ssh_run(cvm_id, target, command, timeout=timeout, output_limit=MAX_EVIDENCE_OUTPUT)
+
+        attestation = await attest(
+            run,
+            source,
+            platform=cvm.type,  # type: ignore[arg-type]
+            roots=self.cvm_roots,
+            policy=self.cvm_policy,
+            vm_id=machine.resources.get("vm_id"),
+            now=self.clock,
+        )
+        fields = attestation.entry_fields()
+        pin = attestation.ok and not machine.host_key
+        with self.store.transaction() as tx:
+            if attestation.evidence:
+                self.store.put_blob(tx, sha256_hex(attestation.evidence), attestation.evidence)
+            if pin:
+                machine = dataclasses.replace(machine, host_key=attestation.host_key)
+                self.store.update_cvm(tx, cvm_id, machine=machine.to_json(), now=timestamp())
+                fields.update(pinned=True, machine_sha256=machine_digest(machine))
+            if attestation.ok:
+                fields["host_key_fingerprint"] = host_key_fingerprint(attestation)
+            self.ledger.append(tx, cvm=cvm_id, event=lc.CVM_ATTESTED, actor=CONTROLLER, **fields)
+        if pin:
+            self.machines[cvm_id] = machine
+        level = logging.INFO if attestation.ok else logging.WARNING
+        log.log(level, "attestation of CVM %s: %s", cvm_id, fields.get("reason") or "passed")
+        return attestation
+
+    async def attest(self, request: AuthorizedRequest[AttestParams]) -> dict[str, Any]:
+        """``duet cvm attest``: an owner asks for a fresh attestation of a running CVM."""
+        async with self._locked(request.params.cvm_id):
+            cvm = self.get_cvm(request.params.cvm_id)
+            if cvm.mode not in lc.ACTIVE_MODES:
+                raise Conflict(f"CVM {cvm.id[:16]}… is {cvm.mode}; only a running CVM can be attested", code="bad_transition")
+            if cvm.lockdown == lc.LOCKDOWN_DONE:
+                raise Conflict(
+                    f"CVM {cvm.id[:16]}… is locked down (final): the controller can no longer reach it to attest it",
+                    code="cvm_locked",
+                )
+            attestation = await self._attest(cvm.id)
+        steps = [{"step": s.step, "ok": s.ok, "code": s.code, "message": s.message} for s in attestation.verdict.steps]
+        return {
+            "cvm_id": cvm.id,
+            "ok": attestation.ok,
+            "steps": steps,
+            "attestation": attestation_summary(cvm),
+            "tree_size": self.ledger.size,
+        }
+
+    async def _attested_for_service(self, cvm: CvmFacts) -> None:
+        """The gate of ``mark in-service``: a passing attestation still valid, else a fresh one."""
+        if cvm.attestation != lc.ATTESTATION_REQUIRED:
+            return
+        now = timestamp(datetime.fromtimestamp(self.clock(), UTC))
+        if cvm.attested_until is not None and now <= cvm.attested_until:
+            return
+        attestation = await self._attest(cvm.id)
+        if not attestation.ok:
+            failure = attestation.verdict.failure
+            assert failure is not None
+            raise Forbidden(
+                f"CVM {cvm.id[:16]}… stays in-update: its attestation failed at {failure.step}: {failure.message}",
+                code="attestation_failed",
+            )
 
     # --- run ---------------------------------------------------------------------------
 
@@ -480,6 +607,8 @@ class LifecycleService:
                 if cvm.lockdown == lc.LOCKDOWN_PENDING:
                     self._wake_lockdown(cvm.id)  # asked again: retry the pending lockdown now
                 return self._mark_answer(cvm, changed=False)
+            if params.mode == lc.IN_SERVICE and cvm.mode == lc.IN_UPDATE:
+                await self._attested_for_service(cvm)
             previous, was_final = cvm.mode, cvm.final
             with self.store.transaction() as tx:
                 # The final flag and the pending lockdown are one commit: a crash after it

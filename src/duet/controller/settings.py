@@ -65,6 +65,20 @@ class Settings:
     docs/seed-api.md). For seed clients that repeat identical requests; warned about at start
     and recorded in the ledger (``controller.seed_replays_allowed``) at every start."""
 
+    # --- CVM attestation (design §10, docs/attestation.md) -----------------------------
+    cvm_attestation: bool = True
+    """Every new CVM proves what it is before it reaches in-update, and again before in-service
+    when its last proof is older than the policy allows; its host key, born in the CVM, is pinned
+    only once the evidence binds it. False (``--no-cvm-attestation``): the provider's host key is
+    pinned unverified; each CVM started so is recorded and shown as unattested."""
+    cvm_policy: Path | None = None
+    """The CVM policy (TOML, docs/policy.md); None: any measurement, never debug or migration."""
+    trust_simulated_cvm: bool = False
+    """Accept the SIMULATED hardware of local CVMs (``duet.providers.local_tsm``): its roots are
+    trusted only when the operator says so, and its verdicts say SIMULATED everywhere."""
+    cvm_attest_timeout_s: float = 60.0
+    """How long the collection program may run on the CVM (the vTPM takes seconds)."""
+
     # --- outputs: budgets, quota, retention (docs/security.md) -----------------------------
     request_output_budget: int = 16 * MiB
     """Bytes of output (stdout and stderr of all its commands) one ``run`` request keeps and

@@ -385,6 +385,8 @@ class LifecycleReplay:
             cvm.attested_until = None
             return
         cvm.attested_until = _str(entry.get("valid_until"))
+        if entry.get("pinned") is True:  # the machine record now holds the key the evidence bound
+            cvm.machine_sha256 = _str(entry.get("machine_sha256"))
         presented = _str(entry.get("host_key_fingerprint"))
         if presented is None:
             return

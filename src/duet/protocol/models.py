@@ -70,9 +70,14 @@ class StopParams(_Strict):
     cvm_id: str = Field(pattern=HEX64_PATTERN)
 
 
+class AttestParams(_Strict):
+    cvm_id: str = Field(pattern=HEX64_PATTERN)
+
+
 PARAMS_BY_OP: dict[str, type[_Strict]] = {
     "cvm.start": StartParams,
     "cvm.run": RunParams,
     "cvm.mark": MarkParams,
     "cvm.stop": StopParams,
+    "cvm.attest": AttestParams,
 }

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers import cloud, cloud_init
-from duet.providers.base import CvmSpec, Machine, Progress, first_setting
+from duet.providers.base import CvmSpec, CvmType, EvidenceSource, Machine, Progress, first_setting
 
 _LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
@@ -329,6 +329,9 @@ class AwsProvider:
 
     def lockdown_command(self, machine: Machine) -> str:
         return cloud.machine_lockdown_command(machine)
+
+    def evidence_source(self, machine: Machine, cvm_type: CvmType) -> EvidenceSource:
+        return EvidenceSource("configfs-tsm")
 
 
 def _tag(tags: list[dict[str, str]] | None, key: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from duet.errors import ConfigError, UpstreamError
 from duet.providers import cloud, cloud_init
-from duet.providers.base import CVM_TYPES, CvmSpec, Machine, Progress, first_setting
+from duet.providers.base import CVM_TYPES, CvmSpec, CvmType, EvidenceSource, Machine, Progress, first_setting
 
 PUBLIC_ARM = "https://management.azure.com"
 DEFAULT_SIZES = {"snp": "Standard_DC2ads_v5", "tdx": "Standard_DC2eds_v5"}
@@ -493,3 +493,6 @@ class AzureProvider:
 
     def lockdown_command(self, machine: Machine) -> str:
         return cloud.machine_lockdown_command(machine)
+
+    def evidence_source(self, machine: Machine, cvm_type: CvmType) -> EvidenceSource:
+        return EvidenceSource("azure-vtpm")

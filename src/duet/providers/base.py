@@ -10,11 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from duet.attestation.bundle import CvmRoots
 
 from duet.protocol.lifecycle import CVM_TYPES, CvmType
 
-__all__ = ["CVM_TYPES", "CvmSpec", "CvmType", "Machine", "Progress", "Provider", "LOCKDOWN_MARKER", "first_setting"]
+__all__ = [
+    "CVM_TYPES",
+    "CvmSpec",
+    "CvmType",
+    "EvidenceSource",
+    "Machine",
+    "Progress",
+    "Provider",
+    "LOCKDOWN_MARKER",
+    "first_setting",
+]
 
 Progress = Callable[[str], None]
 """Called with a short human-readable step description, e.g. ``"creating public IP"``."""
@@ -35,6 +48,27 @@ class CvmSpec:
     cvm_id: str
     cvm_type: CvmType
     options: dict[str, str] = field(default_factory=dict)
+    attested: bool = True
+    """The CVM's host key is born in it and pinned once its evidence binds it (design §10): the
+    provider sends no host key through the cloud's control plane and returns ``host_key`` empty.
+    False (the owner's opt-out): the provider installs a key it made and returns it to pin."""
+
+
+EvidenceSourceName = Literal["configfs-tsm", "azure-vtpm", "simulated"]
+
+
+@dataclass(frozen=True)
+class EvidenceSource:
+    """How the collection program (``duet/guest/collect_evidence.py``) gets evidence on this
+    provider's CVMs; the controller runs it over SSH."""
+
+    source: EvidenceSourceName
+    host_key_file: str = "/etc/ssh/ssh_host_ed25519_key.pub"
+    """The CVM's own Ed25519 host key, the one sshd presents: what the evidence binds."""
+    privileged: bool = True
+    """Run with ``sudo -n`` (configfs-tsm and the vTPM need root)."""
+    simulator: tuple[str, ...] = ()
+    """``simulated``: the program playing the CVM's hardware (``duet.providers.local_tsm``)."""
 
 
 LOCKDOWN_MARKER = "duet-lockdown-complete"
@@ -81,3 +115,14 @@ class Provider(Protocol):
     def lockdown_command(self, machine: Machine) -> str:
         """Shell command, run over SSH at ``mark in-service --final``, that removes the
         controller's key from the CVM and stops SSH there for good."""
+
+    def evidence_source(self, machine: Machine, cvm_type: CvmType) -> EvidenceSource:
+        """Where the CVM's attestation evidence comes from."""
+
+
+@runtime_checkable
+class SimulatedHardware(Protocol):
+    """A provider whose CVMs run on SIMULATED hardware (the local one): the roots its evidence
+    chains to, trusted by the controller only with ``--trust-simulated-cvm``."""
+
+    def simulated_roots(self) -> CvmRoots: ...

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from duet.errors import ConfigError, UpstreamError
 from duet.providers import cloud, cloud_init
-from duet.providers.base import CVM_TYPES, CvmSpec, Machine, Progress, first_setting
+from duet.providers.base import CVM_TYPES, CvmSpec, CvmType, EvidenceSource, Machine, Progress, first_setting
 
 DEFAULT_MACHINE_TYPES = {"snp": "n2d-standard-2", "tdx": "c3-standard-4"}
 CONFIDENTIAL_TYPES = {"snp": "SEV_SNP", "tdx": "TDX"}
@@ -356,3 +356,6 @@ class GcpProvider:
 
     def lockdown_command(self, machine: Machine) -> str:
         return cloud.machine_lockdown_command(machine)
+
+    def evidence_source(self, machine: Machine, cvm_type: CvmType) -> EvidenceSource:
+        return EvidenceSource("configfs-tsm")

@@ -22,15 +22,20 @@ import shlex
 import shutil
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+if TYPE_CHECKING:
+    from duet.attestation.bundle import CvmRoots
+
 from duet.errors import ConfigError, Conflict, InvalidParams, NotFound, UpstreamError
-from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, Machine, Progress
+from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, CvmType, EvidenceSource, Machine, Progress
 
 _HOST_KEY = "ssh_host_ed25519_key"
 _CONFIG = "sshd_config"
@@ -310,7 +315,7 @@ class LocalProvider:
             progress("preparing CVM directory")
             (cvm_dir / "home").mkdir()
             (cvm_dir / _AUTHORIZED).write_text(authorized + "\n")
-            progress("generating SSH host key")
+            progress("generating SSH host key")  # as a guest does at first boot
             host_key = self._write_host_key(cvm_dir)
             progress("starting sshd")
             port, pid = await self._start_sshd(cvm_dir, None)
@@ -319,7 +324,9 @@ class LocalProvider:
             with contextlib.suppress(Exception):
                 await self._remove(cvm_dir)
             raise
-        return self._machine(spec.cvm_id, cvm_dir, port, pid, host_key)
+        # An attested CVM's key is learnt from the CVM itself and pinned by its evidence; the
+        # "cloud" says it only when the owner opted out of attestation.
+        return self._machine(spec.cvm_id, cvm_dir, port, pid, "" if spec.attested else host_key)
 
     def _machine(self, cvm_id: str, cvm_dir: Path, port: int, pid: int | None, host_key: str) -> Machine:
         return Machine(
@@ -361,7 +368,8 @@ class LocalProvider:
         cvm_dir = self._dir(machine.cvm_id)
         if not cvm_dir.is_dir():
             raise NotFound(f"local CVM {machine.cvm_id} has no directory {cvm_dir}; it cannot be resumed", code="machine_missing")
-        host_key = (cvm_dir / f"{_HOST_KEY}.pub").read_text().strip()
+        # The key on "disk" now (so a swapped key shows as a mismatch), once one was pinned.
+        host_key = (cvm_dir / f"{_HOST_KEY}.pub").read_text().strip() if machine.host_key else ""
         if (cvm_dir / _LOCKED).exists():
             return machine
         pids = self._listeners(cvm_dir)
@@ -370,6 +378,30 @@ class LocalProvider:
             return self._machine(machine.cvm_id, cvm_dir, port, pids[0], host_key)
         port, pid = await self._start_sshd(cvm_dir, _read_port(cvm_dir) or machine.port)
         return self._machine(machine.cvm_id, cvm_dir, port, pid, host_key)
+
+    @property
+    def hardware_dir(self) -> Path:
+        """The SIMULATED hardware every local CVM shares (duet.providers.local_tsm): keys made here."""
+        return self.root / ".simulated-hardware"
+
+    def simulated_roots(self) -> CvmRoots:
+        """The SIMULATED AMD and Intel roots of :attr:`hardware_dir` (made on first use)."""
+        from duet.providers.local_tsm import simulated_roots
+
+        return simulated_roots(self.hardware_dir)
+
+    def evidence_source(self, machine: Machine, cvm_type: CvmType) -> EvidenceSource:
+        simulator = (
+            sys.executable,
+            "-m",
+            "duet.providers.local_tsm",
+            "--hardware",
+            str(self.hardware_dir),
+            "--platform",
+            cvm_type,
+        )
+        host_key = self._dir(machine.cvm_id) / f"{_HOST_KEY}.pub"
+        return EvidenceSource("simulated", host_key_file=str(host_key), privileged=False, simulator=simulator)
 
     def lockdown_command(self, machine: Machine) -> str:
         """Empty authorized_keys, mark the CVM locked, stop its listener; a moment later,

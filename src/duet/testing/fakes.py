@@ -14,13 +14,22 @@ a ``kill -9`` would: nothing after it runs, nothing catches it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import json
+import shlex
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncssh
 
-from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, Machine, Progress
-from duet.remote.ssh import ExecResult, SshTarget, SshUnavailable
+from duet.attestation.bundle import FORMAT, CvmRoots
+from duet.attestation.cvm import binding
+from duet.providers import local_tsm
+from duet.providers.base import LOCKDOWN_MARKER, CvmSpec, CvmType, EvidenceSource, Machine, Progress
+from duet.remote.ssh import ExecResult, SshTarget, SshUnavailable, host_key_blob
 
 FAKE_PROVIDER = "fake"
 
@@ -32,6 +41,12 @@ class SimulatedCrash(BaseException):
 def _host_key() -> str:
     key = asyncssh.generate_private_key("ssh-ed25519")
     return key.export_public_key("openssh").decode("ascii").strip()
+
+
+@functools.cache
+def shared_hardware() -> Path:
+    """One SIMULATED hardware directory per test process: making its keys takes a moment."""
+    return Path(tempfile.mkdtemp(prefix="duet-fake-hardware-"))
 
 
 @dataclass
@@ -47,6 +62,8 @@ class FakeProvider:
     fail_delete: BaseException | None = None
     fail_reconcile: BaseException | None = None
     fail_resume: BaseException | None = None
+    hardware_dir: Path = field(default_factory=shared_hardware)
+    """The SIMULATED hardware of the fake CVMs (``duet.providers.local_tsm``)."""
 
     async def create(self, spec: CvmSpec, ssh_public_key: str, progress: Progress) -> Machine:
         progress("creating a fake machine")
@@ -54,7 +71,8 @@ class FakeProvider:
             await self.gate.wait()
         if self.fail_create is not None:
             raise self.fail_create
-        machine = Machine(spec.cvm_id, self.name, host="fake.invalid", port=22, username="duet", host_key=_host_key())
+        host_key = "" if spec.attested else _host_key()  # attested: the fake CVM's own key is learnt over SSH
+        machine = Machine(spec.cvm_id, self.name, host="fake.invalid", port=22, username="duet", host_key=host_key)
         self.machines[spec.cvm_id] = machine
         return machine
 
@@ -79,6 +97,13 @@ class FakeProvider:
     def lockdown_command(self, machine: Machine) -> str:
         return f"fake-lockdown {machine.cvm_id}; echo {LOCKDOWN_MARKER}"
 
+    def evidence_source(self, machine: Machine, cvm_type: CvmType) -> EvidenceSource:
+        simulator = ("fake-tsm", "--hardware", str(self.hardware_dir), "--platform", cvm_type)
+        return EvidenceSource("simulated", host_key_file="/fake/ssh_host_ed25519_key.pub", privileged=False, simulator=simulator)
+
+    def simulated_roots(self) -> CvmRoots:
+        return local_tsm.simulated_roots(self.hardware_dir)
+
 
 RunHook = Callable[[str, str], Awaitable[ExecResult | None] | ExecResult | None]
 
@@ -87,27 +112,49 @@ RunHook = Callable[[str, str], Awaitable[ExecResult | None] | ExecResult | None]
 class FakeSsh:
     """Runs nothing: records each command and answers exit 0 (or what ``on_run`` says).
 
-    A lockdown command locks the fake CVM: later logins are refused, as on a real one."""
+    A lockdown command locks the fake CVM: later logins are refused, as on a real one. The
+    evidence collection program is answered as a CVM on the provider's SIMULATED hardware
+    would (``duet.providers.local_tsm``), bound to the fake CVM's own host key; ``presented``
+    plays a machine in the middle: the key the controller sees instead of the CVM's."""
 
     ran: list[tuple[str, str]] = field(default_factory=list)
     on_run: RunHook | None = None
     locked: set[str] = field(default_factory=set)
     unreachable: set[str] = field(default_factory=set)
+    host_keys: dict[str, str] = field(default_factory=dict)
+    """Each fake CVM's own Ed25519 host key (made at its first connection)."""
+    presented: dict[str, str] = field(default_factory=dict)
 
     async def run(self, cvm_id: str, target: SshTarget, command: str, *, timeout: float, output_limit: int) -> ExecResult:
         if cvm_id in self.unreachable or cvm_id in self.locked:
             raise SshUnavailable(f"SSH connection to fake CVM {cvm_id[:16]}… refused", reason="refused")
-        self.ran.append((cvm_id, command))
+        collecting = COLLECT_MARKER in command
+        self.ran.append((cvm_id, COLLECT_MARKER if collecting else command))
+        own = self.host_keys.setdefault(cvm_id, _host_key())
+        presented = self.presented.get(cvm_id) or own
         if self.on_run is not None:
             outcome = self.on_run(cvm_id, command)
             if asyncio.iscoroutine(outcome):
                 outcome = await outcome
             if isinstance(outcome, ExecResult):
-                return outcome
+                return dataclasses.replace(outcome, host_key=presented)
+        if collecting:
+            return dataclasses.replace(self._evidence(cvm_id, command), host_key=presented)
         if LOCKDOWN_MARKER in command:
             self.locked.add(cvm_id)
-            return result(stdout=LOCKDOWN_MARKER + "\n")
-        return result(stdout=f"ran: {command}\n")
+            return result(stdout=LOCKDOWN_MARKER + "\n", host_key=presented)
+        return result(stdout=f"ran: {command}\n", host_key=presented)
+
+    def _evidence(self, cvm_id: str, command: str) -> ExecResult:
+        """What ``collect_evidence.py --source simulated`` prints on the fake CVM."""
+        words = shlex.split(command)
+        nonce = bytes.fromhex(words[words.index("--nonce") + 1])
+        simulator = shlex.split(words[words.index("--simulator") + 1])
+        hardware, platform = Path(simulator[simulator.index("--hardware") + 1]), simulator[simulator.index("--platform") + 1]
+        report_data = binding(host_key_blob(self.host_keys[cvm_id]), nonce)
+        make = local_tsm.snp_evidence if platform == "snp" else local_tsm.tdx_evidence
+        bundle = {"format": FORMAT, "source": "simulated", "report_data": report_data.hex(), **make(hardware, report_data)}
+        return result(stdout=json.dumps(bundle))
 
     async def wait_ready(self, target: SshTarget, *, timeout: float) -> None:
         return None
@@ -122,7 +169,13 @@ class FakeSsh:
         return None
 
 
-def result(exit_status: int | None = 0, stdout: str = "", stderr: str = "", *, timed_out: bool = False) -> ExecResult:
+COLLECT_MARKER = "--source simulated"
+"""How the fake tells the evidence collection program from an owner's command."""
+
+
+def result(
+    exit_status: int | None = 0, stdout: str = "", stderr: str = "", *, timed_out: bool = False, host_key: str = ""
+) -> ExecResult:
     """A command's outcome as the SSH layer reports it."""
     return ExecResult(
         exit_status=exit_status,
@@ -132,4 +185,5 @@ def result(exit_status: int | None = 0, stdout: str = "", stderr: str = "", *, t
         timed_out=timed_out,
         stdout_truncated=False,
         stderr_truncated=False,
+        host_key=host_key,
     )

@@ -52,7 +52,10 @@ class ControllerProcess:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         tls: bool = False,
+        trust_simulated_cvm: bool = True,
     ) -> None:
+        """``trust_simulated_cvm``: local CVMs' SIMULATED attestation is accepted (as the demo
+        does); False leaves only the real roots, so local CVMs fail their attestation."""
         self.state_dir = state_dir
         self.owner_keys = owner_keys
         self.providers = (provider,) if isinstance(provider, str) else provider
@@ -61,12 +64,22 @@ class ControllerProcess:
         self.extra_args = extra_args
         self.env = env or {}
         self.tls = tls
+        self.trust_simulated_cvm = trust_simulated_cvm
         self.log_path = state_dir.parent / f"{state_dir.name}-controller.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def cvm_roots_file(self) -> Path:
+        """The roots of this controller's local CVMs' SIMULATED hardware, as a PEM file for
+        ``duet audit --cvm-roots`` (an auditor trusting them, as the tests and the demo do)."""
+        from duet.providers.local_tsm import roots_pem
+
+        path = self.state_dir.parent / f"{self.state_dir.name}-cvm-roots.pem"
+        path.write_bytes(roots_pem(self.state_dir / "local-cvms" / ".simulated-hardware"))
+        return path
 
     def command(self) -> list[str]:
         args = [
@@ -87,6 +100,8 @@ class ControllerProcess:
             args += ["--owner-key", str(key)]
         if not self.tls:
             args.append("--no-tls")
+        if self.trust_simulated_cvm:
+            args.append("--trust-simulated-cvm")
         return args + list(self.extra_args)
 
     def start(self, timeout: float = 30.0) -> ControllerProcess:

@@ -26,7 +26,11 @@ from support import Owner, start_cvm
 
 def test_lifecycle_through_the_azure_sdk(tmp_path: Path, owner: Owner, fake_arm: FakeArm, azure_env, client_key) -> None:
     controller = ControllerProcess(
-        tmp_path / "state", [owner.pub_path], provider="azure", env=azure_env | fake_arm.identity_env()
+        tmp_path / "state",
+        [owner.pub_path],
+        provider="azure",
+        env=azure_env | fake_arm.identity_env(),
+        extra_args=("--no-cvm-attestation",),  # the owner's opt-out: the host key cloud-init installed is pinned
     )
     # Plain HTTP, TEE none (ControllerProcess passes --no-tls): an unverified client, answers still checked.
     with (
@@ -91,7 +95,7 @@ def test_one_controller_starts_cvms_on_several_providers(tmp_path: Path, owner: 
         tmp_path / "state",
         [owner.pub_path],
         provider=("local", "azure"),
-        extra_args=("--env-file", str(env_file)),
+        extra_args=("--env-file", str(env_file), "--no-cvm-attestation"),
         env=fake_arm.identity_env(),
     )
     with (
@@ -125,7 +129,11 @@ def test_a_cloud_failure_ends_the_cvm_failed_with_the_clouds_message(
 ) -> None:
     fake_arm.fail(step, "QuotaExceeded", f"Operation could not be completed as it results in exceeding quota ({step}, injected).")
     controller = ControllerProcess(
-        tmp_path / "state", [owner.pub_path], provider="azure", env=azure_env | fake_arm.identity_env()
+        tmp_path / "state",
+        [owner.pub_path],
+        provider="azure",
+        env=azure_env | fake_arm.identity_env(),
+        extra_args=("--no-cvm-attestation",),  # the owner's opt-out: the host key cloud-init installed is pinned
     )
     with (
         controller,

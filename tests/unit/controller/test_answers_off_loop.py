@@ -54,7 +54,9 @@ async def opened(tmp_path: Path) -> AsyncIterator[tuple[Controller, keys.Private
     owner = keys.generate("rsa")  # the seed protocol's owners sign with RSA; v1 takes it too
     pub = keys.write_key_pair(tmp_path / "owner.pem", owner)
     ssh = FakeSsh(on_run=lambda cvm_id, command: result(stdout="\x01" * (4 * MiB)) if command == "big" else None)
-    settings = Settings(state_dir=tmp_path / "state", owner_keys=(pub,), providers=("fake",), tee="none", seed_api=True)
+    settings = Settings(
+        state_dir=tmp_path / "state", owner_keys=(pub,), providers=("fake",), tee="none", seed_api=True, trust_simulated_cvm=True
+    )
     controller = open_controller(settings, providers={"fake": FakeProvider()}, ssh=ssh)
     await controller.service.recover()
     yield controller, owner

@@ -18,7 +18,9 @@ from duet.testing.fakes import FakeProvider, FakeSsh
 
 
 def settings(tmp_path: Path, *owner_keys: Path) -> Settings:
-    return Settings(state_dir=tmp_path / "state", owner_keys=owner_keys, providers=("fake",), tee="none")
+    return Settings(
+        state_dir=tmp_path / "state", owner_keys=owner_keys, providers=("fake",), tee="none", trust_simulated_cvm=True
+    )
 
 
 def open_(s: Settings) -> str:

@@ -92,7 +92,7 @@ def settings(world: World, **overrides: Any) -> Settings:
         tee="none",
         lockdown_retry_s=0.01,
         lockdown_retry_max_s=0.05,
-        **overrides,
+        **{"trust_simulated_cvm": True, **overrides},
     )
 
 
@@ -233,7 +233,7 @@ async def test_the_service_and_the_audit_rules_use_one_table(harness: Harness) -
     await harness.stop(cvm_id)
     assert harness.violations() == []
     assert harness.events(cvm_id) == [
-        "cvm.provisioning", "cvm.created", "cvm.ready", "command.started", "command.finished",
+        "cvm.provisioning", "cvm.created", "cvm.attested", "cvm.ready", "command.started", "command.finished",
         "mode.changed", "cvm.locked", "cvm.stopping", "cvm.stopped",
     ]  # fmt: skip
 

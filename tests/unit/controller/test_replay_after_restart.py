@@ -34,7 +34,9 @@ class Host:
         self.time = T0
 
     async def start(self) -> Controller:
-        settings = Settings(state_dir=self.state, owner_keys=(self.pub,), providers=("fake",), tee="none")
+        settings = Settings(
+            state_dir=self.state, owner_keys=(self.pub,), providers=("fake",), tee="none", trust_simulated_cvm=True
+        )
         controller = open_controller(settings, providers={"fake": self.provider}, ssh=self.ssh, clock=lambda: self.time)
         await controller.service.recover()
         return controller
