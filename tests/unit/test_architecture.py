@@ -80,3 +80,18 @@ def test_no_import_cycles_between_modules() -> None:
         if node not in state:
             visit(node)
     assert cycles == []
+
+
+def test_the_programs_sent_to_cvms_use_the_standard_library_only() -> None:
+    """duet/guest/ runs on the CVM with its ``python3``: duet is not installed there."""
+    import sys
+
+    for path in SRC.joinpath("duet", "guest").glob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top == "__future__", f"{path.name} imports {name}"

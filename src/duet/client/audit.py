@@ -525,8 +525,9 @@ class Auditor:
             try:
                 evidence = self.source.blob(str(digest))
             except DuetError as exc:
-                if exc.code != "output_pruned":
-                    result.findings.append(Finding("evidence_missing", f"the attestation's evidence: {exc.message}", seq))
+                if exc.code != "output_pruned":  # pruned: a signed answer, the retention policy's
+                    code = "evidence_altered" if exc.code in ("blob_altered", "blob_mismatch") else "evidence_missing"
+                    result.findings.append(Finding(code, f"the attestation's evidence: {exc.message}", seq))
                 continue
             problem = recheck(entry, evidence, self.cvm_roots)
             if problem is not None:

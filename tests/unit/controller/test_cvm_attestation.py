@@ -305,3 +305,25 @@ def test_the_audit_accepts_an_attested_lifecycle() -> None:
     events = [PROVISIONING, PASSED, {"event": "cvm.ready"},
               {"event": "mode.changed", "actor": "owner", "previous": "in-update", "mode": "in-service"}]  # fmt: skip
     assert LifecycleReplay().apply_all(_entries(*events)).violations == []
+
+
+# --- the audit's re-verification of recorded evidence (duet.client.evidence_check) -------------------
+
+
+async def test_recorded_evidence_is_reverified_and_a_lying_entry_is_caught(harness: Harness) -> None:
+    from duet.attestation.bundle import CvmRoots
+    from duet.client.evidence_check import recheck
+    from duet.providers.local_tsm import simulated_roots
+
+    cvm_id = await harness.start()
+    [entry] = harness.entries(cvm_id, lc.CVM_ATTESTED)
+    evidence = harness.controller.store.get_blob(entry["evidence_sha256"])
+    trusted = simulated_roots(harness.world.provider.hardware_dir)
+    roots = CvmRoots(amd=trusted.amd, intel=trusted.intel)
+    assert recheck(entry, evidence, roots) is None
+    assert "untrusted_root" in (recheck(entry, evidence, CvmRoots()) or "")  # SIMULATED, not trusted by this auditor
+    assert "binding_mismatch" in (recheck({**entry, "nonce": "00" * 32}, evidence, roots) or "")
+    assert "binding_mismatch" in (recheck({**entry, "host_key": _host_key()}, evidence, roots) or "")
+    lying = {**entry, "measurements": {"measurement": "00" * 48}, "debug": True}
+    assert recheck(lying, evidence, roots) == "the entry's measurements, debug differ from what its evidence says"
+    assert "does not hash" in (recheck(entry, evidence + b" ", roots) or "")
