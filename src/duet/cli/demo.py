@@ -57,8 +57,9 @@ def scenario(client: DuetClient) -> None:
     _step(
         1,
         "Start a CVM",
-        "The controller creates the CVM with an SSH key only it holds, pins the CVM's host key, "
-        "and runs a bootstrap. The CVM ends in-update.",
+        "The controller creates the CVM with an SSH key only it holds, verifies the CVM's hardware evidence "
+        "(here SIMULATED SEV-SNP) bound to the SSH host key the CVM presents, pins that key, and runs a "
+        "bootstrap. The CVM ends in-update.",
     )
     accepted = client.start("snp")
     job = client.wait_job(
@@ -66,7 +67,14 @@ def scenario(client: DuetClient) -> None:
     )
     cvm_id = accepted["cvm_id"]
     _expect(job["status"] == "succeeded", f"job {job['job_id']} succeeded")
-    _expect(client.state(cvm_id)["cvm"]["mode"] == "in-update", f"CVM {cvm_id[:16]}… is in-update")
+    cvm = client.state(cvm_id)["cvm"]
+    _expect(cvm["mode"] == "in-update", f"CVM {cvm_id[:16]}… is in-update")
+    last = cvm["attestation"].get("last") or {}
+    _expect(
+        last.get("ok") is True and last.get("simulated") is True,
+        f"attested (SIMULATED {visible(last.get('kind'))}, measurement {visible(last.get('measurements', {}).get('measurement', ''))[:16]}…), "
+        "its host key pinned",
+    )
 
     _step(2, "Run the owner's commands", "Each command is announced in the ledger before it runs, and its outcome after.")
     ran = client.run(cvm_id, ["echo 'installing the service'", "uname -sr", "echo ready > service.txt && cat service.txt"])
