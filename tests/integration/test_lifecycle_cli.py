@@ -91,6 +91,7 @@ def test_readable_output_without_json(controller: ControllerProcess, owner: Any,
     assert "visible" in done.stdout and "exit 0" in done.stdout
     listing = duet(controller, owner, user, "cvm", "list")
     assert cvm_id[:12] in listing.stdout and "in-update" in listing.stdout
+    assert "attested" in listing.stdout and "SIMULATED" in listing.stdout  # local CVMs: simulated hardware, said so
 
 
 def test_owner_operation_without_a_key_is_refused_plainly(controller: ControllerProcess, owner: Any, tmp_path: Path) -> None:

@@ -138,12 +138,19 @@ def list_cvms(ctx: typer.Context) -> None:
     with output.errors(context), context.client() as client:
         cvms = client.list_cvms()
         rows = [
-            [cvm["cvm_id"], cvm["type"], cvm["provider"], cvm["mode"], _final_text(cvm).strip(" ()"), cvm["created_at"]]
+            [
+                cvm["cvm_id"],
+                cvm["type"],
+                cvm["provider"],
+                cvm["mode"],
+                _final_text(cvm).strip(" ()"),
+                _attested_word(cvm.get("attestation")),
+                cvm["created_at"],
+            ]
             for cvm in cvms
         ]
-        output.emit_plain(
-            context, {"cvms": cvms}, lambda: output.plain_table(["CVM id", "type", "provider", "mode", "final", "created"], rows)
-        )
+        headers = ["CVM id", "type", "provider", "mode", "final", "attested", "created"]
+        output.emit_plain(context, {"cvms": cvms}, lambda: output.plain_table(headers, rows))
 
 
 @app.command()
@@ -191,6 +198,18 @@ def _attest_text(result: dict[str, Any]) -> str:
     steps = "".join(f"  {marks[s['ok']]} {line(s['step'])}: {line(s['message'])}\n" for s in result["steps"])
     verdict = "passed" if result["ok"] else "FAILED"
     return f"attestation of CVM {line(result['cvm_id'])} {verdict}\n{steps}" + attestation_text(result["attestation"])
+
+
+def _attested_word(attestation: dict[str, Any] | None) -> str:
+    """One word for ``cvm list``: NONE (opted out), pending, FAILED, yes, SIMULATED."""
+    if not attestation or not attestation.get("required"):
+        return "NONE"
+    last = attestation.get("last")
+    if last is None:
+        return "pending"
+    if not last.get("ok"):
+        return "FAILED"
+    return "SIMULATED" if last.get("simulated") else "yes"
 
 
 def attestation_text(attestation: dict[str, Any] | None) -> str:
