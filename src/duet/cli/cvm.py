@@ -117,18 +117,25 @@ def state(
     cvm_id: Annotated[str, typer.Argument(help="The CVM's id.")],
     long: Annotated[bool, typer.Option("--long", help="Fetch full outputs and check them against their hashes.")] = False,
 ) -> None:
-    """A CVM's mode and its history of commands (output hashes, or full outputs with --long)."""
+    """A CVM's mode and its recent commands (output hashes); --long: its whole history, read from
+    the ledger page by page, with full outputs checked against their hashes."""
     context: CliContext = ctx.obj
     with output.errors(context), context.client() as client:
         answer = client.state(cvm_id)
         commands = answer["commands"]
         if long:
+            from duet.ledger.history import command_rows, mode_rows
+
+            entries = client.entries(cvm=cvm_id)  # every entry verified against the signed head
+            commands = answer["commands"] = command_rows(entries)
+            answer["modes"] = mode_rows(entries)
             for row in commands:
                 for stream in ("stdout", "stderr"):
                     digest = row.get(f"{stream}_sha256")
                     if digest:
                         row[stream] = client.blob(digest).decode(errors="replace")
-        output.emit_plain(context, answer, lambda: _state_text(answer["cvm"], commands, long))
+        counts = answer.get("counts") or {}
+        output.emit_plain(context, answer, lambda: _state_text(answer["cvm"], commands, long, counts))
 
 
 @app.command("list")
@@ -285,7 +292,7 @@ def _final_text(cvm: dict[str, Any]) -> str:
     return " (final, lockdown pending)" if cvm.get("lockdown") == "pending" else " (final)"
 
 
-def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool) -> str:
+def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool, counts: dict[str, Any]) -> str:
     """Plain text (no rich): every string from the controller through :func:`output.visible`;
     table cells are made visible by :func:`output.plain_table`."""
 
@@ -305,6 +312,8 @@ def _state_text(cvm: dict[str, Any], commands: list[dict[str, Any]], long: bool)
     def exit_text(item: dict[str, Any]) -> str:
         return line(item["status"] if item.get("exit_status") is None else item["exit_status"])
 
+    if not long and len(commands) < counts.get("commands", 0):
+        head += f"{counts['commands']} commands in all; the last {len(commands)} shown (--long: all of them)\n\n"
     if not long:
         rows = [
             [

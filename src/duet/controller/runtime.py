@@ -157,6 +157,7 @@ def open_controller(
         sealed=sealed,
         replay=verified.replay,
         machines=verified.machines,
+        histories=verified.histories,
         cvm_roots=cvm_roots(settings, providers),
         cvm_policy=CvmPolicy.load(settings.cvm_policy) if settings.cvm_policy else DEFAULT_CVM_POLICY,
         clock=clock,

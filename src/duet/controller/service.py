@@ -42,7 +42,7 @@ from duet.controller.sealed_state import SealedState
 from duet.controller.settings import Settings
 from duet.controller.store import OutputQuotaExceeded, Store
 from duet.errors import Conflict, DuetError, Forbidden, InvalidParams, NotFound, UpstreamError
-from duet.ledger.history import command_rows, mode_rows
+from duet.ledger.history import HistoryIndex
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import canonical, parse_timestamp, sha256_hex, timestamp
@@ -150,6 +150,7 @@ class LifecycleService:
         sealed: SealedState,
         replay: LifecycleReplay,
         machines: dict[str, Machine],
+        histories: HistoryIndex | None = None,
         cvm_roots: CvmRoots | None = None,
         cvm_policy: CvmPolicy = DEFAULT_CVM_POLICY,
         clock: Callable[[], float] = time.time,
@@ -177,6 +178,8 @@ class LifecycleService:
         """Per CVM, (when, bytes) of each command's recorded outputs: from its ledger entries at
         its first run of this process, then from each result recorded (for the quota)."""
         ledger.subscribe(replay.apply)
+        self.histories = histories or HistoryIndex()
+        ledger.subscribe(self.histories.apply)
 
     @asynccontextmanager
     async def _locked(self, cvm_id: str) -> AsyncIterator[None]:
@@ -772,23 +775,17 @@ class LifecycleService:
         """JCS of the CVM's state and its SHA-256, made once per ledger size (design.md §3):
         every change of a CVM comes with a ledger entry, so the size says when it is stale.
 
-        The state is the CVM's record and a summary of its history (commands with their
-        output hashes, mode changes), each row naming its ledger entries by seq; the entries
-        themselves are served by the ledger routes, with their proofs."""
+        The state is the CVM's record, its counts and its last commands and mode changes
+        (``ledger.history.CvmHistory``), each row naming its ledger entries by seq: its size and
+        cost do not grow with the CVM's history. The whole history is the ledger's, served
+        page by page by the ledger routes, with their proofs (``duet cvm state --long``)."""
         size = self.ledger.size
         cached = self._state_cache.get(cvm_id)
         if cached and cached[0] == size:
             return cached[1], cached[2]
         cvm = self.get_cvm(cvm_id)
-        entries = self.ledger.entries(0, size, cvm=cvm_id)
         data = canonical(
-            {
-                "cvm": public_cvm(cvm, self.machines.get(cvm_id)),
-                "tree_size": size,
-                "entry_count": len(entries),
-                "commands": command_rows(entries),
-                "modes": mode_rows(entries),
-            }
+            {"cvm": public_cvm(cvm, self.machines.get(cvm_id)), "tree_size": size, **self.histories.of(cvm_id).summary()}
         )
         digest = sha256_hex(data)
         self._state_cache[cvm_id] = (size, data, digest)

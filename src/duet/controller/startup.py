@@ -20,6 +20,7 @@ from typing import Any
 from duet.controller.sealed_state import SealedState, SealedStateError
 from duet.controller.service import machine_digest
 from duet.controller.store import CvmRow, Store
+from duet.ledger.history import HistoryIndex
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import parse_timestamp
@@ -42,6 +43,8 @@ class VerifiedState:
     machines: dict[str, Machine]
     resumed_from: int
     """The ledger size this start resumed from (recorded as ``controller.started``)."""
+    histories: HistoryIndex
+    """Each CVM's counts and recent rows (the state answer), built in the verifying pass too."""
     seed_requests: set[str]
     """Digests of the single-use seed requests the verified ledger shows accepted (collected in
     the same pass that verifies the ledger, so the seed listener never reads it a second time)."""
@@ -51,10 +54,12 @@ def load_verified_state(
     store: Store, controller_id: str, sealed: SealedState, clock: Callable[[], float] = time.time
 ) -> VerifiedState:
     replay = LifecycleReplay()
+    histories = HistoryIndex()
     seed_requests: set[str] = set()
 
     def on_entry(entry: dict[str, Any]) -> None:
         replay.apply(entry)
+        histories.apply(entry)
         digest = single_use_seed_digest(entry)
         if digest is not None:
             seed_requests.add(digest)
@@ -68,7 +73,7 @@ def load_verified_state(
         )
     machines = _check_rows(store.cvm_rows(), replay.cvms, sealed)
     _shred_destroyed_keys(replay, sealed)
-    return VerifiedState(ledger, replay, machines, ledger.size, seed_requests)
+    return VerifiedState(ledger, replay, machines, ledger.size, histories, seed_requests)
 
 
 def _check_rows(rows: list[CvmRow], derived: dict[str, CvmFacts], sealed: SealedState) -> dict[str, Machine]:

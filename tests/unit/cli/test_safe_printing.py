@@ -84,6 +84,15 @@ class FakeClient:
         ]
         return {"cvm": dict(HOSTILE_CVM), "commands": commands, "modes": []}
 
+    def entries(self, start: int = 0, end: int | None = None, cvm: str | None = None) -> list[dict[str, Any]]:
+        """The ledger entries behind :meth:`state`'s rows (``--long`` reads the whole history there)."""
+        out: list[dict[str, Any]] = []
+        for row in self.state(CVM)["commands"]:
+            out.append({"seq": row["seq"], "cvm": CVM, "event": "command.started", "command": row["command"]})
+            outcome = {k: row[k] for k in ("exit_status", "duration_ms", "stdout_sha256", "stderr_sha256")}
+            out.append({"seq": row["seq"] + 1, "cvm": CVM, "event": "command.finished", "started_seq": row["seq"], **outcome})
+        return out
+
     def blob(self, digest: str) -> bytes:
         return {sha(STDOUT): STDOUT, sha(STDERR): STDERR}[digest].encode()
 
