@@ -16,8 +16,17 @@ It behaves like ARM where duet depends on it (facts: specs/providers.md §1.3):
   and recorded in ``refused``; ``provisionVMAgent`` cannot be changed by a later PUT of the VM
   (``409 PropertyChangeNotAllowed``).
 Errors can be injected per resource type, synchronous (4xx) or asynchronous (operation
-``Failed``, resource left in ``Failed`` state as ARM does). When a VM succeeds, a real sshd is
-started with the VM's login key and the host key from its cloud-init customData.
+``Failed``, resource left in ``Failed`` state as ARM does). Every VM gets a ``vmId`` (a GUID, kept
+across updates) in its properties, as ARM returns it.
+
+When a VM succeeds it "boots": a real sshd is started with the VM's login key and a host key —
+the one its cloud-init customData installs (``ssh_keys``: the owner's opt-out), or else one the
+guest generates itself, as cloud-init does at first boot. A Confidential VM's guest also has a
+SIMULATED vTPM and the way to a fake instance metadata service (``fake_guest.py``,
+``fake_vtpm.py``, ``fake_imds.py``), so that the controller's real Azure evidence collection runs
+on it: its HCL report names the VM's ``vmId`` (or ``reported_vm_id``, to play another VM) and is
+signed by the SIMULATED hardware in ``hardware_dir``, whose roots a controller trusts only with
+``--trust-simulated-cvm``.
 """
 
 from __future__ import annotations
@@ -34,10 +43,14 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from tests.fakes.fake_guest import FakeGuest
+from tests.fakes.fake_imds import FakeImds
 from tests.fakes.sshd import LocalSshd
 from tests.fakes.tls import make_server_context
 
@@ -93,8 +106,15 @@ class FakeArm:
         resource_groups: tuple[str, ...] = ("rg-duet",),
         ssh_port: int | None = None,
         polls: int = 1,
+        hardware_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.hardware_dir = hardware_dir or workdir / "simulated-hardware"
+        """The SIMULATED AMD and Intel of every Confidential VM this fake boots (settable before a boot)."""
+        self.reported_vm_id: str | None = None
+        """When set, the vTPM of VMs booted from now on reports this vmUniqueId instead of their own vmId."""
+        self.vtpm_refresh_s = 0.0
+        """How long the vTPM of VMs booted from now on takes to put new user data into its report."""
         self.subscription = subscription
         self.resource_groups = {rg.lower() for rg in resource_groups}
         self.ssh_port = ssh_port
@@ -106,7 +126,11 @@ class FakeArm:
         self.token_requests: list[dict[str, Any]] = []
         self.refused: list[dict[str, str]] = []  # extension operations refused (VM agent off / extensions off)
         self.sshds: dict[str, LocalSshd] = {}
+        # by VM resource id (lowercase): the public host key its guest has, the #cloud-config it received, its guest
         self.host_keys: dict[str, str] = {}
+        self.cloud_configs: dict[str, dict[str, Any]] = {}
+        self.guests: dict[str, FakeGuest] = {}
+        self.imds = FakeImds(lambda: self.hardware_dir)
         self.operations: dict[str, Operation] = {}
         self.lock = threading.RLock()
         self.identity_header = secrets.token_hex(8)
@@ -122,12 +146,14 @@ class FakeArm:
     def start(self) -> FakeArm:
         for t in self._threads:
             t.start()
+        self.imds.start()
         return self
 
     def stop(self) -> None:
         for s in (self._arm, self._identity):
             s.shutdown()
             s.server_close()
+        self.imds.stop()
         for sshd in self.sshds.values():
             sshd.stop()
 
@@ -205,8 +231,19 @@ class FakeArm:
                 users.append(res["id"])
         return users
 
+    def vm_id_of(self, vm_name: str) -> str:
+        """The ``vmId`` ARM gave the VM named ``vm_name`` (ARM names are case-insensitive)."""
+        with self.lock:
+            [vm] = [
+                r
+                for r in self.resources.values()
+                if r["name"].lower() == vm_name.lower() and r["type"].lower() == "microsoft.compute/virtualmachines"
+            ]
+            return str(vm["properties"]["vmId"])
+
     def _boot(self, rid: str, name: str, vm: dict[str, Any]) -> None:
-        """The VM 'boots': install the host key from cloud-init and the login key from osProfile."""
+        """The VM 'boots': its guest gets the host key from cloud-init or generates its own, the
+        login key from osProfile, and, for a Confidential VM with a vTPM, a SIMULATED vTPM."""
         props = vm["properties"]
         os_profile = props.get("osProfile", {})
         custom = os_profile.get("customData")
@@ -214,11 +251,39 @@ class FakeArm:
         if not custom:
             return
         doc = yaml.safe_load(base64.b64decode(custom))
-        self.host_keys[rid] = doc["ssh_keys"]["ed25519_public"]
+        self.cloud_configs[rid] = doc
+        if "ssh_keys" in doc:  # the owner's opt-out: the key travelled through the control plane
+            private, public = doc["ssh_keys"]["ed25519_private"], doc["ssh_keys"]["ed25519_public"]
+        elif "ed25519" in doc.get("ssh_genkeytypes", ["rsa", "ecdsa", "ed25519"]):  # cloud-init's default
+            private, public = _first_boot_host_key(name)
+        else:
+            return  # no Ed25519 host key: nothing the controller could log in to
+        self.host_keys[rid] = public
+        security = props.get("securityProfile", {})
+        confidential = security.get("securityType") == "ConfidentialVM" and security.get("uefiSettings", {}).get("vTpmEnabled")
+        root = self.workdir / "vms" / name
+        guest = FakeGuest(
+            root=root,
+            platform=_platform(props.get("hardwareProfile", {}).get("vmSize", "")),
+            vm_unique_id=self.reported_vm_id or str(self.resources[rid]["properties"]["vmId"]),
+            hardware_dir=self.hardware_dir,
+            imds_url=self.imds.url,
+            refresh_s=self.vtpm_refresh_s,
+            vtpm=bool(confidential),
+        ).install()
+        self.guests[rid] = guest
         if self.ssh_port:
             for other in list(self.sshds.values()):
                 other.stop()
-            sshd = LocalSshd(self.workdir / "vms" / name, self.ssh_port, doc["ssh_keys"]["ed25519_private"], keys)
+            sshd = LocalSshd(
+                root,
+                self.ssh_port,
+                private,
+                keys,
+                host_public_key=public,
+                environment=guest.environment(),
+                force_command=guest.force_command(),
+            )
             sshd.start()
             self.sshds[rid] = sshd
 
@@ -292,7 +357,8 @@ class FakeArm:
             disk_name = os_disk.get("name") or f"{name}_OsDisk_{uuid.uuid4().hex[:8]}"
             disk_id = f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/Microsoft.Compute/disks/{disk_name}"
             os_disk.setdefault("managedDisk", {})["id"] = disk_id
-            props["vmId"] = str(uuid.uuid4())
+            # ARM's unique id of the VM, kept across updates (what the vTPM's runtime data names)
+            props["vmId"] = self.resources[rid]["properties"].get("vmId") if rid in self.resources else str(uuid.uuid4())
         existed = rid in self.resources
         self.resources[rid] = res
         vm_body = body
@@ -311,8 +377,8 @@ class FakeArm:
                         "location": res.get("location"),
                         "properties": {"provisioningState": "Succeeded"},
                     }
-                if ok and rtype.lower() == "microsoft.compute/virtualmachines":
-                    self._boot(rid, name, vm_body)
+                if ok and rtype.lower() == "microsoft.compute/virtualmachines" and not existed:
+                    self._boot(rid, name, vm_body)  # first boot only: an update changes no guest
 
         op = Operation("InProgress", self.polls, on_done=done)
         if failure:
@@ -396,6 +462,22 @@ class FakeArm:
                 continue
             out.append({k: res[k] for k in ("id", "name", "type", "location", "tags") if k in res})
         return out
+
+
+def _first_boot_host_key(name: str) -> tuple[str, str]:
+    """The Ed25519 host key a guest generates at first boot (cloud-init's ``ssh-keygen``)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return private, f"{public} root@{name}"
+
+
+def _platform(vm_size: str) -> Literal["snp", "tdx"]:
+    """Azure's confidential sizes: ``a`` (AMD) in DCasv5/DCadsv5/ECasv5..., ``e`` (Intel TDX) in DCesv5/DCedsv5/ECesv5..."""
+    m = re.match(r"Standard_[A-Z]+\d+([a-z]*)", vm_size)
+    return "tdx" if m and "e" in m.group(1) else "snp"
 
 
 def _canonical_id(m: re.Match[str]) -> str:

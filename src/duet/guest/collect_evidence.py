@@ -39,7 +39,10 @@ import urllib.request
 FORMAT = "duet-cvm-evidence/v1"
 CONTEXT = b"duet-cvm-attestation/v1"
 TSM_ROOT = "/sys/kernel/config/tsm/report"
-IMDS = "http://169.254.169.254"
+IMDS = os.environ.get("DUET_IMDS_URL", "").rstrip("/") or "http://169.254.169.254"
+# DUET_IMDS_URL is a test seam only: duet's fake Azure VM (tests/fakes) points it at a fake instance
+# metadata service on loopback. Nothing IMDS serves is trusted: the controller verifies the VCEK chain
+# and the TD quote against its pinned roots, so whoever could set this variable gains nothing.
 NV_USER_DATA = "0x01400002"
 NV_HCL_REPORT = "0x01400001"
 HCL_REPORT_TYPE_OFFSET = 1224

@@ -1,8 +1,9 @@
 """AWS EC2 instances with AMD SEV-SNP (``CpuOptions={"AmdSevSnp": "enabled"}``) through boto3.
 
 Per CVM: the controller's login key imported as a key pair, a security group allowing SSH,
-and the instance (M6a/C6a/R6a, UEFI AMI) whose cloud-init user-data installs the host key
-the provider generated. Everything is named after the CVM id and tagged ``duet-cvm``, so
+and the instance (M6a/C6a/R6a, UEFI AMI) with cloud-init user-data (``cloud_init``): an attested
+CVM generates its own SSH host key at first boot, none is sent; only the owner's opt-out installs
+one the provider generated. Everything is named after the CVM id and tagged ``duet-cvm``, so
 ``delete`` and ``reconcile`` find it again from a partial record. AWS offers SEV-SNP only;
 a ``tdx`` spec is refused with a clear error. Facts: ``specs/providers.md`` §2.
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from duet.errors import ConfigError, NotFound, UpstreamError
-from duet.providers import cloud, cloud_init
+from duet.providers import cloud
 from duet.providers.base import CvmSpec, CvmType, EvidenceSource, Machine, Progress, first_setting
 
 _LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
@@ -81,7 +82,7 @@ def _tag_spec(resource_type: str, tags: dict[str, str], name: str) -> dict[str, 
 def run_instances_params(
     cfg: AwsConfig, *, name: str, tags: dict[str, str], instance_type: str, sg_id: str, user_data: str
 ) -> dict[str, Any]:
-    """Parameters of ``run_instances``. ``UserData`` holds the host private key: never log them."""
+    """Parameters of ``run_instances``. ``UserData`` may hold a host private key (the owner's opt-out): never log them."""
     params: dict[str, Any] = {
         "ImageId": cfg.ami,
         "InstanceType": instance_type,
@@ -218,7 +219,7 @@ class AwsProvider:
                 tags=tags,
                 instance_type=instance_type,
                 sg_id=sg_id,
-                user_data=cloud_init.user_data(steps.host_key),
+                user_data=steps.user_data(),
             )
             instance_id = (await cloud.in_thread(lambda: ec2.run_instances(**params)))["Instances"][0]["InstanceId"]
             steps.step(f"waiting for instance {instance_id} to run")

@@ -7,6 +7,11 @@ a NIC and the VM (``securityType: ConfidentialVM``, secure boot and vTPM on, OS 
 Every name is derived from the CVM id and every resource is tagged ``duet-cvm: <id>``, so
 ``delete`` and ``reconcile`` find them again after a crash.
 
+The VM's cloud-init ``customData`` carries no SSH host key for an attested CVM (the guest makes
+its own at first boot; ``cloud_init``), and the machine record keeps the ``vmId`` ARM returned
+(``resources["vm_id"]``): the controller requires the vTPM evidence's ``vmUniqueId`` to name the
+same VM, so that another genuine CVM cannot answer in this one's place (design §10).
+
 The SDKs are synchronous; each call runs in a worker thread so the controller's event loop
 keeps serving. Facts behind the request bodies: ``specs/providers.md`` §1.
 """
@@ -212,7 +217,7 @@ def vm_body(
     ssh_public_key: str,
     custom_data: str,
 ) -> dict[str, Any]:
-    """The Confidential VM. ``custom_data`` holds the host private key: never log this body."""
+    """The Confidential VM. ``custom_data`` may hold a host private key (the owner's opt-out): never log this body."""
     publisher, offer, sku, version = image.split(":")
     security: dict[str, Any] = {
         "securityType": "ConfidentialVM",
@@ -409,7 +414,13 @@ class AzureProvider:
                 ssh_public_key=ssh_public_key,
                 custom_data=cloud_init.user_data_b64(steps.host_key),
             )
-            await cloud.in_thread(lambda: compute.virtual_machines.begin_create_or_update(rg, names.vm, body).result())
+            vm = await cloud.in_thread(lambda: compute.virtual_machines.begin_create_or_update(rg, names.vm, body).result())
+            vm_id = str(getattr(vm, "vm_id", None) or "")  # the operation's result is ARM's GET of the VM
+            if not vm_id and spec.attested:
+                raise UpstreamError(
+                    f"Azure: VM {names.vm} has no vmId after it was created: its attestation could not be tied to it",
+                    code="cloud_provisioning_failed",
+                )
             steps.step(f"reading public IP {names.public_ip}")
             address = (await cloud.in_thread(lambda: network.public_ip_addresses.get(rg, names.public_ip))).ip_address
             if not address:
@@ -418,6 +429,8 @@ class AzureProvider:
                     code="cloud_provisioning_failed",
                 )
         resources = names.to_json() | {"location": cfg.location, "vm_size": vm_size, "image": image}
+        if vm_id:
+            resources["vm_id"] = vm_id  # what the evidence's vmUniqueId must name (design §10)
         return steps.machine(self.name, host=address, port=cfg.ssh_port, username=cfg.admin_username, resources=resources)
 
     async def delete(self, machine: Machine, progress: Progress) -> None:

@@ -129,8 +129,10 @@ class Provisioning:
     deleted before the error is raised, so a failed start leaves nothing billed; if that cleanup
     fails too, the error says so and the next ``reconcile`` retries it.
 
-    ``host_key`` is generated here, for the guest's user-data, so that the controller pins a
-    key it knows before the first connection (``cloud_init``)."""
+    ``host_key`` is None for an attested CVM (``spec.attested``): the guest makes its own at first
+    boot and the controller pins it once the CVM's evidence binds it. For the owner's opt-out it
+    is generated here, for the guest's user-data, so that the controller pins a key it knows
+    before the first connection (``cloud_init``)."""
 
     def __init__(
         self,
@@ -146,7 +148,14 @@ class Provisioning:
         self._progress = progress
         self._cleanup = cleanup
         self._step = "starting"
-        self.host_key = cloud_init.generate_host_key(comment=f"duet-{spec.cvm_id}")
+        self.host_key: cloud_init.HostKey | None = (
+            None if spec.attested else cloud_init.generate_host_key(comment=f"duet-{spec.cvm_id}")
+        )
+
+    def user_data(self) -> str:
+        """The guest's ``#cloud-config``: with the host key only for the owner's opt-out. Holds the
+        host private key then: never log it."""
+        return cloud_init.user_data(self.host_key)
 
     def step(self, label: str, *, report: bool = True) -> None:
         self._step = label
@@ -173,14 +182,15 @@ class Provisioning:
         raise error from None
 
     def machine(self, provider: str, *, host: str, port: int, username: str, resources: dict[str, Any]) -> Machine:
-        """The record also keeps the controller's login key, which the lockdown removes from the guest."""
+        """The record also keeps the controller's login key, which the lockdown removes from the guest.
+        ``host_key`` is empty for an attested CVM: only its evidence may name the key to pin."""
         return Machine(
             cvm_id=self._cvm_id,
             provider=provider,
             host=host,
             port=port,
             username=username,
-            host_key=self.host_key.public,
+            host_key=self.host_key.public if self.host_key is not None else "",
             resources=resources | {AUTHORIZED_KEY: self._ssh_public_key},
         )
 

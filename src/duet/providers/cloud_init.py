@@ -1,14 +1,21 @@
-"""What every cloud provider hands the guest: a host key the controller already knows.
+"""What every cloud provider hands the guest: the #cloud-config its cloud-init runs at first boot.
 
-A cloud VM normally generates its SSH host key on first boot, and the controller would have
-to trust whatever key answers first. Instead the provider generates an Ed25519 host key pair
-here, gives both halves to cloud-init (``ssh_keys`` with ``ssh_deletekeys: true``, so no other
-host key survives), and returns the public half as ``Machine.host_key`` to be pinned before the
-first connection.
+An attested CVM (``CvmSpec.attested``, the default) gets **no host key** from here: cloud-init
+deletes whatever host keys the image carried (``ssh_deletekeys: true``) and the guest generates
+a fresh Ed25519 one at first boot (``ssh_genkeytypes: [ed25519]``), so the private half is born
+in the CVM and never travels through the cloud's control plane. The controller learns the
+public half at the first connection and pins it only once the CVM's evidence binds it
+(design §10, docs/attestation.md).
 
-Limit, stated plainly: the user-data travels through the cloud's control plane, so the cloud
-operator could learn the private half. The pin defeats a man in the middle on the network, not
-the cloud itself; binding the host key to the CVM's attestation is what closes that gap.
+The owner's opt-out (``attested=False``, ``--no-cvm-attestation``) keeps the older scheme: the
+provider generates an Ed25519 pair here (:func:`generate_host_key`), hands both halves to
+cloud-init (``ssh_keys``, no other host key survives) and returns the public half as
+``Machine.host_key`` to be pinned before the first connection. Limit, stated plainly: that
+user-data passes through the cloud's control plane, so the cloud operator could learn the private
+half; that pin defeats a man in the middle on the network, not the cloud itself.
+
+Either way the document keeps the lockdown preparations: no password login, no root login, and
+the Azure guest agent's extensions switched off at every boot.
 """
 
 from __future__ import annotations
@@ -47,13 +54,16 @@ def _block(text: str, indent: str) -> str:
     return "".join(f"{indent}{line}\n" for line in text.strip("\n").splitlines())
 
 
-def user_data(host_key: HostKey, *, authorized_key: str | None = None, username: str | None = None) -> str:
-    """The ``#cloud-config`` document installing ``host_key`` as the only SSH host key.
+def user_data(host_key: HostKey | None, *, authorized_key: str | None = None, username: str | None = None) -> str:
+    """The ``#cloud-config`` document of a cloud CVM.
+
+    ``host_key`` None (an attested CVM): the document names no host key; the guest deletes the
+    image's and generates its own Ed25519 key at first boot. Given (the owner's opt-out): it is
+    installed as the only SSH host key, and the result contains its private half: never log it.
 
     ``authorized_key``/``username`` are for clouds with no native way to install a login key
     (none of the three here needs it; Azure, AWS and GCP each take the key in their own API),
     so by default the document carries no login key at all.
-    The result contains the private host key: never log it.
     """
     lines = [
         "#cloud-config",
@@ -62,14 +72,17 @@ def user_data(host_key: HostKey, *, authorized_key: str | None = None, username:
         "bootcmd:",
         f"  - [sh, -c, {_json_string(DISABLE_AGENT_EXTENSIONS)}]",
         "ssh_deletekeys: true",
-        "ssh_genkeytypes: []",
+        "ssh_genkeytypes: []" if host_key is not None else "ssh_genkeytypes: [ed25519]",
         "ssh_pwauth: false",
         "disable_root: true",
-        "ssh_keys:",
-        "  ed25519_private: |",
-        _block(host_key.private, "    ").rstrip("\n"),
-        f"  ed25519_public: {host_key.public}",
     ]
+    if host_key is not None:
+        lines += [
+            "ssh_keys:",
+            "  ed25519_private: |",
+            _block(host_key.private, "    ").rstrip("\n"),
+            f"  ed25519_public: {host_key.public}",
+        ]
     if authorized_key and username:
         lines += [
             "users:",
@@ -98,7 +111,7 @@ def _json_string(text: str) -> str:
     return json.dumps(text)
 
 
-def user_data_b64(host_key: HostKey, **kw: str) -> str:
+def user_data_b64(host_key: HostKey | None, **kw: str) -> str:
     """Base64 of :func:`user_data`, the form Azure's ``customData`` wants."""
     return base64.b64encode(user_data(host_key, **kw).encode()).decode()
 

@@ -2,8 +2,9 @@
 
 Per CVM: a firewall rule allowing SSH to the instance's own network tag, and the instance
 (``confidentialInstanceConfig``, ``onHostMaintenance: TERMINATE``, shielded VM) with the
-controller's login key in ``ssh-keys`` metadata (OS Login off, project keys blocked) and the
-provider-generated host key in cloud-init ``user-data``. Instances carry ``duet-cvm`` labels;
+controller's login key in ``ssh-keys`` metadata (OS Login off, project keys blocked) and cloud-init
+``user-data`` (``cloud_init``): an attested CVM generates its own SSH host key at first boot, none is
+sent; only the owner's opt-out installs one the provider generated. Instances carry ``duet-cvm`` labels;
 names are derived from the CVM id, so a partial record is enough to delete. Facts:
 ``specs/providers.md`` §3.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from duet.errors import ConfigError, UpstreamError
-from duet.providers import cloud, cloud_init
+from duet.providers import cloud
 from duet.providers.base import CVM_TYPES, CvmSpec, CvmType, EvidenceSource, Machine, Progress, first_setting
 
 DEFAULT_MACHINE_TYPES = {"snp": "n2d-standard-2", "tdx": "c3-standard-4"}
@@ -107,7 +108,7 @@ def firewall_resource(cfg: GcpConfig, name: str, cvm_id: str) -> Any:
 def instance_resource(
     cfg: GcpConfig, *, name: str, cvm_id: str, cvm_type: str, machine_type: str, ssh_public_key: str, user_data: str
 ) -> Any:
-    """The Confidential VM. ``user_data`` holds the host private key: never log this resource."""
+    """The Confidential VM. ``user_data`` may hold a host private key (the owner's opt-out): never log this resource."""
     from google.cloud import compute_v1
 
     nic = compute_v1.NetworkInterface(
@@ -270,7 +271,7 @@ class GcpProvider:
                 cvm_type=spec.cvm_type,
                 machine_type=machine_type,
                 ssh_public_key=ssh_public_key,
-                user_data=cloud_init.user_data(steps.host_key),
+                user_data=steps.user_data(),
             )
             op = await cloud.in_thread(
                 lambda: c["instances"].insert_unary(project=cfg.project, zone=cfg.zone, instance_resource=instance)

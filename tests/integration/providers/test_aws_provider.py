@@ -134,17 +134,37 @@ async def test_create_launches_snp_instance(aws: AwsProvider, client_key) -> Non
     [imported] = sent["ImportKeyPair"]
     assert imported["PublicKeyMaterial"] == client_key.public.encode()
 
-    # what the guest receives: cloud-init installing the host key the controller pins
+    # what the guest receives: cloud-init with no host key; the guest generates its own at first
+    # boot, and the controller pins it only once the CVM's evidence binds it
     iid = machine.resources["instance_id"]
-    raw = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
-    doc = yaml.safe_load(base64.b64decode(raw))
-    assert doc["ssh_deletekeys"] is True and doc["ssh_keys"]["ed25519_public"] == machine.host_key
+    doc = user_data(ec2, iid)
+    assert "ssh_keys" not in doc and "PRIVATE KEY" not in run["UserData"]
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == ["ed25519"]
+    assert machine.host_key == ""
+    assert "vm_id" not in machine.resources  # SNP evidence names no VM on AWS
 
     instance = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags["duet-cvm"] == "cvm-1"
     assert machine.host == instance["PublicIpAddress"] and machine.username == "ubuntu" and machine.port == 22
     assert {t["Key"]: t["Value"] for t in ec2.describe_key_pairs()["KeyPairs"][0]["Tags"]}["duet-cvm"] == "cvm-1"
+
+
+def user_data(ec2: Any, instance_id: str) -> dict[str, Any]:
+    """The #cloud-config the instance received, as EC2 keeps it."""
+    raw = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
+    doc: dict[str, Any] = yaml.safe_load(base64.b64decode(raw))
+    return doc
+
+
+async def test_the_owners_opt_out_installs_the_host_key_to_pin(aws: AwsProvider, client_key) -> None:
+    ec2 = aws.client()
+    machine = await aws.create(CvmSpec("cvm-o", "snp", attested=False), client_key.public, lambda _m: None)
+    doc = user_data(ec2, machine.resources["instance_id"])
+    assert doc["ssh_keys"]["ed25519_public"] == machine.host_key and machine.host_key.startswith("ssh-ed25519 ")
+    assert "OPENSSH PRIVATE KEY" in doc["ssh_keys"]["ed25519_private"]
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
+    await aws.delete(machine, lambda _m: None)
 
 
 async def test_tdx_is_refused_before_any_call(aws: AwsProvider, client_key) -> None:

@@ -8,6 +8,8 @@ import getpass
 import logging
 import os
 import subprocess
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,14 @@ import yaml
 from azure.core.exceptions import HttpResponseError
 from tests.fakes.fake_arm import FakeArm
 
+from duet.attestation.cvm_policy import DEFAULT_CVM_POLICY
+from duet.controller.cvm_attestation import Attestation, attest
 from duet.errors import ConfigError, NotFound, UpstreamError
 from duet.providers import cloud_init
 from duet.providers.azure import AzureConfig, AzureProvider
 from duet.providers.base import CvmSpec, Machine
+from duet.providers.local_tsm import simulated_roots
+from duet.remote.ssh import ExecResult
 
 STEPS = ["networkSecurityGroups", "virtualNetworks", "subnets", "publicIPAddresses", "networkInterfaces", "virtualMachines"]
 
@@ -62,10 +68,11 @@ async def test_create_sends_confidential_vm_bodies(fake_arm: FakeArm, azure_env,
     cloud = base64.b64decode(props["osProfile"]["customData"]).decode()
     assert cloud.startswith("#cloud-config\n")
     doc = yaml.safe_load(cloud)
-    assert doc["ssh_deletekeys"] is True
-    assert doc["ssh_keys"]["ed25519_public"] == machine.host_key
+    # an attested CVM: no host key travels through ARM; the guest deletes the image's and makes its own
+    assert "ssh_keys" not in doc and "PRIVATE KEY" not in cloud
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == ["ed25519"]
     assert ["sh", "-c", cloud_init.DISABLE_AGENT_EXTENSIONS] in doc["bootcmd"]  # the agent runs no extension
-    assert "OPENSSH PRIVATE KEY" in doc["ssh_keys"]["ed25519_private"]
+    assert machine.host_key == ""
     assert props["networkProfile"]["networkInterfaces"][0]["properties"] == {"primary": True, "deleteOption": "Delete"}
 
     [nsg] = fake_arm.bodies("networkSecurityGroups")
@@ -98,7 +105,9 @@ async def test_create_sends_confidential_vm_bodies(fake_arm: FakeArm, azure_env,
     assert fake_arm.token_requests and fake_arm.token_requests[0].get("client_id") == "mi-client-1"
 
     assert machine.host == "127.0.0.1" and machine.port == fake_arm.ssh_port and machine.username == user
-    assert machine.host_key.startswith("ssh-ed25519 ")
+    # the VM's identity as ARM returned it: what the vTPM evidence's vmUniqueId must name
+    assert machine.resources["vm_id"] == fake_arm.vm_id_of(machine.resources["vm"])
+    assert uuid.UUID(machine.resources["vm_id"])
     assert steps[0].startswith("creating network security group") and steps[-1].startswith("reading public IP")
 
 
@@ -112,8 +121,41 @@ async def test_tdx_uses_dcedsv5_and_options_override(fake_arm: FakeArm, azure_en
     assert (image["offer"], image["sku"]) == ("ubuntu-24_04-lts", "cvm")
 
 
+async def test_the_owners_opt_out_sends_the_host_key_to_pin(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    spec = CvmSpec("cvm-o", "snp", attested=False)
+    machine = await provider(azure_env, tmp_path).create(spec, client_key.public, lambda _m: None)
+    [vm] = fake_arm.bodies("virtualMachines")
+    doc = yaml.safe_load(base64.b64decode(vm["properties"]["osProfile"]["customData"]))
+    assert doc["ssh_keys"]["ed25519_public"] == machine.host_key and machine.host_key.startswith("ssh-ed25519 ")
+    assert "OPENSSH PRIVATE KEY" in doc["ssh_keys"]["ed25519_private"]
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
+    assert ["sh", "-c", cloud_init.DISABLE_AGENT_EXTENSIONS] in doc["bootcmd"]
+    [guest_key] = fake_arm.host_keys.values()
+    assert guest_key == machine.host_key  # the guest runs with the key that travelled
+    assert machine.resources["vm_id"] == fake_arm.vm_id_of(machine.resources["vm"])
+
+
+async def test_an_attested_cvm_presents_the_host_key_it_made_itself(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    machine = await provider(azure_env, tmp_path).create(CvmSpec("cvm-a", "snp"), client_key.public, lambda _m: None)
+    assert machine.host_key == ""
+    async with asyncssh.connect(
+        machine.host,
+        machine.port,
+        username=machine.username,
+        client_keys=[asyncssh.import_private_key(client_key.private)],
+        known_hosts=None,
+    ) as conn:
+        presented = conn.get_server_host_key()
+        assert presented is not None
+        result = await conn.run("cat /etc/ssh/ssh_host_ed25519_key.pub", check=True)
+    [guest_key] = fake_arm.host_keys.values()
+    assert presented.export_public_key().decode().split()[:2] == guest_key.split()[:2]
+    assert str(result.stdout).split()[:2] == guest_key.split()[:2]  # the guest's own /etc/ssh
+
+
 async def test_login_with_pinned_host_key(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
-    machine = await provider(azure_env, tmp_path).create(CvmSpec("cvm-ssh", "snp"), client_key.public, lambda _m: None)
+    spec = CvmSpec("cvm-ssh", "snp", attested=False)
+    machine = await provider(azure_env, tmp_path).create(spec, client_key.public, lambda _m: None)
     known = asyncssh.import_known_hosts(f"[{machine.host}]:{machine.port} {machine.host_key}\n")
     key = asyncssh.import_private_key(client_key.private)
     async with asyncssh.connect(
@@ -216,8 +258,8 @@ async def test_resume_of_a_vm_that_is_gone_says_so(fake_arm: FakeArm, azure_env,
 async def test_private_host_key_never_logged(fake_arm: FakeArm, azure_env, client_key, tmp_path, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     fake_arm.fail("virtualMachines", "BadRequest", "bad request (injected)", asynchronous=True)
-    with pytest.raises(UpstreamError) as info:
-        await provider(azure_env, tmp_path).create(CvmSpec("cvm-l", "snp"), client_key.public, lambda _m: None)
+    with pytest.raises(UpstreamError) as info:  # the owner's opt-out: the only case where a host key travels
+        await provider(azure_env, tmp_path).create(CvmSpec("cvm-l", "snp", attested=False), client_key.public, lambda _m: None)
     custom = fake_arm.bodies("virtualMachines")[0]["properties"]["osProfile"]["customData"]
     assert "PRIVATE KEY" not in info.value.message and custom not in info.value.message
     assert "PRIVATE KEY" not in caplog.text and custom[:40] not in caplog.text
@@ -346,7 +388,9 @@ async def test_provision_vm_agent_cannot_be_turned_back_on(fake_arm: FakeArm, az
 
     reopened = copy.deepcopy(body)
     reopened["properties"]["osProfile"]["allowExtensionOperations"] = True
-    compute.virtual_machines.begin_create_or_update(names.resource_group, names.vm, reopened).result()
+    vm_id = fake_arm.vm_id_of(names.vm)
+    updated = compute.virtual_machines.begin_create_or_update(names.resource_group, names.vm, reopened).result()
+    assert updated.vm_id == vm_id  # an update keeps the VM's identity, as ARM does
     err = _refused(
         lambda: compute.virtual_machine_extensions.begin_create_or_update(
             names.resource_group, names.vm, "enablevmaccess", VMACCESS
@@ -359,3 +403,77 @@ async def test_provision_vm_agent_cannot_be_turned_back_on(fake_arm: FakeArm, az
     err = _refused(lambda: compute.virtual_machines.begin_create_or_update(names.resource_group, names.vm, agent).result())
     assert err.status_code == 409 and err.error is not None and err.error.code == "PropertyChangeNotAllowed"
     assert "provisionVMAgent" in str(err.message)
+
+
+# ---- the fake Confidential VM's SIMULATED vTPM, against the controller's real collection and judgement ----
+
+
+async def _attest_fake_cvm(machine: Machine, client_key: Any, platform: str, hardware_dir: Path) -> Attestation:
+    """What the controller does at start: run the collection program over the SSH connection whose
+    host key it will pin, then verify and judge the evidence (SIMULATED roots trusted)."""
+    key = asyncssh.import_private_key(client_key.private)
+    async with asyncssh.connect(
+        machine.host, machine.port, username=machine.username, client_keys=[key], known_hosts=None
+    ) as conn:
+        server_key = conn.get_server_host_key()
+        assert server_key is not None
+        presented = server_key.export_public_key().decode().strip()
+
+        async def run(command: str) -> ExecResult:
+            done = await conn.run(command, encoding=None, timeout=60)
+            out, err = bytes(done.stdout or b""), bytes(done.stderr or b"")
+            return ExecResult(done.exit_status, out, err, 0.0, False, False, False, host_key=presented)
+
+        source = AzureProvider(AzureConfig("s", "rg", "l")).evidence_source(machine, platform)  # type: ignore[arg-type]
+        return await attest(
+            run,
+            source,
+            platform=platform,  # type: ignore[arg-type]
+            roots=simulated_roots(hardware_dir),
+            policy=DEFAULT_CVM_POLICY,
+            vm_id=machine.resources.get("vm_id"),
+            now=time.time,
+        )
+
+
+@pytest.mark.parametrize("platform", ["snp", "tdx"])
+async def test_the_fake_cvm_answers_the_real_collection_program(
+    fake_arm: FakeArm, azure_env, client_key, tmp_path, platform: str
+) -> None:
+    fake_arm.vtpm_refresh_s = 1.0  # the report holds the new user data a moment after the write, as Azure's
+    machine = await provider(azure_env, tmp_path).create(CvmSpec("cvm-v", platform), client_key.public, lambda _m: None)  # type: ignore[arg-type]
+    attestation = await _attest_fake_cvm(machine, client_key, platform, fake_arm.hardware_dir)
+
+    assert attestation.ok, attestation.verdict
+    claims = attestation.verdict.claims
+    assert claims is not None and claims.simulated
+    assert attestation.verdict.kind == f"azure-{platform}"
+    assert claims.vm_id == machine.resources["vm_id"] == fake_arm.vm_id_of(machine.resources["vm"])
+    [guest_key] = fake_arm.host_keys.values()
+    assert attestation.host_key.split()[:2] == guest_key.split()[:2]  # bound: the key the guest made itself
+    expected = {"snp": "/metadata/THIM/amd/certification", "tdx": "/acc/tdquote"}[platform]
+    assert fake_arm.imds.paths() == [expected]
+
+
+async def test_evidence_naming_another_vm_fails_the_vm_identity_check(fake_arm: FakeArm, azure_env, client_key, tmp_path) -> None:
+    fake_arm.reported_vm_id = str(uuid.uuid4())  # another genuine CVM answering in this one's place
+    machine = await provider(azure_env, tmp_path).create(CvmSpec("cvm-w", "snp"), client_key.public, lambda _m: None)
+    attestation = await _attest_fake_cvm(machine, client_key, "snp", fake_arm.hardware_dir)
+    failure = attestation.verdict.failure
+    assert failure is not None and (failure.step, failure.code) == ("vm_identity", "vm_id_mismatch")
+    assert fake_arm.reported_vm_id in failure.message and machine.resources["vm_id"] in failure.message
+
+
+async def test_the_fake_guest_has_passwordless_sudo_and_keeps_its_services(
+    fake_arm: FakeArm, azure_env, client_key, tmp_path
+) -> None:
+    machine = await provider(azure_env, tmp_path).create(CvmSpec("cvm-s", "snp"), client_key.public, lambda _m: None)
+    key = asyncssh.import_private_key(client_key.private)
+    async with asyncssh.connect(
+        machine.host, machine.port, username=machine.username, client_keys=[key], known_hosts=None
+    ) as conn:
+        assert (await conn.run("sudo -n echo as-root", check=True)).stdout == "as-root\n"
+        # a lockdown's `sudo systemctl ...` reaches the guest's recorder, not the test machine's services
+        await conn.run("sudo -n systemctl disable --now ssh.service", check=True)
+    [guest] = fake_arm.guests.values()
+    assert guest.systemctl_log.read_text() == "disable --now ssh.service\n"

@@ -8,9 +8,10 @@ import hashlib
 from collections.abc import Callable
 
 import pytest
+import yaml
 
 from duet.errors import ConfigError, NotFound, UpstreamError
-from duet.providers import cloud
+from duet.providers import cloud, cloud_init
 from duet.providers.base import CvmSpec, Machine
 
 
@@ -170,17 +171,41 @@ async def test_provisioning_leaves_a_cancelled_start_to_the_controller() -> None
     assert cleaned == []
 
 
-async def test_the_machine_record_keeps_the_pinned_host_key_and_the_key_the_lockdown_removes() -> None:
+async def test_the_machine_record_keeps_the_key_the_lockdown_removes_and_no_host_key_of_an_attested_cvm() -> None:
     async def cleanup() -> None:
         raise AssertionError("nothing failed")
 
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIControllerKeyControllerKeyControllerKey controller"
     async with cloud.Provisioning(ERRORS, spec(), key, lambda _m: None, cleanup) as steps:
         pass
+    # attested (the default): no host key is made, sent or pinned; the guest makes its own
+    assert steps.host_key is None
+    doc = yaml.safe_load(steps.user_data())
+    assert "ssh_keys" not in doc and doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == ["ed25519"]
+    assert doc["ssh_pwauth"] is False and doc["disable_root"] is True
+    assert ["sh", "-c", cloud_init.DISABLE_AGENT_EXTENSIONS] in doc["bootcmd"]
+    assert "PRIVATE KEY" not in steps.user_data()
     machine = steps.machine("test", host="10.0.0.1", port=22, username="duet", resources={"vm": "v"})
-    assert machine.host_key == steps.host_key.public and machine.host_key.endswith(" duet-cvm-1")
+    assert machine.host_key == ""
     assert machine.resources == {"vm": "v", "authorized_key": key}
     assert "AAAAC3NzaC1lZDI1NTE5AAAAIControllerKeyControllerKeyControllerKey" in cloud.machine_lockdown_command(machine)
     with pytest.raises(ConfigError) as info:
         cloud.machine_lockdown_command(Machine(cvm_id="c", provider="test"))
     assert info.value.code == "machine_incomplete"
+
+
+async def test_the_owners_opt_out_installs_a_host_key_made_here_and_pins_it() -> None:
+    async def cleanup() -> None:
+        raise AssertionError("nothing failed")
+
+    async with cloud.Provisioning(ERRORS, CvmSpec("cvm-1", "snp", attested=False), "k", lambda _m: None, cleanup) as steps:
+        pass
+    assert steps.host_key is not None
+    doc = yaml.safe_load(steps.user_data())
+    assert doc["ssh_keys"]["ed25519_public"] == steps.host_key.public
+    assert doc["ssh_keys"]["ed25519_private"].strip() == steps.host_key.private.strip()
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []  # no other host key survives
+    assert ["sh", "-c", cloud_init.DISABLE_AGENT_EXTENSIONS] in doc["bootcmd"]
+    assert "PRIVATE KEY" not in repr(steps.host_key)
+    machine = steps.machine("test", host="10.0.0.1", port=22, username="duet", resources={})
+    assert machine.host_key == steps.host_key.public and machine.host_key.endswith(" duet-cvm-1")

@@ -78,8 +78,11 @@ async def test_create_snp_instance_body(fake_gcp: FakeGcp, gcp_env, client_key, 
     meta = {i["key"]: i["value"] for i in body["metadata"]["items"]}
     assert meta["ssh-keys"] == f"duet:{' '.join(client_key.public.split()[:2])} duet-controller"
     assert meta["enable-oslogin"] == "FALSE" and meta["block-project-ssh-keys"] == "TRUE"
+    # no host key travels: the guest generates its own at first boot, pinned once its evidence binds it
     doc = yaml.safe_load(meta["user-data"])
-    assert doc["ssh_deletekeys"] is True and doc["ssh_keys"]["ed25519_public"] == machine.host_key
+    assert "ssh_keys" not in doc and "PRIVATE KEY" not in meta["user-data"]
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == ["ed25519"]
+    assert machine.host_key == "" and "vm_id" not in machine.resources
     assert body["labels"] == {"duet-cvm": "cvm-1", "duet-prefix": "duet"}
     assert body["networkInterfaces"][0]["accessConfigs"] == [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]
 
@@ -92,6 +95,16 @@ async def test_create_snp_instance_body(fake_gcp: FakeGcp, gcp_env, client_key, 
     assert set(fake_gcp.token_issuers) == {SA_EMAIL}
     # operations were awaited through our own operations client on the fake, never the public endpoint
     assert any(r["path"].endswith("/wait") for r in fake_gcp.requests)
+
+
+async def test_the_owners_opt_out_installs_the_host_key_to_pin(fake_gcp: FakeGcp, gcp_env, client_key, tmp_path) -> None:
+    spec = CvmSpec("cvm-o", "tdx", attested=False)
+    machine = await provider(gcp_env, tmp_path).create(spec, client_key.public, lambda _m: None)
+    [body] = fake_gcp.bodies("instances")
+    doc = yaml.safe_load({i["key"]: i["value"] for i in body["metadata"]["items"]}["user-data"])
+    assert doc["ssh_keys"]["ed25519_public"] == machine.host_key and machine.host_key.startswith("ssh-ed25519 ")
+    assert "OPENSSH PRIVATE KEY" in doc["ssh_keys"]["ed25519_private"]
+    assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
 
 
 async def test_tdx_uses_c3_without_min_cpu_platform(fake_gcp: FakeGcp, gcp_env, client_key, tmp_path) -> None:
