@@ -110,7 +110,8 @@ def _tpm2(*args: str, stdin: bytes | None = None) -> bytes:
 
 def _imds(path: str, body: bytes | None = None) -> bytes:
     request = urllib.request.Request(IMDS + path, data=body, headers={"Metadata": "true", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # IMDS is link-local: never via a proxy
+    with direct.open(request, timeout=10) as answer:
         return bytes(answer.read())
 
 
