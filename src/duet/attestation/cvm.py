@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from duet.attestation.steps import PolicyCheck, StepVerdict
+from duet.attestation.steps import PolicyCheck, StepsVerdict, StepVerdict
 
 EvidenceKind = Literal["snp", "tdx", "azure-snp", "azure-tdx", "maa-cvm"]
 EVIDENCE_KINDS: tuple[EvidenceKind, ...] = ("snp", "tdx", "azure-snp", "azure-tdx", "maa-cvm")
@@ -86,7 +86,7 @@ class CvmClaims:
 
 
 @dataclass(frozen=True)
-class CvmVerdict:
+class CvmVerdict(StepsVerdict):
     """Every step of one evidence check, in order; ``ok`` only if none failed."""
 
     kind: EvidenceKind
@@ -95,14 +95,6 @@ class CvmVerdict:
     """Present whenever the evidence parsed, also when a later step failed (for display)."""
     policy: tuple[PolicyCheck, ...] = ()
     """Every policy check, once the policy step was reached (held or not)."""
-
-    @property
-    def failure(self) -> StepVerdict | None:
-        return next((s for s in self.steps if s.ok is False), None)
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
 
     def then(self, *more: StepVerdict, policy: tuple[PolicyCheck, ...] = ()) -> CvmVerdict:
         """This verdict with ``more`` steps after its own (the binding, identity and policy)."""

@@ -4,7 +4,10 @@ Every hardware-evidence parser in this package (SGX and TDX quotes, SNP reports,
 reports) reads its structures through such tables, so that a reader can hold each row against
 the vendor's header file or specification, and :func:`check_table` proves at import time that a
 table tiles its structure without a gap or an overlap. :func:`pack_fields` is the inverse of
-:func:`read_fields`: simulated evidence is laid out by the same rows that parse it.
+:func:`read_fields`: simulated evidence is laid out by the same rows that parse it, and
+:func:`fields_dict` shows a parsed structure by the same rows. A parser that meets bytes its
+table does not fit raises a :class:`LayoutError` naming the field and its offset, because "bad
+report" alone does not tell anyone which producer to fix.
 
 Integers are little-endian, as in all of these formats.
 """
@@ -12,11 +15,33 @@ Integers are little-endian, as in all of these formats.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from duet.errors import VerificationError
 
 Kind = Literal["u8", "u16", "u32", "u64", "bytes"]
+
+
+class LayoutError(VerificationError):
+    """The bytes are not a well-formed ``structure``; ``field``/``offset`` say where.
+
+    Each kind of evidence derives its own, with its code and the name of its structure:
+    ``malformed <structure>: <message> (field <field> at offset <offset>)``."""
+
+    structure: ClassVar[str] = "structure"
+    """What the bytes were meant to be, for the message."""
+    offset_format: ClassVar[str] = ""
+    """The format of the offset in the message: decimal, or as the vendor's tables write it (``#05x``)."""
+
+    def __init__(self, message: str, *, field: str | None = None, offset: int | None = None, code: str | None = None) -> None:
+        where = ""
+        if field is not None:
+            where = f" (field {field}" + (f" at offset {offset:{self.offset_format}}" if offset is not None else "") + ")"
+        super().__init__(f"malformed {self.structure}: {message}{where}", code=code)
+        self.field = field
+        self.offset = offset
 
 
 @dataclass(frozen=True)
@@ -69,3 +94,16 @@ def pack_fields(table: Sequence[Field], values: dict[str, Any]) -> bytes:
         else:
             out += struct.pack(_UNPACK[f.kind], value)
     return bytes(out)
+
+
+def hexify(value: Any) -> Any:
+    """A field's value ready for JSON: bytes as hex, integers as they are."""
+    return value.hex() if isinstance(value, bytes | bytearray) else value
+
+
+def fields_dict(table: Sequence[Field], values: Any) -> dict[str, Any]:
+    """Every field of ``table`` by attribute, ready for JSON (:func:`hexify`), from a parsed
+    dataclass (its attributes) or a mapping :func:`read_fields` returned."""
+    if isinstance(values, Mapping):
+        return {f.attr: hexify(values[f.attr]) for f in table}
+    return {f.attr: hexify(getattr(values, f.attr)) for f in table}

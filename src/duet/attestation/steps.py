@@ -24,6 +24,22 @@ class StepVerdict:
     message: str = ""
 
 
+class StepsVerdict:
+    """What a verdict made of steps says as a whole: mixed into the verdicts of every kind of
+    evidence, which hold their ``steps`` in order."""
+
+    steps: tuple[StepVerdict, ...]
+
+    @property
+    def failure(self) -> StepVerdict | None:
+        return next((s for s in self.steps if s.ok is False), None)
+
+    @property
+    def ok(self) -> bool:
+        """True only if no step failed."""
+        return self.failure is None
+
+
 class StepFailed(VerificationError):
     """A verification step failed; ``step`` names it and ``code`` is stable for programs."""
 

@@ -23,26 +23,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import os
 import secrets
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from duet import __version__
-from duet import keys as duet_keys
 from duet.attestation import sgx as dcap
+from duet.attestation.sgx.simulated import READ_ERRORS, PckPlatform, create_once, generate_platform, read_platform
+
+# The quote primitives live in the attestation layer (the simulated TDX platform uses them too);
+# re-exported: this module's API keeps its names.
+from duet.attestation.sgx.simulated import make_certificate as make_certificate
+from duet.attestation.sgx.simulated import qe_report_data as qe_report_data
+from duet.attestation.sgx.simulated import raw_public_key as raw_public_key
+from duet.attestation.sgx.simulated import raw_signature as raw_signature
 from duet.tee.base import TeeError, private_dir, require_report_data
 
 SIM_DIR_NAME = "simulated-tee"
@@ -60,73 +58,9 @@ SIM_PCE_SVN = 1
 SIM_QE_MRENCLAVE = hashlib.sha256(b"duet simulated quoting enclave").digest()
 SIM_QE_MRSIGNER = hashlib.sha256(b"duet simulated quoting enclave signer").digest()
 
-_KEY_FILES = ("root", "intermediate", "pck", "attestation")
-_CERT_FILES = ("root", "intermediate", "pck")
-
 
 def simulated_mrenclave(version: str = __version__) -> bytes:
     return hashlib.sha256(f"duet simulated enclave {version}".encode()).digest()
-
-
-def raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    """ECDSA-SHA256 as the quote encodes it: r ‖ s, 32 bytes each, big-endian."""
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def raw_public_key(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> bytes:
-    """P-256 public key as the quote encodes it: X ‖ Y without the 0x04 prefix."""
-    pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
-    return pub.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "duet (simulated, not Intel)"),
-        ]
-    )
-
-
-def make_certificate(
-    subject_cn: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer_cn: str,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-    path_length: int | None,
-    not_before: datetime,
-    not_after: datetime,
-) -> x509.Certificate:
-    """One P-256 certificate shaped like Intel's PCK chain (CA flags, key usage)."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject_cn))
-        .issuer_name(_name(issuer_cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=not ca,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def build_report_body(**fields: Any) -> bytes:
@@ -180,63 +114,15 @@ def assemble_quote(
     return header + report_body + struct.pack("<I", len(sig_data)) + sig_data
 
 
-def qe_report_data(attestation_key: ec.EllipticCurvePrivateKey, qe_auth_data: bytes) -> bytes:
-    """The binding the QE puts in its own report: SHA-256(attestation key ‖ auth data) ‖ zeros."""
-    return hashlib.sha256(raw_public_key(attestation_key) + qe_auth_data).digest() + bytes(32)
-
-
 @dataclass(frozen=True)
-class SimulatedPlatform:
-    """The persisted simulated keys, certificates and QE report."""
+class SimulatedPlatform(PckPlatform):
+    """The persisted simulated keys, certificates and QE report, and this installation's MRSIGNER."""
 
-    keys: dict[str, ec.EllipticCurvePrivateKey]
-    certs: dict[str, x509.Certificate]
     mr_signer: bytes
-    qe_auth_data: bytes
-    qe_report: bytes
-    qe_report_signature: bytes
-
-    def chain_pem(self) -> bytes:
-        """Leaf → intermediate → root, as in production quotes."""
-        return b"".join(self.certs[n].public_bytes(serialization.Encoding.PEM) for n in ("pck", "intermediate", "root"))
 
 
-def _generate(directory: Path) -> None:
-    now = datetime.now(UTC).replace(microsecond=0)
-    start = now - timedelta(days=1)  # tolerate clock skew between controller and clients
-    keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in _KEY_FILES}
-    root = make_certificate(
-        ROOT_CN,
-        keys["root"],
-        ROOT_CN,
-        keys["root"],
-        ca=True,
-        path_length=1,
-        not_before=start,
-        not_after=datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC),
-    )
-    inter = make_certificate(
-        INTERMEDIATE_CN,
-        keys["intermediate"],
-        ROOT_CN,
-        keys["root"],
-        ca=True,
-        path_length=0,
-        not_before=start,
-        not_after=start + timedelta(days=15 * 365),
-    )
-    pck = make_certificate(
-        PCK_CN,
-        keys["pck"],
-        INTERMEDIATE_CN,
-        keys["intermediate"],
-        ca=False,
-        path_length=None,
-        not_before=start,
-        not_after=start + timedelta(days=7 * 365),
-    )
-    qe_auth = secrets.token_bytes(32)
-    qe_report = build_report_body(
+def _qe_report(attestation_key: ec.EllipticCurvePrivateKey, qe_auth_data: bytes) -> bytes:
+    return build_report_body(
         cpu_svn=bytes(range(16)),
         flags=0x15,
         xfrm=0x03,
@@ -244,42 +130,25 @@ def _generate(directory: Path) -> None:
         mr_signer=SIM_QE_MRSIGNER,
         isv_prod_id=1,
         isv_svn=SIM_QE_SVN,
-        report_data=qe_report_data(keys["attestation"], qe_auth),
+        report_data=qe_report_data(attestation_key, qe_auth_data),
     )
-    for n, k in keys.items():
-        duet_keys.write_private_key(directory / f"{n}.key", k)
-    for n, c in (("root", root), ("intermediate", inter), ("pck", pck)):
-        (directory / f"{n}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
-    params = {
-        "note": "duet SIMULATED SGX platform: not Intel, gives no protection",
-        "mr_signer": hashlib.sha256(secrets.token_bytes(384)).hexdigest(),
-        "qe_auth_data": qe_auth.hex(),
-        "qe_report": qe_report.hex(),
-        "qe_report_signature": raw_signature(keys["pck"], qe_report).hex(),
-        "created": now.isoformat(),
-    }
-    (directory / "platform.json").write_text(json.dumps(params, indent=2) + "\n")
+
+
+def _generate(directory: Path) -> None:
+    generate_platform(
+        directory,
+        (ROOT_CN, INTERMEDIATE_CN, PCK_CN),
+        _qe_report,
+        note="duet SIMULATED SGX platform: not Intel, gives no protection",
+        mr_signer=hashlib.sha256(secrets.token_bytes(384)).hexdigest(),
+    )
 
 
 def _load(directory: Path) -> SimulatedPlatform:
     try:
-        keys = {}
-        for n in _KEY_FILES:
-            k = serialization.load_pem_private_key((directory / f"{n}.key").read_bytes(), password=None)
-            if not isinstance(k, ec.EllipticCurvePrivateKey):
-                raise ValueError(f"{n}.key is not an EC key")
-            keys[n] = k
-        certs = {n: x509.load_pem_x509_certificate((directory / f"{n}.pem").read_bytes()) for n in _CERT_FILES}
-        p = json.loads((directory / "platform.json").read_text())
-        return SimulatedPlatform(
-            keys=keys,
-            certs=certs,
-            mr_signer=bytes.fromhex(p["mr_signer"]),
-            qe_auth_data=bytes.fromhex(p["qe_auth_data"]),
-            qe_report=bytes.fromhex(p["qe_report"]),
-            qe_report_signature=bytes.fromhex(p["qe_report_signature"]),
-        )
-    except (OSError, ValueError, KeyError) as exc:
+        keys, certs, params = read_platform(directory)
+        return SimulatedPlatform.from_files(keys, certs, params, mr_signer=bytes.fromhex(params["mr_signer"]))
+    except READ_ERRORS as exc:
         raise TeeError(
             f"simulated TEE state in {directory} is damaged ({exc}); move the directory away to "
             "generate a new simulated platform (clients will then need the new sim-root)",
@@ -290,20 +159,8 @@ def _load(directory: Path) -> SimulatedPlatform:
 def load_or_create_platform(state_dir: Path | str) -> SimulatedPlatform:
     """Load ``<state>/simulated-tee/``; create it first if absent (atomically: a crash or a second
     process never leaves a half-written platform)."""
-    state = Path(state_dir)
-    directory = state / SIM_DIR_NAME
-    if not directory.exists():
-        state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{SIM_DIR_NAME}.", dir=state))
-        try:
-            _generate(tmp)
-            os.rename(tmp, directory)
-        except OSError:
-            if not directory.exists():
-                raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    directory = Path(state_dir) / SIM_DIR_NAME
+    create_once(directory, _generate, done=directory.exists)
     return _load(directory)
 
 
@@ -325,10 +182,10 @@ class SimulatedSgxTee:
         return self.platform.mr_signer
 
     def root_pem(self) -> bytes:
-        return self.platform.certs["root"].public_bytes(serialization.Encoding.PEM)
+        return self.platform.root_pem()
 
     def root_key(self) -> ec.EllipticCurvePublicKey:
-        return self.platform.keys["root"].public_key()
+        return self.platform.root_key()
 
     def quote_bytes(self, report_data: bytes, **report_fields: Any) -> bytes:
         """A quote over ``report_data``; ``report_fields`` override report body fields (for tests,
@@ -372,4 +229,4 @@ class SimulatedSgxTee:
 def simulated_root_pem(state_dir: Path | str) -> bytes:
     """The simulated root certificate of the installation in ``state_dir`` (created if absent),
     for ``duet controller sim-root`` and for clients told to trust it."""
-    return load_or_create_platform(state_dir).certs["root"].public_bytes(serialization.Encoding.PEM)
+    return load_or_create_platform(state_dir).root_pem()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from duet.attestation.layout import Field, check_table, pack_fields, read_fields
+from duet.attestation.layout import Field, LayoutError, check_table, fields_dict, pack_fields, read_fields
 from duet.attestation.snp.abi import REPORT_FIELDS as SNP_REPORT_FIELDS
 from duet.attestation.snp.abi import REPORT_SIZE as SNP_REPORT_SIZE
 from duet.attestation.tdx.abi import TD_REPORT10_FIELDS, TD_REPORT15_FIELDS
@@ -37,16 +37,11 @@ _SNP_REPORT_DATA = next(f for f in SNP_REPORT_FIELDS if f.name == "REPORT_DATA")
 Platform = Literal["snp", "tdx"]
 
 
-class HclFormatError(VerificationError):
+class HclFormatError(LayoutError):
     """The bytes are not a well-formed Azure HCL report; ``field``/``offset`` say where."""
 
     code = "hcl_malformed"
-
-    def __init__(self, message: str, *, field: str, offset: int | None = None, code: str | None = None) -> None:
-        where = f" (field {field}" + (f" at offset {offset}" if offset is not None else "") + ")"
-        super().__init__(f"malformed Azure HCL report: {message}{where}", code=code)
-        self.field = field
-        self.offset = offset
+    structure = "Azure HCL report"
 
 
 class RuntimeDataError(VerificationError):
@@ -211,10 +206,6 @@ assert set(TD_QUOTE_BODY_SOURCE) == {f.attr for f in TD_REPORT15_FIELDS}
 # --------------------------------------------------------------------------------------------
 
 
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.hex() if isinstance(v, bytes) else v for k, v in values.items()}
-
-
 @dataclass(frozen=True)
 class HclHeader:
     signature: bytes
@@ -282,9 +273,9 @@ class TdReportStruct:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "REPORTMACSTRUCT": _jsonable(self.report_mac),
-            "TEE_TCB_INFO": _jsonable(self.tee_tcb_info),
-            "TDINFO_STRUCT": _jsonable(self.td_info),
+            "REPORTMACSTRUCT": fields_dict(REPORTMACSTRUCT_FIELDS, self.report_mac),
+            "TEE_TCB_INFO": fields_dict(TEE_TCB_INFO_FIELDS, self.tee_tcb_info),
+            "TDINFO_STRUCT": fields_dict(TDINFO_FIELDS, self.td_info),
         }
 
 
@@ -320,7 +311,7 @@ class HclReport:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "header": _jsonable(self.header.__dict__),
+            "header": fields_dict(HEADER_FIELDS, self.header),
             "runtime_data": dict(self.runtime.__dict__),
             "platform": self.platform,
             "report_data": self.report_data.hex(),

@@ -13,7 +13,10 @@ for different reasons:
 * :mod:`~duet.attestation.sgx.roots` — the pinned Intel SGX root and user-given roots;
 * :mod:`~duet.attestation.sgx.policy` — which enclaves are acceptable (:class:`EnclaveClaims`);
 * :mod:`~duet.attestation.sgx.evidence` — the one pipeline (signatures, report data, policy)
-  every front end calls, so that they report the same steps in the same order.
+  every front end calls, so that they report the same steps in the same order;
+* :mod:`~duet.attestation.sgx.simulated` — a simulated Intel PCK chain and its platform directory,
+  shared by the simulated SGX TEE (:mod:`duet.tee.simulated`) and the simulated TDX platform
+  (import it from there; it is not part of this package's names).
 """
 
 from duet.attestation.layout import Field, pack_fields, read_fields
@@ -109,15 +112,19 @@ from duet.attestation.sgx.verify import (
     STEP_QE_IDENTITY,
     STEP_QE_REPORT_SIGNATURE,
     STEP_TCB_LEVEL,
+    PlatformTcb,
     QuoteVerificationError,
     Verdict,
     anchor_key_id,
     attestation_public_key,
+    check_attestation_signature,
     check_qe_identity,
     check_revocation,
+    check_tcb_info,
     common_name,
     qe_identity_for_root,
     raw_signature_ok,
+    tcb_evaluation,
     verify_pck_chain,
     verify_quote,
     verify_quoting_enclave,
@@ -195,17 +202,21 @@ __all__ = [
     "STEP_QE_IDENTITY",
     "STEP_QE_REPORT_SIGNATURE",
     "STEP_TCB_LEVEL",
+    "PlatformTcb",
     "QuoteVerificationError",
     "Verdict",
     "anchor_key_id",
     "attestation_public_key",
+    "check_attestation_signature",
     "check_qe_identity",
     "check_revocation",
+    "check_tcb_info",
     "common_name",
     "verify_pck_chain",
     "verify_quote",
     "qe_identity_for_root",
     "raw_signature_ok",
+    "tcb_evaluation",
     "verify_quoting_enclave",
     # roots
     "INTEL_SGX_ROOT_CA_FILE",

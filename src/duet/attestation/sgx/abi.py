@@ -20,29 +20,19 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from duet.attestation.layout import Field, check_table, read_fields
-from duet.errors import VerificationError
+from duet.attestation.layout import Field, LayoutError, check_table, fields_dict, read_fields
 
 
-class QuoteFormatError(VerificationError):
+class QuoteFormatError(LayoutError):
     """The bytes are not a well-formed SGX DCAP v3 quote; ``field``/``offset`` say where."""
 
     code = "bad_quote"
-    quote_name: ClassVar[str] = "SGX DCAP v3 quote"
-    """What the bytes were meant to be, for the message (the TDX quote's error says its own)."""
-
-    def __init__(self, message: str, *, field: str | None = None, offset: int | None = None) -> None:
-        where = ""
-        if field is not None:
-            where = f" (field {field}" + (f" at offset {offset}" if offset is not None else "") + ")"
-        super().__init__(f"malformed {self.quote_name}: {message}{where}")
-        self.field = field
-        self.offset = offset
+    structure = "SGX DCAP v3 quote"
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,10 +112,6 @@ check_table(CERT_DATA_HEADER_FIELDS, CERT_DATA_HEADER_SIZE)
 # --------------------------------------------------------------------------------------------
 
 
-def _hexify(value: Any) -> Any:
-    return value.hex() if isinstance(value, bytes | bytearray) else value
-
-
 @dataclass(frozen=True)
 class QuoteHeader:
     version: int
@@ -137,7 +123,7 @@ class QuoteHeader:
     user_data: bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.attr: _hexify(getattr(self, f.attr)) for f in HEADER_FIELDS}
+        return fields_dict(HEADER_FIELDS, self)
 
 
 @dataclass(frozen=True)
@@ -179,7 +165,7 @@ class ReportBody:
         return bool(self.flags & FLAG_DEBUG)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.attr: _hexify(getattr(self, f.attr)) for f in REPORT_BODY_FIELDS}
+        d = fields_dict(REPORT_BODY_FIELDS, self)
         d["debug"] = self.debug
         return d
 

@@ -25,7 +25,7 @@ import duet.attestation.sgx.verify as quote_checks
 from duet.attestation.sgx.abi import ParsedQuote
 from duet.attestation.sgx.collateral import NO_COLLATERAL, Collateral
 from duet.attestation.sgx.policy import DEFAULT_POLICY, Policy, PolicyCheck, PolicyError
-from duet.attestation.steps import StepVerdict
+from duet.attestation.steps import StepsVerdict, StepVerdict
 from duet.keys import PublicKey
 
 STEP_REPORT_DATA = "report_data"
@@ -47,7 +47,7 @@ _HELD = {
 
 
 @dataclass(frozen=True)
-class EvidenceVerdict:
+class EvidenceVerdict(StepsVerdict):
     """Every step of :data:`EVIDENCE_STEPS`, in order; ``ok`` only if none failed."""
 
     steps: tuple[StepVerdict, ...]
@@ -55,14 +55,6 @@ class EvidenceVerdict:
     """The signature verdict (parsed quote, verified PCK chain)."""
     policy: tuple[PolicyCheck, ...] = ()
     """Every policy check, once the policy step was reached (held or not)."""
-
-    @property
-    def failure(self) -> StepVerdict | None:
-        return next((s for s in self.steps if s.ok is False), None)
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
 
     @property
     def quote(self) -> ParsedQuote | None:

@@ -45,8 +45,10 @@ from duet.attestation.sgx.collateral import (
     SIMULATED_QE_IDENTITY,
     Collateral,
     DerError,
+    PckSgxExtension,
     QeIdentity,
     TcbEvaluation,
+    TcbInfo,
     pck_sgx_extension,
 )
 from duet.attestation.sgx.roots import INTEL_SGX_ROOT_KEY_SHA256, spki_sha256
@@ -290,6 +292,20 @@ def verify_quoting_enclave(
     return chain
 
 
+def check_attestation_signature(
+    attestation_key: bytes, signature: bytes, signed_region: bytes, *, step: str, code: str, altered: str
+) -> None:
+    """The quote's attestation key (raw X‖Y) signed its signed region (raw ``r‖s``): the last
+    signature of an SGX or a TDX quote. Raises ``step`` with code ``bad_attestation_key``, or
+    ``code`` and the message ``altered`` when the signature does not verify."""
+    try:
+        key = attestation_public_key(attestation_key)
+    except ValueError:
+        raise _fail(step, "bad_attestation_key", "the attestation public key in the quote is not a point on P-256") from None
+    if not raw_signature_ok(key, signature, signed_region):
+        raise _fail(step, code, altered)
+
+
 def anchor_key_id(chain: Sequence[x509.Certificate], trusted_root_keys: Sequence[PublicKey]) -> str:
     """SPKI SHA-256 of the trusted root key a verified chain ends at (its top's key, or the key
     that signed its top)."""
@@ -388,59 +404,91 @@ def check_qe_identity(qe_report: ReportBody, identity: QeIdentity, now: datetime
     return f"the quoting enclave matches the {identity.source}{note}"
 
 
-def _evaluate_tcb(
-    chain: Sequence[x509.Certificate], qe_report: ReportBody, identity: QeIdentity, collateral: Collateral, now: datetime
-) -> tuple[TcbEvaluation | None, str]:
+def check_tcb_info(chain: Sequence[x509.Certificate], info: TcbInfo, now: datetime) -> PckSgxExtension:
+    """The TCB info is for the PCK certificate's platform (the FMSPC and PCEID of its SGX
+    extension) and is still current. Returns the extension, whose TCB the info's levels judge;
+    raises step ``tcb_level``. TDX TCB info is matched the same way, so the TDX verifier calls this."""
     step = STEP_TCB_LEVEL
-    said = []
-    platform = date = fmspc = None
-    advisories: tuple[str, ...] = ()
-    info = collateral.tcb_info
-    if info is None:
-        said.append("platform: not evaluated (no TCB info given)")
-    else:
-        try:
-            ext = pck_sgx_extension(chain[0])
-        except DerError as exc:
-            raise _fail(step, "bad_pck_extension", f"cannot read the PCK certificate's SGX extension: {exc}") from None
-        if (ext.fmspc, ext.pce_id) != (info.fmspc, info.pce_id):
-            raise _fail(
-                step,
-                "tcb_info_mismatch",
-                f"the TCB info {info.source} is for FMSPC {info.fmspc.hex()} PCEID {info.pce_id.hex()}; "
-                f"the PCK certificate has FMSPC {ext.fmspc.hex()} PCEID {ext.pce_id.hex()}",
-            )
-        if now > info.next_update:
-            raise _fail(
-                step,
-                "collateral_expired",
-                f"the TCB info {info.source} expired at {info.next_update.isoformat()} (checked at {now.isoformat()})",
-            )
-        level = info.tcb_level(ext.tcb.comp_svns, ext.tcb.pce_svn)
-        if level is None:
-            raise _fail(
-                step,
-                "tcb_level_not_found",
-                f"the platform's TCB (components {list(ext.tcb.comp_svns)}, PCESVN {ext.tcb.pce_svn}) reaches no "
-                f"level of the TCB info {info.source}: not supported",
-            )
-        platform, date, advisories, fmspc = level.tcb_status, level.tcb_date, level.advisory_ids, ext.fmspc
-        said.append(
-            f"platform: {platform} (FMSPC {ext.fmspc.hex()}, TCB date {date.date() if date else '?'}, "
-            f"TCB info {info.source}; {info.signature_note})"
+    try:
+        ext = pck_sgx_extension(chain[0])
+    except DerError as exc:
+        raise _fail(step, "bad_pck_extension", f"cannot read the PCK certificate's SGX extension: {exc}") from None
+    if (ext.fmspc, ext.pce_id) != (info.fmspc, info.pce_id):
+        raise _fail(
+            step,
+            "tcb_info_mismatch",
+            f"the TCB info {info.source} is for FMSPC {info.fmspc.hex()} PCEID {info.pce_id.hex()}; "
+            f"the PCK certificate has FMSPC {ext.fmspc.hex()} PCEID {ext.pce_id.hex()}",
         )
+    if now > info.next_update:
+        raise _fail(
+            step,
+            "collateral_expired",
+            f"the TCB info {info.source} expired at {info.next_update.isoformat()} (checked at {now.isoformat()}): fetch a current one",
+        )
+    return ext
+
+
+@dataclass(frozen=True)
+class PlatformTcb:
+    """The platform's TCB level as the TCB info judged it, and how to say so."""
+
+    status: str
+    date: datetime | None
+    advisory_ids: tuple[str, ...]
+    fmspc: bytes
+    said: str
+    """``platform: <status> (...)``: the FMSPC, the level, the TCB info that judged it."""
+
+
+def tcb_evaluation(platform: PlatformTcb | None, identity: QeIdentity, qe_isv_svn: int) -> tuple[TcbEvaluation | None, str]:
+    """The platform's TCB (None: no TCB info was given) and the quoting enclave's (by the QE
+    identity's levels; none: no QE identity file was given) as one evaluation and its message,
+    or None when neither was evaluated."""
+    said = [platform.said if platform else "platform: not evaluated (no TCB info given)"]
+    advisories = platform.advisory_ids if platform else ()
     qe_status = None
     if not identity.tcb_levels:
         said.append("quoting enclave: not evaluated (no QE identity given)")
     else:
-        qe_level = identity.tcb_level(qe_report.isv_svn)
+        qe_level = identity.tcb_level(qe_isv_svn)
         assert qe_level is not None  # the qe_identity step required one
         qe_status = qe_level.tcb_status
         advisories += qe_level.advisory_ids
-        said.append(f"quoting enclave: {qe_status} (ISVSVN {qe_report.isv_svn})")
+        said.append(f"quoting enclave: {qe_status} (ISVSVN {qe_isv_svn})")
     if platform is None and qe_status is None:
         return None, "TCB level: not evaluated (no TCB info given); quoting enclave TCB: not evaluated (no QE identity given)"
-    return TcbEvaluation(platform, qe_status, date, advisories, fmspc), "TCB level: " + "; ".join(said)
+    status, date, fmspc = (platform.status, platform.date, platform.fmspc) if platform else (None, None, None)
+    return TcbEvaluation(status, qe_status, date, advisories, fmspc), "TCB level: " + "; ".join(said)
+
+
+def _platform_tcb(chain: Sequence[x509.Certificate], info: TcbInfo, now: datetime) -> PlatformTcb:
+    ext = check_tcb_info(chain, info, now)
+    level = info.tcb_level(ext.tcb.comp_svns, ext.tcb.pce_svn)
+    if level is None:
+        raise _fail(
+            STEP_TCB_LEVEL,
+            "tcb_level_not_found",
+            f"the platform's TCB (components {list(ext.tcb.comp_svns)}, PCESVN {ext.tcb.pce_svn}) reaches no "
+            f"level of the TCB info {info.source}: not supported",
+        )
+    date = level.tcb_date
+    return PlatformTcb(
+        level.tcb_status,
+        date,
+        level.advisory_ids,
+        ext.fmspc,
+        f"platform: {level.tcb_status} (FMSPC {ext.fmspc.hex()}, TCB date {date.date() if date else '?'}, "
+        f"TCB info {info.source}; {info.signature_note})",
+    )
+
+
+def _evaluate_tcb(
+    chain: Sequence[x509.Certificate], qe_report: ReportBody, identity: QeIdentity, collateral: Collateral, now: datetime
+) -> tuple[TcbEvaluation | None, str]:
+    info = collateral.tcb_info
+    platform = _platform_tcb(chain, info, now) if info is not None else None
+    return tcb_evaluation(platform, identity, qe_report.isv_svn)
 
 
 @dataclass
@@ -465,19 +513,15 @@ def _verify_parsed(q: ParsedQuote, trusted_root_keys: Sequence[PublicKey], now: 
     notes = [(STEP_PCK_REVOCATION, evaluated, message)]
     identity = qe_identity_for_root(anchor_key_id(chain, trusted_root_keys), collateral)
     notes.append((STEP_QE_IDENTITY, True, check_qe_identity(sd.qe_report, identity, now)))
-    try:
-        att_key = attestation_public_key(sd.attestation_key)
-    except ValueError:
-        raise _fail(
-            STEP_ENCLAVE_SIGNATURE, "bad_attestation_key", "the attestation public key in the quote is not a point on P-256"
-        ) from None
-    if not raw_signature_ok(att_key, sd.isv_signature, q.signed_region):
-        raise _fail(
-            STEP_ENCLAVE_SIGNATURE,
-            "bad_enclave_signature",
-            "the ISV enclave report signature does not verify with the attestation key: the header or "
-            "report body (MRENCLAVE, ATTRIBUTES, REPORTDATA, ...) was altered",
-        )
+    check_attestation_signature(
+        sd.attestation_key,
+        sd.isv_signature,
+        q.signed_region,
+        step=STEP_ENCLAVE_SIGNATURE,
+        code="bad_enclave_signature",
+        altered="the ISV enclave report signature does not verify with the attestation key: the header or "
+        "report body (MRENCLAVE, ATTRIBUTES, REPORTDATA, ...) was altered",
+    )
     tcb, message = _evaluate_tcb(chain, sd.qe_report, identity, collateral, now)
     notes.append((STEP_TCB_LEVEL, tcb is not None, message))
     return _Checked(chain, notes, tcb)

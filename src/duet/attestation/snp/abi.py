@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from duet.attestation.layout import Field, check_table, pack_fields, read_fields
+from duet.attestation.layout import Field, LayoutError, check_table, fields_dict, pack_fields, read_fields
 from duet.errors import VerificationError
 
 Product = Literal["Milan", "Genoa", "Turin"]
@@ -30,18 +30,12 @@ PRODUCTS: tuple[Product, ...] = ("Milan", "Genoa", "Turin")
 SignerKind = Literal["VCEK", "VLEK"]
 
 
-class SnpReportFormatError(VerificationError):
+class SnpReportFormatError(LayoutError):
     """The bytes are not a well-formed SNP attestation report; ``field``/``offset`` say where."""
 
     code = "bad_snp_report"
-
-    def __init__(self, message: str, *, field: str | None = None, offset: int | None = None) -> None:
-        where = ""
-        if field is not None:
-            where = f" (field {field}" + (f" at offset {offset:#05x}" if offset is not None else "") + ")"
-        super().__init__(f"malformed SEV-SNP attestation report: {message}{where}")
-        self.field = field
-        self.offset = offset
+    structure = "SEV-SNP attestation report"
+    offset_format = "#05x"  # as ABI 56860's tables write offsets
 
 
 class CertTableFormatError(VerificationError):
@@ -356,12 +350,7 @@ class SnpReport:
     def to_dict(self, product: Product | None = None) -> dict[str, Any]:
         """Every non-reserved field, JSON-ready (hex for bytes), with bit fields and TCBs decoded."""
         product = product or self.product
-        d: dict[str, Any] = {}
-        for f in REPORT_FIELDS:
-            if f.attr in MBZ_FIELDS:
-                continue
-            value = getattr(self, f.attr)
-            d[f.attr] = value.hex() if isinstance(value, bytes) else value
+        d = fields_dict([f for f in REPORT_FIELDS if f.attr not in MBZ_FIELDS], self)
         for name in ("current_tcb", "reported_tcb", "committed_tcb", "launch_tcb"):
             d[name] = {"raw": f"{getattr(self, name):#018x}", **self.tcb(name, product).to_dict()}
         d["policy"] = {"raw": f"{self.policy:#x}", **decode_policy(self.policy)}

@@ -27,9 +27,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-from duet.attestation.layout import Field, check_table, pack_fields, read_fields
+from duet.attestation.layout import Field, check_table, fields_dict, pack_fields, read_fields
 from duet.attestation.sgx.abi import (
     ATT_KEY_TYPE_ECDSA_P256,
     CERT_DATA_HEADER_FIELDS,
@@ -52,12 +52,7 @@ class TdxQuoteFormatError(QuoteFormatError):
     handles malformed DCAP quotes handles these too; a quote that is well formed but carries
     certification data this verifier cannot use has the code ``unsupported_certification_data``."""
 
-    quote_name: ClassVar[str] = "Intel TDX quote"
-
-    def __init__(self, message: str, *, field: str | None = None, offset: int | None = None, code: str | None = None) -> None:
-        super().__init__(message, field=field, offset=offset)
-        if code is not None:
-            self.code = code
+    structure = "Intel TDX quote"
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,10 +162,6 @@ TD_ATTRIBUTE_MIGRATABLE = 1 << 29
 # --------------------------------------------------------------------------------------------
 
 
-def _hexify(value: Any) -> Any:
-    return value.hex() if isinstance(value, bytes | bytearray) else value
-
-
 @dataclass(frozen=True)
 class TdxQuoteHeader:
     version: int
@@ -181,7 +172,7 @@ class TdxQuoteHeader:
     user_data: bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.attr: _hexify(getattr(self, f.attr)) for f in HEADER_FIELDS}
+        return fields_dict(HEADER_FIELDS, self)
 
 
 def td_attribute_names(td_attributes: int) -> tuple[str, ...]:
@@ -239,8 +230,7 @@ class TdReport:
         return td_attribute_names(self.td_attributes)
 
     def to_dict(self) -> dict[str, Any]:
-        table = TD_REPORT_FIELDS[self.body_type]
-        d = {f.attr: _hexify(getattr(self, f.attr)) for f in table}
+        d = fields_dict(TD_REPORT_FIELDS[self.body_type], self)
         d["td_attributes"] = self.raw[120:128].hex()  # as the spec shows it: the 8 bytes
         d["xfam"] = self.raw[128:136].hex()
         d["td_attribute_names"] = list(self.td_attribute_names)

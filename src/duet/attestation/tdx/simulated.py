@@ -12,35 +12,37 @@ simulation protects nothing: whoever holds the directory holds every key.
 The platform lives in a directory the caller names (created once, mode 0700, keys 0600, the
 certificates as PEM files) and is reused afterwards, so that a root a user trusted stays valid.
 
-This is the TDX twin of :mod:`duet.tee.simulated` (the controller's simulated SGX TEE). The two
-share the quote primitives (raw ``r‖s`` signatures, raw ``X‖Y`` keys, Intel-shaped certificates);
-they are written here again only because the attestation layer must not import ``duet.tee``.
+This is the TDX twin of :mod:`duet.tee.simulated` (the controller's simulated SGX TEE): the two
+share the quote primitives, the chain and the platform directory
+(:mod:`duet.attestation.sgx.simulated`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import secrets
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
 
-from duet import keys as duet_keys
 from duet.attestation.layout import pack_fields
 from duet.attestation.sgx.abi import REPORT_BODY_FIELDS
 from duet.attestation.sgx.collateral import SGX_EXTENSION_OID, PckSgxExtension, PckTcb, pack_pck_sgx_extension
+from duet.attestation.sgx.simulated import (
+    PLATFORM_FILE,
+    READ_ERRORS,
+    PckPlatform,
+    create_once,
+    generate_platform,
+    qe_report_data,
+    raw_public_key,
+    raw_signature,
+    read_platform,
+)
 from duet.attestation.tdx.abi import (
     BODY_TYPE_TD_REPORT10,
     BODY_TYPE_TD_REPORT15,
@@ -74,72 +76,6 @@ SIM_MRTD = hashlib.sha384(b"duet simulated TD").digest()
 SIM_TD_ATTRIBUTES = 1 << 28  # SEPT_VE_DISABLE, as on real production TDs; DEBUG off
 SIM_XFAM = 0x600E7
 
-_KEY_FILES = ("root", "intermediate", "pck", "attestation")
-_CERT_FILES = ("root", "intermediate", "pck")
-
-
-def _raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    """ECDSA-SHA256 as quotes encode it: r ‖ s, 32 bytes each, big-endian."""
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def _raw_public_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    """A P-256 public key as quotes encode it: X ‖ Y without the 0x04 prefix."""
-    return key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "duet (simulated, not Intel)"),
-        ]
-    )
-
-
-def _certificate(
-    subject_cn: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer_cn: str,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-    path_length: int | None = None,
-    not_before: datetime,
-    not_after: datetime,
-    extensions: Sequence[x509.ExtensionType] = (),
-) -> x509.Certificate:
-    """One P-256 certificate shaped like Intel's PCK chain (CA flags, key usage)."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject_cn))
-        .issuer_name(_name(issuer_cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=not ca,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    for extension in extensions:
-        builder = builder.add_extension(extension, critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
 
 def pck_extension(ppid: bytes) -> x509.UnrecognizedExtension:
     """Intel's SGX extension for the simulated PCK: what TDX TCB info is matched against."""
@@ -165,7 +101,7 @@ def qe_report(attestation_key: ec.EllipticCurvePrivateKey, qe_auth_data: bytes, 
         "mr_signer": SIMULATED_TD_QE_IDENTITY.mr_signer,
         "isv_prod_id": SIMULATED_TD_QE_IDENTITY.isv_prod_id,
         "isv_svn": SIM_QE_ISV_SVN,
-        "report_data": hashlib.sha256(_raw_public_key(attestation_key) + qe_auth_data).digest() + bytes(32),
+        "report_data": qe_report_data(attestation_key, qe_auth_data),
     }
     values.update(fields)
     return pack_fields(REPORT_BODY_FIELDS, values)
@@ -189,27 +125,10 @@ def td_report_fields(report_data: bytes, *, body_type: int = BODY_TYPE_TD_REPORT
 
 
 @dataclass(frozen=True)
-class SimulatedTdxPlatform:
-    """The persisted simulated keys, certificates and TD quoting enclave report."""
+class SimulatedTdxPlatform(PckPlatform):
+    """The persisted simulated keys, certificates and TD quoting enclave report, and where they are."""
 
     directory: Path
-    keys: dict[str, ec.EllipticCurvePrivateKey]
-    certs: dict[str, x509.Certificate]
-    qe_auth_data: bytes
-    qe_report: bytes
-    qe_report_signature: bytes
-
-    def root_key(self) -> ec.EllipticCurvePublicKey:
-        """The key a verifier must be given, explicitly, to accept these quotes."""
-        return self.keys["root"].public_key()
-
-    def root_pem(self) -> bytes:
-        return self.certs["root"].public_bytes(serialization.Encoding.PEM)
-
-    def chain_pem(self, chain: Sequence[x509.Certificate] | None = None) -> bytes:
-        """Leaf → intermediate → root (as in production quotes), or ``chain`` in its order."""
-        certs = chain if chain is not None else [self.certs[n] for n in ("pck", "intermediate", "root")]
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
     def quote(
         self,
@@ -228,11 +147,11 @@ class SimulatedTdxPlatform:
         ``certification_data_type`` the outer type (6 in every genuine quote)."""
         if len(report_data) != 64:
             raise ValueError(f"report data must be 64 bytes, got {len(report_data)}")
-        header = pack_header(version=version, user_data=hashlib.sha256(_raw_public_key(self.keys["pck"])).digest()[:16])
+        header = pack_header(version=version, user_data=hashlib.sha256(raw_public_key(self.keys["pck"])).digest()[:16])
         body = pack_td_report(td_report_fields(report_data, body_type=body_type, **(td_report or {})), body_type=body_type)
         signed = pack_signed_region(header, body)
         qe = self.qe_report if qe_report is None else qe_report
-        qe_signature = self.qe_report_signature if qe_report is None else _raw_signature(self.keys["pck"], qe)
+        qe_signature = self.qe_report_signature if qe_report is None else raw_signature(self.keys["pck"], qe)
         certification = pack_qe_report_certification_data(
             qe_report=qe,
             qe_report_signature=qe_signature,
@@ -240,8 +159,8 @@ class SimulatedTdxPlatform:
             certification_data=self.chain_pem(chain) + b"\0",
         )
         signature_data = pack_signature_data(
-            quote_signature=_raw_signature(self.keys["attestation"], signed),
-            attestation_key=_raw_public_key(self.keys["attestation"]),
+            quote_signature=raw_signature(self.keys["attestation"], signed),
+            attestation_key=raw_public_key(self.keys["attestation"]),
             certification_data=certification,
             certification_data_type=certification_data_type,
         )
@@ -249,74 +168,20 @@ class SimulatedTdxPlatform:
 
 
 def _generate(directory: Path) -> None:
-    now = datetime.now(UTC).replace(microsecond=0)
-    start = now - timedelta(days=1)  # tolerate clock skew between the producer and verifiers
-    k = {n: ec.generate_private_key(ec.SECP256R1()) for n in _KEY_FILES}
-    root = _certificate(
-        ROOT_CN,
-        k["root"],
-        ROOT_CN,
-        k["root"],
-        ca=True,
-        path_length=1,
-        not_before=start,
-        not_after=datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC),
+    generate_platform(
+        directory,
+        (ROOT_CN, INTERMEDIATE_CN, PCK_CN),
+        qe_report,
+        note="duet SIMULATED TDX platform: not Intel, gives no protection",
+        pck_extensions=[pck_extension(secrets.token_bytes(16))],
     )
-    inter = _certificate(
-        INTERMEDIATE_CN,
-        k["intermediate"],
-        ROOT_CN,
-        k["root"],
-        ca=True,
-        path_length=0,
-        not_before=start,
-        not_after=start + timedelta(days=15 * 365),
-    )
-    pck = _certificate(
-        PCK_CN,
-        k["pck"],
-        INTERMEDIATE_CN,
-        k["intermediate"],
-        ca=False,
-        not_before=start,
-        not_after=start + timedelta(days=7 * 365),
-        extensions=[pck_extension(secrets.token_bytes(16))],
-    )
-    qe_auth = secrets.token_bytes(32)
-    qe = qe_report(k["attestation"], qe_auth)
-    for n, key in k.items():
-        duet_keys.write_private_key(directory / f"{n}.key", key)
-    for n, cert in (("root", root), ("intermediate", inter), ("pck", pck)):
-        (directory / f"{n}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    platform = {
-        "note": "duet SIMULATED TDX platform: not Intel, gives no protection",
-        "qe_auth_data": qe_auth.hex(),
-        "qe_report": qe.hex(),
-        "qe_report_signature": _raw_signature(k["pck"], qe).hex(),
-        "created": now.isoformat(),
-    }
-    (directory / "platform.json").write_text(json.dumps(platform, indent=2) + "\n")
 
 
 def _load(directory: Path) -> SimulatedTdxPlatform:
     try:
-        keys = {}
-        for n in _KEY_FILES:
-            key = serialization.load_pem_private_key((directory / f"{n}.key").read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ValueError(f"{n}.key is not an EC key")
-            keys[n] = key
-        certs = {n: x509.load_pem_x509_certificate((directory / f"{n}.pem").read_bytes()) for n in _CERT_FILES}
-        p = json.loads((directory / "platform.json").read_text())
-        return SimulatedTdxPlatform(
-            directory=directory,
-            keys=keys,
-            certs=certs,
-            qe_auth_data=bytes.fromhex(p["qe_auth_data"]),
-            qe_report=bytes.fromhex(p["qe_report"]),
-            qe_report_signature=bytes.fromhex(p["qe_report_signature"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        keys, certs, params = read_platform(directory)
+        return SimulatedTdxPlatform.from_files(keys, certs, params, directory=directory)
+    except READ_ERRORS as exc:
         raise ConfigError(
             f"simulated TDX platform in {directory} is damaged ({exc}); move the directory away to generate a new one "
             "(verifiers will then need the new simulated root)",
@@ -329,18 +194,10 @@ def load_or_create_platform(directory: Path | str) -> SimulatedTdxPlatform:
     crash or a second process never leaves a half-written platform). An existing empty directory
     is filled; one holding anything else is refused rather than overwritten."""
     directory = Path(directory)
-    if not (directory / "platform.json").exists():
-        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            _generate(tmp)
-            os.rename(tmp, directory)  # replaces an empty directory; fails on a non-empty one
-        except OSError as exc:
-            if not (directory / "platform.json").exists():
-                raise ConfigError(
-                    f"cannot create a simulated TDX platform in {directory}: {exc.strerror}", code="simulated_tdx_unwritable"
-                ) from None
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        create_once(directory, _generate, done=(directory / PLATFORM_FILE).exists)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create a simulated TDX platform in {directory}: {exc.strerror}", code="simulated_tdx_unwritable"
+        ) from None
     return _load(directory)

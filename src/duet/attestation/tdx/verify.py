@@ -31,14 +31,12 @@ from duet.attestation.sgx.collateral import (
     NO_COLLATERAL,
     SIMULATED_QE_IDENTITY,
     Collateral,
-    DerError,
     QeIdentity,
     QeTcbLevel,
     TcbEvaluation,
     TcbInfo,
     TcbLevel,
     TdxModuleIdentity,
-    pck_sgx_extension,
 )
 from duet.attestation.sgx.roots import INTEL_SGX_ROOT_KEY_SHA256, intel_sgx_root_key, spki_sha256
 from duet.attestation.sgx.verify import (
@@ -49,13 +47,15 @@ from duet.attestation.sgx.verify import (
     STEP_QE_IDENTITY,
     STEP_QE_REPORT_SIGNATURE,
     STEP_TCB_LEVEL,
+    PlatformTcb,
     anchor_key_id,
-    attestation_public_key,
+    check_attestation_signature,
     check_qe_identity,
     check_revocation,
+    check_tcb_info,
     common_name,
     qe_identity_for_root,
-    raw_signature_ok,
+    tcb_evaluation,
     verify_quoting_enclave,
 )
 from duet.attestation.steps import StepFailed, step_verdicts
@@ -206,9 +206,7 @@ def _module_level(module: TdxModuleIdentity, report: TdReport, source: str) -> Q
     return level
 
 
-def _platform_tcb(
-    chain: Sequence[x509.Certificate], report: TdReport, info: TcbInfo, now: datetime
-) -> tuple[TcbLevel, str, QeTcbLevel | None, bytes]:
+def _platform_tcb(chain: Sequence[x509.Certificate], report: TdReport, info: TcbInfo, now: datetime) -> PlatformTcb:
     step = STEP_TCB_LEVEL
     if info.id != "TDX":
         raise _fail(
@@ -216,23 +214,7 @@ def _platform_tcb(
             "tcb_info_mismatch",
             f"the TCB info {info.source} is for {info.id}, not TDX: fetch https://api.trustedservices.intel.com/tdx/certification/v4/tcb?fmspc=…",
         )
-    try:
-        ext = pck_sgx_extension(chain[0])
-    except DerError as exc:
-        raise _fail(step, "bad_pck_extension", f"cannot read the PCK certificate's SGX extension: {exc}") from None
-    if (ext.fmspc, ext.pce_id) != (info.fmspc, info.pce_id):
-        raise _fail(
-            step,
-            "tcb_info_mismatch",
-            f"the TCB info {info.source} is for FMSPC {info.fmspc.hex()} PCEID {info.pce_id.hex()}; "
-            f"the PCK certificate has FMSPC {ext.fmspc.hex()} PCEID {ext.pce_id.hex()}",
-        )
-    if now > info.next_update:
-        raise _fail(
-            step,
-            "collateral_expired",
-            f"the TCB info {info.source} expired at {info.next_update.isoformat()} (checked at {now.isoformat()}): fetch a current one",
-        )
+    ext = check_tcb_info(chain, info, now)
     module = _tdx_module(info, report)
     sgx_level, tdx_level = _match_levels(info, ext.tcb.comp_svns, ext.tcb.pce_svn, report.tee_tcb_svn)
     if sgx_level is None:
@@ -251,7 +233,20 @@ def _platform_tcb(
         )
     module_level = _module_level(module, report, info.source)
     status = _converge_with_module(tdx_level.tcb_status, module_level.tcb_status if module_level else None)
-    return tdx_level, status, module_level, ext.fmspc
+    date = tdx_level.tcb_date
+    module_said = (
+        f"TDX module {module_level.tcb_status} (ISVSVN {report.tee_tcb_svn[0]}, version {report.tee_tcb_svn[1]})"
+        if module_level
+        else "TDX module judged by the TCB level (major version 0)"
+    )
+    return PlatformTcb(
+        status,
+        date,
+        tdx_level.advisory_ids + (module_level.advisory_ids if module_level else ()),
+        ext.fmspc,
+        f"platform: {status} (FMSPC {ext.fmspc.hex()}, TDX TCB level {tdx_level.tcb_status} of {date.date() if date else '?'}, "
+        f"{module_said}; TCB info {info.source}; {info.signature_note})",
+    )
 
 
 def _evaluate_tcb(
@@ -262,36 +257,9 @@ def _evaluate_tcb(
     collateral: Collateral,
     now: datetime,
 ) -> tuple[TcbEvaluation | None, str]:
-    said = []
-    platform = date = fmspc = None
-    advisories: tuple[str, ...] = ()
     info = collateral.tcb_info
-    if info is None:
-        said.append("platform: not evaluated (no TCB info given)")
-    else:
-        level, platform, module_level, fmspc = _platform_tcb(chain, report, info, now)
-        date, advisories = level.tcb_date, level.advisory_ids + (module_level.advisory_ids if module_level else ())
-        module = (
-            f"TDX module {module_level.tcb_status} (ISVSVN {report.tee_tcb_svn[0]}, version {report.tee_tcb_svn[1]})"
-            if module_level
-            else "TDX module judged by the TCB level (major version 0)"
-        )
-        said.append(
-            f"platform: {platform} (FMSPC {fmspc.hex()}, TDX TCB level {level.tcb_status} of {date.date() if date else '?'}, "
-            f"{module}; TCB info {info.source}; {info.signature_note})"
-        )
-    qe_status = None
-    if not identity.tcb_levels:
-        said.append("quoting enclave: not evaluated (no QE identity given)")
-    else:
-        qe_level = identity.tcb_level(qe_report_isv_svn)
-        assert qe_level is not None  # the qe_identity step required one
-        qe_status = qe_level.tcb_status
-        advisories += qe_level.advisory_ids
-        said.append(f"quoting enclave: {qe_status} (ISVSVN {qe_report_isv_svn})")
-    if platform is None and qe_status is None:
-        return None, "TCB level: not evaluated (no TCB info given); quoting enclave TCB: not evaluated (no QE identity given)"
-    return TcbEvaluation(platform, qe_status, date, advisories, fmspc), "TCB level: " + "; ".join(said)
+    platform = _platform_tcb(chain, report, info, now) if info is not None else None
+    return tcb_evaluation(platform, identity, qe_report_isv_svn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,19 +316,15 @@ def _verify(
     identity = _quoting_enclave_identity(anchor, collateral)
     done[STEP_QE_IDENTITY] = (True, check_qe_identity(qe.qe_report, identity, now))
 
-    try:
-        att_key = attestation_public_key(sd.attestation_key)
-    except ValueError:
-        raise _fail(
-            STEP_QUOTE_SIGNATURE, "bad_attestation_key", "the attestation public key in the quote is not a point on P-256"
-        ) from None
-    if not raw_signature_ok(att_key, sd.quote_signature, q.signed_region):
-        raise _fail(
-            STEP_QUOTE_SIGNATURE,
-            "bad_quote_signature",
-            "the quote signature does not verify with the attestation key: the header or the TD report "
-            "(MRTD, RTMRs, TDATTRIBUTES, REPORTDATA, ...) was altered",
-        )
+    check_attestation_signature(
+        sd.attestation_key,
+        sd.quote_signature,
+        q.signed_region,
+        step=STEP_QUOTE_SIGNATURE,
+        code="bad_quote_signature",
+        altered="the quote signature does not verify with the attestation key: the header or the TD report "
+        "(MRTD, RTMRs, TDATTRIBUTES, REPORTDATA, ...) was altered",
+    )
     done[STEP_QUOTE_SIGNATURE] = (True, _HELD[STEP_QUOTE_SIGNATURE])
 
     tcb, message = _evaluate_tcb(chain, q.td_report, qe.qe_report.isv_svn, identity, collateral, now)
