@@ -172,6 +172,8 @@ class CvmPolicy:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read CVM policy {path}: {exc.strerror}", code="cvm_policy_unreadable") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"CVM policy {path} is not UTF-8 text (TOML)", code="bad_cvm_policy") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

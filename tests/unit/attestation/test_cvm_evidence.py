@@ -170,3 +170,10 @@ def test_a_bad_policy_file_is_refused_with_what_to_fix(tmp_path: Path, text: str
     with pytest.raises(ConfigError) as refused:
         CvmPolicy.load(tmp_path / "p.toml")
     assert refused.value.code == "bad_cvm_policy" and phrase in refused.value.message
+
+
+def test_a_policy_file_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError) as refused:
+        CvmPolicy.load(tmp_path / "p.toml")
+    assert refused.value.code == "bad_cvm_policy" and "not UTF-8" in refused.value.message

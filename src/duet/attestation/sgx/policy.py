@@ -164,6 +164,8 @@ class Policy:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read policy {path}: {exc.strerror}", code="policy_unreadable") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"policy {path} is not UTF-8 text (TOML)", code="bad_policy") from None
         return cls.from_toml(text, str(path))
 
     def check(self, claims: Union[EnclaveClaims, ParsedQuote], tcb: TcbEvaluation | None = None) -> list[PolicyCheck]:
