@@ -99,7 +99,7 @@ class Attestation:
             summary = claims.summary()
             fields.update({k: summary[k] for k in ("measurements", "tcb", "debug", "migration_allowed", "signer", "vm_id")})
         if failure is not None:
-            fields.update(step=failure.step, code=failure.code, reason=failure.message)
+            fields.update(step=failure.step, code=failure.code, reason=failure.message[:4000])
         else:
             fields["valid_until"] = timestamp(self.valid_until)
         return fields

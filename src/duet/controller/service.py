@@ -87,8 +87,18 @@ MAX_RECORDED_LOCKDOWN_FAILURES = 5
 """A pending lockdown's failures are recorded when their reason changes, at most this many times."""
 
 
+MAX_REASON_CHARS = 4000
+"""Reasons and other free text the controller writes into entries are cut here, so that every
+entry stays within ``ledger.log.MAX_ENTRY_BYTES`` however long an error or an output is."""
+
+
 def _describe(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, DuetError) else f"{type(exc).__name__}: {exc}"
+    text = exc.message if isinstance(exc, DuetError) else f"{type(exc).__name__}: {exc}"
+    return _cut(text)
+
+
+def _cut(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more characters]"
 
 
 def _kept(outcome: ExecResult, keep: int) -> ExecResult:
@@ -275,7 +285,7 @@ class LifecycleService:
                 f"{outcome.stderr.decode(errors='replace').strip()[:500]}",
                 code="bootstrap_failed",
             )
-        return {"cvm_type": cvm_type, "uname": outcome.stdout.decode(errors="replace").strip()}
+        return {"cvm_type": cvm_type, "uname": _cut(outcome.stdout.decode(errors="replace").strip(), 1000)}
 
     async def _fail(self, job_id: str, cvm_id: str, machine: Machine | None, exc: BaseException) -> None:
         reason = _describe(exc)

@@ -49,6 +49,8 @@ the hashed ``cvm`` field (``Ledger._by_cvm``), never through this column."""
 RESERVED_FIELDS = frozenset({"seq", "time", "cvm", "event", "actor", "request_digest", "cvm_prev"})
 
 MAX_PAGE = 1000
+MAX_ENTRY_BYTES = 65_535
+"""The largest entry (its canonical JSON): what a C2SP entry bundle can hold (ledger/tiles.py)."""
 """Most entries one read returns; a reader pages on from the answer's ``end``."""
 
 EntryListener = Callable[[dict[str, Any]], object]
@@ -250,6 +252,10 @@ class Ledger:
             **fields,
         }
         data = canonical(entry)
+        if len(data) > MAX_ENTRY_BYTES:  # fail closed: the fields that can be long are capped where they are made
+            raise ValueError(
+                f"a ledger entry of {len(data)} bytes ({event}); at most {MAX_ENTRY_BYTES} fit a tile's entry bundle"
+            )
         tx.execute(
             "INSERT INTO ledger (seq, cvm_id, entry, mac) VALUES (?, ?, ?, ?)",
             (entry["seq"], cvm, data, self.anchor.entry_mac(data)),

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from duet.protocol.canonical import canonical
 from duet.protocol.lifecycle import CvmType, MarkableMode, ProviderName
 
 NONCE_PATTERN = r"^[0-9a-f]{32}$"
@@ -17,6 +18,10 @@ HEX64_PATTERN = r"^[0-9a-f]{64}$"
 
 MAX_COMMANDS = 100
 MAX_COMMAND_LENGTH = 65536
+MAX_COMMAND_BYTES = 60_000
+"""A command as its ledger entries hold it (JSON-escaped: a control character takes six bytes)
+may take at most this many bytes, so that every entry fits a C2SP tile's entry bundle (each
+entry at most 65,535 bytes; ledger/tiles.py). Longer scripts: copy them to the CVM in parts."""
 
 
 class _Strict(BaseModel):
@@ -57,6 +62,12 @@ class RunParams(_Strict):
                 raise ValueError(f"commands[{index}] is empty")
             if len(command) > MAX_COMMAND_LENGTH:
                 raise ValueError(f"commands[{index}] is longer than {MAX_COMMAND_LENGTH} characters")
+            encoded = len(canonical(command)) - 2  # without the quotes
+            if encoded > MAX_COMMAND_BYTES:
+                raise ValueError(
+                    f"commands[{index}] takes {encoded} bytes in the ledger (JSON-escaped); at most {MAX_COMMAND_BYTES} fit "
+                    "an entry: split it, or copy a long script to the CVM in parts"
+                )
         return commands
 
 

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from duet.ledger.checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint, verify_checkpoint
 from duet.ledger.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
@@ -38,7 +39,7 @@ from duet.ledger.tiles import (
     verify_tiled_log,
 )
 from duet.protocol.canonical import canonical
-from duet.protocol.models import MAX_COMMAND_LENGTH
+from duet.protocol.models import MAX_COMMAND_BYTES, MAX_COMMAND_LENGTH, RunParams
 
 ASSETS = Path(__file__).parents[2] / "assets" / "c2sp"
 TESSERA = json.loads((ASSETS / "vectors.json").read_text())["tessera_log"]
@@ -200,15 +201,24 @@ def test_malformed_entry_bundles(data: bytes, width: int | None) -> None:
     assert caught.value.path == "tile/entries/007"
 
 
-def test_the_longest_command_the_ledger_accepts_does_not_fit_an_entry_bundle() -> None:
-    """What the ledger allows today: a command of MAX_COMMAND_LENGTH characters goes whole into
-    the command.started entry, and JCS escapes each control character as six bytes."""
-    entry = {"seq": 1, "time": "2026-12-01T00:00:00.000Z", "cvm": "c" * 64, "cvm_prev": 0, "event": "command.started"}
-    plain = canonical({**entry, "command": "x" * MAX_COMMAND_LENGTH})
-    worst = canonical({**entry, "command": "\x01" * MAX_COMMAND_LENGTH})
-    assert len(plain) > MAX_ENTRY_SIZE and len(worst) > 6 * MAX_COMMAND_LENGTH
+def test_the_longest_command_the_ledger_accepts_fits_an_entry_bundle() -> None:
+    """A command is refused once its JSON-escaped form passes MAX_COMMAND_BYTES, so its entries
+    (command.started and command.finished hold it whole) fit a bundle; anything longer is refused."""
+    entry = {
+        "seq": 10**9, "time": "2026-12-01T00:00:00.000Z", "cvm": "c" * 64, "cvm_prev": 10**9 - 1,
+        "event": "command.finished", "actor": "a" * 64, "request_digest": "d" * 64, "started_seq": 10**9 - 1,
+        "exit_status": 255, "duration_ms": 123456.789, "timed_out": False, "stdout_sha256": "e" * 64,
+        "stdout_size": 16 * 2**20, "stdout_truncated": True, "stderr_sha256": "f" * 64, "stderr_size": 16 * 2**20,
+        "stderr_truncated": True, "protocol": "seed",
+    }  # fmt: skip
+    for command in ("x" * MAX_COMMAND_BYTES, "\x01" * (MAX_COMMAND_BYTES // 6)):
+        RunParams(cvm_id="c" * 64, commands=[command])  # accepted
+        encode_entry_bundle([canonical({**entry, "command": command})])  # and fits
+    for command in ("x" * (MAX_COMMAND_BYTES - 1) + "\x01", "\x01" * MAX_COMMAND_LENGTH):
+        with pytest.raises(ValidationError, match="bytes in the ledger"):
+            RunParams(cvm_id="c" * 64, commands=[command])
     with pytest.raises(EntryTooLarge):
-        encode_entry_bundle([plain])
+        encode_entry_bundle([canonical({**entry, "command": "x" * MAX_COMMAND_LENGTH})])
 
 
 # --- the writer side: hash tiles from the tree ----------------------------------------------------
