@@ -13,7 +13,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 LOWER_LAYERS = ("duet.ledger", "duet.attestation", "duet.protocol", "duet.remote", "duet.providers", "duet.storage")
-HIGHER_LAYERS = ("duet.controller", "duet.cli", "duet.client", "duet.testing")
+HIGHER_LAYERS = ("duet.controller", "duet.witness", "duet.cli", "duet.client", "duet.testing")
 
 
 def module_name(path: Path) -> str:

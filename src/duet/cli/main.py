@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from duet.cli import audit, cvm, output, verify
+from duet.cli import witness as witness_cli
 from duet.cli.context import CliContext
 from duet.controller.settings import Settings  # the server's defaults, stated once
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 controller_app = typer.Typer(help="Run a duet controller.", no_args_is_help=True)
 app.add_typer(cvm.app, name="cvm")
 app.add_typer(controller_app, name="controller")
+app.add_typer(witness_cli.app, name="witness")  # docs/witness.md
 
 
 def _mount_evidence() -> None:
