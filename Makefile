@@ -1,11 +1,14 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Both install what they need (a virtual environment, pip packages, openssh-server).
+# Both install what they need (a virtual environment, pip packages, openssh-server, Azurite).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+AZURITE := $(VENV)/node/node_modules/.bin/azurite-blob
+# the last Azurite that runs on Node 20 (3.36 wants Node 21+)
+AZURITE_VERSION := 3.35.0
 
-.PHONY: demo test lint deps sshd bench clean
+.PHONY: demo test lint deps sshd azurite bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q src >/dev/null  # editable installs compile nothing: spare each CLI call the work
 	touch $(STAMP)
 
-deps: $(STAMP) sshd
+deps: $(STAMP) sshd azurite
 
 # A real OpenSSH sshd stands in for each local CVM.
 sshd:
@@ -24,6 +27,19 @@ sshd:
 	  $$SUDO apt-get install -y -q openssh-server >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q openssh-server >/dev/null; }; \
 	fi
+
+# Azurite (Microsoft's Azure Storage emulator, from npm) stands in for Azure Blob Storage in the
+# tile publication tests (tests/fakes/object_stores.py finds it under $(VENV)/node).
+azurite: $(AZURITE)
+
+$(AZURITE):
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  echo "installing nodejs and npm (Azurite, the Azure Storage emulator, runs on Node)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q nodejs npm >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q nodejs npm >/dev/null; }; \
+	fi
+	npm install --prefix $(VENV)/node --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
 
 demo: deps
 	$(VENV)/bin/duet demo
