@@ -44,6 +44,9 @@ import pytest
 from duet import keys
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
+from duet.errors import DuetError
+from duet.ledger.checkpoint import controller_origin, verify_checkpoint
+from duet.ledger.note import NoteVerifier
 from duet.protocol.canonical import timestamp
 from duet.protocol.envelope import request_digest, request_target, sign_request, verify_answer
 from duet.testing.process import ControllerProcess
@@ -245,6 +248,10 @@ def sent_target(request: httpx.Request) -> str:
     return request_target(request.method, unquote(path), parse_qsl(query, keep_blank_values=True))
 
 
+def is_text(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/plain")
+
+
 def check(target: Target, label: str, request: httpx.Request, response: httpx.Response, digest: str | None) -> str | None:
     """What is wrong with this answer, or None."""
     if response.status_code >= 500:
@@ -253,6 +260,12 @@ def check(target: Target, label: str, request: httpx.Request, response: httpx.Re
     if label == "GET /v1/blobs/{sha256}" and response.status_code == 200:
         name = unquote(path.rsplit("/", 1)[-1])
         return None if hashlib.sha256(response.content).hexdigest() == name else "a blob whose bytes do not hash to its name"
+    if label == "GET /v1/ledger/checkpoint" and response.status_code == 200 and is_text(response):
+        try:  # a C2SP signed note, not an envelope: it must be the controller's, under its origin
+            verify_checkpoint(response.content, NoteVerifier(controller_origin(target.controller_id), target.public_key))
+        except DuetError as exc:
+            return f"a checkpoint that does not verify: {exc}"
+        return None
     if label == "GET /v1/events" and response.status_code == 200:
         opened = response.content.startswith(b": duet ledger events from seq ")
         return None if opened else f"an event stream that does not open at once: {response.content[:200]!r}"

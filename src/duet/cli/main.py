@@ -227,6 +227,21 @@ def controller_serve(
             help="Accept the SIMULATED hardware evidence of local CVMs (development and demos: it proves nothing).",
         ),
     ] = False,
+    witness: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            metavar="URL=VKEY",
+            help="A C2SP tlog-witness: its submission URL and cosignature/v1 vkey; each new checkpoint is sent to it and "
+            "its cosignature served with the checkpoint (docs/transparency.md). Repeat for several witnesses.",
+        ),
+    ] = None,
+    witness_quorum: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="K",
+            help="How many witnesses make a checkpoint witnessed (/v1/ledger/checkpoint?witnessed=true); default: all.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the controller over HTTPS (protocol v1 under /v1, OpenAPI at /docs; the seed's protocol with --seed-api)."""
     import dataclasses
@@ -240,6 +255,13 @@ def controller_serve(
     seed_address = _host_port(seed_listen, "--seed-listen") if seed_listen else None
     with output.errors(CliContext(url="", key_path=None, json=False)):
         provider_env = read_env_file(env_file) if env_file else {}
+        if witness or witness_quorum is not None:
+            from duet.controller.witnessing import configure_witnesses, parse_witness_option
+
+            witnesses = tuple(parse_witness_option(value) for value in witness or ())
+            configure_witnesses(witnesses, witness_quorum)  # refused here, before anything starts
+        else:
+            witnesses = ()
     settings = Settings(
         provider_env=provider_env,
         state_dir=state_dir,
@@ -276,6 +298,8 @@ def controller_serve(
         cvm_policy=cvm_policy,
         cvm_attestation=not no_cvm_attestation,
         trust_simulated_cvm=trust_simulated_cvm,
+        witnesses=witnesses,
+        witness_quorum=witness_quorum,
     )
     if sealed_dir:
         settings = dataclasses.replace(settings, gramine_sealed_dir=sealed_dir)

@@ -44,6 +44,8 @@ from duet.client.trust import (
     unverified_ssl_context,
 )
 from duet.errors import ControllerChanged, DuetError, NotVerified, UntrustedAnswer
+from duet.ledger.checkpoint import controller_origin, verify_checkpoint
+from duet.ledger.note import NoteError, NoteVerifier
 from duet.protocol.canonical import sha256_hex
 from duet.protocol.envelope import new_nonce, request_digest, request_target, sign_request, verify_answer
 
@@ -383,6 +385,42 @@ class DuetClient:
 
     def head(self) -> dict[str, Any]:
         return self.get("/v1/ledger/head")  # type: ignore[no-any-return]
+
+    def checkpoint(self, *, witnessed: bool = False) -> bytes:
+        """The controller's latest C2SP checkpoint (``GET /v1/ledger/checkpoint``): the signed note
+        as served, cosignature lines included; with ``witnessed``, the newest one carrying the
+        controller's witness quorum.
+
+        Refused (:class:`UntrustedAnswer` ``bad_checkpoint``) unless the pinned controller's key
+        signed it under the controller's origin. The note is not bound to this request (it has no
+        nonce, as C2SP checkpoints have none): an old one can be replayed, so hold it to a head
+        (``duet.client.checkpoints.check_checkpoint_matches_head``) and check its cosignatures
+        against your own witness policy (``verify_checkpoint_quorum``)."""
+        pin = self.pin()
+        path = "/v1/ledger/checkpoint"
+        params = {"witnessed": "true"} if witnessed else None
+        response = self._request("GET", path, params=params)
+        if response.status_code != 200:
+            try:
+                answer = response.json()
+            except ValueError:
+                raise UntrustedAnswer(
+                    f"the controller answered HTTP {response.status_code} with something that is not a signed answer",
+                    code="unsigned_answer",
+                ) from None
+            self._verified(response.status_code, answer, sent=target("GET", path, params))
+            raise UntrustedAnswer(f"the controller answered HTTP {response.status_code} without an error", code="unsigned_answer")
+        note = response.content
+        try:
+            verify_checkpoint(note, NoteVerifier(controller_origin(pin.controller), pin.public_key()))
+        except (NoteError, ValueError) as exc:
+            message = exc.message if isinstance(exc, NoteError) else str(exc)
+            raise UntrustedAnswer(
+                f"the checkpoint served by {self.url} is not signed by the pinned controller {pin.controller[:16]}… "
+                f"under its origin: {message}",
+                code="bad_checkpoint",
+            ) from None
+        return note
 
     def entries(self, start: int = 0, end: int | None = None, cvm: str | None = None) -> list[dict[str, Any]]:
         """Ledger entries start <= seq < end (all of them, optionally one CVM's), page by page."""

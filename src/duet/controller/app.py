@@ -38,6 +38,12 @@ def build_app(controller: Controller) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await controller.service.recover()
+        if controller.checkpoints is not None:
+            log.info(
+                "checkpoints at /v1/ledger/checkpoint; witnesses trust them with the vkey %s", controller.checkpoints.signer.vkey
+            )
+        if controller.witnessing is not None:
+            controller.witnessing.start()
         log.info(
             "controller %s ready: providers %s, TEE %s, %d ledger entries",
             controller.identity.controller_id,

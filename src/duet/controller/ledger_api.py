@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -18,7 +18,8 @@ from fastapi.responses import Response, StreamingResponse
 from duet.controller.api import _check_nonce, _controller, signed, target_of
 from duet.controller.events import resume_point, stream
 from duet.controller.store import BlobLocation, Store, StoredBlobAltered
-from duet.errors import BadRequest
+from duet.controller.witnessing import Checkpoints
+from duet.errors import BadRequest, NotFound
 from duet.ledger.heads import sign_head
 from duet.ledger.log import MAX_PAGE
 from duet.protocol.canonical import is_hex64
@@ -36,6 +37,42 @@ async def ledger_head(request: Request, nonce: str | None = None) -> Response:
     _check_nonce(nonce)
     controller = _controller(request)
     return signed(request, sign_head(controller.ledger.head(), controller.identity.signing_key))
+
+
+CHECKPOINT_MEDIA_TYPE = "text/plain; charset=utf-8"
+
+
+def _checkpoints(request: Request) -> Checkpoints:
+    checkpoints = _controller(request).checkpoints
+    if checkpoints is None:
+        raise NotFound("this controller publishes no checkpoints", code="no_checkpoints")
+    return checkpoints
+
+
+@router.get(
+    "/ledger/checkpoint",
+    summary="The latest C2SP checkpoint (signed note, text/plain) with the witness cosignatures collected for it",
+    description=(
+        "The ledger's tree head as a C2SP tlog-checkpoint signed note (`text/plain; charset=utf-8`): origin "
+        "`duet.controller/<controller id>`, size, base64 root hash, the controller's Ed25519 note signature, then "
+        "the cosignature/v1 lines of the witnesses that cosigned exactly this checkpoint. `format=json`: the same "
+        "note inside the usual signed answer, with `tree_size`, `root_hash`, `cosigned_by`, `witnesses`, `quorum`. "
+        "`witnessed=true`: the newest checkpoint carrying the controller's witness quorum (404 if none yet), "
+        "which may be older than the ledger's head. See docs/transparency.md."
+    ),
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The signed note."}},
+)
+async def ledger_checkpoint(
+    request: Request,
+    answer_format: Annotated[Literal["text", "json"], Query(alias="format")] = "text",
+    witnessed: bool = False,
+    nonce: str | None = None,
+) -> Response:
+    _check_nonce(nonce)
+    served = _checkpoints(request).served(witnessed=witnessed)
+    if answer_format == "json":
+        return signed(request, served.to_json())
+    return Response(content=served.note, media_type=CHECKPOINT_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
 
 
 @router.get(

@@ -34,6 +34,7 @@ from duet.controller.settings import Settings
 from duet.controller.startup import VerifiedState, load_verified_state, recent_requests
 from duet.controller.store import Store
 from duet.controller.tls import TlsIdentity, load_or_create_tls
+from duet.controller.witnessing import Checkpoints, WitnessSubmitter, configure_witnesses
 from duet.errors import ConfigError
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
@@ -86,11 +87,18 @@ class Controller:
     """Open /v1/events streams, ended when the server stops."""
     seed_requests_at_start: set[str] = field(default_factory=set)
     """Single-use seed requests the verified ledger showed accepted (startup.VerifiedState)."""
+    checkpoints: Checkpoints | None = None
+    """The ledger's C2SP checkpoints and the witness cosignatures kept for them."""
+    witnessing: WitnessSubmitter | None = None
+    """Submits each new checkpoint to the configured witnesses; started with the app
+    (``WitnessSubmitter.start``), None without witnesses."""
 
     def attestation(self) -> dict[str, Any]:
         return {"identity": self.identity.document(), "evidence": self.tee.quote(self.identity.report_data())}
 
     async def close(self) -> None:
+        if self.witnessing is not None:
+            await self.witnessing.close()
         await self.service.close()
         self.store.close()
 
@@ -113,6 +121,7 @@ def open_controller(
     tee = make_tee(settings)
     sealed_dir = tee.sealed_dir()
     given = _owner_keys(settings)  # before anything is written: a mistyped path must not leave half a first start
+    witnesses, quorum = configure_witnesses(settings.witnesses, settings.witness_quorum)  # likewise
     first_start = not (sealed_dir / SIGNING_KEY_FILE).exists()
     signing_key = load_signing_key(sealed_dir, first_start=first_start, anchored=(sealed_dir / ANCHOR_FILE).exists())
     controller_id = keys.key_id(signing_key.public_key())
@@ -166,9 +175,21 @@ def open_controller(
     authenticator = RequestAuthenticator(
         store, controller_id, settings, owners, clock=clock, not_before=not_before, recent_requests=requests
     )
+    checkpoints = Checkpoints(verified.ledger, signing_key, controller_id, witnesses=witnesses, quorum=quorum)
+    witnessing = (
+        WitnessSubmitter(
+            checkpoints,
+            witnesses,
+            timeout_s=settings.witness_timeout_s,
+            retry_s=settings.witness_retry_s,
+            retry_max_s=settings.witness_retry_max_s,
+        )
+        if witnesses
+        else None
+    )
     return Controller(
         settings, identity, tee, store, verified.ledger, service, authenticator, tls,
-        seed_requests_at_start=verified.seed_requests,
+        seed_requests_at_start=verified.seed_requests, checkpoints=checkpoints, witnessing=witnessing,
     )  # fmt: skip
 
 

@@ -119,6 +119,22 @@ class Settings:
     tls_handshake_timeout_s: float = 10.0
     """A TLS handshake not finished within this long is abandoned and its connection closed."""
 
+    # --- transparency: checkpoints and witnesses (docs/transparency.md) ---------------------
+    witnesses: tuple[tuple[str, str], ...] = ()
+    """(submission URL, cosignature/v1 vkey) of each C2SP tlog-witness the controller sends
+    its checkpoints to (``--witness URL=VKEY``); their cosignatures are served with the
+    checkpoint at /v1/ledger/checkpoint."""
+    witness_quorum: int | None = None
+    """How many of the witnesses make a checkpoint "witnessed" (``?witnessed=true`` serves the
+    newest such one); None: all of them. Auditors apply their own policy."""
+    witness_timeout_s: float = 5.0
+    """One add-checkpoint exchange with a witness (connecting, sending, the answer, and the
+    second request a 409 answer calls for). Appends never wait for it."""
+    witness_retry_s: float = 1.0
+    witness_retry_max_s: float = 60.0
+    """A witness that failed is tried again after ``witness_retry_s``, doubling up to
+    ``witness_retry_max_s`` while it keeps failing (logged once per streak)."""
+
     @property
     def database(self) -> Path:
         return self.state_dir / "duet.sqlite3"
