@@ -145,6 +145,34 @@ def test_a_rolled_back_disk_is_reported_against_the_head_seen_before(
     assert rc == 3 and codes(report) == ["inconsistent_head"]
 
 
+def test_a_second_audit_checks_only_the_new_entries_and_still_sees_a_rollback(
+    client: DuetClient, controller: ControllerProcess, home: Path, tmp_path: Path
+) -> None:
+    cvm_id = start_cvm(client)
+    backup(controller, tmp_path / "old-db")  # the whole state, before the audits below
+    client.run(cvm_id, ["echo one"])
+    rc, first, _ = duet_audit(controller, home)
+    assert rc == 0 and first["start"] == 0 and first["resumed_from"] is None
+    assert first["checked"] == first["head"]["tree_size"] == len(first["timeline"])
+
+    client.run(cvm_id, ["echo two"])
+    rc, second, _ = duet_audit(controller, home)
+    size = first["head"]["tree_size"]
+    assert rc == 0 and second["resumed_from"] == first["head"] and second["start"] == size, second
+    assert [row["seq"] for row in second["timeline"]] == list(range(size, second["head"]["tree_size"]))
+    assert [row["command"] for row in second["timeline"] if row["event"] == "command.started"] == ["echo two"]
+
+    rc, again, _ = duet_audit(controller, home, "--from-start", "--timeline", "3")
+    assert rc == 0 and again["start"] == 0 and again["resumed_from"] is None
+    assert again["checked"] == again["head"]["tree_size"] and [r["seq"] for r in again["timeline"]] == list(
+        range(again["checked"] - 3, again["checked"])
+    )
+
+    restore(controller, tmp_path / "old-db")  # the host rolls all state back to before the audits
+    rc, report, _ = duet_audit(controller, home)
+    assert rc == 3 and codes(report)[0] in ("ledger_shrank", "fork", "inconsistent_head"), report
+
+
 def test_a_database_rolled_back_alone_is_refused_at_start(
     client: DuetClient, controller: ControllerProcess, tmp_path: Path
 ) -> None:

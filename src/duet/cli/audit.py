@@ -1,4 +1,7 @@
-"""``duet audit [CVM_ID] [--long] [--follow] [--compare FILE|URL]``: verify the ledger and show a CVM's timeline.
+"""``duet audit [CVM_ID] [--long] [--follow] [--compare FILE|URL] [--from-start]``: verify the ledger and show a CVM's timeline.
+
+The whole-ledger audit goes on from the checkpoint the last clean audit kept (``--from-start``
+checks every entry again); long audits show a progress bar on stderr when it is a terminal.
 
 Exit status: 0 only when everything verified; 3 when anything did not (what failed or broke
 a lifecycle rule is said, entry by entry, and each other view that does not agree); 1 when the
@@ -68,6 +71,23 @@ def audit(
             "local CVMs). AMD's and Intel's are always trusted.",
         ),
     ] = None,
+    from_start: Annotated[
+        bool,
+        typer.Option(
+            "--from-start",
+            help="Check every entry from the first, not only those after the checkpoint the last clean audit of the "
+            "whole ledger kept.",
+        ),
+    ] = False,
+    rows: Annotated[
+        int,
+        typer.Option(
+            "--timeline",
+            metavar="N",
+            min=0,
+            help="Show (and keep in memory) at most the last N entries checked; 0: all of them.",
+        ),
+    ] = 1000,
 ) -> None:
     """Verify, trusting no one, that the ledger is complete, unaltered, lawful and never forked or rolled back."""
     from duet.client import Auditor, HeadStore, load_view
@@ -77,8 +97,19 @@ def audit(
         client.check_identity()  # the owner set (and keys) it shows now must be the ones the user verified
         store = HeadStore(client.trust.path.parent)
         others = [load_view(spec, client.pin()) for spec in compare or []]
-        auditor = Auditor(client, store, cvm=cvm_id, long=long, cvm_roots=_cvm_roots(cvm_roots))
-        result = auditor.audit()
+        bar = _Progress(enabled=not context.json and output.err_console.is_terminal)
+        auditor = Auditor(
+            client,
+            store,
+            cvm=cvm_id,
+            long=long,
+            cvm_roots=_cvm_roots(cvm_roots),
+            from_start=from_start,
+            timeline=rows or None,
+            progress=bar,
+        )
+        with bar:
+            result = auditor.audit()
         for other in others:
             auditor.compare(other, result)
         _report(context, result, first=True)
@@ -90,7 +121,8 @@ def audit(
         try:
             while True:
                 waker.wait(interval)
-                result = auditor.follow()
+                with bar:
+                    result = auditor.follow()
                 if result.entries or not result.ok or context.json:
                     _report(context, result, first=False)
                 if not result.ok:
@@ -99,6 +131,44 @@ def audit(
             return
         finally:
             waker.stop()
+
+
+class _Progress:
+    """A progress bar on stderr for a long round (``Auditor(progress=...)``), shown only once a
+    round has at least ``MIN_ENTRIES`` entries to check, and removed when it ends."""
+
+    MIN_ENTRIES = 5000
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < self.MIN_ENTRIES:
+            return
+        if self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("checking ledger entries"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=output.err_console,
+                transient=True,
+            )
+            self._task = self._bar.add_task("audit", total=total)
+            self._bar.start()
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
 
 
 class _EventWaker:
@@ -156,11 +226,16 @@ def _report(context: CliContext, result: Any, *, first: bool) -> None:
     if data["timeline"]:
         _table(console, data["timeline"], cvm_column=result.cvm is None, long=bool(result.outputs))
     _comparisons(console, result)
+    for note in result.notes:
+        console.print(f"[yellow]note[/]: {_markup(note)}")
     if result.ok:
         head = result.head
+        checked, shown = result.checked, len(result.entries)
+        new = not first or result.resumed is not None
         console.print(
-            f"[green]✓ verified[/]: head {_markup(head.short())}; {len(result.entries)} entr{'y' if len(result.entries) == 1 else 'ies'} "
-            f"{'shown ' if first else 'new '}— each proven in the signed ledger"
+            f"[green]✓ verified[/]: head {_markup(head.short())}; {checked:,} entr{'y' if checked == 1 else 'ies'} "
+            f"{'new ' if new else 'shown '}— each proven in the signed ledger"
+            + (f" (the last {shown:,} listed; --timeline N for more)" if shown < checked else "")
             + (f", {len(result.outputs)} outputs match their hashes" if result.outputs else "")
         )
     else:
@@ -184,6 +259,12 @@ def _header(console: "Console", result: Any) -> None:
     if result.head is None:
         return
     previous = result.previous
+    if result.resumed is not None:
+        resumed = result.resumed
+        console.print(
+            f"Going on from the audit checkpoint of {_markup(f'{resumed.tree_size:,}')} entries verified before "
+            f"(signed {_markup(resumed.timestamp)}); --from-start checks every entry again"
+        )
     if previous is None:
         console.print(f"Head: {_markup(result.head.short())} — first head seen from this controller; later audits must extend it")
     elif result.ok:

@@ -7,8 +7,10 @@ What is checked, and why each check is needed:
 * consistency of the new head with the last head this user saw from this controller (kept in
   the user's state directory): a rolled-back or edited disk, or a forked history, shows up as a
   smaller head, a head of the same size with another root, or a failing consistency proof;
-* every entry shown: its leaf hash recomputed from JCS(entry) is included in the head (one
-  inclusion proof each, or, for the whole ledger, the root rebuilt from all entries);
+* every entry shown: for the whole ledger, the root recomputed from the entries as they stream
+  (only the tree's right edge is kept, :mod:`duet.client.audit_tree`) must be the signed root;
+  for one CVM, each entry is proven in the signed tree, by proofs of the ranges that hold it
+  where the CVM's entries are dense, else by one inclusion proof each;
 * completeness of one CVM's history: each entry's ``cvm_prev`` must be the previous entry shown;
 * outputs (``--long``): fetched blobs must hash to the SHA-256 the ledger recorded;
 * the rules (:mod:`duet.protocol.lifecycle`): a ledger that hashes correctly can still show a
@@ -22,12 +24,23 @@ What is checked, and why each check is needed:
 The last-seen head is only replaced by a head proven consistent with it, so any two heads this
 auditor ever accepted describe one linear history. When that fails, both signed heads are kept
 as evidence: together they prove the fork to anyone.
+
+A whole-ledger audit is incremental: after an audit where everything held, the verified state
+is kept (:mod:`duet.client.audit_checkpoint`: the head, its frontier, the rules' state), and the
+next audit checks only the entries that came after it. Memory does not grow with the ledger:
+entries are hashed and replayed as they stream and dropped, except the last ``timeline`` ones
+kept for display; what the rules keep grows with the number of CVMs (and owner requests).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import queue
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +48,25 @@ from typing import Any, Protocol
 import httpx
 
 from duet.attestation.bundle import CvmRoots
+from duet.client.audit_checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    CheckpointUnusable,
+    decode_replay,
+    encode_replay,
+    fingerprint,
+)
+from duet.client.audit_tree import (
+    MAX_BLOCKS,
+    Frontier,
+    Pinpointer,
+    ProofSource,
+    ProofUnavailable,
+    RecordingFrontier,
+    Refetched,
+    TreeOracle,
+    entry_leaf,
+)
 from duet.client.evidence_check import recheck
 from duet.client.sdk import ConnectionFailed
 from duet.client.trust import (
@@ -45,19 +77,50 @@ from duet.client.trust import (
 )
 from duet.errors import DuetError, VerificationError
 from duet.ledger.heads import SignedHead, parse_head, verify_head
-from duet.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+from duet.ledger.merkle import verify_consistency
 from duet.protocol import lifecycle as lc
-from duet.protocol.canonical import canonical, is_hex64, timestamp
+from duet.protocol.canonical import is_hex64, timestamp
 from duet.protocol.envelope import ANSWER_FIELDS, new_nonce, request_target, verify_answer
 
-PINPOINT_LIMIT = 10_000
-"""When a whole-ledger root does not match, at most this many entries are proven one by one."""
+__all__ = [
+    "AuditResult",
+    "AuditSource",
+    "Auditor",
+    "CompareError",
+    "Finding",
+    "HeadStore",
+    "OtherView",
+    "ProofSource",
+    "RemoteController",
+    "load_view",
+    "mode_label",
+    "timeline",
+]
 
+PINPOINT_LIMIT = 100
+"""When a recomputed root does not match, at most this many altered entries are named."""
 
-class ProofSource(Protocol):
-    """Answers ledger reads with results already checked against the pinned key."""
+TIMELINE = 1000
+"""Entries a round keeps for its timeline by default (the last ones shown); the rest are checked
+and dropped, so memory does not grow with the ledger."""
 
-    def get(self, path: str, **query: Any) -> Any: ...
+PAGE = 1000
+"""Entries asked for per page (the controller's ``MAX_PAGE``; it may answer with fewer)."""
+
+PAGE_COST = 35
+"""What a page of ``PAGE`` entries costs, in inclusion-proof round trips (measured on loopback:
+about 59 ms a page and 1.6 ms a proof, signatures checked). A CVM audit streams a range of the
+ledger instead of proving the CVM's entries one by one when that is cheaper."""
+
+CHUNK_PAGES = 5
+"""A CVM audit streaming the ledger proves each run of at most this many pages with one
+consistency proof (and keeps at most that many entries' hashes meanwhile)."""
+
+PROOF_WORKERS = 4
+"""Inclusion proofs in flight at once when a CVM's entries are proven one by one."""
+
+OUTPUT_CACHE = 4096
+"""Outputs already checked whose text is kept (``--long``), besides those of the timeline."""
 
 
 class AuditSource(ProofSource, Protocol):
@@ -149,16 +212,26 @@ class AuditResult:
     head: SignedHead | None = None
     previous: SignedHead | None = None
     entries: list[dict[str, Any]] = field(default_factory=list)
-    """The entries shown this round, in order (verified or not: see ``bad_seqs``)."""
+    """The entries shown this round, in order (verified or not: see ``bad_seqs``); only the last
+    ``Auditor.timeline`` of them when more were checked (``checked`` says how many)."""
     findings: list[Finding] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
-    """With --long: output SHA-256 -> text, each checked against its hash."""
+    """With --long: output SHA-256 -> text, each checked against its hash (those of ``entries``)."""
     evidence: str | None = None
     first_contact: bool = False
     modes: list[str | None] | None = None
     """The CVM's mode after each entry of ``entries``, from the auditor's replay (None: not replayed)."""
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     """One record per other view compared (``Auditor.compare``)."""
+    checked: int = 0
+    """Entries shown and checked this round (all of them, kept in ``entries`` or not)."""
+    start: int = 0
+    """The ledger position this round started from: 0, or the size already verified (by an
+    earlier round, or the checkpoint ``resumed``)."""
+    resumed: SignedHead | None = None
+    """The head of the checkpoint this audit went on from (None: it started from the first entry)."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know that is not a finding (e.g. why a checkpoint was not used)."""
 
     @property
     def ok(self) -> bool:
@@ -188,6 +261,10 @@ class AuditResult:
             "previous_head": self.previous.to_json() if self.previous else None,
             "findings": [f.to_json() for f in self.findings],
             "timeline": timeline(self.entries, self.bad_seqs, self.outputs, modes=self.modes, violations=self.violations),
+            "checked": self.checked,
+            "start": self.start,
+            "resumed_from": self.resumed.to_json() if self.resumed else None,
+            "notes": list(self.notes),
             "evidence": self.evidence,
             "first_contact": self.first_contact,
             "comparisons": self.comparisons,
@@ -212,6 +289,30 @@ class OtherView:
     target: str | None = None
 
 
+@dataclass
+class _Round:
+    """What one round saw, held until it is known whether all its entries verified: the rules,
+    the evidence and the chain are judged only on entries the controller signed."""
+
+    start: int
+    rows: deque[tuple[Any, str | None]]
+    """The last entries shown (the timeline), each with the mode after it."""
+    shown: int = 0
+    fed: bool = False
+    expected: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    """Entries that did not verify: missing, misplaced, altered, unproven."""
+    chain: list[Finding] = field(default_factory=list)
+    rules: list[Finding] = field(default_factory=list)
+    evidence: list[Finding] = field(default_factory=list)
+    outputs: list[Finding] = field(default_factory=list)
+    texts: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    last: dict[str | None, int] = field(default_factory=dict)
+    """The last entry of each CVM shown this round (on top of ``Auditor._last_by_cvm``)."""
+    frontier: Frontier | None = None
+    """Whole ledger: the frontier of the signed head, once the entries hashed to its root."""
+
+
 class Auditor:
     """Audits one controller (optionally one CVM of it); ``follow`` re-audits incrementally."""
 
@@ -223,30 +324,59 @@ class Auditor:
         cvm: str | None = None,
         long: bool = False,
         cvm_roots: CvmRoots | None = None,
+        from_start: bool = False,
+        timeline: int | None = TIMELINE,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """``cvm_roots``: the roots recorded CVM evidence must chain to (AMD's and Intel's by
-        default; simulated ones only when the auditor passes them)."""
+        default; simulated ones only when the auditor passes them). ``from_start``: a
+        whole-ledger audit checks every entry from the first instead of going on from the
+        checkpoint kept by the last audit (and keeps a new one). ``timeline``: how many of a
+        round's entries ``AuditResult.entries`` keeps, the last ones (None: all, which makes
+        memory grow with the ledger). ``progress``: called with (entries done, entries in the
+        round) as pages are checked."""
         self.source = source
         self.cvm_roots = cvm_roots or CvmRoots()
         self.store = store
+        self.checkpoints = CheckpointStore(store.directory.parent)
         self.cvm = cvm
         self.long = long
+        self.from_start = from_start
+        self.timeline = timeline
+        self.progress = progress
+        self.page_cost: float = PAGE_COST
+        """Break-even of streaming versus proving a CVM's entries one by one (see PAGE_COST)."""
         self.verified_size = 0
-        """Entries [0, verified_size) have been checked in an earlier round."""
+        """Entries [0, verified_size) have been checked in an earlier round (or the checkpoint)."""
+        self._frontier = Frontier()
+        """Whole ledger: the frontier of the first ``verified_size`` entries, computed here."""
         self._last_by_cvm: dict[str | None, int] = {}
         self._replay: lc.LifecycleReplay | None = None
         """The lifecycle replayed over exactly the verified entries [0, verified_size) shown."""
+        self._fresh = True
+        """``_replay`` has been fed nothing yet (a failed round then starts it again)."""
+        self._snapshot: dict[str, Any] | None = None
+        """``encode_replay(_replay)`` at ``verified_size``, to undo a round that did not verify."""
+        self._resume = False
+        self._clean = True
+        """No finding in this audit so far: only then may a checkpoint be kept."""
+        self._saved = 0
+        self._print: str | None = None
 
     def audit(self) -> AuditResult:
-        """Check the head and every entry shown (all of them, or all of one CVM's)."""
-        self.verified_size, self._last_by_cvm, self._replay = 0, {}, None
+        """Check the head and every entry shown (all of them, or all of one CVM's); a whole-ledger
+        audit goes on from the checkpoint kept by the last one, unless ``from_start``."""
+        self.verified_size, self._frontier, self._last_by_cvm = 0, Frontier(), {}
+        self._replay, self._fresh, self._snapshot = None, True, None
+        self._resume, self._clean, self._saved = self.cvm is None and not self.from_start, True, 0
         return self.follow()
 
     def follow(self) -> AuditResult:
         """Check a fresh head and the entries that appeared since the last round.
 
-        The rules are replayed over a round's entries only once all of them verified; the
-        replay then advances with ``verified_size``, so each entry is fed once, in order, and a
+        The rules are replayed over a round's entries as they stream, and what they find is
+        reported only once all of them verified (else the replay is put back as it was): the
+        replay advances with ``verified_size``, so each entry is fed once, in order, and a
         rule violation is reported in the round that shows it (``audit`` reports it again)."""
         pin = self.source.pin()
         result = AuditResult(self.source.url, pin.controller, self.cvm, first_contact=self.source.first_contact)
@@ -254,26 +384,35 @@ class Auditor:
             head = verify_head(self.source.get("/v1/ledger/head"), controller=pin.controller, public_key=pin.public_key())
         except VerificationError as exc:
             result.findings.append(Finding(exc.code, exc.message))
+            self._clean = False
             return result
         result.head = head
         result.previous = self.store.last(pin.controller)
-        if not self._consistent(result):
+        if result.previous is not None and not self._extends(result.previous, head, result):
+            self._clean = False
             return result
+        if self._resume:  # before the head is adopted: it must extend the checkpoint's too
+            self._resume = False
+            if not self._resume_from_checkpoint(pin, head, result):
+                self._clean = False
+                return result
         self.store.save(head)
         if head.tree_size < self.verified_size:  # cannot happen after a consistent head; belt and braces
             result.findings.append(Finding("ledger_shrank", "the ledger is smaller than in the previous round"))
+            self._clean = False
             return result
-        start = self.verified_size
-        if self.cvm is None and start == 0:
-            self._check_whole_ledger(head, result)
+        if self._replay is None:
+            # The whole ledger names its owner sets itself (``controller.owners``); one CVM's
+            # entries do not, so they are held to the owner set of the attested identity.
+            self._replay = lc.LifecycleReplay(initial_owners=None if self.cvm is None else (pin.owners or None))
+            self._fresh, self._snapshot = True, None
+        rnd = _Round(self.verified_size, deque(maxlen=self.timeline), expected=self.verified_size)
+        result.start = rnd.start
+        if self.cvm is None:
+            self._check_ledger(head, rnd)
         else:
-            self._check_each_entry(head, start, result)
-        if result.ok:
-            self._check_rules(pin, result)
-            self._check_evidence(result)
-            self.verified_size = head.tree_size
-        if self.long:
-            self._check_outputs(result)
+            self._check_cvm(head, rnd)
+        self._finish(head, rnd, result)
         return result
 
     def compare(self, view: OtherView, result: AuditResult) -> None:
@@ -359,11 +498,9 @@ class Auditor:
 
     # --- heads -------------------------------------------------------------------------
 
-    def _consistent(self, result: AuditResult) -> bool:
-        previous, head = result.previous, result.head
-        assert head is not None
-        if previous is None:
-            return True
+    def _extends(self, previous: SignedHead, head: SignedHead, result: AuditResult) -> bool:
+        """Whether ``head`` extends ``previous`` (a head this auditor accepted); if not, a
+        finding, with both signed heads kept as evidence."""
         if head.tree_size < previous.tree_size:
             result.evidence = str(self.store.save_evidence("rollback", previous, head))
             result.findings.append(
@@ -402,157 +539,474 @@ class Auditor:
         )
         return False
 
-    # --- entries -------------------------------------------------------------------------
+    # --- the checkpoint kept between audits ----------------------------------------------
 
-    def _pages(self, start: int, end: int, cvm: str | None) -> Iterator[dict[str, Any]]:
-        position = start
-        while position < end:
-            page = self.source.get("/v1/ledger/entries", start=position, end=end, cvm=cvm)
-            entries, stop = page.get("entries"), page.get("end")
-            if not isinstance(entries, list) or not isinstance(stop, int) or stop <= position or stop > end:
-                raise VerificationError(f"the controller's page of entries from {position} is malformed", code="bad_entries_page")
-            yield from entries
-            position = stop
+    def _fingerprint(self) -> str:
+        if self._print is None:
+            self._print = fingerprint(self.cvm_roots, __file__)
+        return self._print
 
-    def _check_whole_ledger(self, head: SignedHead, result: AuditResult) -> None:
-        """Rebuild the root from every entry: proves all of them, in order, with nothing missing."""
-        leaves: list[bytes] = []
-        for position, entry in enumerate(self._pages(0, head.tree_size, None)):
-            result.entries.append(entry)
-            seq = entry.get("seq") if isinstance(entry, dict) else None
-            if seq != position:
-                result.findings.append(
-                    Finding(
-                        "entry_missing" if isinstance(seq, int) and seq > position else "entry_misplaced",
-                        f"expected entry {position} but was shown seq {seq!r}: entries are missing or out of place",
-                        position,
-                    )
-                )
-                return
-            leaves.append(leaf_hash(canonical(entry)))
-        if len(leaves) != head.tree_size:
-            result.findings.append(
+    def _resume_from_checkpoint(self, pin: ControllerPin, head: SignedHead, result: AuditResult) -> bool:
+        """Go on from the checkpoint the last clean audit kept, if there is a usable one. False
+        (with a finding) when the controller's head does not extend the checkpoint's."""
+        try:
+            data = self.checkpoints.read(pin.controller)
+            if data is None:
+                return True
+            checkpoint = Checkpoint.from_json(
+                data, controller=pin.controller, public_key=pin.public_key(), fingerprint=self._fingerprint()
+            )
+            replay = decode_replay(checkpoint.replay)
+        except CheckpointUnusable as exc:
+            result.notes.append(f"the audit checkpoint was not used ({exc}): every entry is checked from the first")
+            return True
+        kept, previous = checkpoint.head, result.previous
+        if previous is None or (previous.tree_size, previous.root_hash) != (kept.tree_size, kept.root_hash):
+            if not self._extends(kept, head, result):  # the last head seen was forgotten, or moved on since
+                return False
+        self.verified_size, self._frontier, self._last_by_cvm = kept.tree_size, checkpoint.frontier, dict(checkpoint.last_by_cvm)
+        self._replay, self._fresh, self._snapshot = replay, False, checkpoint.replay
+        self._saved = kept.tree_size
+        result.resumed = kept
+        return True
+
+    def _save_checkpoint(self, head: SignedHead, result: AuditResult) -> None:
+        assert self._replay is not None
+        encoded = encode_replay(self._replay)
+        checkpoint = Checkpoint(head, self._frontier.copy(), dict(self._last_by_cvm), encoded, self._fingerprint())
+        try:
+            self.checkpoints.save(checkpoint)
+        except (OSError, ValueError) as exc:
+            result.notes.append(f"the audit checkpoint could not be kept ({exc}); the next audit checks every entry again")
+            return
+        self._saved, self._snapshot = head.tree_size, encoded
+
+    # --- a round -----------------------------------------------------------------------
+
+    def _finish(self, head: SignedHead, rnd: _Round, result: AuditResult) -> None:
+        result.checked = rnd.shown
+        result.entries = [entry for entry, _ in rnd.rows]
+        result.modes = [mode for _, mode in rnd.rows]
+        result.findings += rnd.findings + rnd.chain
+        if result.ok:  # every entry verified: what the rules and the evidence say now counts
+            result.findings += rnd.rules + rnd.evidence
+            self.verified_size = head.tree_size
+            if rnd.frontier is not None:
+                self._frontier = rnd.frontier
+            self._last_by_cvm.update(rnd.last)
+            if rnd.fed:
+                self._fresh, self._snapshot = False, None
+        elif rnd.fed:  # undo what the round fed the replay
+            self._replay = None if self._fresh else decode_replay(self._snapshot)
+        bad = result.bad_seqs
+        result.findings += [finding for finding in rnd.outputs if finding.seq not in bad]
+        if self.long:
+            result.outputs = self._outputs_shown(result.entries, rnd.texts, bad)
+        if not result.ok:
+            self._clean = False
+        elif self.cvm is None and self._clean and head.tree_size > self._saved:
+            self._save_checkpoint(head, result)
+
+    def _take(self, rnd: _Round, entry: Any) -> None:
+        """An entry shown this round, in order: linked, replayed, its evidence and outputs checked."""
+        replay = self._replay
+        assert replay is not None
+        if not rnd.fed:
+            rnd.fed = True
+            if not self._fresh and self._snapshot is None:
+                self._snapshot = encode_replay(replay)
+        rnd.shown += 1
+        if isinstance(entry, dict):
+            self._link(rnd, entry)
+            rnd.rules += [Finding(v.code, v.message, v.seq, rule=True) for v in replay.apply(entry)]
+            event = entry.get("event")
+            if event == lc.CVM_ATTESTED and entry.get("ok") is True:
+                self._check_evidence(rnd, entry)
+            elif event == lc.COMMAND_FINISHED and self.long:
+                self._check_outputs(rnd, entry)
+        rnd.rows.append((entry, mode_label(replay, entry)))
+
+    def _show(self, rnd: _Round, entry: Any) -> None:
+        """An entry shown out of place: in the timeline, not fed to anything."""
+        rnd.shown += 1
+        rnd.rows.append((entry, None))
+
+    def _link(self, rnd: _Round, entry: dict[str, Any]) -> None:
+        """Each entry names the previous one of its CVM; a link to an unseen entry means one was hidden."""
+        if "cvm_prev" not in entry or not isinstance(entry.get("seq"), int):
+            return
+        cvm = entry.get("cvm")
+        key = cvm if cvm is None or isinstance(cvm, str) else json.dumps(cvm, sort_keys=True)
+        seq = entry["seq"]
+        seen = rnd.last[key] if key in rnd.last else self._last_by_cvm.get(key)
+        if entry["cvm_prev"] != seen:
+            missing = entry["cvm_prev"]
+            rnd.chain.append(
                 Finding(
-                    "entry_missing", f"the head covers {head.tree_size} entries but only {len(leaves)} were served", len(leaves)
+                    "entry_missing",
+                    f"entry {seq} follows entry {missing} of the same CVM, which was not shown "
+                    f"(the previous one shown is {seen}): entries were deleted or hidden",
+                    missing if isinstance(missing, int) else seq,
                 )
             )
-            return
-        if MerkleTree(leaves).root() == head.root:
-            self._chain(result.entries, result)
-            return
-        # Something was altered: prove entries one by one to say which.
-        for entry in result.entries[:PINPOINT_LIMIT]:
-            self._prove(entry, head, result)
-        if result.ok:
-            result.findings.append(Finding("root_mismatch", "the entries served do not hash to the signed root"))
+        rnd.last[key] = seq
 
-    def _check_each_entry(self, head: SignedHead, start: int, result: AuditResult) -> None:
-        expected = start
-        for entry in self._pages(start, head.tree_size, self.cvm):
-            result.entries.append(entry)
+    def _report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+    # --- pages -------------------------------------------------------------------------
+
+    def _page(self, start: int, end: int, cvm: str | None) -> tuple[list[Any], int]:
+        page = self.source.get("/v1/ledger/entries", start=start, end=end, cvm=cvm)
+        entries, stop = (
+            page.get("entries") if isinstance(page, dict) else None,
+            page.get("end") if isinstance(page, dict) else None,
+        )
+        if not isinstance(entries, list) or not isinstance(stop, int) or stop <= start or stop > end:
+            raise VerificationError(f"the controller's page of entries from {start} is malformed", code="bad_entries_page")
+        return entries, stop
+
+    def _pages(self, start: int, end: int, cvm: str | None) -> Iterator[tuple[list[Any], int]]:
+        position = start
+        while position < end:
+            entries, position = self._page(position, end, cvm)
+            yield entries, position
+
+    def _prefetched(self, start: int, end: int, *, report: bool = True) -> Generator[tuple[list[Any], int], None, None]:
+        """The pages of ``[start, end)``, the next one fetched while this one is checked (the
+        controller signs and sends while the auditor hashes); ``report``: progress after each."""
+        if end - start <= PAGE:
+            for entries, stop in self._pages(start, end, None):
+                yield entries, stop
+                if report:
+                    self._report(stop - start, end - start)
+            return
+        pages: queue.Queue[Any] = queue.Queue(maxsize=2)
+        stopping = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stopping.is_set():
+                try:
+                    pages.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for page in self._pages(start, end, None):
+                    if not put(page):
+                        return
+                put(None)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(exc)
+
+        worker = threading.Thread(target=produce, name="duet-audit-pages", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = pages.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if report:
+                    self._report(item[1] - start, end - start)
+        finally:
+            stopping.set()
+            worker.join()
+
+    # --- the whole ledger --------------------------------------------------------------
+
+    def _check_ledger(self, head: SignedHead, rnd: _Round) -> None:
+        """Hash the new entries onto the verified frontier: their root must be the signed one.
+        Proves all of them, in order, with nothing missing, in memory that does not grow."""
+        end, position = head.tree_size, rnd.start
+        stream = RecordingFrontier(self._frontier, MAX_BLOCKS)
+        with closing(self._prefetched(rnd.start, end)) as pages:
+            for entries, _ in pages:
+                for entry in entries:
+                    seq = entry.get("seq") if isinstance(entry, dict) else None
+                    if seq != position:
+                        self._show(rnd, entry)
+                        rnd.findings.append(
+                            Finding(
+                                "entry_missing" if isinstance(seq, int) and seq > position else "entry_misplaced",
+                                f"expected entry {position} but was shown seq {seq!r}: entries are missing or out of place",
+                                position,
+                            )
+                        )
+                        return
+                    stream.append(entry_leaf(entry))
+                    self._take(rnd, entry)
+                    position += 1
+        if position != end:
+            rnd.findings.append(
+                Finding("entry_missing", f"the head covers {end} entries but only {position} were served", position)
+            )
+            return
+        if stream.root() == head.root:
+            rnd.frontier = Frontier(stream.size, stream.nodes)
+            return
+        rnd.chain.clear()  # links are judged on entries that verified
+        self._pinpoint(TreeOracle(self.source, end, head.root), stream, rnd)
+
+    def _pinpoint(self, oracle: TreeOracle, stream: RecordingFrontier, rnd: _Round) -> None:
+        """The root did not match: name the altered entries (proofs of prefixes, see audit_tree)."""
+        finder = Pinpointer(oracle, self._refetch, limit=PINPOINT_LIMIT)
+        try:
+            finder.recorded(stream)
+        except ProofUnavailable as exc:
+            rnd.findings.append(
+                Finding("no_inclusion_proof", f"the entries served do not hash to the signed root, and {exc.message}")
+            )
+        except Refetched as exc:
+            rnd.findings.append(Finding("root_mismatch", f"the entries served do not hash to the signed root, and {exc.message}"))
+        for position, entry in finder.found:
+            event = entry.get("event") if isinstance(entry, dict) else None
+            rnd.findings.append(
+                Finding(
+                    "entry_altered",
+                    f"entry {position} ({event!r}) is not in the signed ledger as shown: it was altered",
+                    position,
+                )
+            )
+        if finder.full:
+            rnd.findings.append(
+                Finding("root_mismatch", f"the search stopped after naming {PINPOINT_LIMIT} altered entries; there may be more")
+            )
+        if not rnd.findings:
+            rnd.findings.append(Finding("root_mismatch", "the entries served do not hash to the signed root"))
+
+    def _refetch(self, lo: int, hi: int) -> Iterator[Any]:
+        position = lo
+        for entries, _ in self._pages(lo, hi, None):
+            for entry in entries:
+                if not isinstance(entry, dict) or entry.get("seq") != position:
+                    raise Refetched(f"asked again for entries {lo} to {hi - 1}, the controller served others")
+                yield entry
+                position += 1
+        if position != hi:
+            raise Refetched(f"asked again for entries {lo} to {hi - 1}, the controller served fewer")
+
+    # --- one CVM -----------------------------------------------------------------------
+
+    def _check_cvm(self, head: SignedHead, rnd: _Round) -> None:
+        """The CVM's entries from ``rnd.start`` on, each proven in the signed tree.
+
+        Page by page of the CVM's entries: where they are dense, the range of the ledger that
+        holds them is streamed instead and proven as a whole (one consistency proof per
+        ``CHUNK_PAGES`` pages), the CVM's entries taken from it; else each entry gets its own
+        inclusion proof, ``PROOF_WORKERS`` in flight."""
+        oracle = TreeOracle(self.source, head.tree_size, head.root)
+        end, position, streaming = head.tree_size, rnd.start, True
+        with ThreadPoolExecutor(PROOF_WORKERS, thread_name_prefix="duet-audit-proofs") as pool:
+            while position < end:
+                entries, stop = self._page(position, end, self.cvm)
+                if streaming and self._in_order(entries, rnd.expected, stop):
+                    first = entries[0]["seq"]
+                    if self._dense(len(entries), entries[-1]["seq"] + 1 - first):
+                        shown = {entry["seq"]: entry_leaf(entry) for entry in entries}
+                        position, streaming = self._stream_cvm(oracle, first, end, rnd, pool, shown)
+                        continue
+                self._prove_page(oracle, entries, rnd, pool)
+                position = stop
+                self._report(position - rnd.start, end - rnd.start)
+
+    def _in_order(self, entries: list[Any], expected: int, stop: int) -> bool:
+        """A page of this CVM's entries in strictly increasing order, from ``expected`` on."""
+        previous = expected - 1
+        for entry in entries:
             seq = entry.get("seq") if isinstance(entry, dict) else None
-            if not isinstance(seq, int) or seq < expected:
-                result.findings.append(
+            if not isinstance(seq, int) or isinstance(seq, bool) or not previous < seq < stop or entry.get("cvm") != self.cvm:
+                return False
+            previous = seq
+        return bool(entries)
+
+    def _dense(self, count: int, span: int) -> bool:
+        """Whether proving ``count`` entries spread over ``span`` costs more than streaming them."""
+        return count > 2 + self.page_cost * -(-span // PAGE)
+
+    def _prove_page(self, oracle: TreeOracle, entries: list[Any], rnd: _Round, pool: ThreadPoolExecutor) -> None:
+        proven: list[dict[str, Any]] = []
+        for entry in entries:
+            seq = entry.get("seq") if isinstance(entry, dict) else None
+            if not isinstance(seq, int) or seq < rnd.expected:
+                if isinstance(entry, dict):
+                    self._take(rnd, entry)
+                else:
+                    self._show(rnd, entry)
+                rnd.findings.append(
                     Finding("entry_misplaced", f"entry with seq {seq!r} is out of order", seq if isinstance(seq, int) else None)
                 )
                 continue
-            if self.cvm is not None and entry.get("cvm") != self.cvm:
-                result.findings.append(
+            if entry.get("cvm") != self.cvm:
+                rnd.findings.append(
                     Finding("wrong_cvm", f"entry belongs to CVM {entry.get('cvm')!r}, not the one asked for", seq)
                 )
-            elif self.cvm is None and seq != expected:
-                result.findings.append(Finding("entry_missing", f"entries {expected}..{seq - 1} were not served", expected))
-            expected = seq + 1
-            self._prove(entry, head, result)
-        self._chain(result.entries, result)
+            rnd.expected = seq + 1
+            self._take(rnd, entry)
+            proven.append(entry)
+        rnd.findings += _proofs(oracle, [(entry["seq"], entry_leaf(entry), entry.get("event")) for entry in proven], pool)
 
-    def _prove(self, entry: dict[str, Any], head: SignedHead, result: AuditResult) -> None:
-        seq = entry.get("seq")
-        if not isinstance(seq, int) or not 0 <= seq < head.tree_size:
-            result.findings.append(Finding("entry_misplaced", f"entry seq {seq!r} is outside the signed head", None))
-            return
+    def _stream_cvm(
+        self, oracle: TreeOracle, start: int, end: int, rnd: _Round, pool: ThreadPoolExecutor, shown: dict[int, bytes]
+    ) -> tuple[int, bool]:
+        """Stream the ledger from ``start`` while the CVM's entries stay dense; returns where to
+        go on from and whether streaming may be tried again. ``shown``: the leaf of each entry
+        of the CVM's page that led here, by seq; the stream must show the same ones."""
+        floor = rnd.expected  # entries before it were shown already (or are not this CVM's)
         try:
-            proof = self.source.get("/v1/ledger/proof/inclusion", index=seq, tree_size=head.tree_size)
-            path = _hashes(proof.get("audit_path")) if isinstance(proof, dict) else None
-        except DuetError as exc:
-            result.findings.append(Finding("no_inclusion_proof", f"the controller gave no inclusion proof: {exc.message}", seq))
-            return
-        if path is None or not verify_inclusion(leaf_hash(canonical(entry)), seq, head.tree_size, path, head.root):
-            result.findings.append(
+            frontier = oracle.frontier(start)
+            if frontier is None and start <= PAGE:  # no proof carries F(start) (start 1): stream from the first entry
+                start, frontier = 0, Frontier()
+        except ProofUnavailable:
+            frontier = None
+        if frontier is None:
+            return start, False
+        position, pages, last_shown = start, 0, max(shown, default=-1)
+        held_jobs: list[tuple[int, bytes, Any]] = []  # (seq, leaf, event) of the CVM's entries not proven yet
+        with closing(self._prefetched(start, end, report=False)) as stream:
+            for entries, _ in stream:
+                mine = 0
+                for entry in entries:
+                    if not isinstance(entry, dict) or entry.get("seq") != position:  # not a sound view of the ledger
+                        rnd.findings += _proofs(oracle, held_jobs, pool)
+                        rnd.expected = position
+                        return position, False
+                    leaf = entry_leaf(entry)
+                    frontier.append(leaf)
+                    position += 1
+                    if floor < position <= last_shown + 1:
+                        self._as_shown(rnd, entry, leaf, shown)
+                    if entry.get("cvm") == self.cvm and position > floor:
+                        self._take(rnd, entry)
+                        held_jobs.append((position - 1, leaf, entry.get("event")))
+                        mine += 1
+                pages += 1
+                rnd.expected = position
+                self._report(position - rnd.start, end - rnd.start)
+                sparse = 2 * mine * PAGE < self.page_cost * len(entries)
+                if not (sparse or pages >= CHUNK_PAGES or position >= end):
+                    continue
+                try:
+                    proven = oracle.prefix_ok(frontier)
+                except ProofUnavailable:
+                    proven = False
+                if not proven:  # name which of the CVM's entries are not in the signed tree
+                    rnd.findings += _proofs(oracle, held_jobs, pool)
+                    try:
+                        anchor = oracle.frontier(position)
+                    except ProofUnavailable:
+                        anchor = None
+                    if anchor is None:
+                        return position, False
+                    frontier = anchor
+                held_jobs.clear()
+                pages = 0
+                if sparse:
+                    return position, True
+        if held_jobs:  # the pages ended short of the head: prove what was taken, go on from there
+            rnd.findings += _proofs(oracle, held_jobs, pool)
+            return position, False
+        return position, True
+
+    def _as_shown(self, rnd: _Round, entry: dict[str, Any], leaf: bytes, shown: dict[int, bytes]) -> None:
+        """Hold the CVM's entries as its page showed them to the ledger as streamed: the same
+        entries, unaltered, none left out (``shown`` empties as the stream passes them)."""
+        seq, mine = entry["seq"], entry.get("cvm") == self.cvm
+        served = shown.pop(seq, None)
+        if served is None and mine:
+            rnd.findings.append(
+                Finding("entry_missing", f"entry {seq} of this CVM was left out of the CVM's entries as served", seq)
+            )
+        elif served is not None and not mine:
+            rnd.findings.append(Finding("wrong_cvm", f"entry {seq}, shown among this CVM's, belongs to another CVM", seq))
+        elif served is not None and served != leaf:
+            rnd.findings.append(
                 Finding(
-                    "entry_altered",
-                    f"entry {seq} ({entry.get('event')!r}) is not in the signed ledger as shown: it was altered",
-                    seq,
+                    "entry_altered", f"entry {seq} was served altered among this CVM's entries: it is not in the ledger so", seq
                 )
             )
 
-    def _chain(self, entries: list[dict[str, Any]], result: AuditResult) -> None:
-        """Each entry names the previous one of its CVM; a link to an unseen entry means one was hidden."""
+    # --- evidence and outputs ----------------------------------------------------------
+
+    def _check_evidence(self, rnd: _Round, entry: dict[str, Any]) -> None:
+        """A passing CVM attestation shown: its evidence verified again, here (docs/audit.md)."""
+        seq, digest = entry.get("seq"), entry.get("evidence_sha256")
+        try:
+            evidence = self.source.blob(str(digest))
+        except DuetError as exc:
+            if exc.code != "output_pruned":  # pruned: a signed answer, the retention policy's
+                code = "evidence_altered" if exc.code in ("blob_altered", "blob_mismatch") else "evidence_missing"
+                rnd.evidence.append(Finding(code, f"the attestation's evidence: {exc.message}", seq))
+            return
+        problem = recheck(entry, evidence, self.cvm_roots)
+        if problem is not None:
+            rnd.evidence.append(Finding("evidence_unverified", f"CVM attestation entry {seq}: {problem}", seq))
+
+    def _check_outputs(self, rnd: _Round, entry: dict[str, Any]) -> None:
+        for stream in ("stdout", "stderr"):
+            digest = entry.get(f"{stream}_sha256")
+            if not isinstance(digest, str):
+                continue
+            if digest in rnd.texts:
+                rnd.texts.move_to_end(digest)
+                continue
+            text = self._output(digest, rnd, entry, stream)
+            if text is None:
+                continue
+            rnd.texts[digest] = text
+            if self.timeline is not None and len(rnd.texts) > OUTPUT_CACHE + 2 * self.timeline:
+                rnd.texts.popitem(last=False)
+
+    def _output(self, digest: str, rnd: _Round | None, entry: dict[str, Any], stream: str) -> str | None:
+        try:
+            return self.source.blob(digest).decode(errors="replace")
+        except DuetError as exc:
+            if exc.code == "output_pruned":  # a signed answer: deleted by the retention policy
+                return f"[pruned by the controller's retention policy: {exc.message}]"
+            if rnd is not None:
+                code = "output_altered" if exc.code == "blob_mismatch" else "output_missing"
+                rnd.outputs.append(Finding(code, f"{stream} of `{entry.get('command')}`: {exc.message}", entry.get("seq")))
+            return None
+
+    def _outputs_shown(self, entries: list[Any], texts: OrderedDict[str, str], bad: set[int]) -> dict[str, str]:
+        """The checked outputs of the timeline's entries (fetched again if no longer kept)."""
+        shown: dict[str, str] = {}
         for entry in entries:
-            if not isinstance(entry, dict) or "cvm_prev" not in entry or not isinstance(entry.get("seq"), int):
-                continue
-            cvm, seq = entry.get("cvm"), entry["seq"]
-            seen = self._last_by_cvm.get(cvm)
-            if entry["cvm_prev"] != seen:
-                missing = entry["cvm_prev"]
-                result.findings.append(
-                    Finding(
-                        "entry_missing",
-                        f"entry {seq} follows entry {missing} of the same CVM, which was not shown "
-                        f"(the previous one shown is {seen}): entries were deleted or hidden",
-                        missing if isinstance(missing, int) else seq,
-                    )
-                )
-            self._last_by_cvm[cvm] = seq
-
-    # --- rules -------------------------------------------------------------------------
-
-    def _check_rules(self, pin: ControllerPin, result: AuditResult) -> None:
-        """Replay the lifecycle over this round's verified entries; each forbidden sequence is a finding."""
-        if self._replay is None:
-            # The whole ledger names its owner sets itself (``controller.owners``); one CVM's
-            # entries do not, so they are held to the owner set of the attested identity.
-            self._replay = lc.LifecycleReplay(initial_owners=None if self.cvm is None else (pin.owners or None))
-        result.modes, violations = _replay(self._replay, result.entries)
-        result.findings += [Finding(v.code, v.message, v.seq, rule=True) for v in violations]
-
-    def _check_evidence(self, result: AuditResult) -> None:
-        """Every passing CVM attestation shown: its evidence verified again, here (docs/audit.md)."""
-        for entry in result.entries:
-            if entry.get("event") != lc.CVM_ATTESTED or entry.get("ok") is not True:
-                continue
-            seq, digest = entry.get("seq"), entry.get("evidence_sha256")
-            try:
-                evidence = self.source.blob(str(digest))
-            except DuetError as exc:
-                if exc.code != "output_pruned":  # pruned: a signed answer, the retention policy's
-                    code = "evidence_altered" if exc.code in ("blob_altered", "blob_mismatch") else "evidence_missing"
-                    result.findings.append(Finding(code, f"the attestation's evidence: {exc.message}", seq))
-                continue
-            problem = recheck(entry, evidence, self.cvm_roots)
-            if problem is not None:
-                result.findings.append(Finding("evidence_unverified", f"CVM attestation entry {seq}: {problem}", seq))
-
-    # --- outputs -----------------------------------------------------------------------
-
-    def _check_outputs(self, result: AuditResult) -> None:
-        for entry in result.entries:
-            if entry.get("event") != lc.COMMAND_FINISHED or entry.get("seq") in result.bad_seqs:
+            if not isinstance(entry, dict) or entry.get("event") != lc.COMMAND_FINISHED or entry.get("seq") in bad:
                 continue
             for stream in ("stdout", "stderr"):
                 digest = entry.get(f"{stream}_sha256")
-                if not isinstance(digest, str) or digest in result.outputs:
+                if not isinstance(digest, str) or digest in shown:
                     continue
-                try:
-                    result.outputs[digest] = self.source.blob(digest).decode(errors="replace")
-                except DuetError as exc:
-                    if exc.code == "output_pruned":  # a signed answer: deleted by the retention policy
-                        result.outputs[digest] = f"[pruned by the controller's retention policy: {exc.message}]"
-                        continue
-                    code = "output_altered" if exc.code == "blob_mismatch" else "output_missing"
-                    result.findings.append(
-                        Finding(code, f"{stream} of `{entry.get('command')}`: {exc.message}", entry.get("seq"))
-                    )
+                text = texts.get(digest)
+                if text is None:
+                    text = self._output(digest, None, entry, stream)
+                if text is not None:
+                    shown[digest] = text
+        return shown
+
+
+def _proof_finding(oracle: TreeOracle, seq: int, leaf: bytes, event: Any) -> Finding | None:
+    """What is wrong with entry ``seq`` (hashing to ``leaf``) given its inclusion proof, if anything."""
+    if not 0 <= seq < oracle.size:
+        return Finding("entry_misplaced", f"entry seq {seq!r} is outside the signed head", None)
+    try:
+        if oracle.leaf_ok(seq, leaf):
+            return None
+    except ProofUnavailable as exc:
+        return Finding("no_inclusion_proof", exc.message, seq)
+    return Finding("entry_altered", f"entry {seq} ({event!r}) is not in the signed ledger as shown: it was altered", seq)
+
+
+def _proofs(oracle: TreeOracle, jobs: list[tuple[int, bytes, Any]], pool: ThreadPoolExecutor) -> list[Finding]:
+    """One inclusion proof per job, several in flight; the findings, in order."""
+    return [finding for finding in pool.map(lambda job: _proof_finding(oracle, *job), jobs) if finding is not None]
 
 
 def _proven_extension(source: ProofSource, older: SignedHead, newer: SignedHead, who: str) -> tuple[bool, list[str] | None, str]:
