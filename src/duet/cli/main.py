@@ -235,6 +235,14 @@ def controller_serve(
             "its cosignature served with the checkpoint (docs/transparency.md). Repeat for several witnesses.",
         ),
     ] = None,
+    publish_tiles: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="URL",
+            help="Publish the ledger as C2SP tiles as it grows: azure://ACCOUNT/CONTAINER[/PREFIX], "
+            "s3://BUCKET[/PREFIX][?endpoint=URL], or a directory; anyone audits it with `duet audit --tiles`.",
+        ),
+    ] = None,
     witness_quorum: Annotated[
         Optional[int],
         typer.Option(
@@ -300,6 +308,7 @@ def controller_serve(
         trust_simulated_cvm=trust_simulated_cvm,
         witnesses=witnesses,
         witness_quorum=witness_quorum,
+        publish_tiles=publish_tiles,
     )
     if sealed_dir:
         settings = dataclasses.replace(settings, gramine_sealed_dir=sealed_dir)

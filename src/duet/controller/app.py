@@ -44,6 +44,9 @@ def build_app(controller: Controller) -> FastAPI:
             )
         if controller.witnessing is not None:
             controller.witnessing.start()
+        if controller.publisher is not None:
+            await controller.publisher.start()  # refuses a store that holds another log: the controller does not start
+            log.info("publishing the ledger as tiles: %s", controller.publisher.status().line())
         log.info(
             "controller %s ready: providers %s, TEE %s, %d ledger entries",
             controller.identity.controller_id,

@@ -40,6 +40,8 @@ from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
 from duet.providers import make_provider
 from duet.providers.base import Provider, SimulatedHardware
+from duet.publish.stores import open_store
+from duet.publish.tiles import TilePublisher
 from duet.remote.ssh import CommandRunner, SshPool
 from duet.storage import Database
 from duet.tee.base import TeeBackend
@@ -92,6 +94,8 @@ class Controller:
     witnessing: WitnessSubmitter | None = None
     """Submits each new checkpoint to the configured witnesses; started with the app
     (``WitnessSubmitter.start``), None without witnesses."""
+    publisher: TilePublisher | None = None
+    """Publishes the ledger as tiles (``--publish-tiles``); started with the app, None without."""
 
     def attestation(self) -> dict[str, Any]:
         return {"identity": self.identity.document(), "evidence": self.tee.quote(self.identity.report_data())}
@@ -99,6 +103,8 @@ class Controller:
     async def close(self) -> None:
         if self.witnessing is not None:
             await self.witnessing.close()
+        if self.publisher is not None:
+            await self.publisher.close(flush_timeout=5)
         await self.service.close()
         self.store.close()
 
@@ -187,10 +193,28 @@ def open_controller(
         if witnesses
         else None
     )
+    publisher = _tile_publisher(settings, verified.ledger, checkpoints)
     return Controller(
         settings, identity, tee, store, verified.ledger, service, authenticator, tls,
         seed_requests_at_start=verified.seed_requests, checkpoints=checkpoints, witnessing=witnessing,
+        publisher=publisher,
     )  # fmt: skip
+
+
+def _tile_publisher(settings: Settings, ledger: Ledger, checkpoints: Checkpoints) -> TilePublisher | None:
+    """The tiles publisher of ``--publish-tiles``: checkpoints carry the cosignatures kept so far,
+    and a new cosignature makes it write the checkpoint again."""
+    if not settings.publish_tiles:
+        return None
+    publisher = TilePublisher.for_ledger(
+        ledger,
+        open_store(settings.publish_tiles),
+        checkpoints.signer,
+        sign=checkpoints.sign_with_cosignatures,
+        min_interval_s=settings.publish_tiles_interval_s,
+    )
+    checkpoints.on_cosignature.append(publisher.refresh)
+    return publisher
 
 
 def cvm_roots(settings: Settings, providers: dict[str, Provider]) -> CvmRoots:

@@ -119,6 +119,14 @@ class Settings:
     tls_handshake_timeout_s: float = 10.0
     """A TLS handshake not finished within this long is abandoned and its connection closed."""
 
+    # --- transparency: tiles in object storage (docs/transparency.md) -------------------------
+    publish_tiles: str | None = None
+    """Publish the ledger as C2SP tlog-tiles to this store as it grows (``--publish-tiles``):
+    ``azure://ACCOUNT/CONTAINER[/PREFIX]``, ``s3://BUCKET[/PREFIX][?endpoint=URL]``, or a directory;
+    credentials from the environment (duet.publish.stores). Never blocks appends."""
+    publish_tiles_interval_s: float = 0.5
+    """At most one publication round this often: bursts of appends are coalesced."""
+
     # --- transparency: checkpoints and witnesses (docs/transparency.md) ---------------------
     witnesses: tuple[tuple[str, str], ...] = ()
     """(submission URL, cosignature/v1 vkey) of each C2SP tlog-witness the controller sends

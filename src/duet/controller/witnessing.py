@@ -56,6 +56,7 @@ from duet.ledger.checkpoint import (
     CheckpointError,
     CosignatureVerifier,
     log_signer,
+    sign_checkpoint,
     verify_cosignature,
 )
 from duet.ledger.log import Ledger
@@ -257,6 +258,8 @@ class Checkpoints:
         self._keep = keep
         self._latest: SignedCheckpoint | None = None
         self._cosigned: dict[Checkpoint, tuple[SignedCheckpoint, dict[str, NoteSignature]]] = {}
+        self.on_cosignature: list[Callable[[], None]] = []
+        """Called after a cosignature is kept (the tile publisher then writes the checkpoint again)."""
 
     @property
     def verifier(self) -> NoteVerifier:
@@ -284,6 +287,12 @@ class Checkpoints:
         kept[witness.name] = signature
         while len(self._cosigned) > self._keep:
             del self._cosigned[min(self._cosigned, key=lambda c: c.size)]
+        for listener in self.on_cosignature:
+            listener()
+
+    def sign_with_cosignatures(self, checkpoint: Checkpoint) -> bytes:
+        """The note of ``checkpoint``: the controller's signature and the cosignatures kept for it."""
+        return sign_checkpoint(checkpoint, self.signer, keep=[signature for _, signature in self.cosignatures(checkpoint)])
 
     def cosignatures(self, checkpoint: Checkpoint) -> tuple[tuple[str, NoteSignature], ...]:
         """The cosignatures kept for exactly ``checkpoint``, in the witnesses' configured order."""
