@@ -42,7 +42,7 @@ def mode_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-RECENT_ROWS = 20
+RECENT_ROWS = 10
 """Commands and mode changes a state answer shows; the rest stay in the ledger routes, paged."""
 
 
