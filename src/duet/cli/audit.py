@@ -1,7 +1,10 @@
-"""``duet audit [CVM_ID] [--long] [--follow] [--compare FILE|URL] [--from-start]``: verify the ledger and show a CVM's timeline.
+"""``duet audit [CVM_ID] [--long] [--follow] [--compare FILE|URL] [--from-start] [--witness VKEY ... [--witness-quorum K]]
+[--tiles URL]``: verify the ledger and show a CVM's timeline.
 
 The whole-ledger audit goes on from the checkpoint the last clean audit kept (``--from-start``
 checks every entry again); long audits show a progress bar on stderr when it is a terminal.
+``--witness`` holds the controller's checkpoint to the user's witness policy each round;
+``--tiles`` reads the ledger from its published tiles and sends nothing to the controller.
 
 Exit status: 0 only when everything verified; 3 when anything did not (what failed or broke
 a lifecycle rule is said, entry by entry, and each other view that does not agree); 1 when the
@@ -15,7 +18,9 @@ never obeyed by the terminal or by rich's markup. ``--json`` prints it exactly.
 import json
 import sys
 import threading
-from contextlib import closing
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from duet.attestation.bundle import CvmRoots
-    from duet.client import DuetClient
+    from duet.client import ControllerPin, DuetClient
 
 
 def _cvm_roots(path: "Path | None") -> "CvmRoots | None":
@@ -88,18 +93,45 @@ def audit(
             help="Show (and keep in memory) at most the last N entries checked; 0: all of them.",
         ),
     ] = 1000,
+    witness: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--witness",
+            metavar="VKEY",
+            help="Require the controller's checkpoint to be cosigned by this witness (its cosignature/v1 vkey, what "
+            "`duet witness key` prints). Repeatable; see --witness-quorum.",
+        ),
+    ] = None,
+    witness_quorum: Annotated[
+        Optional[int],
+        typer.Option(
+            "--witness-quorum",
+            metavar="K",
+            min=0,
+            help="How many of the --witness witnesses must have cosigned (default: all of them). More than half rules "
+            "out a split view.",
+        ),
+    ] = None,
+    tiles: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tiles",
+            metavar="URL",
+            help="Read the ledger from the controller's published tiles (https://..., azure://..., s3://..., a "
+            "directory) instead of the controller, which is not contacted: its key is the one pinned for --url.",
+        ),
+    ] = None,
 ) -> None:
     """Verify, trusting no one, that the ledger is complete, unaltered, lawful and never forked or rolled back."""
     from duet.client import Auditor, HeadStore, load_view
 
     context: CliContext = ctx.obj
-    with output.errors(context), context.client() as client:
-        client.check_identity()  # the owner set (and keys) it shows now must be the ones the user verified
-        store = HeadStore(client.trust.path.parent)
-        others = [load_view(spec, client.pin()) for spec in compare or []]
+    with output.errors(context), _source(context, tiles) as source:
+        store = HeadStore(source.trust_dir)
+        others = [load_view(spec, source.pin()) for spec in compare or []]
         bar = _Progress(enabled=not context.json and output.err_console.is_terminal)
         auditor = Auditor(
-            client,
+            source.audited,
             store,
             cvm=cvm_id,
             long=long,
@@ -107,30 +139,111 @@ def audit(
             from_start=from_start,
             timeline=rows or None,
             progress=bar,
+            witnesses=witness or None,
+            witness_quorum=witness_quorum,
+            tiles=tiles,
         )
-        with bar:
-            result = auditor.audit()
-        for other in others:
-            auditor.compare(other, result)
-        _report(context, result, first=True)
-        if not result.ok:
-            raise typer.Exit(output.EXIT_UNTRUSTED)
-        if not follow:
-            return
-        waker = _EventWaker(client, start=auditor.verified_size)
-        try:
-            while True:
-                waker.wait(interval)
-                with bar:
-                    result = auditor.follow()
-                if result.entries or not result.ok or context.json:
-                    _report(context, result, first=False)
-                if not result.ok:
-                    raise typer.Exit(output.EXIT_UNTRUSTED)
-        except KeyboardInterrupt:
-            return
-        finally:
-            waker.stop()
+        with closing(auditor):
+            with bar:
+                result = auditor.audit()
+            for other in others:
+                auditor.compare(other, result)
+            _report(context, result, first=True)
+            if not result.ok:
+                raise typer.Exit(output.EXIT_UNTRUSTED)
+            if not follow:
+                return
+            waker = _Sleeper() if source.client is None else _EventWaker(source.client, start=auditor.verified_size)
+            try:
+                while True:
+                    waker.wait(interval)
+                    with bar:
+                        result = auditor.follow()
+                    if result.entries or not result.ok or context.json:
+                        _report(context, result, first=False)
+                    if not result.ok:
+                        raise typer.Exit(output.EXIT_UNTRUSTED)
+            except KeyboardInterrupt:
+                return
+            finally:
+                waker.stop()
+
+
+class _Source:
+    """What ``duet audit`` audits through: the controller's client, or (``--tiles``) only the
+    key pinned for ``--url``, so that nothing is ever sent to the controller."""
+
+    def __init__(self, client: "DuetClient | None", audited: Any, trust_dir: Path) -> None:
+        self.client = client
+        self.audited = audited
+        self.trust_dir = trust_dir
+
+    def pin(self) -> "ControllerPin":
+        return self.audited.pin()  # type: ignore[no-any-return]
+
+
+class _PinnedKey:
+    """An ``AuditSource`` that holds the pinned key and answers nothing else: with ``--tiles``
+    the auditor asks the controller for nothing, and this makes sure of it."""
+
+    first_contact = False
+
+    def __init__(self, url: str, pin: "ControllerPin") -> None:
+        self.url = url
+        self._pin = pin
+
+    def pin(self) -> "ControllerPin":
+        return self._pin
+
+    def _refuse(self) -> Any:
+        raise AssertionError("duet audit --tiles asks the controller for nothing")
+
+    def get(self, path: str, **query: Any) -> Any:
+        return self._refuse()
+
+    def blob(self, sha256: str) -> bytes:
+        return self._refuse()  # type: ignore[no-any-return]
+
+    def checkpoint(self, *, witnessed: bool = False) -> bytes:
+        return self._refuse()  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _source(context: CliContext, tiles: Optional[str]) -> "Iterator[_Source]":
+    if tiles is None:
+        with context.client() as client:
+            client.check_identity()  # the owner set (and keys) it shows now must be the ones the user verified
+            yield _Source(client, client, client.trust.path.parent)
+        return
+    from duet.client import NotVerified, TrustStore
+
+    trust = TrustStore.default()
+    pin = trust.get(context.url)
+    if pin is None or not pin.verified_at:
+        raise NotVerified(
+            f"--tiles audits the published log of the controller pinned for {context.url} without contacting it, so its "
+            f"key must be pinned: run `duet --url {context.url} verify` first (`duet --insecure --url {context.url} verify` "
+            "for a controller without attestation), or give the --url it was pinned for",
+            code="not_pinned",
+        )
+    if not pin.attested:
+        output.warn(
+            f"the key pinned for {context.url} was pinned WITHOUT attestation (--insecure): the published log is "
+            "checked against it, but nothing proves which code holds it."
+        )
+    elif pin.tee == "simulated-sgx":
+        output.warn(f"the controller pinned for {context.url} runs in a SIMULATED SGX TEE: it gives no protection.")
+    yield _Source(None, _PinnedKey(context.url, pin), trust.path.parent)
+
+
+class _Sleeper:
+    """``--follow`` with ``--tiles``: a published log announces nothing; look again every --interval s."""
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def stop(self) -> None:
+        pass
 
 
 class _Progress:
@@ -226,15 +339,17 @@ def _report(context: CliContext, result: Any, *, first: bool) -> None:
     if data["timeline"]:
         _table(console, data["timeline"], cvm_column=result.cvm is None, long=bool(result.outputs))
     _comparisons(console, result)
+    _witnesses(console, result)
     for note in result.notes:
         console.print(f"[yellow]note[/]: {_markup(note)}")
     if result.ok:
         head = result.head
         checked, shown = result.checked, len(result.entries)
         new = not first or result.resumed is not None
+        proven = "by the published tiles" if result.read_from == "tiles" else "in the signed ledger"
         console.print(
             f"[green]✓ verified[/]: head {_markup(head.short())}; {checked:,} entr{'y' if checked == 1 else 'ies'} "
-            f"{'new ' if new else 'shown '}— each proven in the signed ledger"
+            f"{'new ' if new else 'shown '}— each proven {proven}"
             + (f" (the last {shown:,} listed; --timeline N for more)" if shown < checked else "")
             + (f", {len(result.outputs)} outputs match their hashes" if result.outputs else "")
         )
@@ -253,7 +368,13 @@ def _markup(text: object) -> str:
 
 def _header(console: "Console", result: Any) -> None:
     pin_note = " (pinned now, on first use)" if result.first_contact else ""
-    console.print(f"Controller [bold]{_markup(result.controller)}[/] at {_markup(result.url)}{pin_note}")
+    if result.read_from == "tiles":
+        console.print(
+            f"Controller [bold]{_markup(result.controller)}[/]: its log as published at {_markup(result.url)} "
+            "(the controller is not contacted; its key is the one you pinned)"
+        )
+    else:
+        console.print(f"Controller [bold]{_markup(result.controller)}[/] at {_markup(result.url)}{pin_note}")
     if result.cvm:
         console.print(f"CVM [bold]{_markup(result.cvm)}[/]")
     if result.head is None:
@@ -261,9 +382,10 @@ def _header(console: "Console", result: Any) -> None:
     previous = result.previous
     if result.resumed is not None:
         resumed = result.resumed
+        when = "read" if result.read_from == "tiles" else "signed"  # a checkpoint note carries no time
         console.print(
             f"Going on from the audit checkpoint of {_markup(f'{resumed.tree_size:,}')} entries verified before "
-            f"(signed {_markup(resumed.timestamp)}); --from-start checks every entry again"
+            f"({when} {_markup(resumed.timestamp)}); --from-start checks every entry again"
         )
     if previous is None:
         console.print(f"Head: {_markup(result.head.short())} — first head seen from this controller; later audits must extend it")
@@ -277,8 +399,8 @@ def _header(console: "Console", result: Any) -> None:
 
 _RELATIONS = {
     "same": "the same head",
-    "prefix": "a prefix of this one (proven by the controller)",
-    "extension": "an extension of this one (proven by {source})",
+    "prefix": "a prefix of this one (proven by {proven_by})",
+    "extension": "an extension of this one (proven by {proven_by})",
 }
 
 
@@ -286,12 +408,26 @@ def _comparisons(console: "Console", result: Any) -> None:
     """Say which other views agree; those that do not are findings, printed with the others."""
     for record in result.comparisons:
         if record["consistent"]:
-            relation = _RELATIONS[record["relation"]].format(source=record["source"])
+            relation = _RELATIONS[record["relation"]].format(proven_by=record.get("proven_by") or record["source"])
+            head = record["head"]
+            when = f"signed {head['timestamp']}" if "timestamp" in head else f"read {head.get('seen')}"
             console.print(
                 f"[green]✓ the two views are consistent[/]: {_markup(record['source'])} holds a head of "
-                f"{_markup(record['head']['tree_size'])} entries signed {_markup(record['head']['timestamp'])}, "
-                + _markup(relation)
+                f"{_markup(head['tree_size'])} entries {_markup(when)}, " + _markup(relation)
             )
+
+
+def _witnesses(console: "Console", result: Any) -> None:
+    """Which witnesses cosigned the checkpoint (too few is a finding, printed with the others)."""
+    record = result.witnesses
+    if not record or not record["ok"]:
+        return
+    signed = ", ".join(record["signed_by"]) or "none"
+    missing = f"; not by {', '.join(record['missing'])}" if record["missing"] else ""
+    console.print(
+        f"[green]✓ witnessed[/]: the checkpoint of {_markup(record['checkpoint']['tree_size'])} entries is cosigned by "
+        f"{_markup(signed)} ({_markup(record['quorum'])} of {_markup(len(record['witnesses']))} required){_markup(missing)}"
+    )
 
 
 def _table(console: "Console", rows: list[dict[str, Any]], *, cvm_column: bool, long: bool) -> None:

@@ -19,7 +19,18 @@ What is checked, and why each check is needed:
   finding: the controller signed it, so it is evidence against the controller (or its host);
 * other views (``compare``): each auditor alone sees one consistent history, yet two copies of
   the controller's state may run side by side and show each its own. Another auditor's signed
-  head (a file, or another copy's URL) must be consistent with ours, both ways.
+  head (a file, or another copy's URL) must be consistent with ours, both ways;
+* witnesses (``witnesses``, ``--witness``): the controller's C2SP checkpoint must be cosigned by
+  enough of the witnesses the user names, and the head audited must be that checkpoint's tree or
+  proven to extend it, every round (:mod:`duet.client.audit_witness`): with a majority quorum, at
+  most one history of the controller can pass, whatever it shows others.
+
+The same audit runs from the controller's published tiles (``tiles``, ``--tiles``,
+:mod:`duet.client.audit_tiles`) without asking the controller anything: the head is the published
+checkpoint, every entry is proven by the authenticated tiles, a consistency proof is the root of
+the older tree computed from them, and a tile that fails is a finding naming its path. Blobs are
+not published, so evidence and outputs are then counted as not checked. Its last head and audit
+checkpoint are kept apart from a controller audit's, and each is held to the other's last head.
 
 The last-seen head is only replaced by a head proven consistent with it, so any two heads this
 auditor ever accepted describe one linear history. When that fails, both signed heads are kept
@@ -34,11 +45,12 @@ kept for display; what the rules keep grows with the number of CVMs (and owner r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -48,6 +60,7 @@ from typing import Any, Protocol
 import httpx
 
 from duet.attestation.bundle import CvmRoots
+from duet.client import audit_tiles, audit_witness
 from duet.client.audit_checkpoint import (
     Checkpoint,
     CheckpointStore,
@@ -56,6 +69,7 @@ from duet.client.audit_checkpoint import (
     encode_replay,
     fingerprint,
 )
+from duet.client.audit_tiles import TilesLedger, batches, decode_entry, tile_finding
 from duet.client.audit_tree import (
     MAX_BLOCKS,
     Frontier,
@@ -67,17 +81,21 @@ from duet.client.audit_tree import (
     TreeOracle,
     entry_leaf,
 )
+from duet.client.audit_witness import Head, NoteHead, Witnessed, WitnessPolicy, parse_note_head
+from duet.client.checkpoints import CheckpointHeadMismatch, check_checkpoint_matches_head
 from duet.client.evidence_check import recheck
-from duet.client.sdk import ConnectionFailed
+from duet.client.sdk import ApiError, ConnectionFailed
+from duet.client.tiles_source import TilesSource
 from duet.client.trust import (
     ControllerPin,
     unverified_ssl_context,
     user_state_dir,
     write_json_atomic,
 )
-from duet.errors import DuetError, VerificationError
+from duet.errors import ConfigError, DuetError, VerificationError
 from duet.ledger.heads import SignedHead, parse_head, verify_head
-from duet.ledger.merkle import verify_consistency
+from duet.ledger.merkle import leaf_hash, verify_consistency
+from duet.ledger.tiles import TiledLog, TileError
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import is_hex64, timestamp
 from duet.protocol.envelope import ANSWER_FIELDS, new_nonce, request_target, verify_answer
@@ -124,13 +142,15 @@ OUTPUT_CACHE = 4096
 
 
 class AuditSource(ProofSource, Protocol):
-    """What the auditor needs of a client; ``DuetClient`` is one."""
+    """What the auditor needs of a client; ``DuetClient`` is one. With ``--tiles`` only
+    ``pin()`` is used (the key pinned locally): nothing is asked of the controller."""
 
     url: str
     first_contact: bool
 
     def pin(self) -> ControllerPin: ...
     def blob(self, sha256: str) -> bytes: ...
+    def checkpoint(self, *, witnessed: bool = False) -> bytes: ...
 
 
 class CompareError(DuetError):
@@ -150,32 +170,49 @@ class Finding:
     message: str
     seq: int | None = None
     rule: bool = False
+    path: str | None = None
+    """``--tiles``: the tile or entry bundle that failed its check, by its path in the log."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "seq": self.seq, "rule": self.rule}
+        return {"code": self.code, "message": self.message, "seq": self.seq, "rule": self.rule, "path": self.path}
 
     def __str__(self) -> str:
         return (f"seq {self.seq}: " if self.seq is not None else "") + f"{self.message} ({self.code})"
 
 
-class HeadStore:
-    """The last signed head seen from each controller, in ``<state dir>/heads/<controller id>.json``."""
+CONTROLLER = "controller"
+TILES = "tiles"
+"""Where an audit reads the ledger from: the controller's API, or its published tiles (``--tiles``)."""
 
-    def __init__(self, directory: Path) -> None:
+
+class HeadStore:
+    """The last head seen from each controller, in ``<state dir>/heads/<controller id>.json``:
+    its signed head as the controller served it. The last checkpoint read from its published
+    tiles is kept apart, in ``<controller id>.tiles.json`` (``kind="tiles"``)."""
+
+    def __init__(self, directory: Path, *, kind: str = CONTROLLER) -> None:
+        if kind not in (CONTROLLER, TILES):
+            raise ValueError(f"a head store is of kind {CONTROLLER!r} or {TILES!r}")
         self.directory = directory / "heads"
+        self.kind = kind
 
     @classmethod
     def default(cls) -> HeadStore:
         return cls(user_state_dir())
 
+    def of_kind(self, kind: str) -> HeadStore:
+        """The store beside this one that keeps heads of ``kind``."""
+        return self if kind == self.kind else HeadStore(self.directory.parent, kind=kind)
+
     def _path(self, controller: str) -> Path:
         if not is_hex64(controller):
             raise VerificationError("a controller id is 64 lowercase hex characters", code="bad_controller_id")
-        return self.directory / f"{controller}.json"
+        return self.directory / (f"{controller}.json" if self.kind == CONTROLLER else f"{controller}.{self.kind}.json")
 
-    def last(self, controller: str) -> SignedHead | None:
+    def last(self, controller: str) -> Head | None:
         try:
-            return parse_head(json.loads(self._path(controller).read_text()))
+            data = json.loads(self._path(controller).read_text())
+            return parse_head(data) if self.kind == CONTROLLER else parse_note_head(data)
         except FileNotFoundError:
             return None
         except (ValueError, VerificationError):
@@ -185,10 +222,10 @@ class HeadStore:
                 code="bad_head_store",
             ) from None
 
-    def save(self, head: SignedHead) -> None:
+    def save(self, head: Head) -> None:
         self._write(self._path(head.controller), head.to_json())
 
-    def save_evidence(self, kind: str, previous: SignedHead, current: SignedHead, proof: list[str] | None = None) -> Path:
+    def save_evidence(self, kind: str, previous: Head, current: Head, proof: list[str] | None = None) -> Path:
         """Keep both signed heads: on their own they prove the controller's history forked."""
         stamp = timestamp().replace(":", "").replace(".", "")
         path = self.directory / f"{current.controller}.{kind}.{stamp}.json"
@@ -209,8 +246,10 @@ class AuditResult:
     url: str
     controller: str
     cvm: str | None
-    head: SignedHead | None = None
-    previous: SignedHead | None = None
+    head: Head | None = None
+    """The head this round verified: the controller's signed head, or with ``--tiles`` the
+    published checkpoint (a :class:`~duet.client.audit_witness.NoteHead`)."""
+    previous: Head | None = None
     entries: list[dict[str, Any]] = field(default_factory=list)
     """The entries shown this round, in order (verified or not: see ``bad_seqs``); only the last
     ``Auditor.timeline`` of them when more were checked (``checked`` says how many)."""
@@ -228,10 +267,18 @@ class AuditResult:
     start: int = 0
     """The ledger position this round started from: 0, or the size already verified (by an
     earlier round, or the checkpoint ``resumed``)."""
-    resumed: SignedHead | None = None
+    resumed: Head | None = None
     """The head of the checkpoint this audit went on from (None: it started from the first entry)."""
     notes: list[str] = field(default_factory=list)
     """What the user should know that is not a finding (e.g. why a checkpoint was not used)."""
+    read_from: str = CONTROLLER
+    """``controller`` (its API), or ``tiles`` (its published log at ``url``; the controller was
+    not contacted)."""
+    witnesses: dict[str, Any] | None = None
+    """With a witness policy: the checkpoint held to it, who cosigned it, who did not."""
+    not_checked: dict[str, int] = field(default_factory=dict)
+    """``--tiles``: what could not be checked, by kind (``evidence``: CVM attestations whose
+    evidence is not in the published log; ``outputs``, with ``--long``): not findings."""
 
     @property
     def ok(self) -> bool:
@@ -268,6 +315,9 @@ class AuditResult:
             "evidence": self.evidence,
             "first_contact": self.first_contact,
             "comparisons": self.comparisons,
+            "read_from": self.read_from,
+            "witnesses": self.witnesses,
+            "not_checked": dict(self.not_checked),
         }
 
 
@@ -311,6 +361,9 @@ class _Round:
     """The last entry of each CVM shown this round (on top of ``Auditor._last_by_cvm``)."""
     frontier: Frontier | None = None
     """Whole ledger: the frontier of the signed head, once the entries hashed to its root."""
+    unchecked_evidence: int = 0
+    unchecked_outputs: int = 0
+    """``--tiles``: CVM attestations whose evidence, and outputs, are not in the published log."""
 
 
 class Auditor:
@@ -327,6 +380,9 @@ class Auditor:
         from_start: bool = False,
         timeline: int | None = TIMELINE,
         progress: Callable[[int, int], None] | None = None,
+        witnesses: Sequence[str] | WitnessPolicy | None = None,
+        witness_quorum: int | None = None,
+        tiles: str | TilesSource | TilesLedger | None = None,
     ) -> None:
         """``cvm_roots``: the roots recorded CVM evidence must chain to (AMD's and Intel's by
         default; simulated ones only when the auditor passes them). ``from_start``: a
@@ -334,11 +390,40 @@ class Auditor:
         checkpoint kept by the last audit (and keeps a new one). ``timeline``: how many of a
         round's entries ``AuditResult.entries`` keeps, the last ones (None: all, which makes
         memory grow with the ledger). ``progress``: called with (entries done, entries in the
-        round) as pages are checked."""
+        round) as pages are checked.
+
+        ``witnesses`` (cosignature/v1 vkeys) and ``witness_quorum`` (default: all of them): each
+        round also holds a checkpoint of the controller to this policy, and the head it audits
+        to that checkpoint (:mod:`duet.client.audit_witness`). ``tiles``: read the ledger from
+        its published tiles at this URL (or source), never from the controller; ``source`` is
+        then asked only for the key pinned locally (:mod:`duet.client.audit_tiles`). Raises
+        ``ConfigError`` for a witness policy that cannot work."""
         self.source = source
         self.cvm_roots = cvm_roots or CvmRoots()
-        self.store = store
-        self.checkpoints = CheckpointStore(store.directory.parent)
+        if witnesses is None or isinstance(witnesses, WitnessPolicy):
+            if witnesses is None and witness_quorum is not None:
+                raise ConfigError("--witness-quorum needs at least one --witness VKEY", code="bad_quorum")
+            self.witnesses = witnesses
+        else:
+            vkeys = list(witnesses)
+            if not vkeys and witness_quorum is None:
+                self.witnesses = None
+            else:
+                self.witnesses = WitnessPolicy.from_vkeys(vkeys, witness_quorum)
+        if tiles is None or isinstance(tiles, TilesLedger):
+            self._tiles = tiles
+        elif isinstance(tiles, str):
+            self._tiles = TilesLedger.at(tiles)
+        else:
+            self._tiles = TilesLedger(tiles)
+        self._log: TiledLog | None = None
+        """``--tiles``: the published log at the head of the current round."""
+        self.kind = CONTROLLER if self._tiles is None else TILES
+        self._who = "the controller" if self._tiles is None else "the published log"
+        # A tiles audit keeps its own last head and audit checkpoint (docs/audit.md, "--tiles").
+        self.store = store.of_kind(self.kind)
+        self._other_store = store.of_kind(TILES if self.kind == CONTROLLER else CONTROLLER)
+        self.checkpoints = CheckpointStore(store.directory.parent, kind=self.kind)
         self.cvm = cvm
         self.long = long
         self.from_start = from_start
@@ -365,11 +450,24 @@ class Auditor:
 
     def audit(self) -> AuditResult:
         """Check the head and every entry shown (all of them, or all of one CVM's); a whole-ledger
-        audit goes on from the checkpoint kept by the last one, unless ``from_start``."""
+        audit goes on from the checkpoint kept by the last one, unless ``from_start``. Then the
+        head is held to the last one seen the other way (from the controller, or its tiles)."""
         self.verified_size, self._frontier, self._last_by_cvm = 0, Frontier(), {}
         self._replay, self._fresh, self._snapshot = None, True, None
         self._resume, self._clean, self._saved = self.cvm is None and not self.from_start, True, 0
-        return self.follow()
+        result = self.follow()
+        if self.witnesses is not None:
+            result.notes[:0] = self.witnesses.notes
+        try:
+            self._cross_check(result)
+        except TileError as exc:
+            result.findings.append(_tile_finding(exc))
+        return result
+
+    def close(self) -> None:
+        """Close the tiles source this auditor opened (``tiles`` given as a URL)."""
+        if self._tiles is not None:
+            self._tiles.close()
 
     def follow(self) -> AuditResult:
         """Check a fresh head and the entries that appeared since the last round.
@@ -379,28 +477,50 @@ class Auditor:
         replay advances with ``verified_size``, so each entry is fed once, in order, and a
         rule violation is reported in the round that shows it (``audit`` reports it again)."""
         pin = self.source.pin()
-        result = AuditResult(self.source.url, pin.controller, self.cvm, first_contact=self.source.first_contact)
+        if self._tiles is not None:
+            result = AuditResult(self._tiles.location, pin.controller, self.cvm, read_from=TILES)
+        else:
+            result = AuditResult(self.source.url, pin.controller, self.cvm, first_contact=self.source.first_contact)
+        self._log = None
         try:
-            head = verify_head(self.source.get("/v1/ledger/head"), controller=pin.controller, public_key=pin.public_key())
-        except VerificationError as exc:
-            result.findings.append(Finding(exc.code, exc.message))
+            self._round(pin, result)
+        except TileError as exc:  # a tile needed to prove a head consistent with an earlier one
+            result.findings.append(_tile_finding(exc))
             self._clean = False
-            return result
+        return result
+
+    def _round(self, pin: ControllerPin, result: AuditResult) -> None:
+        head, witnessed = self._head(pin, result)
+        if head is None:
+            self._clean = False
+            return
         result.head = head
         result.previous = self.store.last(pin.controller)
         if result.previous is not None and not self._extends(result.previous, head, result):
             self._clean = False
-            return result
+            return
+        if not result.ok:  # the head is the controller's, but it failed the witness policy: not adopted
+            self._clean = False
+            return
+        if witnessed is not None and isinstance(head, SignedHead):
+            if not self._tie(witnessed.head, head, result):
+                self._clean = False
+                return
+            if witnessed.head.tree_size < head.tree_size:
+                result.notes.append(
+                    f"the witnesses cosigned the checkpoint of the first {witnessed.head.tree_size:,} of the "
+                    f"{head.tree_size:,} entries (the newest one they cosigned); the head is proven to extend it"
+                )
         if self._resume:  # before the head is adopted: it must extend the checkpoint's too
             self._resume = False
             if not self._resume_from_checkpoint(pin, head, result):
                 self._clean = False
-                return result
+                return
         self.store.save(head)
         if head.tree_size < self.verified_size:  # cannot happen after a consistent head; belt and braces
             result.findings.append(Finding("ledger_shrank", "the ledger is smaller than in the previous round"))
             self._clean = False
-            return result
+            return
         if self._replay is None:
             # The whole ledger names its owner sets itself (``controller.owners``); one CVM's
             # entries do not, so they are held to the owner set of the attested identity.
@@ -408,12 +528,107 @@ class Auditor:
             self._fresh, self._snapshot = True, None
         rnd = _Round(self.verified_size, deque(maxlen=self.timeline), expected=self.verified_size)
         result.start = rnd.start
-        if self.cvm is None:
+        if self._log is not None:
+            self._check_tiles(self._log, head, rnd)
+        elif self.cvm is None:
             self._check_ledger(head, rnd)
         else:
             self._check_cvm(head, rnd)
         self._finish(head, rnd, result)
-        return result
+
+    # --- the head of a round, and the witnesses ------------------------------------------
+
+    def _head(self, pin: ControllerPin, result: AuditResult) -> tuple[Head | None, Witnessed | None]:
+        """The head this round audits against (None, with a finding, when none verifies), and
+        the checkpoint held to the witness policy, if there is one."""
+        if self._tiles is not None:
+            try:
+                witnessed = self._tiles.read(pin, self.witnesses)
+            except VerificationError as exc:
+                result.findings.append(
+                    Finding(
+                        exc.code,
+                        f"the checkpoint published at {self._tiles.location} is not one the pinned controller signed: {exc.message}",
+                    )
+                )
+                return None, None
+            self._witnessing(witnessed, result)
+            result.head = witnessed.head
+            self._log = self._tiles.open(witnessed.head)  # the right edge against the root; TileError: a finding
+            return witnessed.head, witnessed
+        checkpoint = self._checkpoint(pin, result) if self.witnesses is not None else None
+        try:
+            head = verify_head(self.source.get("/v1/ledger/head"), controller=pin.controller, public_key=pin.public_key())
+        except VerificationError as exc:
+            result.findings.append(Finding(exc.code, exc.message))
+            return None, checkpoint
+        return head, checkpoint
+
+    def _checkpoint(self, pin: ControllerPin, result: AuditResult) -> Witnessed | None:
+        """The controller's checkpoint held to the witness policy, fetched before its head (so
+        the head is at least as large). With a quorum, the newest checkpoint the controller
+        says its witnesses cosigned, else its latest; the better of the two when neither meets
+        the policy. None (with a finding) when the controller serves none that it signed."""
+        policy = self.witnesses
+        assert policy is not None
+        best: Witnessed | None = None
+        refused: Finding | None = None
+        for served in ("witnessed", "latest") if policy.quorum else ("latest",):
+            try:
+                note = self.source.checkpoint(witnessed=served == "witnessed")
+                found = policy.check(note, pin.controller, pin.public_key(), served=served)
+            except ApiError as exc:  # a signed refusal: e.g. no witnessed checkpoint kept yet
+                refused = Finding(exc.code, f"the controller served no {served} checkpoint: {exc.message}")
+                continue
+            except VerificationError as exc:
+                result.findings.append(Finding(exc.code, f"the controller's checkpoint does not verify: {exc.message}"))
+                return None
+            if found.refusal is None:
+                best = found
+                break
+            if best is None or len(found.signed_by) > len(best.signed_by):
+                best = found
+        if best is None:
+            result.findings.append(refused or Finding("no_checkpoint", "the controller served no checkpoint"))
+            return None
+        self._witnessing(best, result)
+        return best
+
+    def _witnessing(self, witnessed: Witnessed, result: AuditResult) -> None:
+        """Report who cosigned; too few is a finding (the head is then not adopted)."""
+        if self.witnesses is None:
+            return
+        result.witnesses = self.witnesses.record(witnessed)
+        if witnessed.refusal is not None:
+            result.findings.append(Finding(witnessed.refusal.code, witnessed.refusal.message))
+
+    def _tie(self, checkpoint: NoteHead, head: SignedHead, result: AuditResult) -> bool:
+        """The witnessed checkpoint must be the tree of the signed head this round audits, or a
+        prefix of it the controller proves; else both are kept as evidence of two trees."""
+        served: list[str] | None = None
+        proof: list[bytes] | None = [] if checkpoint.tree_size == 0 else None
+        refusal = ""
+        if 0 < checkpoint.tree_size < head.tree_size:
+            try:
+                answer = self.source.get("/v1/ledger/proof/consistency", first=checkpoint.tree_size, second=head.tree_size)
+            except DuetError as exc:
+                answer, refusal = None, f" (the controller refused the proof: {exc.message})"
+            if isinstance(answer, dict) and (answer.get("first"), answer.get("second")) == (
+                checkpoint.tree_size,
+                head.tree_size,
+            ):
+                served = answer.get("proof") if isinstance(answer.get("proof"), list) else None
+                proof = _hashes(served)
+        try:
+            check_checkpoint_matches_head(checkpoint.checkpoint(), head, proof=proof)
+        except CheckpointHeadMismatch as exc:
+            earlier, later = (checkpoint, head) if checkpoint.tree_size <= head.tree_size else (head, checkpoint)
+            result.evidence = str(self.store.save_evidence("fork", earlier, later, served))
+            result.findings.append(Finding(exc.code, f"{exc.message}{refusal}. Both are kept as evidence in {result.evidence}"))
+            return False
+        return True
+
+    # --- other views -------------------------------------------------------------------
 
     def compare(self, view: OtherView, result: AuditResult) -> None:
         """Check the head this audit verified against another view's signed head, both ways.
@@ -421,15 +636,15 @@ class Auditor:
         Both heads must be signed with the pinned key, and the smaller must be a prefix of the
         larger: same size, same root; else a consistency proof from whoever holds the larger
         one. Anything else is a ``fork`` finding with both signed heads kept as evidence."""
-        ours = result.head
-        if ours is None:
+        if result.head is None:
             return  # no verified head to compare with; the audit's own finding says why
         pin = self.source.pin()
-        record: dict[str, Any] = {"source": view.where, "head": None, "consistent": False, "relation": None, "evidence": None}
-        result.comparisons.append(record)
         try:
             other = verify_head(_head_data(view, pin), controller=pin.controller, public_key=pin.public_key())
         except VerificationError as exc:
+            result.comparisons.append(
+                {"source": view.where, "head": None, "consistent": False, "relation": None, "evidence": None}
+            )
             result.findings.append(
                 Finding(
                     "compare_bad_signature",
@@ -437,10 +652,22 @@ class Auditor:
                 )
             )
             return
-        record["head"] = other.to_json()
+        self._compare_head(view, other, result)
+
+    def _compare_head(self, view: OtherView, other: Head, result: AuditResult) -> None:
+        ours = result.head
+        assert ours is not None
+        record: dict[str, Any] = {
+            "source": view.where,
+            "head": other.to_json(),
+            "consistent": False,
+            "relation": None,
+            "evidence": None,
+        }
+        result.comparisons.append(record)
         relation, problem, proof = self._relate(ours, other, view)
         if problem is None:
-            record.update(consistent=True, relation=relation)
+            record.update(consistent=True, relation=relation, proven_by=self._who if relation == "prefix" else view.where)
             return
         earlier, later = (other, ours) if other.tree_size <= ours.tree_size else (ours, other)
         record["evidence"] = str(self.store.save_evidence("fork", earlier, later, proof))
@@ -448,7 +675,35 @@ class Auditor:
             Finding("fork", f"FORK: {problem}. Both signed heads are kept as evidence in {record['evidence']}")
         )
 
-    def _relate(self, ours: SignedHead, other: SignedHead, view: OtherView) -> tuple[str | None, str | None, list[str] | None]:
+    def _cross_check(self, result: AuditResult) -> None:
+        """Hold the head this audit verified to the last one seen the other way: from the
+        controller's API when reading its tiles, from its tiles when reading its API. The two
+        are kept apart (docs/audit.md) but describe one log: a controller that shows its API's
+        users one history and publishes another is caught here, both heads kept as evidence.
+
+        A published log behind the controller's head cannot prove it is a prefix of it (only
+        the controller gives consistency proofs for older sizes): that is said, not found."""
+        ours = result.head
+        if ours is None or not result.ok:
+            return
+        other = self._other_store.last(result.controller)
+        if other is None:
+            return
+        if self._tiles is not None and other.tree_size > ours.tree_size:
+            result.notes.append(
+                f"the published log ({ours.tree_size:,} entries) is behind the head of {other.tree_size:,} entries you "
+                "verified from the controller; that they agree is checked once the published log reaches it "
+                "(or by an audit from the controller)"
+            )
+            return
+        where = (
+            "the last head you verified from the controller's API"
+            if self._tiles is not None
+            else "the last checkpoint you verified from the controller's published tiles"
+        )
+        self._compare_head(OtherView(where, other.to_json()), other, result)
+
+    def _relate(self, ours: Head, other: Head, view: OtherView) -> tuple[str | None, str | None, list[str] | None]:
         """How ``other`` relates to ``ours``: (relation, None, proof) or (None, what is wrong, proof)."""
         if other.tree_size == ours.tree_size:
             if other.root_hash == ours.root_hash:
@@ -463,7 +718,7 @@ class Auditor:
                 None,
             )
         if other.tree_size < ours.tree_size:
-            proven, proof, refusal = _proven_extension(self.source, other, ours, "the controller")
+            proven, proof, refusal = self._prove_extension(other, ours)
             if proven:
                 return "prefix", None, proof
             return (
@@ -498,18 +753,35 @@ class Auditor:
 
     # --- heads -------------------------------------------------------------------------
 
-    def _extends(self, previous: SignedHead, head: SignedHead, result: AuditResult) -> bool:
+    def _prove_extension(self, older: Head, newer: Head) -> tuple[bool, list[str] | None, str]:
+        """Whether ``newer`` (this round's head) extends ``older``: a consistency proof from the
+        controller, or with ``--tiles`` the root of the first ``older.tree_size`` entries,
+        computed from the authenticated tiles (raises ``TileError`` for a tile that is not)."""
+        if self._tiles is None:
+            return _proven_extension(self.source, older, newer, "the controller")
+        log = self._log
+        if log is None or newer.tree_size != log.size or older.tree_size > log.size:
+            return False, None, "; the published log does not reach that size"
+        return log.root_at(older.tree_size) == older.root, None, ""
+
+    def _extends(self, previous: Head, head: Head, result: AuditResult) -> bool:
         """Whether ``head`` extends ``previous`` (a head this auditor accepted); if not, a
         finding, with both signed heads kept as evidence."""
         if head.tree_size < previous.tree_size:
             result.evidence = str(self.store.save_evidence("rollback", previous, head))
-            result.findings.append(
-                Finding(
-                    "ledger_shrank",
-                    f"ROLLBACK: the controller now shows {head.tree_size} ledger entries, but on {previous.timestamp} it "
-                    f"signed a head of {previous.tree_size}; its history was rolled back or rewritten. "
-                    f"Both signed heads are kept as evidence in {result.evidence}",
+            if self._tiles is not None:
+                message = (
+                    f"ROLLBACK: the published log now shows {head.tree_size} ledger entries, but on {previous.timestamp} "
+                    f"it showed a checkpoint of {previous.tree_size} the controller signed: the published log was rolled "
+                    "back, or this is a stale copy of it"
                 )
+            else:
+                message = (
+                    f"ROLLBACK: the controller now shows {head.tree_size} ledger entries, but on {previous.timestamp} it "
+                    f"signed a head of {previous.tree_size}; its history was rolled back or rewritten"
+                )
+            result.findings.append(
+                Finding("ledger_shrank", f"{message}. Both signed heads are kept as evidence in {result.evidence}")
             )
             return False
         if head.tree_size == previous.tree_size:
@@ -525,7 +797,7 @@ class Auditor:
                 )
             )
             return False
-        proven, proof, refusal = _proven_extension(self.source, previous, head, "the controller")
+        proven, proof, refusal = self._prove_extension(previous, head)
         if proven:
             return True
         result.evidence = str(self.store.save_evidence("inconsistent", previous, head, proof))
@@ -543,10 +815,14 @@ class Auditor:
 
     def _fingerprint(self) -> str:
         if self._print is None:
-            self._print = fingerprint(self.cvm_roots, __file__)
+            sources = (__file__, audit_tiles.__file__, audit_witness.__file__)
+            if self.kind == CONTROLLER:
+                self._print = fingerprint(self.cvm_roots, *sources)
+            else:  # no evidence is checked (so the roots do not matter), and never one a controller audit goes on from
+                self._print = hashlib.sha256(f"{self.kind}\n{fingerprint(CvmRoots(), *sources)}".encode()).hexdigest()
         return self._print
 
-    def _resume_from_checkpoint(self, pin: ControllerPin, head: SignedHead, result: AuditResult) -> bool:
+    def _resume_from_checkpoint(self, pin: ControllerPin, head: Head, result: AuditResult) -> bool:
         """Go on from the checkpoint the last clean audit kept, if there is a usable one. False
         (with a finding) when the controller's head does not extend the checkpoint's."""
         try:
@@ -570,7 +846,7 @@ class Auditor:
         result.resumed = kept
         return True
 
-    def _save_checkpoint(self, head: SignedHead, result: AuditResult) -> None:
+    def _save_checkpoint(self, head: Head, result: AuditResult) -> None:
         assert self._replay is not None
         encoded = encode_replay(self._replay)
         checkpoint = Checkpoint(head, self._frontier.copy(), dict(self._last_by_cvm), encoded, self._fingerprint())
@@ -583,8 +859,15 @@ class Auditor:
 
     # --- a round -----------------------------------------------------------------------
 
-    def _finish(self, head: SignedHead, rnd: _Round, result: AuditResult) -> None:
+    def _finish(self, head: Head, rnd: _Round, result: AuditResult) -> None:
         result.checked = rnd.shown
+        if rnd.unchecked_evidence or rnd.unchecked_outputs:
+            result.not_checked = {"evidence": rnd.unchecked_evidence, "outputs": rnd.unchecked_outputs}
+            result.notes.append(
+                f"not checked: the evidence of {rnd.unchecked_evidence} CVM attestation(s) and {rnd.unchecked_outputs} "
+                "output(s); the published log holds the entries, not the blobs they name (an audit from the controller "
+                "checks them)"
+            )
         result.entries = [entry for entry, _ in rnd.rows]
         result.modes = [mode for _, mode in rnd.rows]
         result.findings += rnd.findings + rnd.chain
@@ -600,7 +883,7 @@ class Auditor:
             self._replay = None if self._fresh else decode_replay(self._snapshot)
         bad = result.bad_seqs
         result.findings += [finding for finding in rnd.outputs if finding.seq not in bad]
-        if self.long:
+        if self.long and self._tiles is None:
             result.outputs = self._outputs_shown(result.entries, rnd.texts, bad)
         if not result.ok:
             self._clean = False
@@ -621,9 +904,15 @@ class Auditor:
             rnd.rules += [Finding(v.code, v.message, v.seq, rule=True) for v in replay.apply(entry)]
             event = entry.get("event")
             if event == lc.CVM_ATTESTED and entry.get("ok") is True:
-                self._check_evidence(rnd, entry)
+                if self._tiles is None:
+                    self._check_evidence(rnd, entry)
+                else:
+                    rnd.unchecked_evidence += 1
             elif event == lc.COMMAND_FINISHED and self.long:
-                self._check_outputs(rnd, entry)
+                if self._tiles is None:
+                    self._check_outputs(rnd, entry)
+                else:
+                    rnd.unchecked_outputs += sum(isinstance(entry.get(f"{s}_sha256"), str) for s in ("stdout", "stderr"))
         rnd.rows.append((entry, mode_label(replay, entry)))
 
     def _show(self, rnd: _Round, entry: Any) -> None:
@@ -676,19 +965,26 @@ class Auditor:
     def _prefetched(self, start: int, end: int, *, report: bool = True) -> Generator[tuple[list[Any], int], None, None]:
         """The pages of ``[start, end)``, the next one fetched while this one is checked (the
         controller signs and sends while the auditor hashes); ``report``: progress after each."""
+        return self._streamed(self._pages(start, end, None), start, end, report=report)
+
+    def _streamed(
+        self, pages: Iterable[tuple[list[Any], int]], start: int, end: int, *, report: bool = True
+    ) -> Generator[tuple[list[Any], int], None, None]:
+        """``pages`` (each a list and the position after it) read ahead in a thread when there
+        is more than one page of ``[start, end)``: the next page is read while this one is checked."""
         if end - start <= PAGE:
-            for entries, stop in self._pages(start, end, None):
+            for entries, stop in pages:
                 yield entries, stop
                 if report:
                     self._report(stop - start, end - start)
             return
-        pages: queue.Queue[Any] = queue.Queue(maxsize=2)
+        queued: queue.Queue[Any] = queue.Queue(maxsize=2)
         stopping = threading.Event()
 
         def put(item: Any) -> bool:
             while not stopping.is_set():
                 try:
-                    pages.put(item, timeout=0.1)
+                    queued.put(item, timeout=0.1)
                     return True
                 except queue.Full:
                     continue
@@ -696,7 +992,7 @@ class Auditor:
 
         def produce() -> None:
             try:
-                for page in self._pages(start, end, None):
+                for page in pages:
                     if not put(page):
                         return
                 put(None)
@@ -707,7 +1003,7 @@ class Auditor:
         worker.start()
         try:
             while True:
-                item = pages.get()
+                item = queued.get()
                 if item is None:
                     return
                 if isinstance(item, BaseException):
@@ -721,7 +1017,7 @@ class Auditor:
 
     # --- the whole ledger --------------------------------------------------------------
 
-    def _check_ledger(self, head: SignedHead, rnd: _Round) -> None:
+    def _check_ledger(self, head: Head, rnd: _Round) -> None:
         """Hash the new entries onto the verified frontier: their root must be the signed one.
         Proves all of them, in order, with nothing missing, in memory that does not grow."""
         end, position = head.tree_size, rnd.start
@@ -792,9 +1088,49 @@ class Auditor:
         if position != hi:
             raise Refetched(f"asked again for entries {lo} to {hi - 1}, the controller served fewer")
 
+    # --- the published tiles (--tiles) ---------------------------------------------------
+
+    def _check_tiles(self, log: TiledLog, head: Head, rnd: _Round) -> None:
+        """The entries from ``rnd.start`` on, read from the published tiles: each is proven by
+        ``TiledLog`` (its leaf hash in an authenticated tile) before it is given, so a tile or
+        bundle that does not match is a finding naming its path, and none can be left out.
+        The whole ledger's entries are also hashed onto the verified frontier (kept for the next
+        audit); one CVM's are those of the stream that name it (a bucket has no index by CVM)."""
+        end, position = head.tree_size, rnd.start
+        frontier = self._frontier.copy() if self.cvm is None else None
+        try:
+            with closing(self._streamed(batches(log, rnd.start, end, PAGE), rnd.start, end)) as pages:
+                for datas, _ in pages:
+                    for data in datas:
+                        if frontier is not None:
+                            frontier.append(leaf_hash(data))
+                        entry = decode_entry(data)
+                        seq = entry.get("seq") if isinstance(entry, dict) else None
+                        if seq != position:
+                            self._show(rnd, entry)
+                            rnd.findings.append(
+                                Finding(
+                                    "entry_misplaced",
+                                    f"entry {position} of the signed log says it is seq {seq!r}: entries are out of place",
+                                    position,
+                                )
+                            )
+                            return
+                        if self.cvm is None or entry.get("cvm") == self.cvm:
+                            self._take(rnd, entry)
+                        position += 1
+        except TileError as exc:
+            rnd.findings.append(_tile_finding(exc))
+            return
+        if frontier is not None:
+            if frontier.root() != head.root:  # TiledLog proved each entry: only a bug gets here
+                rnd.findings.append(Finding("root_mismatch", "the published entries do not hash to the checkpoint's root"))
+                return
+            rnd.frontier = frontier
+
     # --- one CVM -----------------------------------------------------------------------
 
-    def _check_cvm(self, head: SignedHead, rnd: _Round) -> None:
+    def _check_cvm(self, head: Head, rnd: _Round) -> None:
         """The CVM's entries from ``rnd.start`` on, each proven in the signed tree.
 
         Page by page of the CVM's entries: where they are dense, the range of the ledger that
@@ -992,6 +1328,11 @@ class Auditor:
         return shown
 
 
+def _tile_finding(exc: TileError) -> Finding:
+    code, message, path, seq = tile_finding(exc)
+    return Finding(code, message, seq, path=path)
+
+
 def _proof_finding(oracle: TreeOracle, seq: int, leaf: bytes, event: Any) -> Finding | None:
     """What is wrong with entry ``seq`` (hashing to ``leaf``) given its inclusion proof, if anything."""
     if not 0 <= seq < oracle.size:
@@ -1009,7 +1350,7 @@ def _proofs(oracle: TreeOracle, jobs: list[tuple[int, bytes, Any]], pool: Thread
     return [finding for finding in pool.map(lambda job: _proof_finding(oracle, *job), jobs) if finding is not None]
 
 
-def _proven_extension(source: ProofSource, older: SignedHead, newer: SignedHead, who: str) -> tuple[bool, list[str] | None, str]:
+def _proven_extension(source: ProofSource, older: Head, newer: Head, who: str) -> tuple[bool, list[str] | None, str]:
     """Ask ``source`` for the consistency proof from ``older`` to ``newer`` and check it against
     both signed roots. Returns whether it holds, the proof as served (kept as evidence), and
     why none was given (empty when one was)."""

@@ -33,8 +33,9 @@ from duet import __version__
 from duet.attestation.bundle import CvmRoots
 from duet.client import audit_tree
 from duet.client.audit_tree import Frontier
+from duet.client.audit_witness import Head, verify_any_head
+from duet.errors import VerificationError
 from duet.keys import PublicKey
-from duet.ledger.heads import SignedHead, parse_head, verify_head
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import is_hex64
 
@@ -165,7 +166,8 @@ def _roots_id(roots: CvmRoots) -> str:
 class Checkpoint:
     """The verified state after the first ``head.tree_size`` entries of one controller's ledger."""
 
-    head: SignedHead
+    head: Head
+    """The controller's signed head, or (a tiles audit) the checkpoint note it published."""
     frontier: Frontier
     last_by_cvm: dict[str | None, int]
     replay: dict[str, Any]
@@ -190,10 +192,10 @@ class Checkpoint:
         if data.get("fingerprint") != fingerprint:
             raise CheckpointUnusable("it was made by another version of the rules or with other CVM roots")
         try:
-            head = verify_head(parse_head(data.get("head")).to_json(), controller=controller, public_key=public_key)
+            head = verify_any_head(data.get("head"), controller=controller, public_key=public_key)
             frontier = Frontier.from_json(head.tree_size, data.get("frontier"))
             last = {cvm: seq for cvm, seq in data["last_by_cvm"]}
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, VerificationError) as exc:
             raise CheckpointUnusable(f"it is damaged ({exc})") from None
         if frontier.root() != head.root:
             raise CheckpointUnusable("its frontier does not hash to its head's root")
@@ -203,15 +205,17 @@ class Checkpoint:
 
 
 class CheckpointStore:
-    """``<state dir>/audits/<controller id>.json``: one checkpoint per controller."""
+    """``<state dir>/audits/<controller id>.json``: one checkpoint per controller; those of
+    audits from its published tiles apart, in ``<controller id>.tiles.json`` (``kind="tiles"``)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, kind: str = "controller") -> None:
         self.directory = state_dir / "audits"
+        self.kind = kind
 
     def path(self, controller: str) -> Path:
         if not is_hex64(controller):
             raise ValueError("a controller id is 64 lowercase hex characters")
-        return self.directory / f"{controller}.json"
+        return self.directory / (f"{controller}.json" if self.kind == "controller" else f"{controller}.{self.kind}.json")
 
     def read(self, controller: str) -> Any | None:
         """The stored JSON, None when there is none; raises CheckpointUnusable when unreadable."""
