@@ -194,6 +194,4 @@ def verify_bundle(bundle: EvidenceBundle, *, roots: CvmRoots, now: datetime, exp
         )
     from duet.attestation.tdx.verify import verify_tdx_quote
 
-    if roots.intel is None:
-        return verify_tdx_quote(bundle.blobs["outblob"], now=now)
     return verify_tdx_quote(bundle.blobs["outblob"], trusted_root_keys=roots.intel, now=now)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from uvicorn.server import ServerState
 
     from duet.controller.settings import Settings
+    from duet.witness import ServeSettings
 
 log = logging.getLogger("duet.controller.limits")
 
@@ -59,7 +60,8 @@ class Limits:
     tls_handshake_timeout_s: float
 
     @classmethod
-    def of(cls, settings: Settings) -> Limits:
+    def of(cls, settings: Settings | ServeSettings) -> Limits:
+        """The limits of a controller's or a witness's settings (the same fields in both)."""
         return cls(
             max_header_bytes=settings.max_header_bytes,
             max_header_count=settings.max_header_count,

@@ -138,13 +138,19 @@ def public_cvm(cvm: CvmFacts, machine: Machine | None) -> dict[str, Any]:
     }
 
 
+_ATTESTATION_SHOWN = (
+    "ok", "kind", "simulated", "time", "seq", "measurements", "tcb", "debug", "migration_allowed", "signer",
+    "vm_id", "step", "code", "reason", "evidence_sha256",
+)  # fmt: skip
+"""The fields of the last ``cvm.attested`` entry that the state and list answers show."""
+
+
 def attestation_summary(cvm: CvmFacts) -> dict[str, Any]:
     """What users see of a CVM's attestation: required or not, and its last verdict."""
     last = cvm.attested
     summary: dict[str, Any] = {"required": cvm.attestation == lc.ATTESTATION_REQUIRED, "valid_until": cvm.attested_until}
     if last is not None:
-        keep = ("ok", "kind", "simulated", "time", "seq", "measurements", "tcb", "debug", "migration_allowed", "signer")
-        summary["last"] = {key: last[key] for key in (*keep, "vm_id", "step", "code", "reason", "evidence_sha256") if key in last}
+        summary["last"] = {key: last[key] for key in _ATTESTATION_SHOWN if key in last}
     return summary
 
 

@@ -380,17 +380,7 @@ def serve(state: WitnessState, logs: Mapping[str, Sequence[NoteVerifier]], setti
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float is fine for call_later
         **tls,  # type: ignore[arg-type]
     )
-    limits = Limits(
-        max_header_bytes=settings.max_header_bytes,
-        max_header_count=settings.max_header_count,
-        max_request_line_bytes=settings.max_request_line_bytes,
-        header_timeout_s=settings.header_timeout_s,
-        idle_timeout_s=settings.idle_timeout_s,
-        keep_alive_timeout_s=settings.keep_alive_timeout_s,
-        max_connections=settings.max_connections,
-        max_connections_per_address=settings.max_connections_per_address,
-        tls_handshake_timeout_s=settings.tls_handshake_timeout_s,
-    )
+    limits = Limits.of(settings)
     log.info("witness %s, vkey %s", state.name, state.vkey)
     for origin in logs:
         latest = state.latest(origin)
