@@ -11,6 +11,7 @@ import typer
 
 from duet.cli import output
 from duet.cli.context import CliContext
+from duet.cli.proposals import exit_if_proposed
 from duet.protocol import lifecycle as lc
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def start(
         if provider is not None and provider not in PROVIDERS:
             raise output.UsageError(f"unknown provider {provider!r}; use {', '.join(PROVIDERS)}", code="bad_provider")
         accepted = client.start(cvm_type, provider=provider)
+        exit_if_proposed(context, accepted)
         if no_wait:
             output.emit(
                 context,
@@ -80,6 +82,7 @@ def run(
         if not commands:
             raise output.UsageError("no command given: duet cvm run ID -- CMD, or --cmd CMD", code="no_command")
         result = client.run(cvm_id, commands, timeout_s=timeout, output_limit=output_limit)
+        exit_if_proposed(context, result)
         output.emit(context, result, lambda console: _render_results(console, result["results"]))
         if any(item["exit_status"] != 0 for item in result["results"]):
             raise typer.Exit(output.EXIT_REFUSED)
@@ -100,6 +103,7 @@ def mark(
         if mode not in MODES:
             raise output.UsageError(f"unknown mode {mode!r}; use in-service or in-update", code="bad_mode")
         result = client.mark(cvm_id, mode, final=final)
+        exit_if_proposed(context, result)
         output.emit(
             context,
             result,
@@ -169,6 +173,7 @@ def stop(
     context: CliContext = ctx.obj
     with output.errors(context), context.client(owner=True) as client:
         accepted = client.stop(cvm_id)
+        exit_if_proposed(context, accepted)
         job = _wait(context, client, accepted["job_id"], f"Stopping CVM {_short(cvm_id)}…")
         if job["status"] != "succeeded":
             raise _job_error(job)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from duet.cli import audit, cvm, output, verify
+from duet.cli import audit, cvm, output, proposals, verify
 from duet.cli import witness as witness_cli
 from duet.cli.context import CliContext
 from duet.controller.settings import Settings  # the server's defaults, stated once
@@ -37,6 +37,12 @@ def _mount_evidence() -> None:
 _mount_evidence()
 app.command("audit")(audit.audit)
 app.command("verify")(verify.verify)
+app.command("proposals")(proposals.proposals)  # docs/approvals.md
+app.command("approve")(proposals.approve)
+app.command("reject")(proposals.reject)
+app.command("withdraw")(proposals.withdraw)
+app.add_typer(proposals.owners_app, name="owners")
+app.add_typer(proposals.policy_app, name="policy")
 
 
 @app.command(
@@ -213,6 +219,16 @@ def controller_serve(
         Optional[Path],
         typer.Option(help="The CVM policy (TOML, docs/policy.md): measurements, minimum TCB, debug, migration, evidence age."),
     ] = None,
+    approval_policy: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="The approval policy (TOML, docs/approvals.md): how many distinct owners must sign each operation. "
+            "Pinned at first start; later starts take it from sealed state (changed only by a governed policy.change).",
+        ),
+    ] = None,
+    proposal_sweep: Annotated[
+        float, typer.Option(help="Seconds between two passes recording expired proposals.")
+    ] = Settings.proposal_sweep_s,
     no_cvm_attestation: Annotated[
         bool,
         typer.Option(
@@ -304,6 +320,8 @@ def controller_serve(
         output_prune_interval_s=output_prune_interval,
         seed_state_max_bytes=seed_state_max_bytes,
         cvm_policy=cvm_policy,
+        approval_policy=approval_policy,
+        proposal_sweep_s=proposal_sweep,
         cvm_attestation=not no_cvm_attestation,
         trust_simulated_cvm=trust_simulated_cvm,
         witnesses=witnesses,

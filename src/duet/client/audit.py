@@ -97,8 +97,10 @@ from duet.ledger.heads import SignedHead, parse_head, verify_head
 from duet.ledger.merkle import leaf_hash, verify_consistency
 from duet.ledger.tiles import TiledLog, TileError
 from duet.protocol import lifecycle as lc
+from duet.protocol.approvals import ApprovalPolicy
 from duet.protocol.canonical import is_hex64, timestamp
 from duet.protocol.envelope import ANSWER_FIELDS, new_nonce, request_target, verify_answer
+from duet.protocol.rules import RulesReplay
 
 __all__ = [
     "AuditResult",
@@ -436,7 +438,7 @@ class Auditor:
         self._frontier = Frontier()
         """Whole ledger: the frontier of the first ``verified_size`` entries, computed here."""
         self._last_by_cvm: dict[str | None, int] = {}
-        self._replay: lc.LifecycleReplay | None = None
+        self._replay: RulesReplay | None = None
         """The lifecycle replayed over exactly the verified entries [0, verified_size) shown."""
         self._fresh = True
         """``_replay`` has been fed nothing yet (a failed round then starts it again)."""
@@ -522,9 +524,12 @@ class Auditor:
             self._clean = False
             return
         if self._replay is None:
-            # The whole ledger names its owner sets itself (``controller.owners``); one CVM's
-            # entries do not, so they are held to the owner set of the attested identity.
-            self._replay = lc.LifecycleReplay(initial_owners=None if self.cvm is None else (pin.owners or None))
+            # The whole ledger names its owner sets and approval policies itself (``controller.owners``,
+            # ``controller.policy``); one CVM's entries do not, so they are held to the attested identity's.
+            if self.cvm is None:
+                self._replay = RulesReplay()
+            else:
+                self._replay = RulesReplay.start(owners=pin.owners or None, policy=pinned_policy(pin))
             self._fresh, self._snapshot = True, None
         rnd = _Round(self.verified_size, deque(maxlen=self.timeline), expected=self.verified_size)
         result.start = rnd.start
@@ -1492,6 +1497,16 @@ def _unwrapped(data: Any) -> Any:
     return data["head"] if isinstance(data, dict) and isinstance(data.get("head"), dict) else data
 
 
+def pinned_policy(pin: ControllerPin) -> ApprovalPolicy | None:
+    """The approval policy of the identity the user pinned (None: pinned before approvals, or unreadable)."""
+    if pin.approval_policy is None:
+        return None
+    try:
+        return ApprovalPolicy.from_dict(pin.approval_policy, "the pinned approval policy")
+    except DuetError:
+        return None
+
+
 # --- the timeline users read ------------------------------------------------------------
 
 
@@ -1509,7 +1524,7 @@ def timeline(
     otherwise the entries shown are replayed here, for display only. A row whose entry breaks
     a rule names it in ``violation``."""
     if modes is None:
-        modes, _ = _replay(lc.LifecycleReplay(), entries)
+        modes, _ = _replay(RulesReplay(), entries)
     rows = []
     for entry, mode in zip(entries, modes):
         if not isinstance(entry, dict):
@@ -1538,7 +1553,7 @@ def timeline(
     return rows
 
 
-def _replay(replay: lc.LifecycleReplay, entries: list[Any]) -> tuple[list[str | None], list[lc.Violation]]:
+def _replay(replay: lc.LifecycleReplay | RulesReplay, entries: list[Any]) -> tuple[list[str | None], list[lc.Violation]]:
     """Feed ``entries`` to ``replay`` in order: the mode label after each, and the violations found."""
     labels: list[str | None] = []
     violations: list[lc.Violation] = []
@@ -1549,7 +1564,7 @@ def _replay(replay: lc.LifecycleReplay, entries: list[Any]) -> tuple[list[str | 
     return labels, violations
 
 
-def mode_label(replay: lc.LifecycleReplay, entry: Any) -> str | None:
+def mode_label(replay: lc.LifecycleReplay | RulesReplay, entry: Any) -> str | None:
     """The mode of the entry's CVM as people read it; a final CVM is "lockdown pending" until
     a ``cvm.locked`` entry says the controller verifiably locked itself out."""
     cvm = entry.get("cvm") if isinstance(entry, dict) else None

@@ -36,14 +36,24 @@ from duet.client.audit_tree import Frontier
 from duet.client.audit_witness import Head, verify_any_head
 from duet.errors import VerificationError
 from duet.keys import PublicKey
+from duet.protocol import approvals as ap
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import is_hex64
+from duet.protocol.rules import RulesReplay
 
-FORMAT = "duet-audit-checkpoint/1"
-_CLASSES: dict[str, type[Any]] = {"CvmFacts": lc.CvmFacts, "JobFacts": lc.JobFacts}
-_SKIPPED = ("violations", "initial_owners")
-"""Replay fields not kept: the violations found (reported already) and the starting owner set
-(a whole-ledger audit takes it from the ledger)."""
+FORMAT = "duet-audit-checkpoint/2"
+_CLASSES: dict[str, type[Any]] = {
+    "CvmFacts": lc.CvmFacts,
+    "JobFacts": lc.JobFacts,
+    "Proposal": ap.Proposal,
+    "CvmMode": ap.CvmMode,
+    "ApprovalPolicy": ap.ApprovalPolicy,
+}
+_SKIPPED = ("violations", "initial_owners", "initial_policy", "verify_signature")
+"""Replay fields not kept: the violations found (reported already), what was in force before the
+ledger said (a whole-ledger audit takes it from the ledger) and the signature check (the auditor's
+own, given again)."""
+_PARTS: dict[str, type[Any]] = {"lifecycle": lc.LifecycleReplay, "proposals": ap.ProposalReplay}
 
 
 class CheckpointUnusable(ValueError):
@@ -102,24 +112,29 @@ def _build(cls: type[Any], values: dict[str, Any]) -> Any:
     return obj
 
 
-def encode_replay(replay: lc.LifecycleReplay) -> dict[str, Any]:
-    """The replay's state (everything but the violations already reported) as JSON values."""
-    return {f.name: _encode(getattr(replay, f.name)) for f in dataclasses.fields(replay) if f.name not in _SKIPPED}
+def encode_replay(replay: RulesReplay) -> dict[str, Any]:
+    """The replays' state (everything but the violations already reported) as JSON values."""
+    return {
+        name: {f.name: _encode(getattr(getattr(replay, name), f.name)) for f in dataclasses.fields(cls) if f.name not in _SKIPPED}
+        for name, cls in _PARTS.items()
+    }
 
 
-def decode_replay(data: Any) -> lc.LifecycleReplay:
-    """A replay that goes on exactly where the encoded one stood."""
-    if not isinstance(data, dict):
+def decode_replay(data: Any) -> RulesReplay:
+    """Replays that go on exactly where the encoded ones stood."""
+    if not isinstance(data, dict) or set(data) != set(_PARTS):
         raise CheckpointUnusable("the checkpoint holds no rules state")
-    fields = [f for f in dataclasses.fields(lc.LifecycleReplay) if f.name not in _SKIPPED]
-    if {f.name for f in fields} != set(data):
-        raise CheckpointUnusable("the checkpoint's rules state has other fields than this auditor's")
-    replay = lc.LifecycleReplay()
-    try:
-        for f in fields:
-            setattr(replay, f.name, _decode(data[f.name]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointUnusable(f"the checkpoint's rules state cannot be read ({exc})") from None
+    replay = RulesReplay()
+    for name, cls in _PARTS.items():
+        part, fields = data[name], [f for f in dataclasses.fields(cls) if f.name not in _SKIPPED]
+        if not isinstance(part, dict) or {f.name for f in fields} != set(part):
+            raise CheckpointUnusable("the checkpoint's rules state has other fields than this auditor's")
+        target = getattr(replay, name)
+        try:
+            for f in fields:
+                setattr(target, f.name, _decode(part[f.name]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointUnusable(f"the checkpoint's rules state cannot be read ({exc})") from None
     return replay
 
 
@@ -131,7 +146,7 @@ def fingerprint(roots: CvmRoots, *sources: str) -> str:
     now: the checkpoint format, duet's version, the source of the lifecycle rules, of this
     module and of ``sources`` (the auditor's files), and the CVM roots trusted for evidence."""
     digest = hashlib.sha256(f"{FORMAT}\n{__version__}\n".encode())
-    for source in (str(lc.__file__), str(audit_tree.__file__), __file__, *sources):
+    for source in (str(lc.__file__), str(ap.__file__), str(audit_tree.__file__), __file__, *sources):
         try:
             digest.update(Path(source).read_bytes())
         except OSError:

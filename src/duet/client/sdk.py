@@ -237,6 +237,9 @@ class DuetClient:
             tee=str(answer["result"].get("evidence", {}).get("type", "none")),
             tls_cert_sha256=document.get("tls_cert_sha256"),
             owners=tuple(document.get("owners") or ()),
+            owners_seq=document.get("owners_seq"),
+            approval_policy=document.get("approval_policy"),
+            policy_seq=document.get("policy_seq"),
         )
 
     # --- transport ---------------------------------------------------------------------
@@ -357,6 +360,36 @@ class DuetClient:
     def attest(self, cvm_id: str) -> dict[str, Any]:
         """Have the controller attest the CVM now; the answer holds the verdict step by step."""
         return self.call(f"/v1/cvms/{cvm_id}/attest", "cvm.attest", {"cvm_id": cvm_id})  # type: ignore[no-any-return]
+
+    # --- approvals (docs/approvals.md): each operation above answers ``{"proposal": ...}``
+    # (HTTP 202) instead of its result when the approval policy needs more owners ---------
+
+    def change_owners(self, *, add: list[str] | None = None, remove: list[str] | None = None) -> dict[str, Any]:
+        """Add owner keys (public PEMs) and remove key ids (``owners.change``)."""
+        return self.call("/v1/owners", "owners.change", {"add": add or [], "remove": remove or []})  # type: ignore[no-any-return]
+
+    def change_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """Put another approval policy in force (``policy.change``; the shape of the policy file)."""
+        return self.call("/v1/policy", "policy.change", {"policy": policy})  # type: ignore[no-any-return]
+
+    def proposals(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        return self.get("/v1/proposals", status=status)["proposals"]  # type: ignore[no-any-return]
+
+    def proposal(self, proposal_id: str) -> dict[str, Any]:
+        return self.get(f"/v1/proposals/{proposal_id}")  # type: ignore[no-any-return]
+
+    def approve(self, proposal_id: str) -> dict[str, Any]:
+        """Approve; when this approval meets the threshold the answer's ``result`` is the operation's."""
+        return self.call(f"/v1/proposals/{proposal_id}/approve", "proposal.approve", {"proposal_id": proposal_id})  # type: ignore[no-any-return]
+
+    def reject(self, proposal_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"proposal_id": proposal_id}
+        if reason is not None:
+            params["reason"] = reason
+        return self.call(f"/v1/proposals/{proposal_id}/reject", "proposal.reject", params)  # type: ignore[no-any-return]
+
+    def withdraw(self, proposal_id: str) -> dict[str, Any]:
+        return self.call(f"/v1/proposals/{proposal_id}/withdraw", "proposal.withdraw", {"proposal_id": proposal_id})  # type: ignore[no-any-return]
 
     def state(self, cvm_id: str) -> dict[str, Any]:
         return self.get(f"/v1/cvms/{cvm_id}")  # type: ignore[no-any-return]

@@ -56,6 +56,11 @@ class ControllerPin:
     """True when the evidence verified; False for a controller pinned with ``--insecure``."""
     verified_at: str | None = None
     """When ``duet verify`` pinned it; None for unverified identities (never stored)."""
+    owners_seq: int | None = None
+    approval_policy: dict[str, Any] | None = None
+    """The approval policy in force when pinned (None: a controller older than approvals)."""
+    policy_seq: int | None = None
+    """The ledger entries that put the owner set and the policy in force (governed changes)."""
 
     def public_key(self) -> keys.PublicKey:
         key = keys.load_public_key_bytes(self.signing_key.encode(), "pinned controller key")
@@ -134,11 +139,11 @@ def check_same_identity(pinned: ControllerPin, shown: ControllerPin, *, url: str
     """Raise unless ``shown`` is the identity ``pinned`` remembers: same controller id (so the
     same signing key: both ids were checked to be their key's id, which compares keys whatever
     their PEM's formatting) and TLS certificate (else ``controller_changed``), same owner set in
-    any order (else ``owners_changed``).
+    any order (else ``owners_changed``), same approval policy (else ``policy_changed``).
 
-    No ledger entry can legitimately change an owner set yet (governed ``owners.changed`` entries
-    come later), so every difference is one without the entries that would have changed it.
-    ``remedy`` ends the message with what the user can do about it.
+    A governed change (``owners.change``, ``policy.change``) is named with the ledger entry that
+    made it, which the identity document carries; a different owner set without such an entry is
+    said to be one no entry recorded. ``remedy`` ends the message with what the user can do about it.
     """
     when = f"you pinned on {pinned.verified_at}" if pinned.verified_at else "seen at first contact"
     if (pinned.controller, pinned.tls_cert_sha256) != (shown.controller, shown.tls_cert_sha256):
@@ -151,13 +156,27 @@ def check_same_identity(pinned: ControllerPin, shown: ControllerPin, *, url: str
         )
     added, removed = set(shown.owners) - set(pinned.owners), set(pinned.owners) - set(shown.owners)
     if added or removed:
+        governed = shown.owners_seq is not None and shown.owners_seq != pinned.owners_seq
         raise ControllerChanged(
             f"the controller at {url} ({short_id(pinned.controller)}, same key and TLS certificate) now shows "
             f"another owner set than the one {when} (added {_short_ids(added)}; removed {_short_ids(removed)}). "
-            "Owner sets change only through recorded ledger entries, and none recorded this change: the host may "
-            "have swapped the owner keys. Ask the controller's owners whether they changed it; if they did, "
-            f"{remedy}",
+            + (
+                f"Ledger entry {shown.owners_seq} put it in force (a governed owners.change: `duet audit` recounts its "
+                "approvals). "
+                if governed
+                else "Owner sets change only through recorded ledger entries, and none recorded this change: the host "
+                "may have swapped the owner keys. "
+            )
+            + f"Ask the controller's owners whether they changed it; if they did, {remedy}",
             code="owners_changed",
+        )
+    if pinned.approval_policy is not None and shown.approval_policy != pinned.approval_policy:
+        raise ControllerChanged(
+            f"the controller at {url} ({short_id(pinned.controller)}) now shows another approval policy than the one "
+            f"{when}"
+            + (f", put in force by ledger entry {shown.policy_seq}" if shown.policy_seq is not None else "")
+            + f" (a governed policy.change: `duet audit` recounts its approvals). If its owners changed it, {remedy}",
+            code="policy_changed",
         )
 
 

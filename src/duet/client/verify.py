@@ -275,6 +275,9 @@ def verify_attestation(
         tls_cert_sha256=named if tls_cert_der is not None else document.get("tls_cert_sha256"),
         tls_cert_pem=certificate_pem(tls_cert_der) if tls_cert_der is not None else None,
         owners=tuple(document.get("owners") or ()),
+        owners_seq=document.get("owners_seq"),
+        approval_policy=document.get("approval_policy"),
+        policy_seq=document.get("policy_seq"),
         attested=kind != "none",
         verified_at=timestamp(),
     )

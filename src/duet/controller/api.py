@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from duet.controller.auth import AuthorizedRequest
+from duet.controller.proposals import Answered
 from duet.controller.runtime import Controller
 from duet.controller.store import OutputPruned
 from duet.errors import (
@@ -119,34 +120,107 @@ def _check_nonce(nonce: str | None) -> None:
 # --- owner operations (signed requests) ------------------------------------------------
 
 
+async def _perform(
+    request: Request, op: str, action: Any, *, cvm_id: str | None = None, status: int = 200, off_loop: bool = False
+) -> Response:
+    """Admit the signed request for ``op`` and run ``action`` on it, unless the approval policy
+    makes it a proposal (answered 202 with the proposal; it runs once enough owners approve)."""
+    authorized = await _authorized(request, op, cvm_id)
+    controller = _controller(request)
+    assert controller.proposals is not None
+    admitted = controller.proposals.admit(authorized)
+    if isinstance(admitted, Answered):
+        return signed(request, admitted.answer, status=admitted.status)
+    result = await action(admitted)
+    return await signed_off_loop(request, result, status=status) if off_loop else signed(request, result, status=status)
+
+
 @router.post("/cvms", status_code=202, summary="Start a CVM (signed op cvm.start); answers at once with a job id")
 async def start_cvm(request: Request) -> Response:
-    authorized = await _authorized(request, "cvm.start")
-    return signed(request, await _controller(request).service.start(authorized), status=202)
+    return await _perform(request, "cvm.start", _controller(request).service.start, status=202)
 
 
 @router.post("/cvms/{cvm_id}/run", summary="Run commands on an in-update CVM (signed op cvm.run)")
 async def run_commands(request: Request, cvm_id: str) -> Response:
-    authorized = await _authorized(request, "cvm.run", cvm_id)
-    return await signed_off_loop(request, await _controller(request).service.run(authorized))
+    return await _perform(request, "cvm.run", _controller(request).service.run, cvm_id=cvm_id, off_loop=True)
 
 
 @router.post("/cvms/{cvm_id}/mark", summary="Mark a CVM in-service or in-update (signed op cvm.mark)")
 async def mark_cvm(request: Request, cvm_id: str) -> Response:
-    authorized = await _authorized(request, "cvm.mark", cvm_id)
-    return signed(request, await _controller(request).service.mark(authorized))
+    return await _perform(request, "cvm.mark", _controller(request).service.mark, cvm_id=cvm_id)
 
 
 @router.post("/cvms/{cvm_id}/stop", status_code=202, summary="Stop a CVM and delete its resources (signed op cvm.stop)")
 async def stop_cvm(request: Request, cvm_id: str) -> Response:
-    authorized = await _authorized(request, "cvm.stop", cvm_id)
-    return signed(request, await _controller(request).service.stop(authorized), status=202)
+    return await _perform(request, "cvm.stop", _controller(request).service.stop, cvm_id=cvm_id, status=202)
 
 
 @router.post("/cvms/{cvm_id}/attest", summary="Attest a running CVM now (signed op cvm.attest); answers the verdict")
 async def attest_cvm(request: Request, cvm_id: str) -> Response:
-    authorized = await _authorized(request, "cvm.attest", cvm_id)
-    return signed(request, await _controller(request).service.attest(authorized))
+    return await _perform(request, "cvm.attest", _controller(request).service.attest, cvm_id=cvm_id)
+
+
+@router.post("/owners", summary="Add or remove owner keys (signed op owners.change; governed by the approval policy)")
+async def change_owners(request: Request) -> Response:
+    controller = _controller(request)
+    assert controller.proposals is not None
+    return await _perform(request, "owners.change", controller.proposals.change_owners)
+
+
+@router.post("/policy", summary="Change the approval policy (signed op policy.change; governed by the approval policy)")
+async def change_policy(request: Request) -> Response:
+    controller = _controller(request)
+    assert controller.proposals is not None
+    return await _perform(request, "policy.change", controller.proposals.change_policy)
+
+
+# --- proposals (design §11) -------------------------------------------------------------
+
+
+async def _vote(request: Request, op: str, proposal_id: str) -> Response:
+    controller = _controller(request)
+    assert controller.proposals is not None
+    try:
+        authorized = await _authorized(request, op)
+    except DuetError as exc:  # a counted vote sent again is refused as the replayed approval it is
+        raise controller.proposals.replay_refusal(getattr(request.state, "request_digest", None), exc) from None
+    if authorized.params.proposal_id != proposal_id:
+        raise BadRequest("the proposal id in the path differs from the one in the signed params", code="proposal_id_mismatch")
+    return await signed_off_loop(request, await controller.proposals.vote(authorized))
+
+
+@router.post(
+    "/proposals/{proposal_id}/approve",
+    summary="Approve a proposal (signed op proposal.approve); the approval that meets the threshold executes it",
+)
+async def approve_proposal(request: Request, proposal_id: str) -> Response:
+    return await _vote(request, "proposal.approve", proposal_id)
+
+
+@router.post("/proposals/{proposal_id}/reject", summary="Reject a proposal (signed op proposal.reject)")
+async def reject_proposal(request: Request, proposal_id: str) -> Response:
+    return await _vote(request, "proposal.reject", proposal_id)
+
+
+@router.post("/proposals/{proposal_id}/withdraw", summary="Withdraw one's own proposal (signed op proposal.withdraw)")
+async def withdraw_proposal(request: Request, proposal_id: str) -> Response:
+    return await _vote(request, "proposal.withdraw", proposal_id)
+
+
+@router.get("/proposals", summary="Proposals, newest first; ?status=pending for those waiting for approvals")
+async def list_proposals(request: Request, status: str | None = None, nonce: str | None = None) -> Response:
+    _check_nonce(nonce)
+    controller = _controller(request)
+    assert controller.proposals is not None
+    return signed(request, controller.proposals.list(status=status))
+
+
+@router.get("/proposals/{proposal_id}", summary="A proposal: its request, approvals (and whether each counts), expiry, outcome")
+async def show_proposal(request: Request, proposal_id: str, nonce: str | None = None) -> Response:
+    _check_nonce(nonce)
+    controller = _controller(request)
+    assert controller.proposals is not None
+    return signed(request, controller.proposals.show(proposal_id))
 
 
 # --- public reads ----------------------------------------------------------------------

@@ -38,6 +38,9 @@ def build_app(controller: Controller) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await controller.service.recover()
+        if controller.proposals is not None:
+            controller.proposals.recover()  # an execution the stop interrupted never runs; due expiries recorded
+            controller.proposals.start_sweeping()
         if controller.checkpoints is not None:
             log.info(
                 "checkpoints at /v1/ledger/checkpoint; witnesses trust them with the vkey %s", controller.checkpoints.signer.vkey

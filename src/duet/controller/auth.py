@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -30,6 +30,7 @@ from duet.errors import BadRequest, Conflict, InvalidParams, Unauthorized
 from duet.protocol.canonical import canonical, parse_timestamp, sha256_hex
 from duet.protocol.envelope import b64decode
 from duet.protocol.models import PARAMS_BY_OP, SignedRequest
+from duet.storage import Transaction
 
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
 
@@ -45,6 +46,13 @@ class AuthorizedRequest(Generic[ParamsT]):
     protocol: str = "v1"
     """``"seed"`` for the seed's compatibility protocol (no replay protection, see
     controller/seed_api.py): its digest is then SHA-256 of the seed's signed params bytes."""
+    body: dict[str, Any] | None = field(default=None, repr=False)
+    """The signed request body as sent (op, controller, nonce, issued_at, params), and the
+    owner's ``signature`` over its JCS: what a proposal records so every vote can be recounted."""
+    signature: str | None = field(default=None, repr=False)
+    before_first_entry: Callable[[Transaction, str | None], None] | None = field(default=None, repr=False)
+    """For the execution of an approved proposal: called in the transaction of the operation's
+    first entry, with that entry's CVM, to record ``proposal.executed`` there (or refuse)."""
 
     def entry_fields(self) -> dict[str, str]:
         """Extra fields for the ledger entries of this request; none for v1, so v1 entries
@@ -123,6 +131,13 @@ class RequestAuthenticator:
         now = self.now()
         self._nonces: dict[str, float] = dict.fromkeys(store.recent_nonces(now - settings.nonce_retention_s), now)
 
+    def set_owners(self, owners: dict[str, str]) -> None:
+        """The owner set in force after a governed change (key id → public PEM); in place, so
+        the seed gateway, which holds the same mapping, sees it too."""
+        loaded = {key_id: keys.load_public_key_bytes(pem.encode(), f"owner key {key_id[:16]}") for key_id, pem in owners.items()}
+        self.owner_keys.clear()
+        self.owner_keys.update(loaded)
+
     def now(self) -> float:
         """The host's clock, but never earlier than the last ledger entry or any time seen before:
         a clock set back would otherwise make an old signed request look fresh."""
@@ -195,7 +210,14 @@ class RequestAuthenticator:
             raise Conflict(
                 "this request was already received once; a signed request is accepted only once", code="replayed_request"
             )
-        return AuthorizedRequest(op=op, params=params, signer=envelope.signer, digest=digest)
+        return AuthorizedRequest(
+            op=op,
+            params=params,
+            signer=envelope.signer,
+            digest=digest,
+            body=dict(parsed.raw["request"]),
+            signature=envelope.signature,
+        )
 
     def _check_time(self, issued_at: str) -> None:
         try:

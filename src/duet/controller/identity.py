@@ -47,6 +47,21 @@ class OwnerKeysChanged(ConfigError):
         self.pinned, self.given = pinned, given
 
 
+class ApprovalPolicyChanged(ConfigError):
+    """The approval policy file given at this start is not the policy in force."""
+
+    code = "approval_policy_changed"
+
+    def __init__(self, pinned: str, given: str) -> None:
+        super().__init__(
+            f"refused: the approval policy given at this start (sha256 {given[:16]}…) is not the one in force "
+            f"(sha256 {pinned[:16]}…, pinned at first start or set since by a governed policy.change). The policy "
+            "cannot be changed by swapping its file; start without --approval-policy to use the one in force, or "
+            "have the owners change it (`duet policy set FILE`)."
+        )
+        self.pinned, self.given = pinned, given
+
+
 def check_owners(pinned: dict[str, str], given: dict[str, str]) -> dict[str, str]:
     """The owner keys (key id → public PEM) this controller accepts: the set pinned in sealed
     state at first start. Keys given at a later start must be exactly that set, or none."""
@@ -91,9 +106,17 @@ def commit_first_start(sealed_dir: Path) -> None:
 
 @dataclass(frozen=True)
 class Identity:
+    """Replaced whole (``dataclasses.replace``) when a governed change puts another owner set
+    or approval policy in force: the document, and so the TEE's report data, changes with it."""
+
     signing_key: keys.PrivateKey
     owners: tuple[str, ...]
     tls_cert_sha256: str | None = None
+    approval_policy: dict[str, Any] | None = None
+    """The approval policy in force (its canonical dict): who may act, and how many must agree."""
+    owners_seq: int | None = None
+    policy_seq: int | None = None
+    """The ledger entries that put the owner set and the policy in force."""
 
     @cached_property
     def controller_id(self) -> str:
@@ -106,6 +129,9 @@ class Identity:
             "signing_key": keys.public_pem(self.signing_key.public_key()).decode(),
             "tls_cert_sha256": self.tls_cert_sha256,
             "owners": sorted(self.owners),
+            "owners_seq": self.owners_seq,
+            "approval_policy": self.approval_policy,
+            "policy_seq": self.policy_seq,
             "version": __version__,
         }
 

@@ -5,7 +5,7 @@ Both the HTTP app and the tests build controllers here, so there is one way to w
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import os
 import time
@@ -22,12 +22,14 @@ from duet.controller.auth import RequestAuthenticator
 from duet.controller.events import Streams
 from duet.controller.identity import (
     SIGNING_KEY_FILE,
+    ApprovalPolicyChanged,
     Identity,
     OwnerKeysChanged,
     check_owners,
     commit_first_start,
     load_signing_key,
 )
+from duet.controller.proposals import ProposalService, owners_digest
 from duet.controller.sealed_state import ANCHOR_FILE, SealedState
 from duet.controller.service import LifecycleService
 from duet.controller.settings import Settings
@@ -37,7 +39,9 @@ from duet.controller.tls import TlsIdentity, load_or_create_tls
 from duet.controller.witnessing import Checkpoints, WitnessSubmitter, configure_witnesses
 from duet.errors import ConfigError
 from duet.ledger.log import Ledger
+from duet.protocol import approvals
 from duet.protocol import lifecycle as lc
+from duet.protocol.approvals import ApprovalPolicy
 from duet.providers import make_provider
 from duet.providers.base import Provider, SimulatedHardware
 from duet.publish.stores import open_store
@@ -75,6 +79,19 @@ def _owner_keys(settings: Settings) -> dict[str, str]:
     return owners
 
 
+def _approval_policy(settings: Settings) -> ApprovalPolicy | None:
+    """The policy file given at this start (read and checked before anything is written)."""
+    if settings.approval_policy is None:
+        return None
+    try:
+        text = settings.approval_policy.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the approval policy {settings.approval_policy}: {exc}", code="bad_approval_policy"
+        ) from None
+    return ApprovalPolicy.parse(text, str(settings.approval_policy))
+
+
 @dataclass
 class Controller:
     settings: Settings
@@ -96,6 +113,21 @@ class Controller:
     (``WitnessSubmitter.start``), None without witnesses."""
     publisher: TilePublisher | None = None
     """Publishes the ledger as tiles (``--publish-tiles``); started with the app, None without."""
+    proposals: ProposalService | None = None
+    """Proposals and governed changes (always set by ``open_controller``)."""
+
+    def refresh_identity(self) -> None:
+        """A governed change put another owner set or policy in force: the identity document
+        (and so the TEE's report data) says so, naming the entries that did it."""
+        assert self.proposals is not None
+        replay = self.proposals.replay
+        self.identity = dataclasses.replace(
+            self.identity,
+            owners=tuple(sorted(self.proposals.owner_keys)),
+            approval_policy=replay.policy.to_dict(),
+            owners_seq=replay.owners_seq,
+            policy_seq=replay.policy_seq,
+        )
 
     def attestation(self) -> dict[str, Any]:
         return {"identity": self.identity.document(), "evidence": self.tee.quote(self.identity.report_data())}
@@ -105,6 +137,8 @@ class Controller:
             await self.witnessing.close()
         if self.publisher is not None:
             await self.publisher.close(flush_timeout=5)
+        if self.proposals is not None:
+            await self.proposals.close()
         await self.service.close()
         self.store.close()
 
@@ -128,30 +162,55 @@ def open_controller(
     sealed_dir = tee.sealed_dir()
     given = _owner_keys(settings)  # before anything is written: a mistyped path must not leave half a first start
     witnesses, quorum = configure_witnesses(settings.witnesses, settings.witness_quorum)  # likewise
+    policy_given = _approval_policy(settings)  # likewise
     first_start = not (sealed_dir / SIGNING_KEY_FILE).exists()
+    if first_start and policy_given is not None and given:
+        approvals.validate(policy_given, len(given))
     signing_key = load_signing_key(sealed_dir, first_start=first_start, anchored=(sealed_dir / ANCHOR_FILE).exists())
     controller_id = keys.key_id(signing_key.public_key())
     tls = load_or_create_tls(sealed_dir, controller_id)
     store = Store(Database(settings.database))
     try:
         sealed = SealedState.open(
-            sealed_dir, signing_key, first_start=first_start and not (sealed_dir / ANCHOR_FILE).exists(), owners=given
+            sealed_dir,
+            signing_key,
+            first_start=first_start and not (sealed_dir / ANCHOR_FILE).exists(),
+            owners=given,
+            approval_policy=policy_given.to_dict() if policy_given is not None else None,
         )
         if first_start:
             commit_first_start(sealed_dir)
         verified = load_verified_state(store, controller_id, sealed, clock)
-        owners = check_owners(sealed.owners, given)
+        owners = check_owners(verified.owner_keys, given)
+        policy = verified.approval_policy(sealed.approval_policy)
+        if policy_given is not None and policy_given.sha256 != policy.sha256:
+            raise ApprovalPolicyChanged(pinned=policy.sha256, given=policy_given.sha256)
     except OwnerKeysChanged as exc:
-        _record_refused_owners(store, verified, exc)
+        _record_refused(store, verified, lc.CONTROLLER_OWNERS_REFUSED, exc.message, pinned=exc.pinned, given=exc.given)
+        store.close()
+        log.error("%s", exc.message)
+        raise
+    except ApprovalPolicyChanged as exc:
+        _record_refused(store, verified, CONTROLLER_POLICY_REFUSED, exc.message, pinned=exc.pinned, given=exc.given)
         store.close()
         log.error("%s", exc.message)
         raise
     except BaseException:
         store.close()
         raise
+    if owners != sealed.owners or policy.to_dict() != (sealed.approval_policy or ApprovalPolicy().to_dict()):
+        sealed.govern(owners=owners, approval_policy=policy.to_dict())  # a crash came between a governed change and its seal
     store.replace_owners(owners)  # a cache for people reading the database; never read back
-    _record_start(store, verified, owners, settings)
-    identity = Identity(signing_key=signing_key, owners=tuple(sorted(owners)), tls_cert_sha256=tls.cert_sha256)
+    verified.ledger.subscribe(verified.proposals.apply)  # before this start's own entries
+    _record_start(store, verified, owners, settings, policy)
+    identity = Identity(
+        signing_key=signing_key,
+        owners=tuple(sorted(owners)),
+        tls_cert_sha256=tls.cert_sha256,
+        approval_policy=policy.to_dict(),
+        owners_seq=verified.proposals.owners_seq,
+        policy_seq=verified.proposals.policy_seq,
+    )
     env = {**os.environ, **settings.provider_env}
     if providers is None:
         providers = {
@@ -194,11 +253,16 @@ def open_controller(
         else None
     )
     publisher = _tile_publisher(settings, verified.ledger, checkpoints)
-    return Controller(
+    proposals = ProposalService(
+        settings, store, verified.ledger, service, authenticator, sealed, replay=verified.proposals, owner_keys=owners
+    )
+    controller = Controller(
         settings, identity, tee, store, verified.ledger, service, authenticator, tls,
         seed_requests_at_start=verified.seed_requests, checkpoints=checkpoints, witnessing=witnessing,
-        publisher=publisher,
+        publisher=publisher, proposals=proposals,
     )  # fmt: skip
+    proposals.on_governance.append(controller.refresh_identity)
+    return controller
 
 
 def _tile_publisher(settings: Settings, ledger: Ledger, checkpoints: Checkpoints) -> TilePublisher | None:
@@ -232,12 +296,14 @@ def cvm_roots(settings: Settings, providers: dict[str, Provider]) -> CvmRoots:
     )
 
 
-def _record_refused_owners(store: Store, verified: VerifiedState, exc: OwnerKeysChanged) -> None:
-    """A swapped owner-key file is an event auditors must see, even though nothing changed."""
+CONTROLLER_POLICY_REFUSED = "controller.policy_refused"
+"""A start given another approval policy file than the one in force (``pinned``, ``given``: their SHA-256)."""
+
+
+def _record_refused(store: Store, verified: VerifiedState, event: str, message: str, **fields: Any) -> None:
+    """A swapped owner-key or policy file is an event auditors must see, even though nothing changed."""
     with store.transaction() as tx:
-        verified.ledger.append(
-            tx, cvm=None, event=lc.CONTROLLER_OWNERS_REFUSED, actor=lc.CONTROLLER_ACTOR, pinned=exc.pinned, given=exc.given
-        )
+        verified.ledger.append(tx, cvm=None, event=event, actor=lc.CONTROLLER_ACTOR, **fields)
 
 
 SEED_REPLAYS_ALLOWED = "controller.seed_replays_allowed"
@@ -251,7 +317,9 @@ SEED_REPLAYS_REASON = (
 )
 
 
-def _record_start(store: Store, verified: VerifiedState, owners: dict[str, str], settings: Settings) -> None:
+def _record_start(
+    store: Store, verified: VerifiedState, owners: dict[str, str], settings: Settings, policy: ApprovalPolicy
+) -> None:
     """Each start is an entry naming the size it resumed from, so auditors can tell when
     entries appeared or vanished between two runs; the owner set is recorded when the ledger
     does not show it yet (first start), so auditors know who could administer from when; and
@@ -270,8 +338,11 @@ def _record_start(store: Store, verified: VerifiedState, owners: dict[str, str],
                 event=lc.CONTROLLER_OWNERS,
                 actor=lc.CONTROLLER_ACTOR,
                 owners=sorted(owners),
-                owners_digest=hashlib.sha256("\n".join(sorted(owners)).encode()).hexdigest(),
+                owners_digest=owners_digest(sorted(owners)),
             )
+        if not verified.proposals.policy_recorded:  # first start (or the first since approvals exist)
+            spec = approvals.policy_entry(policy)
+            ledger.append(tx, cvm=None, event=spec.event, actor=spec.actor, request_digest=spec.request_digest, **spec.fields)
 
 
 def check_own_evidence(controller: Controller, maa_url: str) -> None:

@@ -13,7 +13,8 @@ So the few facts every decision rests on live here, in one file written after ev
   keep a history it cut after the transaction that followed that copy;
 * one data key per CVM SSH key: destroying a CVM's key destroys its data key here
   (crypto-shredding), so a ciphertext written back into the database decrypts no more;
-* the owner set, pinned at first start.
+* the owner set and the approval policy, pinned at first start and changed only by a
+  governed change the ledger records (``govern``).
 
 One file, not several, so that the host cannot mix versions of them: replacing it with an
 older copy is refused at start unless the database is rolled back to the same moment too,
@@ -81,6 +82,8 @@ class SealedState:
             self.mac_key = base64.b64decode(data["mac_key"], validate=True)
             self._data_keys = {cvm: base64.b64decode(key, validate=True) for cvm, key in data["data_keys"].items()}
             self.owners: dict[str, str] = dict(data["owners"])
+            policy = data.get("approval_policy")  # absent in anchors older than approvals: the default
+            self.approval_policy: dict[str, Any] | None = dict(policy) if isinstance(policy, dict) else None
             if data.get("format") != FORMAT or len(self.mac_key) != 32 or not self.owners:
                 raise ValueError
         except VerificationError:
@@ -96,10 +99,19 @@ class SealedState:
     # --- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, sealed_dir: Path, signing_key: keys.PrivateKey, *, first_start: bool, owners: dict[str, str]) -> SealedState:
+    def open(
+        cls,
+        sealed_dir: Path,
+        signing_key: keys.PrivateKey,
+        *,
+        first_start: bool,
+        owners: dict[str, str],
+        approval_policy: dict[str, Any] | None = None,
+    ) -> SealedState:
         """Load the anchor; create it only on a first start (no signing key existed before).
 
-        ``owners`` are the keys given at this start, pinned when the anchor is created. A
+        ``owners`` are the keys given at this start, pinned when the anchor is created, with
+        ``approval_policy`` (the canonical dict of the policy file; None: the default). A
         missing anchor for a controller that already had a signing key is tampering (or a
         state directory of an older duet), never a first start: the owner set and the
         ledger's anchor would otherwise be whatever the host chose."""
@@ -125,6 +137,7 @@ class SealedState:
             "mac_key": base64.b64encode(secrets.token_bytes(32)).decode(),
             "data_keys": {},
             "owners": dict(owners),
+            "approval_policy": approval_policy,
         }
         state = cls(path, signing_key, controller_id, data)
         state._rewrite(data)
@@ -148,6 +161,12 @@ class SealedState:
     def seal(self, tree_size: int, root: bytes) -> None:
         """Record the committed ledger head (and the current data keys) in sealed state."""
         self.head = SealedHead(tree_size, root)
+        self._write(self._document())
+
+    def govern(self, *, owners: dict[str, str], approval_policy: dict[str, Any] | None) -> None:
+        """Pin the owner set and policy a governed change put in force (called once its ledger
+        entry committed; at start, when the ledger shows a change a crash kept from here)."""
+        self.owners, self.approval_policy = dict(owners), approval_policy
         self._write(self._document())
 
     # --- per-CVM data keys (crypto-shredding) --------------------------------------------------
@@ -200,6 +219,7 @@ class SealedState:
             "mac_key": base64.b64encode(self.mac_key).decode(),
             "data_keys": {cvm: base64.b64encode(key).decode() for cvm, key in sorted(self._data_keys.items())},
             "owners": self.owners,
+            "approval_policy": self.approval_policy,
         }
 
     def _write(self, data: dict[str, Any]) -> None:

@@ -201,6 +201,12 @@ class SeedGateway:
         finally:
             self._in_flight.discard(digest)
 
+    def _one_owner(self, request: AuthorizedRequest[ParamsT], v1_route: str) -> AuthorizedRequest[ParamsT]:
+        """The seed speaks for one owner: an operation the approval policy gives a higher threshold
+        is refused here (``approvals_required``), naming the v1 route that proposes it."""
+        assert self.controller.proposals is not None
+        return self.controller.proposals.single_owner(request, v1_route=v1_route)
+
     def _require_cvm(self, params: dict[str, Any]) -> None:
         """The seed answers ``No such CVM.`` for any id it does not know, well-formed or not."""
         cvm_id = params.get("cvm_id")
@@ -213,7 +219,9 @@ class SeedGateway:
         params, authorized = self.authorize("start-cvm", "cvm.start", body)
         model = _validate(StartParams, {"cvm_type": params.get("cvm_type")})
         with self._single_use("start-cvm", authorized):
-            accepted = await self.controller.service.start(_with(authorized, model))
+            accepted = await self.controller.service.start(
+                self._one_owner(_with(authorized, model), "POST /v1/cvms, `duet cvm start`")
+            )
             job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
         if job["status"] != "succeeded":
             raise SeedRefusal(_job_reason(job))
@@ -224,7 +232,9 @@ class SeedGateway:
         self._require_cvm(params)
         model = _validate(RunParams, {"cvm_id": params.get("cvm_id"), "commands": params.get("commands")})
         try:
-            result = await self.controller.service.run(_with(authorized, model))
+            result = await self.controller.service.run(
+                self._one_owner(_with(authorized, model), "POST /v1/cvms/{id}/run, `duet cvm run`")
+            )
         except Forbidden as exc:
             if exc.code != "not_in_update":
                 raise
@@ -253,17 +263,19 @@ class SeedGateway:
         self._require_cvm(params)
         model = _validate(MarkParams, {"cvm_id": params.get("cvm_id"), "mode": params.get("cvm_mode")}, {"mode": "cvm_mode"})
         if model.mode != lc.IN_UPDATE:  # closing a CVM again is harmless: in-service replays are accepted
-            result = await self.controller.service.mark(_with(authorized, model))
+            result = await self.controller.service.mark(self._one_owner(_with(authorized, model), MARK_V1))
         else:
             with self._single_use("mark-cvm", authorized):
-                result = await self.controller.service.mark(_with(authorized, model))
+                result = await self.controller.service.mark(self._one_owner(_with(authorized, model), MARK_V1))
         return {"success": True, "mode": {"cvm_id": result["cvm_id"], "cvm_mode": result["mode"]}}
 
     async def stop(self, body: bytes) -> dict[str, Any]:
         params, authorized = self.authorize("stop-cvm", "cvm.stop", body)
         self._require_cvm(params)
         model = _validate(StopParams, {"cvm_id": params.get("cvm_id")})
-        accepted = await self.controller.service.stop(_with(authorized, model))
+        accepted = await self.controller.service.stop(
+            self._one_owner(_with(authorized, model), "POST /v1/cvms/{id}/stop, `duet cvm stop`")
+        )
         job = await self._job_end(accepted["job_id"], accepted["cvm_id"])
         if job["status"] != "succeeded":
             raise SeedRefusal(_job_reason(job))
@@ -326,6 +338,9 @@ class _Admitted:
     op: str
     signer: str
     digest: str
+
+
+MARK_V1 = "POST /v1/cvms/{id}/mark, `duet cvm mark`"
 
 
 def _with(admitted: _Admitted, params: ParamsT) -> AuthorizedRequest[ParamsT]:

@@ -214,14 +214,35 @@ class LifecycleService:
 
     # --- start -------------------------------------------------------------------------
 
-    async def start(self, request: AuthorizedRequest[StartParams]) -> dict[str, Any]:
-        params = request.params
+    def precheck(self, op: str, params: Any) -> dict[str, Any] | None:
+        """What the operation would answer right now without acting, decided from memory and
+        without waiting: raises the refusal it would meet (a CVM in the wrong mode, ...), returns
+        the answer of a mark that changes nothing, None when it would act. A request that needs
+        more owners is checked so before it becomes a proposal, so that no proposal is made for
+        what would be refused anyway."""
+        if op == "cvm.start":
+            self._check_start(params)
+        elif op == "cvm.run":
+            self._check_run(params)
+            self._check_runnable(self.get_cvm(params.cvm_id))
+        elif op == "cvm.mark":
+            return self._check_mark(params)
+        elif op == "cvm.stop":
+            self._check_stop(self.get_cvm(params.cvm_id))
+        return None
+
+    def _check_start(self, params: StartParams) -> str:
         provider = params.provider or self.default_provider
         if provider not in self.providers:
             raise InvalidParams(
                 f"provider {provider!r} is not enabled on this controller; it has {', '.join(self.providers)}",
                 code="provider_not_enabled",
             )
+        return provider
+
+    async def start(self, request: AuthorizedRequest[StartParams]) -> dict[str, Any]:
+        params = request.params
+        provider = self._check_start(params)
         private_key, public_key = generate_client_key()
         cvm_id = hashlib.sha256(public_key.encode()).hexdigest()
         job_id = new_job_id()
@@ -412,16 +433,10 @@ class LifecycleService:
         keeps at most what is left of both, cut and marked truncated beyond it, and a CVM at
         its quota refuses the next command (409 ``output_quota_exceeded``)."""
         params = request.params
-        timeout = params.timeout_s or self.settings.command_timeout_s
-        limit = params.output_limit or self.settings.output_limit
-        if timeout > self.settings.max_command_timeout_s:
-            raise InvalidParams(f"timeout_s may be at most {self.settings.max_command_timeout_s:.0f}", code="invalid_params")
-        if limit > self.settings.max_output_limit:
-            raise InvalidParams(f"output_limit may be at most {self.settings.max_output_limit} bytes", code="invalid_params")
+        timeout, limit = self._check_run(params)
         async with self._locked(params.cvm_id):
             cvm = self.get_cvm(params.cvm_id)
-            if cvm.mode not in lc.ALLOWED_IN[lc.COMMAND_STARTED]:
-                raise Forbidden(self._refusal(cvm), code="not_in_update")
+            self._check_runnable(cvm)
             target = self._target(cvm.id)
             results: list[dict[str, Any]] = []
             budget = self.settings.request_output_budget
@@ -431,6 +446,20 @@ class LifecycleService:
                 budget -= result["stdout_size"] + result["stderr_size"]
                 results.append(result)
         return {"cvm_id": params.cvm_id, "results": results, "tree_size": self.ledger.size}
+
+    def _check_run(self, params: RunParams) -> tuple[float, int]:
+        """The command timeout and output limit the request asks for, within the controller's maxima."""
+        timeout = params.timeout_s or self.settings.command_timeout_s
+        limit = params.output_limit or self.settings.output_limit
+        if timeout > self.settings.max_command_timeout_s:
+            raise InvalidParams(f"timeout_s may be at most {self.settings.max_command_timeout_s:.0f}", code="invalid_params")
+        if limit > self.settings.max_output_limit:
+            raise InvalidParams(f"output_limit may be at most {self.settings.max_output_limit} bytes", code="invalid_params")
+        return timeout, limit
+
+    def _check_runnable(self, cvm: CvmFacts) -> None:
+        if cvm.mode not in lc.ALLOWED_IN[lc.COMMAND_STARTED]:
+            raise Forbidden(self._refusal(cvm), code="not_in_update")
 
     def _quota_room(self, cvm_id: str, *, ran: int) -> int:
         """Bytes of output the CVM may still store; refuses when none (before the command's entry)."""
@@ -592,7 +621,10 @@ class LifecycleService:
     def _owner_entry(
         self, tx: Transaction, request: AuthorizedRequest[Any], *, cvm: str, event: str, **fields: Any
     ) -> dict[str, Any]:
-        """An entry an owner's signed request caused: its signer as actor, its digest, its protocol."""
+        """An entry an owner's signed request caused: its signer as actor, its digest, its protocol
+        (after ``proposal.executed``, in the same transaction, when it executes a proposal)."""
+        if request.before_first_entry is not None:
+            request.before_first_entry(tx, cvm)
         return self.ledger.append(
             tx, cvm=cvm, event=event, actor=request.signer, request_digest=request.digest, **fields, **request.entry_fields()
         )
@@ -611,21 +643,11 @@ class LifecycleService:
 
     async def mark(self, request: AuthorizedRequest[MarkParams]) -> dict[str, Any]:
         params = request.params
-        if params.final and params.mode != lc.IN_SERVICE:
-            raise InvalidParams("final applies only to mode in-service", code="invalid_params")
         async with self._locked(params.cvm_id):
+            unchanged = self._check_mark(params)
+            if unchanged is not None:
+                return unchanged
             cvm = self.get_cvm(params.cvm_id)
-            if cvm.mode not in lc.ALLOWED_IN[lc.MODE_CHANGED]:
-                raise Conflict(f"CVM {cvm.id[:16]}… is {cvm.mode}; only a running CVM can be marked", code="bad_transition")
-            if cvm.final and params.mode == lc.IN_UPDATE:
-                raise Forbidden(
-                    f"CVM {cvm.id[:16]}… was marked in-service with --final: it can never return to in-update, only be stopped",
-                    code="cvm_final",
-                )
-            if cvm.mode == params.mode and (cvm.final or not params.final):
-                if cvm.lockdown == lc.LOCKDOWN_PENDING:
-                    self._wake_lockdown(cvm.id)  # asked again: retry the pending lockdown now
-                return self._mark_answer(cvm, changed=False)
             if params.mode == lc.IN_SERVICE and cvm.mode == lc.IN_UPDATE:
                 await self._attested_for_service(cvm)
             previous, was_final = cvm.mode, cvm.final
@@ -645,6 +667,24 @@ class LifecycleService:
             if params.final and not was_final and not await self._lock_down(cvm.id, attempt=1):
                 self._schedule_lockdown(cvm.id)
         return self._mark_answer(cvm, changed=True)
+
+    def _check_mark(self, params: MarkParams) -> dict[str, Any] | None:
+        """Refuse a mark the rules forbid; the answer of one that changes nothing (None: it changes the mode)."""
+        if params.final and params.mode != lc.IN_SERVICE:
+            raise InvalidParams("final applies only to mode in-service", code="invalid_params")
+        cvm = self.get_cvm(params.cvm_id)
+        if cvm.mode not in lc.ALLOWED_IN[lc.MODE_CHANGED]:
+            raise Conflict(f"CVM {cvm.id[:16]}… is {cvm.mode}; only a running CVM can be marked", code="bad_transition")
+        if cvm.final and params.mode == lc.IN_UPDATE:
+            raise Forbidden(
+                f"CVM {cvm.id[:16]}… was marked in-service with --final: it can never return to in-update, only be stopped",
+                code="cvm_final",
+            )
+        if cvm.mode == params.mode and (cvm.final or not params.final):
+            if cvm.lockdown == lc.LOCKDOWN_PENDING:
+                self._wake_lockdown(cvm.id)  # asked again: retry the pending lockdown now
+            return self._mark_answer(cvm, changed=False)
+        return None
 
     def _mark_answer(self, cvm: CvmFacts, *, changed: bool) -> dict[str, Any]:
         return {
@@ -751,20 +791,24 @@ class LifecycleService:
         job_id = new_job_id()
         async with self._locked(params.cvm_id):
             cvm = self.get_cvm(params.cvm_id)
-            if cvm.mode == lc.PROVISIONING:
-                raise Conflict(
-                    f"CVM {cvm.id[:16]}… is still being provisioned; stop it when its start job has ended", code="cvm_busy"
-                )
-            if cvm.mode == lc.STOPPING and not cvm.stop_failed:
-                raise Conflict(f"CVM {cvm.id[:16]}… is being stopped; its stop job has not ended yet", code="cvm_busy")
-            if not lc.stop_allowed(cvm):
-                raise Conflict(f"CVM {cvm.id[:16]}… is already {cvm.mode}", code="bad_transition")
+            self._check_stop(cvm)
             previous = cvm.mode  # stopping: a retry of the stop that failed
             with self.store.transaction() as tx:
                 self.store.update_cvm(tx, cvm.id, mode=lc.STOPPING, now=timestamp())
                 self._owner_entry(tx, request, cvm=cvm.id, event=lc.CVM_STOPPING, previous=previous, job=job_id)
         self.jobs.spawn(job_id, lambda: self._teardown(job_id, cvm.id))
         return {"job_id": job_id, "cvm_id": cvm.id, "mode": lc.STOPPING}
+
+    @staticmethod
+    def _check_stop(cvm: CvmFacts) -> None:
+        if cvm.mode == lc.PROVISIONING:
+            raise Conflict(
+                f"CVM {cvm.id[:16]}… is still being provisioned; stop it when its start job has ended", code="cvm_busy"
+            )
+        if cvm.mode == lc.STOPPING and not cvm.stop_failed:
+            raise Conflict(f"CVM {cvm.id[:16]}… is being stopped; its stop job has not ended yet", code="cvm_busy")
+        if not lc.stop_allowed(cvm):
+            raise Conflict(f"CVM {cvm.id[:16]}… is already {cvm.mode}", code="bad_transition")
 
     async def _teardown(self, job_id: str | None, cvm_id: str, *, retry: str | None = None) -> None:
         """Delete the CVM's resources and record the outcome. ``job_id`` None with ``retry``: the

@@ -65,6 +65,15 @@ class Settings:
     docs/seed-api.md). For seed clients that repeat identical requests; warned about at start
     and recorded in the ledger (``controller.seed_replays_allowed``) at every start."""
 
+    # --- approvals (design §11, docs/approvals.md) ---------------------------------------
+    approval_policy: Path | None = None
+    """The approval policy (TOML): how many owners must sign each operation. Read at first start
+    and pinned in sealed state; at a later start it must be the policy in force, or omitted.
+    None: one owner for everything."""
+    proposal_sweep_s: float = 30.0
+    """How often expired proposals (and those whose CVM changed mode) are recorded as closed; a
+    vote on one is refused at once whether or not the sweep has recorded it yet."""
+
     # --- CVM attestation (design §10, docs/attestation.md) -----------------------------
     cvm_attestation: bool = True
     """Every new CVM proves what it is before it reaches in-update, and again before in-service

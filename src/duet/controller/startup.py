@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from duet import keys
 from duet.controller.sealed_state import SealedState, SealedStateError
 from duet.controller.service import machine_digest
 from duet.controller.store import CvmRow, Store
+from duet.errors import DuetError
 from duet.ledger.history import HistoryIndex
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
+from duet.protocol.approvals import ApprovalPolicy, ProposalReplay
 from duet.protocol.canonical import parse_timestamp
 from duet.protocol.lifecycle import CvmFacts, LifecycleReplay
 from duet.providers.base import Machine
@@ -48,6 +51,18 @@ class VerifiedState:
     seed_requests: set[str]
     """Digests of the single-use seed requests the verified ledger shows accepted (collected in
     the same pass that verifies the ledger, so the seed listener never reads it a second time)."""
+    proposals: ProposalReplay
+    """Every proposal, and the owner set and approval policy in force, recounted in the same pass."""
+    owner_keys: dict[str, str]
+    """The owner set in force (key id → public PEM): sealed state's, after the governed changes
+    the ledger recorded (sealed state follows each one; a crash may have kept it a change behind)."""
+
+    def approval_policy(self, pinned: dict[str, Any] | None) -> ApprovalPolicy:
+        """The policy in force: the ledger's last ``controller.policy``, else the one pinned in
+        sealed state at first start (None: the default)."""
+        if self.proposals.policy_recorded:
+            return self.proposals.policy
+        return ApprovalPolicy.from_dict(pinned, "the sealed approval policy") if pinned is not None else ApprovalPolicy()
 
 
 def load_verified_state(
@@ -55,25 +70,52 @@ def load_verified_state(
 ) -> VerifiedState:
     replay = LifecycleReplay()
     histories = HistoryIndex()
+    proposals = ProposalReplay()
     seed_requests: set[str] = set()
+    known_keys = dict(sealed.owners)
 
     def on_entry(entry: dict[str, Any]) -> None:
         replay.apply(entry)
         histories.apply(entry)
+        proposals.apply(entry)
+        if entry.get("event") == lc.CONTROLLER_OWNERS:
+            known_keys.update(added_owner_keys(entry))
         digest = single_use_seed_digest(entry)
         if digest is not None:
             seed_requests.add(digest)
 
     ledger = Ledger(store.db, controller_id, sealed, on_entry=on_entry, clock=clock)
-    if replay.violations:
-        shown = "; ".join(f"seq {v.seq}: {v.message} ({v.code})" for v in replay.violations[:5])
+    violations = sorted([*replay.violations, *proposals.violations], key=lambda v: v.seq or 0)
+    if violations:
+        shown = "; ".join(f"seq {v.seq}: {v.message} ({v.code})" for v in violations[:5])
         raise StoredStateTampered(
             f"the stored ledger verifies, but it shows what this controller never does: {shown}. Refusing to start "
             "on a history that breaks the lifecycle's rules (spliced from two copies of the state?)"
         )
     machines = _check_rows(store.cvm_rows(), replay.cvms, sealed)
     _shred_destroyed_keys(replay, sealed)
-    return VerifiedState(ledger, replay, machines, ledger.size, histories, seed_requests)
+    owner_keys = dict(sealed.owners)
+    if replay.owners is not None:
+        missing = sorted(replay.owners - known_keys.keys())
+        if missing:
+            raise StoredStateTampered(
+                f"the ledger names owner key(s) {', '.join(k[:16] + '…' for k in missing)} whose public key neither sealed "
+                "state nor the ledger holds; refusing to start"
+            )
+        owner_keys = {key_id: known_keys[key_id] for key_id in sorted(replay.owners)}
+    return VerifiedState(ledger, replay, machines, ledger.size, histories, seed_requests, proposals, owner_keys)
+
+
+def added_owner_keys(entry: dict[str, Any]) -> dict[str, str]:
+    """The public keys a governed ``controller.owners`` entry added (``added``: PEMs), by key id."""
+    added = entry.get("added")
+    found: dict[str, str] = {}
+    for pem in added if isinstance(added, list) else ():
+        try:
+            found[keys.key_id(keys.load_public_key_bytes(str(pem).encode(), "an added owner key"))] = str(pem)
+        except DuetError:
+            continue
+    return found
 
 
 def _check_rows(rows: list[CvmRow], derived: dict[str, CvmFacts], sealed: SealedState) -> dict[str, Machine]:

@@ -103,30 +103,30 @@ the proposal id, so ``GET /v1/blobs/<id>`` serves it and anyone can hash it back
 
 # --- ledger events ---------------------------------------------------------------------------
 
-PROPOSAL_CREATED: Final = "proposal.created"
+PROPOSAL_CREATED: Final = lc.PROPOSAL_CREATED
 """actor: the proposer; request_digest: the proposal id. ``proposal`` (id), ``operation``, ``op``,
 ``request`` (the signed request's body, or null when larger than :data:`INLINE_REQUEST_MAX_BYTES`),
 ``signature`` (the proposer's, base64), ``expires_at``, ``cvm_mode``, ``cvm_mode_seq``, ``cvm_final``
 (what the proposal is bound to; null for operations on no CVM), ``threshold`` and
 ``policy_sha256`` (the policy in force at creation; informative)."""
-PROPOSAL_APPROVED: Final = "proposal.approved"
+PROPOSAL_APPROVED: Final = lc.PROPOSAL_APPROVED
 """actor: the approving owner; request_digest: the digest of its signed ``proposal.approve``
 request. ``proposal``, ``request`` and ``signature`` (the approval as signed), ``approvals``
 (valid approvals after this one), ``threshold``, ``ready`` (this approval met the threshold)."""
-PROPOSAL_REJECTED: Final = "proposal.rejected"
+PROPOSAL_REJECTED: Final = lc.PROPOSAL_REJECTED
 """One owner's rejection (a vote, like an approval): ``proposal``, ``request``, ``signature``,
 ``rejections`` (valid rejections after this one), ``closed`` (the threshold can no longer be met:
 the proposal is rejected)."""
-PROPOSAL_WITHDRAWN: Final = "proposal.withdrawn"
+PROPOSAL_WITHDRAWN: Final = lc.PROPOSAL_WITHDRAWN
 """actor: the proposer; request_digest: its ``proposal.withdraw`` request. ``proposal``, ``request``, ``signature``."""
-PROPOSAL_EXPIRED: Final = "proposal.expired"
+PROPOSAL_EXPIRED: Final = lc.PROPOSAL_EXPIRED
 """actor: the controller. ``proposal``, ``expires_at``."""
-PROPOSAL_EXECUTED: Final = "proposal.executed"
+PROPOSAL_EXECUTED: Final = lc.PROPOSAL_EXECUTED
 """actor: the controller; request_digest: the proposal id. ``proposal``, ``operation``,
 ``approvers`` (the owners whose approvals counted, sorted) and ``approvals`` (their approval
 digests, same order), ``threshold``, ``policy_sha256``. The operation's own entries follow,
 as for a request signed by the proposer alone (actor: the proposer, request_digest: the id)."""
-PROPOSAL_FAILED: Final = "proposal.failed"
+PROPOSAL_FAILED: Final = lc.PROPOSAL_FAILED
 """actor: the controller; request_digest: the proposal id. ``proposal``, ``code``
 (``cvm_mode_changed``, ``interrupted``, or the refusal the execution met, e.g. ``unattested``),
 ``reason`` (a sentence)."""
@@ -135,17 +135,7 @@ CONTROLLER_POLICY: Final = "controller.policy"
 ``policy_sha256``. The first one (first start) is the controller's (actor ``controller``); any
 later one is a ``policy.change``: actor the proposer, request_digest its request (the proposal id)."""
 
-PROPOSAL_EVENTS: Final = frozenset(
-    {
-        PROPOSAL_CREATED,
-        PROPOSAL_APPROVED,
-        PROPOSAL_REJECTED,
-        PROPOSAL_WITHDRAWN,
-        PROPOSAL_EXPIRED,
-        PROPOSAL_EXECUTED,
-        PROPOSAL_FAILED,
-    }
-)
+PROPOSAL_EVENTS: Final = lc.PROPOSAL_EVENTS
 VOTE_EVENTS: Final = {PROPOSAL_APPROVED: APPROVE_OP, PROPOSAL_REJECTED: REJECT_OP, PROPOSAL_WITHDRAWN: WITHDRAW_OP}
 
 # --- the policy --------------------------------------------------------------------------------
@@ -830,6 +820,11 @@ class ProposalReplay:
     """Every vote digest seen (a second use anywhere is a replay)."""
     ran: set[str] = field(default_factory=set)
     """Executed proposals whose operation's entry was seen."""
+    owners_seq: int | None = None
+    policy_seq: int | None = None
+    """The seqs of the entries that put the owner set and the policy in force (None: not in the
+    ledger): the identity document names them, so a client that pinned another set sees which
+    entry changed it."""
     _owners_from_ledger: bool = field(default=False, init=False, repr=False)
     _policy_from_ledger: bool = field(default=False, init=False, repr=False)
 
@@ -843,6 +838,11 @@ class ProposalReplay:
         for entry in entries:
             self.apply(entry)
         return self
+
+    @property
+    def policy_recorded(self) -> bool:
+        """Whether the ledger has said which policy is in force (a ``controller.policy`` entry)."""
+        return self._policy_from_ledger
 
     def pending(self) -> list[Proposal]:
         """Proposals that still take votes or await their outcome (pending, approved)."""
@@ -861,8 +861,10 @@ class ProposalReplay:
 
         if event == CONTROLLER_POLICY:
             self._policy(entry, violation)
+            self.policy_seq = seq
         elif event == lc.CONTROLLER_OWNERS:
             self._owners(entry, violation)
+            self.owners_seq = seq
         elif event == PROPOSAL_CREATED:
             self._created(entry, violation)
         elif event in VOTE_EVENTS:

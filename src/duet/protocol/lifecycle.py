@@ -67,6 +67,28 @@ CONTROLLER_RECOVERY_FAILED: Final = "controller.recovery_failed"
 """A step of the recovery at start failed (``step``: reconcile, resume, stop; ``provider``,
 ``reason``); the controller started all the same. Changes no mode."""
 
+PROPOSAL_CREATED: Final = "proposal.created"
+PROPOSAL_APPROVED: Final = "proposal.approved"
+PROPOSAL_REJECTED: Final = "proposal.rejected"
+PROPOSAL_WITHDRAWN: Final = "proposal.withdrawn"
+PROPOSAL_EXPIRED: Final = "proposal.expired"
+PROPOSAL_EXECUTED: Final = "proposal.executed"
+PROPOSAL_FAILED: Final = "proposal.failed"
+PROPOSAL_EVENTS: Final = frozenset(
+    {
+        PROPOSAL_CREATED,
+        PROPOSAL_APPROVED,
+        PROPOSAL_REJECTED,
+        PROPOSAL_WITHDRAWN,
+        PROPOSAL_EXPIRED,
+        PROPOSAL_EXECUTED,
+        PROPOSAL_FAILED,
+    }
+)
+"""A proposal's life (protocol/approvals.py says what each carries): named here, where the rules
+of a CVM's entries are, because they may follow a lockdown (a stop may be proposed) and change
+no mode; ``ProposalReplay`` recounts their votes."""
+
 COMMAND_OUTCOMES: Final = (COMMAND_FINISHED, COMMAND_FAILED, COMMAND_INTERRUPTED)
 OWNER_EVENTS: Final = frozenset({CVM_PROVISIONING, COMMAND_STARTED, MODE_CHANGED, CVM_STOPPING})
 """Events only an owner's signed request causes: their actor is an owner key, never the controller."""
@@ -242,7 +264,8 @@ class LifecycleReplay:
         elif event == CONTROLLER_OWNERS:
             owners = entry.get("owners")
             new = frozenset(o for o in owners if isinstance(o, str)) if isinstance(owners, list) else frozenset()
-            if self.owners is not None and self._owners_from_ledger and new != self.owners:
+            governed = actor != CONTROLLER_ACTOR  # an owner's signed owners.change: ProposalReplay recounts its approvals
+            if self.owners is not None and self._owners_from_ledger and new != self.owners and not governed:
                 violation(
                     "owners_changed",
                     "the owner set changed without a governed change: the ledger shows "
@@ -282,7 +305,7 @@ class LifecycleReplay:
         if cvm is None:
             violation("unknown_cvm", f"{event} about CVM {cvm_id[:16]}…, which was never provisioned")
             return
-        if cvm.lockdown == LOCKDOWN_DONE and event not in AFTER_LOCKDOWN:
+        if cvm.lockdown == LOCKDOWN_DONE and event not in AFTER_LOCKDOWN and event not in PROPOSAL_EVENTS:
             violation(
                 "after_lockdown", f"{event} after the controller locked itself out of CVM {cvm_id[:16]}…; only a stop may follow"
             )

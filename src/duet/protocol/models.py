@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from duet.errors import ConfigError
+from duet.protocol.approvals import MAX_REASON_CHARS, ApprovalPolicy
 from duet.protocol.canonical import canonical
 from duet.protocol.lifecycle import CvmType, MarkableMode, ProviderName
 
@@ -85,10 +87,68 @@ class AttestParams(_Strict):
     cvm_id: str = Field(pattern=HEX64_PATTERN)
 
 
+MAX_OWNER_CHANGES = 16
+MAX_OWNER_KEY_CHARS = 4096
+
+
+class OwnersChangeParams(_Strict):
+    """``owners.change``: owner keys to add (public keys, SPKI PEM) and key ids to remove."""
+
+    add: list[str] = Field(default_factory=list, max_length=MAX_OWNER_CHANGES)
+    remove: list[str] = Field(default_factory=list, max_length=MAX_OWNER_CHANGES)
+
+    @field_validator("add")
+    @classmethod
+    def _pems(cls, add: list[str]) -> list[str]:
+        for index, pem in enumerate(add):
+            if len(pem) > MAX_OWNER_KEY_CHARS or "-----BEGIN PUBLIC KEY-----" not in pem:
+                raise ValueError(f"add[{index}] is not an owner public key (SPKI PEM, at most {MAX_OWNER_KEY_CHARS} characters)")
+        return add
+
+    @field_validator("remove")
+    @classmethod
+    def _key_ids(cls, remove: list[str]) -> list[str]:
+        for index, key_id in enumerate(remove):
+            if not isinstance(key_id, str) or len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
+                raise ValueError(f"remove[{index}] is not an owner key id (64 lowercase hex characters)")
+        return remove
+
+
+class PolicyChangeParams(_Strict):
+    """``policy.change``: the new approval policy, the same shape as the policy file."""
+
+    policy: dict[str, Any]
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, policy: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ApprovalPolicy.from_dict(policy, "the proposed policy")
+        except ConfigError as exc:
+            raise ValueError(f"{exc.message} ({exc.code})") from None
+        return policy
+
+
+class VoteParams(_Strict):
+    """``proposal.approve`` and ``proposal.withdraw``: signing the id signs the whole proposed request."""
+
+    proposal_id: str = Field(pattern=HEX64_PATTERN)
+
+
+class RejectParams(_Strict):
+    proposal_id: str = Field(pattern=HEX64_PATTERN)
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
+
+
 PARAMS_BY_OP: dict[str, type[_Strict]] = {
     "cvm.start": StartParams,
     "cvm.run": RunParams,
     "cvm.mark": MarkParams,
     "cvm.stop": StopParams,
     "cvm.attest": AttestParams,
+    "owners.change": OwnersChangeParams,
+    "policy.change": PolicyChangeParams,
+    "proposal.approve": VoteParams,
+    "proposal.reject": RejectParams,
+    "proposal.withdraw": VoteParams,
 }

@@ -18,7 +18,9 @@ from duet.client.trust import ControllerPin
 from duet.errors import NotFound
 from duet.ledger.heads import sign_head
 from duet.ledger.merkle import MerkleTree, leaf_hash
+from duet.protocol import approvals as ap
 from duet.protocol import lifecycle as lc
+from duet.protocol.approvals import ApprovalPolicy
 from duet.protocol.canonical import canonical
 
 KEY = keys.generate("ed25519")
@@ -27,6 +29,8 @@ OWNER = hashlib.sha256(b"the owner's key").hexdigest()
 INTRUDER = hashlib.sha256(b"the host operator's key").hexdigest()
 CVM = "c1" * 32
 OTHER_CVM = "c2" * 32
+SECOND = hashlib.sha256(b"the second owner's key").hexdigest()
+THIRD = hashlib.sha256(b"the third owner's key").hexdigest()
 
 
 class EntryLedger:
@@ -116,6 +120,32 @@ class EntryLedger:
     def stop(self, previous: str = lc.IN_SERVICE, cvm: str = CVM, actor: str = OWNER) -> dict[str, Any]:
         self.add(cvm, lc.CVM_STOPPING, actor, previous=previous, job=f"job-stop-{cvm[:4]}")
         return self.add(cvm, lc.CVM_STOPPED, key_destroyed=True)
+
+
+    # --- approvals (docs/approvals.md) ------------------------------------------------------
+
+    def policy(self, thresholds: dict[str, int], *, actor: str = lc.CONTROLLER_ACTOR) -> dict[str, Any]:
+        policy = ApprovalPolicy.from_dict({"thresholds": thresholds})
+        return self.add(None, ap.CONTROLLER_POLICY, actor, policy=policy.to_dict(), policy_sha256=policy.sha256)
+
+    def propose(self, operation: str, cvm: str | None = CVM, *, actor: str = OWNER, mode: str = lc.IN_SERVICE) -> str:
+        """A ``proposal.created`` (its request not inline); returns the proposal id."""
+        pid = hashlib.sha256(f"proposal {self.size}".encode()).hexdigest()
+        self.add(
+            cvm, ap.PROPOSAL_CREATED, actor, request_digest=pid, proposal=pid, operation=operation,
+            op="cvm.mark" if operation.startswith("cvm.mark") else operation, request=None, signature=None,
+            expires_at="2026-12-02T10:00:00Z", cvm_mode=mode if cvm else None, cvm_mode_seq=None, cvm_final=False if cvm else None,
+        )  # fmt: skip
+        return pid
+
+    def approve(self, pid: str, cvm: str | None = CVM, *, actor: str) -> dict[str, Any]:
+        return self.add(cvm, ap.PROPOSAL_APPROVED, actor, proposal=pid, request=None, signature=None)
+
+    def executed(self, pid: str, operation: str, cvm: str | None = CVM, *, approvers: list[str]) -> dict[str, Any]:
+        return self.add(
+            cvm, ap.PROPOSAL_EXECUTED, request_digest=pid, proposal=pid, operation=operation, approvers=sorted(approvers),
+            approvals=[], threshold=2, policy_sha256=None,
+        )  # fmt: skip
 
 
 def lawful(ledger: EntryLedger | None = None, cvm: str = CVM) -> EntryLedger:

@@ -21,6 +21,7 @@ from synthetic_ledger import SyntheticLedger, SyntheticSource
 from duet.client import audit as audit_module
 from duet.client.audit import Auditor, AuditResult, HeadStore
 from duet.client.audit_checkpoint import CheckpointStore, decode_replay, encode_replay
+from duet.protocol.rules import RulesReplay
 from duet.protocol import lifecycle as lc
 
 
@@ -186,16 +187,26 @@ def test_the_rules_state_kept_continues_the_replay_exactly() -> None:
     ledger.run(OTHER_CVM)  # after the stop: forbidden
     ledger.mark(lc.IN_SERVICE, lc.IN_UPDATE, OTHER_CVM)
     ledger.owners(OWNER, "f" * 64)
+    ledger.policy({"cvm.mark.in-update": 2})
+    pid = ledger.propose("cvm.mark.in-update", OTHER_CVM)
+    ledger.approve(pid, OTHER_CVM, actor="f" * 64)
+    ledger.executed(pid, "cvm.mark.in-update", OTHER_CVM, approvers=[OWNER, "f" * 64])
+    ledger.mark(lc.IN_SERVICE, lc.IN_UPDATE, OTHER_CVM)  # one owner's signature, no proposal: quorum_not_met
     entries = ledger.entries
-    whole = lc.LifecycleReplay().apply_all(entries)
-    assert whole.violations
+    whole = RulesReplay()
+    found = [v for entry in entries for v in whole.apply(entry)]
+    assert whole.lifecycle.violations and whole.proposals.violations  # the owner set changed without approvals
     for cut in range(len(entries) + 1):
-        first = lc.LifecycleReplay().apply_all(entries[:cut])
+        first = RulesReplay()
+        earlier = [v for entry in entries[:cut] for v in first.apply(entry)]
         kept = json.loads(json.dumps(encode_replay(first)))
         resumed = decode_replay(kept)
         later = [v for entry in entries[cut:] for v in resumed.apply(entry)]
-        assert first.violations + later == whole.violations, cut
-        assert (resumed.cvms, resumed.jobs, resumed.owners) == (whole.cvms, whole.jobs, whole.owners)
+        assert earlier + later == found, cut
+        life, whole_life = resumed.lifecycle, whole.lifecycle
+        assert (life.cvms, life.jobs, life.owners) == (whole_life.cvms, whole_life.jobs, whole_life.owners)
+        assert (resumed.proposals.owners, resumed.proposals.policy) == (whole.proposals.owners, whole.proposals.policy)
+        assert (resumed.proposals.proposals, resumed.proposals.votes) == (whole.proposals.proposals, whole.proposals.votes)
         assert encode_replay(resumed).keys() == encode_replay(whole).keys()
 
 
