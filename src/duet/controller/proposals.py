@@ -337,7 +337,7 @@ class ProposalService:
                     added=[after[k] for k in owners if k not in self.owner_keys],
                     removed=sorted(set(self.owner_keys) - set(after)),
                 )
-                self.store.replace_owners(after)
+            self.store.replace_owners(after)  # a cache for people reading the database; never read back
             self._governed(owner_keys=after)
         return {"owners": owners, "seq": entry["seq"], "tree_size": self.ledger.size}
 

@@ -227,6 +227,10 @@ class LifecycleReplay:
     owners: frozenset[str] | None = None
     _owners_from_ledger: bool = field(default=False, init=False, repr=False)
     _start_requests: set[str] = field(default_factory=set, init=False, repr=False)
+    _executing: dict[str | None, str] = field(default_factory=dict, init=False, repr=False)
+    """Per CVM (None: operations on no CVM), the last proposal executed: its operation's entries
+    carry the proposer as actor, who may have been removed since it proposed; the approvals of
+    the owners in force are what let it run (``ProposalReplay`` recounts them)."""
 
     def __post_init__(self) -> None:
         if self.initial_owners is not None:
@@ -248,10 +252,16 @@ class LifecycleReplay:
         def violation(code: str, message: str) -> None:
             found.append(Violation(code, message, seq))
 
-        actor = entry.get("actor")
+        actor, cvm, digest = entry.get("actor"), entry.get("cvm"), entry.get("request_digest")
+        if event == PROPOSAL_EXECUTED and isinstance(digest, str):
+            self._executing[cvm if isinstance(cvm, str) else None] = digest
+        executes = isinstance(digest, str) and digest in (
+            self._executing.get(cvm if isinstance(cvm, str) else None),
+            self._executing.get(None),
+        )
         if event in OWNER_EVENTS and actor == CONTROLLER_ACTOR:
             violation("unknown_actor", f"{event} names the controller as its actor; only an owner's signed request causes it")
-        if actor != CONTROLLER_ACTOR and self.owners is not None and actor not in self.owners:
+        if actor != CONTROLLER_ACTOR and self.owners is not None and actor not in self.owners and not executes:
             violation("unknown_actor", f"{event} was signed by {str(actor)[:16]}…, which is not in the owner set in force")
         if event == CONTROLLER_STARTED:
             resumed = entry.get("resumed_from")
