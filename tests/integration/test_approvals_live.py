@@ -8,6 +8,9 @@ and the ledger's operation entries are checked after each.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -296,3 +299,46 @@ def test_removing_an_owner_needs_its_threshold_and_drops_its_approvals(
     assert sorted(identity.owners) == sorted([owners[1].key_id, owners[2].key_id])
     assert identity.approval_policy is not None and identity.approval_policy["thresholds"]["cvm.stop"] == 2
     refused(lambda: a.mark(cvm_id, lc.IN_SERVICE), "unknown_signer", 401)
+    # the removed proposer's reopening ran on the approvals of the owners in force: lawful, as the audit says
+    audited = duet_cli(controller, owners[1], tmp_path / "auditor", "--json", "audit")
+    assert audited.returncode == 0 and json.loads(audited.stdout.splitlines()[0])["ok"] is True, audited.stdout[-2000:]
+
+
+def duet_cli(controller: ControllerProcess, owner: Owner, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DUET_URL": controller.url,
+        "DUET_KEY": str(owner.path),
+        "DUET_HOME": str(home),
+        "DUET_INSECURE": "1",
+        "DUET_CVM_ROOTS": str(controller.cvm_roots_file()),
+    }
+    return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_proposes_approves_and_the_audit_recounts_every_vote(
+    clients: list[DuetClient], owners: tuple[Owner, ...], controller: ControllerProcess, tmp_path: Path
+) -> None:
+    a = clients[0]
+    cvm_id = in_service_cvm(a)
+
+    pending = duet_cli(controller, owners[0], tmp_path / "a", "cvm", "mark", cvm_id, "in-update")
+
+    assert pending.returncode == 4, pending.stderr
+    proposal_id = a.proposals(status="pending")[0]["id"]
+    assert pending.stdout.strip() == f"pending: 1 of 2 approvals; ask another owner to run `duet approve {proposal_id}`"
+    listed = duet_cli(controller, owners[1], tmp_path / "b", "proposals", "--pending")
+    assert listed.returncode == 0 and proposal_id in listed.stdout and "cvm.mark.in-update" in listed.stdout
+    approved = duet_cli(controller, owners[1], tmp_path / "b", "approve", proposal_id)
+    assert approved.returncode == 0, approved.stderr
+    assert "executed" in approved.stdout and a.state(cvm_id)["cvm"]["mode"] == lc.IN_UPDATE
+    again = duet_cli(controller, owners[2], tmp_path / "c", "--json", "approve", proposal_id)
+    assert again.returncode == 1 and json.loads(again.stdout)["error"]["code"] == "proposal_closed"
+
+    # a lawful history of proposals, votes and a governed policy change: the whole-ledger and the CVM audit pass
+    relaxed = duet_cli(controller, owners[2], tmp_path / "c", "--json", "policy", "show")
+    assert json.loads(relaxed.stdout)["approval_policy"]["thresholds"]["cvm.mark.in-update"] == 2
+    for target in ((), (cvm_id,)):
+        audited = duet_cli(controller, owners[2], tmp_path / f"auditor{len(target)}", "--json", "audit", *target)
+        report = json.loads(audited.stdout.splitlines()[0])
+        assert audited.returncode == 0 and report["ok"] is True, (report.get("findings"), audited.stderr)

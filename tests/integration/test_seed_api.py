@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from duet.client.sdk import DuetClient
 from duet.client.trust import TrustStore
+from duet.protocol import lifecycle as lc
 from duet.testing.process import ControllerProcess, free_port, remove_all
 from support import Owner, make_owner, serving
 
@@ -633,3 +634,28 @@ def test_seed_client_stops_on_a_failed_attestation_unless_insecure(
 
     by_env = run_seed_client(workdir, *url, "--action", "get-cvm-state", "--cvm-id", cvm_id, env={"DUET_INSECURE": "1"})
     assert by_env.returncode == 0, by_env.stdout + by_env.stderr
+
+
+def test_operations_that_need_several_owners_are_refused_naming_the_v1_route(
+    tmp_path: Path, rsa_owner: RsaOwner, v1_owner: Owner
+) -> None:
+    """The seed protocol speaks for one owner: with `mark in-update` needing two, its reopen is refused (and nothing
+    changes), while what one owner may do still works; v1 proposes the reopen and the other owner approves it."""
+    policy = tmp_path / "approvals.toml"
+    policy.write_text('[thresholds]\n"cvm.mark.in-update" = 2\n')
+    with serving(seed_process(tmp_path, rsa_owner, v1_owner, "--approval-policy", str(policy))) as process:
+        spec = SpecClient(process.url, rsa_owner.key)
+        cvm_id = start(spec)
+        assert spec.call("/mark_cvm", {"cvm_id": cvm_id, "cvm_mode": "in-service"})["success"] is True
+
+        refused = spec.call("/mark_cvm", fresh({"cvm_id": cvm_id, "cvm_mode": "in-update"}))
+
+        assert refused["success"] is False
+        assert "cvm.mark.in-update needs 2 owner signatures" in refused["error"]
+        assert "POST /v1/cvms/{id}/mark" in refused["error"] and "`duet cvm mark`" in refused["error"]
+        with v1_client(process.url, v1_owner.key, tmp_path / "user") as v1:
+            assert v1.state(cvm_id)["cvm"]["mode"] == lc.IN_SERVICE
+            proposal = v1.mark(cvm_id, lc.IN_UPDATE)["proposal"]
+            with v1_client(process.url, rsa_owner.key, tmp_path / "rsa-user") as other:
+                assert other.approve(proposal["id"])["proposal"]["status"] == "executed"
+            assert v1.state(cvm_id)["cvm"]["mode"] == lc.IN_UPDATE

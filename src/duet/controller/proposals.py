@@ -236,9 +236,28 @@ class ProposalService:
         proposer, digest: the proposal id); ``proposal.executed`` goes into the transaction of its
         first entry (``_execution``). A refusal or no effect is recorded as ``proposal.failed``."""
         proposal = self.replay.proposals[proposal_id]
-        body = proposal.request if proposal.request is not None else json.loads(self.store.get_blob(proposal_id))
+        try:
+            request = self._request_of(proposal)
+            result = await self._actions[request.op](request)
+        except DuetError as exc:
+            self._fail_if_open(proposal.id, exc.code, exc.message)
+            raise
+        except asyncio.CancelledError:
+            self._fail_if_open(proposal.id, "interrupted", "the execution was cancelled before it ran (the server is stopping)")
+            raise
+        except Exception:
+            self._fail_if_open(proposal.id, "internal_error", "the execution hit an unexpected error (in the controller's log)")
+            raise
+        self._fail_if_open(proposal.id, "no_effect", "by the time it ran, the operation had nothing left to change")
+        log.info("proposal %s executed (%s)", proposal.id[:16], proposal.operation)
+        return result
+
+    def _request_of(self, proposal: Proposal) -> AuthorizedRequest[Any]:
+        """The proposed request, as if its proposer alone had signed it: from the ledger entry, or
+        (a large one) from its blob, checked against its address, the proposal id."""
+        body = proposal.request if proposal.request is not None else json.loads(self.store.get_blob(proposal.id))
         op = str(body["op"])
-        request: AuthorizedRequest[Any] = AuthorizedRequest(
+        return AuthorizedRequest(
             op=op,
             params=PARAMS_BY_OP[op].model_validate(body["params"]),
             signer=proposal.proposer,
@@ -247,17 +266,6 @@ class ProposalService:
             signature=proposal.signature,
             before_first_entry=self._execution(proposal.id),
         )
-        try:
-            result = await self._actions[op](request)
-        except DuetError as exc:
-            self._fail_if_open(proposal.id, exc.code, exc.message)
-            raise
-        except BaseException:
-            self._fail_if_open(proposal.id, "internal_error", "the execution hit an unexpected error (in the controller's log)")
-            raise
-        self._fail_if_open(proposal.id, "no_effect", "by the time it ran, the operation had nothing left to change")
-        log.info("proposal %s executed (%s)", proposal.id[:16], proposal.operation)
-        return result
 
     def _execution(self, proposal_id: str) -> Callable[[Transaction, str | None], None]:
         def record(tx: Transaction, cvm_id: str | None) -> None:

