@@ -388,3 +388,22 @@ def test_verify_with_azure_attestation(tmp_path: Path, attested: ControllerProce
             tmp_path / "user2", "--json", "--url", attested.url, "verify", "--trust-root", str(sim_root), "--maa-url", maa.url
         )
         assert rc == 3 and (out["failed_step"], out["code"]) == ("maa", "maa_policy_violation")
+
+
+def test_verify_shows_who_may_act_and_how_many_must_agree(tmp_path: Path) -> None:
+    """The approval policy is in the attested identity document: verify shows it and pins it."""
+    owners = [make_owner(tmp_path, name) for name in ("a", "b")]
+    policy = tmp_path / "approvals.toml"
+    policy.write_text('[thresholds]\n"cvm.mark.in-update" = 2\n')
+    process = ControllerProcess(
+        tmp_path / "pstate", [o.pub_path for o in owners], tee="simulated", tls=True, extra_args=("--approval-policy", str(policy))
+    )
+    with serving(process):
+        root = tmp_path / "root.pem"
+        root.write_bytes(simulated_root_pem(process.state_dir))
+        rc, out, err = duet(tmp_path / "user", "--url", process.url, "verify", "--trust-root", str(root))
+        assert rc == 0, (out, err)
+        assert "Approvals: cvm.mark.in-update needs 2 of 2 owners; any other operation, one owner" in " ".join(out.split())
+        pin = TrustStore(tmp_path / "user").get(process.url)
+        assert pin is not None and pin.approval_policy is not None
+        assert pin.approval_policy["thresholds"]["cvm.mark.in-update"] == 2 and pin.policy_seq is not None

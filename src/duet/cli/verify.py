@@ -144,6 +144,20 @@ def _render(console: "Console", verdict: "ControllerVerdict", result: dict[str, 
         console.print("Owner keys (may administer CVMs while in-update):")
         for owner in verdict.owners:
             console.print(f"  {escape(owner)}")
+    thresholds = (verdict.approval_policy or {}).get("thresholds")
+    if isinstance(thresholds, dict):
+        needing = {op: n for op, n in sorted(thresholds.items()) if n != 1}
+        console.print(
+            "Approvals: "
+            + (
+                ", ".join(
+                    f"{escape(str(op))} needs {escape(str(n))} of {len(verdict.owners)} owners" for op, n in needing.items()
+                )
+                + "; any other operation, one owner"
+                if needing
+                else "any one owner may act alone (no approval policy)"
+            )
+        )
     if result["ok"]:
         console.print(
             f"[bold green]verified[/]: pinned controller {escape(str(result['controller'])[:16])}… "

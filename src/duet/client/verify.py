@@ -92,6 +92,12 @@ class ControllerVerdict:
         return list(owners) if isinstance(owners, list) else []
 
     @property
+    def approval_policy(self) -> dict[str, Any] | None:
+        """How many distinct owners each operation needs (None: a controller older than approvals)."""
+        policy = self.identity.get("approval_policy") if isinstance(self.identity, dict) else None
+        return policy if isinstance(policy, dict) else None
+
+    @property
     def attested(self) -> bool:
         return any(c.step == "evidence" and c.ok for c in self.checks)
 
@@ -115,6 +121,7 @@ class ControllerVerdict:
             "measurements": [c._asdict() for c in self.policy],
             "maa_measurements": [c._asdict() for c in self.maa_policy],
             "owners": self.owners,
+            "approval_policy": self.approval_policy,
             "tls_cert_sha256": self.identity.get("tls_cert_sha256") if isinstance(self.identity, dict) else None,
             "pinned": self.pin.to_dict() if self.pin else None,
         }
