@@ -226,6 +226,9 @@ def controller_serve(
             "Pinned at first start; later starts take it from sealed state (changed only by a governed policy.change).",
         ),
     ] = None,
+    max_pending_proposals: Annotated[
+        int, typer.Option(help="Proposals one owner may have waiting at once.")
+    ] = Settings.max_pending_proposals,
     proposal_sweep: Annotated[
         float, typer.Option(help="Seconds between two passes recording expired proposals.")
     ] = Settings.proposal_sweep_s,
@@ -322,6 +325,7 @@ def controller_serve(
         cvm_policy=cvm_policy,
         approval_policy=approval_policy,
         proposal_sweep_s=proposal_sweep,
+        max_pending_proposals=max_pending_proposals,
         cvm_attestation=not no_cvm_attestation,
         trust_simulated_cvm=trust_simulated_cvm,
         witnesses=witnesses,

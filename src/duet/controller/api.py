@@ -207,12 +207,12 @@ async def withdraw_proposal(request: Request, proposal_id: str) -> Response:
     return await _vote(request, "proposal.withdraw", proposal_id)
 
 
-@router.get("/proposals", summary="Proposals, newest first; ?status=pending for those waiting for approvals")
-async def list_proposals(request: Request, status: str | None = None, nonce: str | None = None) -> Response:
+@router.get("/proposals", summary="Proposals, newest first (?limit=, 100 by default); ?status=pending for those waiting")
+async def list_proposals(request: Request, status: str | None = None, limit: int = 100, nonce: str | None = None) -> Response:
     _check_nonce(nonce)
     controller = _controller(request)
     assert controller.proposals is not None
-    return signed(request, controller.proposals.list(status=status))
+    return signed(request, controller.proposals.list(status=status, limit=limit))
 
 
 @router.get("/proposals/{proposal_id}", summary="A proposal: its request, approvals (and whether each counts), expiry, outcome")

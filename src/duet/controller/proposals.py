@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,11 @@ from duet.protocol.models import PARAMS_BY_OP, OwnersChangeParams, PolicyChangeP
 from duet.storage import Transaction
 
 log = logging.getLogger("duet.proposals")
+
+LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+"""``GET /v1/proposals`` answers the newest 100 by default (``?limit=`` up to 1,000): its size
+does not grow with the number of proposals ever made."""
 
 Action = Callable[[AuthorizedRequest[Any]], Awaitable[dict[str, Any]]]
 
@@ -132,6 +138,13 @@ class ProposalService:
         if unchanged is not None:
             return Answered(unchanged, status=200)  # nothing to change: answered as a direct request, without a proposal
         assert operation is not None
+        waiting = sum(1 for p in self.replay.pending() if p.proposer == request.signer)
+        if waiting >= self.settings.max_pending_proposals:
+            raise Conflict(
+                f"{request.signer[:16]}… already has {waiting} proposals waiting for approvals, the most one owner may "
+                "have; withdraw some (`duet proposals --pending`, `duet withdraw ID`) or wait for them to close",
+                code="too_many_proposals",
+            )
         cvm_id = getattr(request.params, "cvm_id", None)
         vote = ap.propose(
             body,
@@ -385,14 +398,15 @@ class ProposalService:
             answer["message"] = ap.pending_message(proposal, policy=self.policy, owners=self.owners)
         return answer
 
-    def list(self, *, status: str | None = None) -> dict[str, Any]:
-        """Every proposal (or those with ``status``), newest first, closures that are due shown as closed."""
+    def list(self, *, status: str | None = None, limit: int = LIST_LIMIT) -> dict[str, Any]:
+        """The newest ``limit`` proposals (or those with ``status``), closures that are due shown as closed."""
         if status is not None and status not in ap.STATUSES:
             raise InvalidParams(f"status is one of {', '.join(ap.STATUSES)}", code="invalid_params")
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidParams(f"limit is from 1 to {MAX_LIST_LIMIT}", code="invalid_params")
         now = self.now()
-        shown = [ap.settle(p, now=now, cvm=self._mode(p.cvm_id)) for p in self.replay.proposals.values()]
-        chosen = [p for p in shown if status is None or p.status == status]
-        chosen.sort(key=lambda p: (p.created_at, p.id), reverse=True)
+        shown = (ap.settle(p, now=now, cvm=self._mode(p.cvm_id)) for p in reversed(self.replay.proposals.values()))
+        chosen = list(itertools.islice((p for p in shown if status is None or p.status == status), limit))
         return {"proposals": [self.describe(p) for p in chosen], "tree_size": self.ledger.size}
 
     def show(self, proposal_id: str) -> dict[str, Any]:

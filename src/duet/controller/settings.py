@@ -70,6 +70,9 @@ class Settings:
     """The approval policy (TOML): how many owners must sign each operation. Read at first start
     and pinned in sealed state; at a later start it must be the policy in force, or omitted.
     None: one owner for everything."""
+    max_pending_proposals: int = 32
+    """Proposals one owner may have waiting at once: a stolen key cannot fill the controller's
+    memory or the other owners' lists with proposals (``too_many_proposals``)."""
     proposal_sweep_s: float = 30.0
     """How often expired proposals (and those whose CVM changed mode) are recorded as closed; a
     vote on one is refused at once whether or not the sweep has recorded it yet."""

@@ -876,8 +876,16 @@ class ProposalReplay:
             if operation is not None:
                 self._operation(entry, operation, violation)
         self._track_mode(event, entry, seq)
+        self._forget_closed_request(entry.get("proposal") if event in PROPOSAL_EVENTS else None)
         self.violations.extend(found)
         return found
+
+    def _forget_closed_request(self, pid: Any) -> None:
+        """A closed proposal's request body is not kept in memory (it is in its ``proposal.created``
+        entry, or its blob): what a replay holds per proposal stays small however many were made."""
+        proposal = self.proposals.get(pid) if isinstance(pid, str) else None
+        if proposal is not None and proposal.status in CLOSED and proposal.request is not None:
+            self.proposals[pid] = replace(proposal, request=None, signature=None)
 
     # --- the owner set and the policy in force ---------------------------------------------
 

@@ -64,7 +64,7 @@ def world(tmp_path: Path) -> World:
     return World(tmp_path / "state", owner_keys, pubs, policy, FakeProvider(), FakeSsh(), Clock())
 
 
-async def open_world(world: World, *, first: bool = False) -> Controller:
+async def open_world(world: World, *, first: bool = False, **overrides: Any) -> Controller:
     settings = Settings(
         state_dir=world.state_dir,
         owner_keys=tuple(world.pubs) if first else (),
@@ -72,6 +72,7 @@ async def open_world(world: World, *, first: bool = False) -> Controller:
         providers=("fake",),
         tee="none",
         trust_simulated_cvm=True,
+        **overrides,
     )
     controller = open_controller(settings, providers={"fake": world.provider}, ssh=world.ssh, clock=world.clock)
     await controller.service.recover()
@@ -295,3 +296,30 @@ async def test_owner_changes_that_would_break_the_policy_are_refused(controller:
         assert violations(reopened) == []
     finally:
         await reopened.close()
+
+
+async def test_one_owner_cannot_fill_the_controller_with_proposals(world: World) -> None:
+    controller = await open_world(world, first=True, max_pending_proposals=3)
+    try:
+        cvm_id = await in_service_cvm(controller, world)
+        reopen = {"cvm_id": cvm_id, "mode": lc.IN_UPDATE}
+        for _ in range(3):  # three waiting proposals of the same owner: the most it may have
+            assert (await perform(controller, signed(controller, world, 0, "cvm.mark", reopen)))["proposal"][
+                "status"
+            ] == "pending"
+        with pytest.raises(DuetError) as refused:
+            await perform(controller, signed(controller, world, 0, "cvm.mark", reopen))
+        assert refused.value.code == "too_many_proposals"
+        assert controller.proposals is not None
+        size = controller.ledger.size
+        other = await perform(controller, signed(controller, world, 1, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_UPDATE}))
+        assert other["proposal"]["status"] == "pending"  # another owner is not held to the first one's count
+        assert controller.ledger.size == size + 1
+        # a closed proposal's request is not kept in memory (the ledger has it)
+        mine = [p for p in controller.proposals.replay.pending() if p.proposer != other["proposal"]["proposer"]][0]
+        assert mine.request is not None
+        await vote(controller, world, 0, "proposal.withdraw", mine.id)
+        assert controller.proposals.replay.proposals[mine.id].request is None
+        assert controller.proposals.show(mine.id)["proposal"]["status"] == "withdrawn"
+    finally:
+        await controller.close()
