@@ -69,14 +69,21 @@ OPS = {
     ("POST", "/v1/cvms/{cvm_id}/mark"): "cvm.mark",
     ("POST", "/v1/cvms/{cvm_id}/stop"): "cvm.stop",
     ("POST", "/v1/cvms/{cvm_id}/attest"): "cvm.attest",
+    ("POST", "/v1/owners"): "owners.change",
+    ("POST", "/v1/policy"): "policy.change",
+    ("POST", "/v1/proposals/{proposal_id}/approve"): "proposal.approve",
+    ("POST", "/v1/proposals/{proposal_id}/reject"): "proposal.reject",
+    ("POST", "/v1/proposals/{proposal_id}/withdraw"): "proposal.withdraw",
 }
 V1_OPERATIONS = {
     *(f"{method} {path}" for method, path in OPS),
     *(f"GET /v1/{path}" for path in ("cvms", "cvms/{cvm_id}", "jobs/{job_id}", "attestation", "blobs/{sha256}", "events")),
     *(f"GET /v1/ledger/{path}" for path in ("head", "entries", "proof/inclusion", "proof/consistency")),
+    "GET /v1/proposals",
+    "GET /v1/proposals/{proposal_id}",
 }
-"""The 15 v1 operations this suite was written for: each must be in the schema (and is fuzzed,
-as every other operation the schema has). An owner route added later must go into ``OPS`` too."""
+"""The v1 operations this suite was written for: each must be in the schema (and is fuzzed, as
+every other operation the schema has). An owner route added later must go into ``OPS`` too."""
 ATTEST = "POST /v1/cvms/{cvm_id}/attest"
 REAL_ATTESTS = 2
 """Properly signed attests of the real CVM sent after the fuzzing, each must pass (the local
@@ -152,6 +159,27 @@ def params_for(op: str, target: Target, path_cvm: str | None) -> st.SearchStrate
         )
     elif op == "cvm.attest":  # mostly the real CVM: each such request runs a real attestation
         valid = st.fixed_dictionaries({"cvm_id": st.just(target.cvm_id) | cvm})
+    elif op == "owners.change":  # the one owner stays: removals name strangers or it (no_owners), additions are not keys
+        valid = st.fixed_dictionaries(
+            {},
+            optional={
+                "add": st.lists(
+                    st.text(max_size=60).map(lambda t: f"-----BEGIN PUBLIC KEY-----\n{t}\n-----END PUBLIC KEY-----\n"), max_size=2
+                ),
+                "remove": st.lists(hex64 | st.just(target.owner.key_id), max_size=2),
+            },
+        )
+    elif op == "policy.change":  # thresholds of 1 (in force: harmless) or above the one owner (refused)
+        thresholds = st.dictionaries(
+            st.sampled_from(["cvm.run", "cvm.mark.in-update", "cvm.stop", "bogus"]), st.integers(0, 3), max_size=3
+        )
+        valid = st.fixed_dictionaries(
+            {"policy": st.fixed_dictionaries({"thresholds": thresholds}, optional={"proposal_ttl_s": st.integers(-1, 10**6)})}
+        )
+    elif op.startswith("proposal."):
+        valid = st.fixed_dictionaries(
+            {"proposal_id": st.just(path_cvm) | hex64 if path_cvm else hex64}, optional={"reason": st.text(max_size=600)}
+        )
     else:
         valid = st.fixed_dictionaries({"cvm_id": hex64 | st.text(max_size=70)})
     # Invalid but signed: extra fields, wrong types, commands that are not lists of strings.
@@ -393,7 +421,8 @@ def test_every_v1_route_answers_signed_and_never_5xx(target: Target, fuzz_summar
         op = OPS.get((case.method.upper(), case.operation.path))
         if op is None:
             return st.just(case)
-        path_cvm = (case.path_parameters or {}).get("cvm_id")
+        path_parameters = case.path_parameters or {}
+        path_cvm = path_parameters.get("cvm_id", path_parameters.get("proposal_id"))  # the id the path names
         path_cvm = path_cvm if isinstance(path_cvm, str) else None
 
         def attach(drawn: tuple[str, bytes, str | None]) -> Any:
