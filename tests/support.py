@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,18 @@ def make_owner(directory: Path, name: str = "owner", key_type: str = "ed25519") 
     path = directory / f"{name}.pem"
     pub_path = keys.write_key_pair(path, key)
     return Owner(key, path, pub_path)
+
+
+def duet_cli(
+    controller: ControllerProcess, owner: Owner, home: Path, *args: str, cvm_roots: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """The `duet` command as an owner runs it against a test controller (plain HTTP, TEE none: used
+    unverified with DUET_INSECURE), in its own user directory; ``cvm_roots``: trusting the local
+    CVMs' SIMULATED roots, as an auditor of this controller does."""
+    env = {**os.environ, "DUET_URL": controller.url, "DUET_KEY": str(owner.path), "DUET_HOME": str(home), "DUET_INSECURE": "1"}
+    if cvm_roots:
+        env["DUET_CVM_ROOTS"] = str(controller.cvm_roots_file())
+    return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def start_cvm(client: DuetClient, cvm_type: str = "snp") -> str:

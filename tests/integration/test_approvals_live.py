@@ -8,9 +8,6 @@ and the ledger's operation entries are checked after each.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +23,7 @@ from duet.errors import ControllerChanged, DuetError
 from duet.protocol import lifecycle as lc
 from duet.protocol.envelope import sign_request, verify_answer
 from duet.testing.process import ControllerProcess
-from support import Owner, make_owner, serving, start_cvm
+from support import Owner, duet_cli, make_owner, serving, start_cvm
 
 POLICY = """
 proposal_ttl_s = 3600
@@ -300,20 +297,8 @@ def test_removing_an_owner_needs_its_threshold_and_drops_its_approvals(
     assert identity.approval_policy is not None and identity.approval_policy["thresholds"]["cvm.stop"] == 2
     refused(lambda: a.mark(cvm_id, lc.IN_SERVICE), "unknown_signer", 401)
     # the removed proposer's reopening ran on the approvals of the owners in force: lawful, as the audit says
-    audited = duet_cli(controller, owners[1], tmp_path / "auditor", "--json", "audit")
+    audited = duet_cli(controller, owners[1], tmp_path / "auditor", "--json", "audit", cvm_roots=True)
     assert audited.returncode == 0 and json.loads(audited.stdout.splitlines()[0])["ok"] is True, audited.stdout[-2000:]
-
-
-def duet_cli(controller: ControllerProcess, owner: Owner, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DUET_URL": controller.url,
-        "DUET_KEY": str(owner.path),
-        "DUET_HOME": str(home),
-        "DUET_INSECURE": "1",
-        "DUET_CVM_ROOTS": str(controller.cvm_roots_file()),
-    }
-    return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_the_cli_proposes_approves_and_the_audit_recounts_every_vote(
@@ -339,6 +324,6 @@ def test_the_cli_proposes_approves_and_the_audit_recounts_every_vote(
     relaxed = duet_cli(controller, owners[2], tmp_path / "c", "--json", "policy", "show")
     assert json.loads(relaxed.stdout)["approval_policy"]["thresholds"]["cvm.mark.in-update"] == 2
     for target in ((), (cvm_id,)):
-        audited = duet_cli(controller, owners[2], tmp_path / f"auditor{len(target)}", "--json", "audit", *target)
+        audited = duet_cli(controller, owners[2], tmp_path / f"auditor{len(target)}", "--json", "audit", *target, cvm_roots=True)
         report = json.loads(audited.stdout.splitlines()[0])
         assert audited.returncode == 0 and report["ok"] is True, (report.get("findings"), audited.stderr)

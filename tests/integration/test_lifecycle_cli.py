@@ -11,18 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from duet.testing.process import ControllerProcess
+from support import duet_cli
 
 
 def duet(controller: ControllerProcess, owner: Any, user_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # The fixture controller is plain HTTP with TEE none: used unverified (DUET_INSECURE), see test_verify.py.
-    env = {
-        **os.environ,
-        "DUET_URL": controller.url,
-        "DUET_KEY": str(owner.path),
-        "DUET_HOME": str(user_dir),
-        "DUET_INSECURE": "1",
-    }
-    return subprocess.run([sys.executable, "-m", "duet", *args], env=env, capture_output=True, text=True, timeout=120)
+    return duet_cli(controller, owner, user_dir, *args)
 
 
 def duet_json(controller: ControllerProcess, owner: Any, user_dir: Path, *args: str, ok: bool = True) -> dict[str, Any]:
