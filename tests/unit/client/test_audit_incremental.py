@@ -21,8 +21,8 @@ from synthetic_ledger import SyntheticLedger, SyntheticSource
 from duet.client import audit as audit_module
 from duet.client.audit import Auditor, AuditResult, HeadStore
 from duet.client.audit_checkpoint import CheckpointStore, decode_replay, encode_replay
-from duet.protocol.rules import RulesReplay
 from duet.protocol import lifecycle as lc
+from duet.protocol.rules import RulesReplay
 
 
 def findings(result: AuditResult) -> list[tuple[str, int | None]]:
