@@ -396,7 +396,11 @@ def test_verify_shows_who_may_act_and_how_many_must_agree(tmp_path: Path) -> Non
     policy = tmp_path / "approvals.toml"
     policy.write_text('[thresholds]\n"cvm.mark.in-update" = 2\n')
     process = ControllerProcess(
-        tmp_path / "pstate", [o.pub_path for o in owners], tee="simulated", tls=True, extra_args=("--approval-policy", str(policy))
+        tmp_path / "pstate",
+        [o.pub_path for o in owners],
+        tee="simulated",
+        tls=True,
+        extra_args=("--approval-policy", str(policy)),
     )
     with serving(process):
         root = tmp_path / "root.pem"

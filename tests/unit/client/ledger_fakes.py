@@ -121,7 +121,6 @@ class EntryLedger:
         self.add(cvm, lc.CVM_STOPPING, actor, previous=previous, job=f"job-stop-{cvm[:4]}")
         return self.add(cvm, lc.CVM_STOPPED, key_destroyed=True)
 
-
     # --- approvals (docs/approvals.md) ------------------------------------------------------
 
     def policy(self, thresholds: dict[str, int], *, actor: str = lc.CONTROLLER_ACTOR) -> dict[str, Any]:
