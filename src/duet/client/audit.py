@@ -97,7 +97,6 @@ from duet.ledger.heads import SignedHead, parse_head, verify_head
 from duet.ledger.merkle import leaf_hash, verify_consistency
 from duet.ledger.tiles import TiledLog, TileError
 from duet.protocol import lifecycle as lc
-from duet.protocol.approvals import ApprovalPolicy
 from duet.protocol.canonical import is_hex64, timestamp
 from duet.protocol.envelope import ANSWER_FIELDS, new_nonce, request_target, verify_answer
 from duet.protocol.rules import RulesReplay
@@ -366,6 +365,8 @@ class _Round:
     unchecked_evidence: int = 0
     unchecked_outputs: int = 0
     """``--tiles``: CVM attestations whose evidence, and outputs, are not in the published log."""
+    governance: deque[dict[str, Any]] = field(default_factory=deque)
+    """A CVM's audit: the controller's own entries not fed to the replay yet (``_govern``)."""
 
 
 class Auditor:
@@ -524,12 +525,10 @@ class Auditor:
             self._clean = False
             return
         if self._replay is None:
-            # The whole ledger names its owner sets and approval policies itself (``controller.owners``,
-            # ``controller.policy``); one CVM's entries do not, so they are held to the attested identity's.
-            if self.cvm is None:
-                self._replay = RulesReplay()
-            else:
-                self._replay = RulesReplay.start(owners=pin.owners or None, policy=pinned_policy(pin))
+            # The ledger names its owner sets and approval policies itself (``controller.owners``,
+            # ``controller.policy``, entries about no CVM).
+            # A CVM's audit is fed the controller's own entries too (``_controller_entries``), in order.
+            self._replay = RulesReplay()
             self._fresh, self._snapshot = True, None
         rnd = _Round(self.verified_size, deque(maxlen=self.timeline), expected=self.verified_size)
         result.start = rnd.start
@@ -540,6 +539,25 @@ class Auditor:
         else:
             self._check_cvm(head, rnd)
         self._finish(head, rnd, result)
+        self._compare_owners(pin, result)
+
+    def _compare_owners(self, pin: ControllerPin, result: AuditResult) -> None:
+        """The owner set the ledger puts in force must be the attested identity's one the user pinned:
+        a key the host slipped in shows here even where no entry of it was audited yet."""
+        replay = self._replay
+        owners = replay.lifecycle.owners if replay is not None else None
+        if not result.ok or not pin.owners or owners is None or set(owners) == set(pin.owners):
+            return
+        changed = replay.proposals.owners_seq if replay is not None else None
+        result.findings.append(
+            Finding(
+                "owners_not_as_pinned",
+                f"the ledger's owner set in force ({len(owners)} key(s), from entry {changed}) is not the one of the identity "
+                f"you pinned ({len(pin.owners)} key(s)); if the owners changed it (a governed owners.change), verify the "
+                "controller again (`duet verify --replace`), else the host put other keys in",
+                changed,
+            )
+        )
 
     # --- the head of a round, and the witnesses ------------------------------------------
 
@@ -906,6 +924,8 @@ class Auditor:
         rnd.shown += 1
         if isinstance(entry, dict):
             self._link(rnd, entry)
+            if rnd.governance and isinstance(entry.get("seq"), int):
+                self._govern(rnd, before=entry["seq"])
             rnd.rules += [Finding(v.code, v.message, v.seq, rule=True) for v in replay.apply(entry)]
             event = entry.get("event")
             if event == lc.CVM_ATTESTED and entry.get("ok") is True:
@@ -1145,6 +1165,7 @@ class Auditor:
         oracle = TreeOracle(self.source, head.tree_size, head.root)
         end, position, streaming = head.tree_size, rnd.start, True
         with ThreadPoolExecutor(PROOF_WORKERS, thread_name_prefix="duet-audit-proofs") as pool:
+            self._controller_entries(oracle, rnd, pool)
             while position < end:
                 entries, stop = self._page(position, end, self.cvm)
                 if streaming and self._in_order(entries, rnd.expected, stop):
@@ -1156,6 +1177,34 @@ class Auditor:
                 self._prove_page(oracle, entries, rnd, pool)
                 position = stop
                 self._report(position - rnd.start, end - rnd.start)
+        self._govern(rnd, before=end)
+
+    def _controller_entries(self, oracle: TreeOracle, rnd: _Round, pool: ThreadPoolExecutor) -> None:
+        """For a CVM's audit: the entries about no CVM (owner sets, approval policies, proposals on
+        no CVM, starts) from ``rnd.start`` on, each proven in the signed tree and linked to the one
+        before it, kept to be replayed in order with the CVM's (``_govern``): a command is judged by
+        the owner set and policy in force at its seq, as in the whole-ledger audit."""
+        position, end, jobs = rnd.start, oracle.size, []
+        while position < end:
+            entries, position = self._page(position, end, lc.CONTROLLER_SCOPE)
+            for entry in entries:
+                seq = entry.get("seq") if isinstance(entry, dict) else None
+                last = rnd.governance[-1]["seq"] if rnd.governance else rnd.start - 1
+                if not isinstance(seq, int) or not last < seq < end or entry.get("cvm") is not None:
+                    where = seq if isinstance(seq, int) else None
+                    rnd.findings.append(Finding("entry_misplaced", f"entry {seq!r} is not the controller's next one", where))
+                    continue
+                self._link(rnd, entry)
+                rnd.governance.append(entry)
+                jobs.append((seq, entry_leaf(entry), entry.get("event")))
+        rnd.findings += _proofs(oracle, jobs, pool)
+
+    def _govern(self, rnd: _Round, *, before: int) -> None:
+        """Feed the replay the controller's own entries that come before seq ``before``."""
+        assert self._replay is not None
+        while rnd.governance and rnd.governance[0]["seq"] < before:
+            entry = rnd.governance.popleft()
+            rnd.rules += [Finding(v.code, v.message, v.seq, rule=True) for v in self._replay.apply(entry)]
 
     def _in_order(self, entries: list[Any], expected: int, stop: int) -> bool:
         """A page of this CVM's entries in strictly increasing order, from ``expected`` on."""
@@ -1495,16 +1544,6 @@ def _is_answer(data: Any) -> bool:
 def _unwrapped(data: Any) -> Any:
     """The head of a ``duet audit --json`` report; anything else as it is (a bare signed head)."""
     return data["head"] if isinstance(data, dict) and isinstance(data.get("head"), dict) else data
-
-
-def pinned_policy(pin: ControllerPin) -> ApprovalPolicy | None:
-    """The approval policy of the identity the user pinned (None: pinned before approvals, or unreadable)."""
-    if pin.approval_policy is None:
-        return None
-    try:
-        return ApprovalPolicy.from_dict(pin.approval_policy, "the pinned approval policy")
-    except DuetError:
-        return None
 
 
 # --- the timeline users read ------------------------------------------------------------

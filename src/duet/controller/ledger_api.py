@@ -77,7 +77,8 @@ async def ledger_checkpoint(
 
 @router.get(
     "/ledger/entries",
-    summary=f"Ledger entries start <= seq < end (at most {MAX_PAGE}; page on from `end`), optionally of one CVM",
+    summary=f"Ledger entries start <= seq < end (at most {MAX_PAGE}; page on from `end`), optionally of one CVM "
+    "(`cvm=controller`: the entries about no CVM)",
 )
 async def ledger_entries(
     request: Request,

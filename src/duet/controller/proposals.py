@@ -35,13 +35,13 @@ from duet.controller.auth import AuthorizedRequest, ParamsT, RequestAuthenticato
 from duet.controller.sealed_state import SealedState
 from duet.controller.service import MAX_REASON_CHARS, LifecycleService
 from duet.controller.settings import Settings
-from duet.controller.store import Store
-from duet.errors import Conflict, DuetError, InvalidParams
+from duet.controller.store import OutputPruned, Store, StoredBlobAltered
+from duet.errors import Conflict, DuetError, Forbidden, InvalidParams
 from duet.ledger.log import Ledger
 from duet.protocol import approvals as ap
 from duet.protocol import lifecycle as lc
 from duet.protocol.approvals import ApprovalPolicy, Ballot, CvmMode, EntrySpec, Proposal, ProposalReplay
-from duet.protocol.canonical import canonical
+from duet.protocol.canonical import canonical, timestamp
 from duet.protocol.models import PARAMS_BY_OP, OwnersChangeParams, PolicyChangeParams
 from duet.storage import Transaction
 
@@ -117,9 +117,12 @@ class ProposalService:
         return frozenset(self.owner_keys)
 
     def now(self) -> datetime:
-        """The authenticator's clock: the host's, never believed backwards (a proposal's expiry
-        cannot be reopened by setting the clock back; setting it forward only closes proposals)."""
-        return datetime.fromtimestamp(self.authenticator.now(), UTC)
+        """The controller's clock (``controller.clock.FloorClock``, through the authenticator): the
+        host's, never believed backwards, the one the ledger stamps entries with. To the
+        millisecond, as entries say it: each decision is recorded with the very time it was made
+        at (``_append(..., at=)``), so an auditor recounting from the entries decides the same."""
+        moment = datetime.fromtimestamp(self.authenticator.now(), UTC)
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
     def _mode(self, cvm_id: str | None) -> CvmMode | None:
         return self.replay.cvms.get(cvm_id) if cvm_id is not None else None
@@ -133,7 +136,7 @@ class ProposalService:
         body = request.body or {}
         operation = ap.operation_of(request.op, body.get("params") or {})
         if not self.policy.needs_approvals(operation):
-            return dataclasses.replace(request, before_first_entry=self._direct_guard(request.op, body))
+            return dataclasses.replace(request, before_first_entry=self._direct_guard(request.signer, request.op, body))
         unchanged = self._precheck(request)
         if unchanged is not None:
             return Answered(unchanged, status=200)  # nothing to change: answered as a direct request, without a proposal
@@ -146,19 +149,20 @@ class ProposalService:
                 code="too_many_proposals",
             )
         cvm_id = getattr(request.params, "cvm_id", None)
+        now = self.now()
         vote = ap.propose(
             body,
             proposer=request.signer,
             policy=self.policy,
             owners=self.owners,
-            now=self.now(),
+            now=now,
             cvm=self._mode(cvm_id),
             signature=request.signature,
         )
         with self.store.transaction() as tx:
             if body and len(canonical(body)) > ap.INLINE_REQUEST_MAX_BYTES:
                 self.store.put_blob(tx, vote.proposal.id, canonical(body))
-            self._append(tx, ap.created_entry(vote.proposal, self.policy))
+            self._append(tx, ap.created_entry(vote.proposal, self.policy), at=now)
         log.info("proposal %s (%s) by %s: waiting for approvals", vote.proposal.id[:16], operation, request.signer[:16])
         return Answered(self._answer(vote.proposal.id))
 
@@ -167,7 +171,7 @@ class ProposalService:
         (``approvals_required``, naming the v1 route), else guarded like a direct request."""
         body = request.body or {"op": request.op, "params": request.params.model_dump()}
         ap.check_single_owner(self.policy, ap.operation_of(request.op, body.get("params") or {}), v1_route=v1_route)
-        return dataclasses.replace(request, before_first_entry=self._direct_guard(request.op, body))
+        return dataclasses.replace(request, before_first_entry=self._direct_guard(request.signer, request.op, body))
 
     def _precheck(self, request: AuthorizedRequest[Any]) -> dict[str, Any] | None:
         if request.op == "owners.change":
@@ -178,8 +182,17 @@ class ProposalService:
             return None
         return self.lifecycle.precheck(request.op, request.params)
 
-    def _direct_guard(self, op: str, body: dict[str, Any]) -> Callable[[Transaction, str | None], None]:
+    def _direct_guard(self, signer: str, op: str, body: dict[str, Any]) -> Callable[[Transaction, str | None], None]:
+        """Checked at each of the request's entries: its signer is still an owner (a key removed
+        while its request waited, behind another's command or an attestation, acts no more: its
+        later commands are refused too) and one owner still suffices."""
+
         def guard(tx: Transaction, cvm_id: str | None) -> None:
+            if signer not in self.owner_keys:
+                raise Forbidden(
+                    f"{signer[:16]}… was removed from the owner set while this request waited; nothing more of it runs",
+                    code="not_an_owner",
+                )
             operation = ap.operation_of(op, body.get("params") or {})
             if self.policy.needs_approvals(operation):
                 raise Conflict(
@@ -222,7 +235,7 @@ class ProposalService:
         else:
             after, event = ap.withdraw(proposal, ballot, owners=owners, now=now), ap.PROPOSAL_WITHDRAWN
         with self.store.transaction() as tx:
-            self._append(tx, ap.vote_entry(event, after, ballot, policy=policy, owners=owners))
+            self._append(tx, ap.vote_entry(event, after, ballot, policy=policy, owners=owners), at=now)
         result = await self._execute(after.id) if ready else None
         return {**self._answer(after.id), "result": result}
 
@@ -233,13 +246,13 @@ class ProposalService:
             return proposal
         with self.store.transaction() as tx:
             if settled.status == ap.EXPIRED:
-                self._append(tx, ap.expired_entry(settled))
+                self._append(tx, ap.expired_entry(settled), at=now)
             else:
                 reason = (
                     f"its CVM was {proposal.bound_to.describe() if proposal.bound_to else '?'} when it was proposed and "
-                    "its mode changed since: it will not run in a situation its signers did not see"
+                    "changed since (its mode, or commands ran): it will not run in a situation its signers did not see"
                 )
-                self._append(tx, ap.failed_entry(settled, code=settled.reason or "cvm_mode_changed", reason=reason))
+                self._append(tx, ap.failed_entry(settled, code=settled.reason or "cvm_mode_changed", reason=reason), at=now)
         return self.replay.proposals[proposal.id]
 
     # --- execution -----------------------------------------------------------------------------
@@ -268,7 +281,20 @@ class ProposalService:
     def _request_of(self, proposal: Proposal) -> AuthorizedRequest[Any]:
         """The proposed request, as if its proposer alone had signed it: from the ledger entry, or
         (a large one) from its blob, checked against its address, the proposal id."""
-        body = proposal.request if proposal.request is not None else json.loads(self.store.get_blob(proposal.id))
+        try:
+            body = proposal.request if proposal.request is not None else json.loads(self.store.get_blob(proposal.id))
+        except StoredBlobAltered:
+            raise Conflict(
+                f"the stored request of proposal {proposal.id[:16]}… no longer hashes to its id: the database was edited; "
+                "it does not run",
+                code="proposal_request_altered",
+            ) from None
+        except OutputPruned:
+            raise Conflict(
+                f"the stored request of proposal {proposal.id[:16]}… was pruned by the output retention policy (keep "
+                "--output-retention-days above the proposals' lifetime); it does not run",
+                code="proposal_request_pruned",
+            ) from None
         op = str(body["op"])
         return AuthorizedRequest(
             op=op,
@@ -293,8 +319,9 @@ class ProposalService:
                     f"({ap.count(proposal, self.owners)} of {self.policy.threshold(proposal.operation)} count now)",
                     code="quorum_lost",
                 )
-            done = ap.executed(proposal, now=self.now(), cvm=self._mode(proposal.cvm_id))
-            self._append(tx, ap.executed_entry(done, policy=self.policy, owners=self.owners))
+            now = self.now()
+            done = ap.executed(proposal, now=now, cvm=self._mode(proposal.cvm_id))
+            self._append(tx, ap.executed_entry(done, policy=self.policy, owners=self.owners), at=now)
 
         return record
 
@@ -302,9 +329,10 @@ class ProposalService:
         proposal = self.replay.proposals.get(proposal_id)
         if proposal is None or proposal.status not in (ap.PENDING, ap.APPROVED):
             return
-        failed = ap.fail(proposal, code=code, now=self.now())
+        now = self.now()
+        failed = ap.fail(proposal, code=code, now=now)
         with self.store.transaction() as tx:
-            self._append(tx, ap.failed_entry(failed, code=code, reason=reason[:MAX_REASON_CHARS]))
+            self._append(tx, ap.failed_entry(failed, code=code, reason=reason[:MAX_REASON_CHARS]), at=now)
 
     # --- governed changes ----------------------------------------------------------------------
 
@@ -327,6 +355,8 @@ class ProposalService:
             if key_id in after:
                 raise Conflict(f"{key_id[:16]}… is already an owner of this controller", code="already_an_owner")
             after[key_id] = keys.public_pem(key).decode()
+        if after == self.owner_keys:
+            raise Conflict("this owners.change leaves the owner set as it is; nothing to change", code="no_change")
         ap.check_governance(self.policy, len(after))
         return after
 
@@ -335,6 +365,8 @@ class ProposalService:
             policy = ApprovalPolicy.from_dict(params.policy, "the proposed policy")
         except DuetError as exc:
             raise InvalidParams(exc.message, code=exc.code) from None
+        if policy.sha256 == self.policy.sha256:
+            raise Conflict("this policy.change proposes the policy in force; nothing to change", code="no_change")
         ap.check_governance(policy, len(self.owners))
         return policy
 
@@ -454,7 +486,13 @@ class ProposalService:
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    def _append(self, tx: Transaction, spec: EntrySpec) -> dict[str, Any]:
+    def _append(self, tx: Transaction, spec: EntrySpec, at: datetime | None = None) -> dict[str, Any]:
         return self.ledger.append(
-            tx, cvm=spec.cvm, event=spec.event, actor=spec.actor, request_digest=spec.request_digest, **spec.fields
+            tx,
+            cvm=spec.cvm,
+            event=spec.event,
+            actor=spec.actor,
+            request_digest=spec.request_digest,
+            at=timestamp(at) if at is not None else None,
+            **spec.fields,
         )

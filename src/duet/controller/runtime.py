@@ -19,6 +19,7 @@ from duet.attestation.cvm_policy import DEFAULT_CVM_POLICY, CvmPolicy
 from duet.attestation.sgx.roots import intel_sgx_root_key
 from duet.attestation.snp.roots import amd_roots
 from duet.controller.auth import RequestAuthenticator
+from duet.controller.clock import FloorClock
 from duet.controller.events import Streams
 from duet.controller.identity import (
     SIGNING_KEY_FILE,
@@ -170,6 +171,7 @@ def open_controller(
     controller_id = keys.key_id(signing_key.public_key())
     tls = load_or_create_tls(sealed_dir, controller_id)
     store = Store(Database(settings.database))
+    floor = FloorClock(clock)
     try:
         sealed = SealedState.open(
             sealed_dir,
@@ -180,7 +182,7 @@ def open_controller(
         )
         if first_start:
             commit_first_start(sealed_dir)
-        verified = load_verified_state(store, controller_id, sealed, clock)
+        verified = load_verified_state(store, controller_id, sealed, floor)
         owners = check_owners(verified.owner_keys, given)
         policy = verified.approval_policy(sealed.approval_policy)
         if policy_given is not None and policy_given.sha256 != policy.sha256:
@@ -200,6 +202,8 @@ def open_controller(
         raise
     if owners != sealed.owners or policy.to_dict() != (sealed.approval_policy or ApprovalPolicy().to_dict()):
         sealed.govern(owners=owners, approval_policy=policy.to_dict())  # a crash came between a governed change and its seal
+    not_before, requests = recent_requests(verified.ledger, settings.nonce_retention_s)
+    floor.raise_to(not_before)  # from here on no entry is stamped earlier than the last one
     store.replace_owners(owners)  # a cache for people reading the database; never read back
     verified.ledger.subscribe(verified.proposals.apply)  # before this start's own entries
     _record_start(store, verified, owners, settings, policy)
@@ -234,11 +238,10 @@ def open_controller(
         histories=verified.histories,
         cvm_roots=cvm_roots(settings, providers),
         cvm_policy=CvmPolicy.load(settings.cvm_policy) if settings.cvm_policy else DEFAULT_CVM_POLICY,
-        clock=clock,
+        clock=floor,
     )
-    not_before, requests = recent_requests(verified.ledger, settings.nonce_retention_s)
     authenticator = RequestAuthenticator(
-        store, controller_id, settings, owners, clock=clock, not_before=not_before, recent_requests=requests
+        store, controller_id, settings, owners, clock=floor, not_before=not_before, recent_requests=requests
     )
     checkpoints = Checkpoints(verified.ledger, signing_key, controller_id, witnesses=witnesses, quorum=quorum)
     witnessing = (

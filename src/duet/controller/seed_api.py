@@ -141,9 +141,6 @@ class SeedGateway:
         self._output_hashes: dict[tuple[str, str], str] = {}
         """The seed's output hash by (stdout SHA-256, stderr SHA-256), computed once."""
         self._quote: str | None = None
-        self._owners = [
-            (key_id, key) for key_id, key in controller.authenticator.owner_keys.items() if isinstance(key, rsa.RSAPublicKey)
-        ]
 
     # --- trust ---------------------------------------------------------------------------
 
@@ -159,9 +156,11 @@ class SeedGateway:
         return {"quote": self._quote, "public_key": self.public_pem}
 
     def _rsa_owners(self) -> list[tuple[str, rsa.RSAPublicKey]]:
-        """The pinned owner keys that can sign seed requests (RSA only), by key id: the
-        attested set, never the database's owners table."""
-        return self._owners
+        """The owner keys in force that can sign seed requests (RSA only), by key id: the
+        authenticator's, read at each request (a governed owners.change takes effect here at
+        once), never the database's owners table."""
+        owner_keys = self.controller.authenticator.owner_keys
+        return [(key_id, key) for key_id, key in owner_keys.items() if isinstance(key, rsa.RSAPublicKey)]
 
     def authorize(self, op: str, duet_op: str, body: bytes) -> tuple[dict[str, Any], _Admitted]:
         """Admit a privileged seed request: an RSA owner key must have signed its params."""

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from duet.errors import ConfigError, DuetError, InvalidParams
 from duet.ledger.merkle import MerkleTree, leaf_hash
+from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import canonical, timestamp
 from duet.storage import Database, Transaction
 
@@ -231,9 +232,12 @@ class Ledger:
         event: str,
         actor: str,
         request_digest: str | None = None,
+        at: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Write an entry in ``tx``; it joins the tree when ``tx`` commits."""
+        """Write an entry in ``tx``; it joins the tree when ``tx`` commits. ``at``: its time, when
+        a decision was made at that very time (a proposal's expiry is judged by it); never earlier
+        than the entries before it (the caller took it from the same clock, just now)."""
         clash = RESERVED_FIELDS & fields.keys()
         if clash:
             raise ValueError(f"ledger fields {sorted(clash)} are reserved")
@@ -243,7 +247,7 @@ class Ledger:
             tx.on_commit(lambda: self._committed(pending))
         entry = {
             "seq": self.tree.size + len(pending.entries),
-            "time": self._now(),
+            "time": at or self._now(),
             "cvm": cvm,
             "cvm_prev": self._previous(pending, cvm),
             "event": event,
@@ -320,7 +324,7 @@ class Ledger:
         if cvm is None:
             stop = end if limit is None else min(end, start + limit)
             return list(range(start, stop))
-        seqs = self._by_cvm.get(cvm, [])
+        seqs = self._by_cvm.get(None if cvm == lc.CONTROLLER_SCOPE else cvm, [])
         low, high = bisect.bisect_left(seqs, start), bisect.bisect_left(seqs, end)
         if limit is not None:
             high = min(high, low + limit)

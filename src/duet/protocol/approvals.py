@@ -31,10 +31,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from duet import keys
 from duet.errors import ConfigError, Conflict, DuetError, Forbidden, InvalidParams, NotFound
 from duet.protocol import lifecycle as lc
 from duet.protocol.canonical import canonical, is_hex64, parse_timestamp, sha256_hex, timestamp
-from duet.protocol.envelope import request_digest
+from duet.protocol.envelope import b64decode, request_digest
 from duet.protocol.lifecycle import Violation
 
 # --- operations ------------------------------------------------------------------------------
@@ -820,6 +821,13 @@ class ProposalReplay:
     """Every vote digest seen (a second use anywhere is a replay)."""
     ran: set[str] = field(default_factory=set)
     """Executed proposals whose operation's entry was seen."""
+    check_signatures: bool = False
+    """Verify every recorded vote's signature with the owner's public key where the ledger holds
+    it (``controller.owners`` entries carry the keys they add: ``added``); an auditor's choice."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """Owner key id → public PEM, as the ledger named them (removed owners' kept: their past votes)."""
+    running: dict[str, int] = field(default_factory=dict)
+    """Executed proposals whose operation's entries are still to come → entries seen so far."""
     owners_seq: int | None = None
     policy_seq: int | None = None
     """The seqs of the entries that put the owner set and the policy in force (None: not in the
@@ -884,8 +892,11 @@ class ProposalReplay:
         """A closed proposal's request body is not kept in memory (it is in its ``proposal.created``
         entry, or its blob): what a replay holds per proposal stays small however many were made."""
         proposal = self.proposals.get(pid) if isinstance(pid, str) else None
-        if proposal is not None and proposal.status in CLOSED and proposal.request is not None:
-            self.proposals[pid] = replace(proposal, request=None, signature=None)
+        if proposal is None or proposal.status not in CLOSED or proposal.request is None:
+            return
+        if proposal.status == EXECUTED and (proposal.id not in self.ran or proposal.id in self.running):
+            return  # its operation's entries are still to be checked against the request
+        self.proposals[proposal.id] = replace(proposal, request=None, signature=None)
 
     # --- the owner set and the policy in force ---------------------------------------------
 
@@ -904,6 +915,13 @@ class ProposalReplay:
                     "the approval policy changed without a governed change: the entry is the controller's, not an owner request's",
                 )
             else:
+                params = self._executed_params(entry, POLICY_CHANGE)
+                try:
+                    asked = ApprovalPolicy.from_dict(params.get("policy")).to_dict() if params is not None else None
+                except ConfigError:
+                    asked = {}
+                if asked is not None and asked != new.to_dict():
+                    violation("operation_mismatch", "the policy written is not the one its signed policy.change proposed")
                 self._operation(entry, POLICY_CHANGE, violation)
         if self.owners is not None:
             self._check_policy(new, len(self.owners), violation)
@@ -912,11 +930,40 @@ class ProposalReplay:
     def _owners(self, entry: dict[str, Any], violation: Callable[[str, str], None]) -> None:
         given = entry.get("owners")
         new = frozenset(o for o in given if isinstance(o, str)) if isinstance(given, list) else frozenset()
+        added = _key_ids(entry.get("added"))
+        self.keys.update(added)
         if self._owners_from_ledger and new != self.owners and entry.get("actor") != lc.CONTROLLER_ACTOR:
+            self._check_owners_change(entry, new, set(added), violation)  # before _operation forgets the request
             self._operation(entry, OWNERS_CHANGE, violation)
         # A change by the controller itself is LifecycleReplay's finding (owners_changed).
         self._check_policy(self.policy, len(new), violation)
         self.owners, self._owners_from_ledger = new, True
+
+    def _check_owners_change(
+        self, entry: dict[str, Any], new: frozenset[str], added: set[str], violation: Callable[[str, str], None]
+    ) -> None:
+        """A governed change must be the one its signers asked for: these keys added, these removed."""
+        params = self._executed_params(entry, OWNERS_CHANGE)
+        if params is None:
+            return
+        asked_added = set(_key_ids(params.get("add")))
+        asked_removed = {k for k in params.get("remove") or () if isinstance(k, str)}
+        expected = (set(self.owners or ()) - asked_removed) | asked_added
+        if added != asked_added or set(_strs(entry.get("removed"))) != asked_removed or new != expected:
+            violation(
+                "operation_mismatch",
+                f"the owner set written ({len(new)} owners) is not the change its signed request asked for "
+                f"(add {len(asked_added)}, remove {len(asked_removed)})",
+            )
+
+    def _executed_params(self, entry: dict[str, Any], operation: str) -> dict[str, Any] | None:
+        """The params of the signed request an operation's entry executes, when the ledger holds it."""
+        digest = entry.get("request_digest")
+        proposal = self.proposals.get(digest) if isinstance(digest, str) else None
+        if proposal is None or proposal.operation != operation or not isinstance(proposal.request, dict):
+            return None
+        params = proposal.request.get("params")
+        return params if isinstance(params, dict) else None
 
     @staticmethod
     def _check_policy(policy: ApprovalPolicy, owner_count: int, violation: Callable[[str, str], None]) -> None:
@@ -950,6 +997,13 @@ class ProposalReplay:
                 derived = None
             if derived != operation or request.get("op") != op:
                 violation("operation_mismatch", f"proposal {pid[:16]}… names operation {operation!r}, its request is {derived!r}")
+            asked_cvm = params.get("cvm_id") if isinstance(params, dict) else None
+            if derived in CVM_OPERATIONS and asked_cvm != entry.get("cvm"):
+                violation(
+                    "operation_mismatch",
+                    f"proposal {pid[:16]}… is recorded on CVM {str(entry.get('cvm'))[:16]}…, its request names "
+                    f"{str(asked_cvm)[:16]}…",
+                )
             signed = signed and self._check_signature(actor, request, entry.get("signature"), f"proposal {pid[:16]}…", violation)
         if not isinstance(operation, str) or operation not in OPERATIONS:
             violation("bad_proposal", f"proposal {pid[:16]}… names no known operation ({operation!r})")
@@ -994,12 +1048,23 @@ class ProposalReplay:
     def _check_signature(
         self, signer: str, request: Mapping[str, Any], signature: Any, what: str, violation: Callable[[str, str], None]
     ) -> bool:
-        if self.verify_signature is None:
+        check = self.verify_signature
+        if check is None and self.check_signatures and signer in self.keys:
+            check = self._verify_with_known_key
+        if check is None:
             return True
-        if not isinstance(signature, str) or not self.verify_signature(signer, request, signature):
+        try:
+            verified = isinstance(signature, str) and check(signer, request, signature)
+        except Exception:  # a checker refusing hostile input is a signature that does not verify
+            verified = False
+        if not verified:
             violation("bad_vote_signature", f"{what}: the signature does not verify with {signer[:16]}…'s key")
             return False
         return True
+
+    def _verify_with_known_key(self, signer: str, request: Mapping[str, Any], signature: str) -> bool:
+        key = keys.load_public_key_bytes(self.keys[signer].encode(), f"owner key {signer[:16]}")
+        return keys.verify(key, b64decode(signature), canonical(dict(request)))
 
     def _vote(self, event: str, entry: dict[str, Any], violation: Callable[[str, str], None]) -> None:
         pid, actor, digest, time = entry.get("proposal"), entry.get("actor"), entry.get("request_digest"), entry.get("time")
@@ -1010,7 +1075,13 @@ class ProposalReplay:
             return
         assert isinstance(digest, str)
         request, valid = entry.get("request"), True
-        if isinstance(request, dict):
+        if not isinstance(request, dict):  # a vote is always small: recorded without its signed request, it proves nothing
+            violation(
+                "vote_mismatch",
+                f"the {what} {digest[:16]}… of proposal {proposal.id[:16]}… is recorded without its signed request",
+            )
+            valid = False
+        else:
             try:
                 target = vote_target(request, VOTE_EVENTS[event])
             except InvalidParams:
@@ -1147,7 +1218,36 @@ class ProposalReplay:
             return
         if proposal.id in self.ran and operation != CVM_RUN:
             violation("executed_twice", f"the operation of proposal {short}… ran a second time")
+        self._check_effect(proposal, entry, violation)
+
+    def _check_effect(self, proposal: Proposal, entry: dict[str, Any], violation: Callable[[str, str], None]) -> None:
+        """What an executed proposal's entry does must be what its signed request asked for: the
+        commands, in order and no more; the CVM's type and provider. (Marks and stops are told
+        apart by their operation; owner and policy changes are checked where they are applied.)
+        Without the request (one above 16 KiB is a blob) only the operation is checked."""
+        params = proposal.request.get("params") if isinstance(proposal.request, dict) else None
+        first = proposal.id not in self.ran
         self.ran.add(proposal.id)
+        if proposal.operation == CVM_RUN:
+            if not first and proposal.id not in self.running:
+                violation("operation_mismatch", f"proposal {proposal.id[:16]}… ran more commands than its request asked for")
+                return
+            commands = params.get("commands") if isinstance(params, dict) else None
+            if not isinstance(commands, list):
+                self.running[proposal.id] = -1  # not known: never complete, never checked
+                return
+            done = self.running.get(proposal.id, 0)
+            if done >= len(commands) or entry.get("command") != commands[done]:
+                violation("operation_mismatch", f"proposal {proposal.id[:16]}… ran command {done + 1}, not its request's")
+            self.running[proposal.id] = done + 1
+            if done + 1 < len(commands):
+                return
+        elif proposal.operation == CVM_START and isinstance(params, dict):
+            provider = params.get("provider")
+            if entry.get("type") != params.get("cvm_type") or (provider is not None and entry.get("provider") != provider):
+                violation("operation_mismatch", f"proposal {proposal.id[:16]}… provisioned another CVM than the one asked for")
+        self.running.pop(proposal.id, None)
+        self._forget_closed_request(proposal.id)
 
     def _track_mode(self, event: str, entry: dict[str, Any], seq: int | None) -> None:
         cvm_id = entry.get("cvm")
@@ -1158,6 +1258,8 @@ class ProposalReplay:
             self.cvms[cvm_id] = CvmMode(lc.PROVISIONING, False, seq)
         elif event in lc.MODE_AFTER and before is not None:
             self.cvms[cvm_id] = CvmMode(lc.MODE_AFTER[event], before.final, seq)
+        elif event == lc.COMMAND_STARTED and before is not None:
+            self.cvms[cvm_id] = CvmMode(before.mode, before.final, seq)  # a command changes what was approved too
         elif event == lc.MODE_CHANGED and before is not None:
             mode = entry.get("mode")
             if isinstance(mode, str) and mode in lc.MARKABLE_MODES:
@@ -1166,3 +1268,18 @@ class ProposalReplay:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _strs(value: Any) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _key_ids(pems: Any) -> dict[str, str]:
+    """Public keys (PEM) by key id; what does not load is left out."""
+    found: dict[str, str] = {}
+    for pem in _strs(pems):
+        try:
+            found[keys.key_id(keys.load_public_key_bytes(pem.encode(), "an owner key"))] = pem
+        except DuetError:
+            continue
+    return found

@@ -93,6 +93,11 @@ COMMAND_OUTCOMES: Final = (COMMAND_FINISHED, COMMAND_FAILED, COMMAND_INTERRUPTED
 OWNER_EVENTS: Final = frozenset({CVM_PROVISIONING, COMMAND_STARTED, MODE_CHANGED, CVM_STOPPING})
 """Events only an owner's signed request causes: their actor is an owner key, never the controller."""
 
+CONTROLLER_SCOPE: Final = "controller"
+"""The ``cvm`` filter of ledger reads for the entries about no CVM (the controller's own: starts,
+owner sets, approval policies, proposals to start a CVM or change owners): a CVM's audit replays
+them with the CVM's entries, in order."""
+
 CONTROLLER_ACTOR: Final = "controller"
 """The ledger actor for what the controller does on its own; every other actor is an owner key id."""
 

