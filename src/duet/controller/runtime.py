@@ -342,6 +342,7 @@ def _record_start(
                 actor=lc.CONTROLLER_ACTOR,
                 owners=sorted(owners),
                 owners_digest=owners_digest(sorted(owners)),
+                added=[owners[key_id] for key_id in sorted(owners)],  # the public keys: anyone can check each vote
             )
         if not verified.proposals.policy_recorded:  # first start (or the first since approvals exist)
             spec = approvals.policy_entry(policy)

@@ -18,14 +18,18 @@ from duet.protocol.lifecycle import CvmFacts, LifecycleReplay, Violation
 @dataclass
 class RulesReplay:
     lifecycle: LifecycleReplay = field(default_factory=LifecycleReplay)
-    proposals: ProposalReplay = field(default_factory=ProposalReplay)
+    proposals: ProposalReplay = field(default_factory=lambda: ProposalReplay(check_signatures=True))
+    """An auditor verifies every vote's signature where the ledger holds the owner's key."""
 
     @classmethod
     def start(cls, *, owners: Iterable[str] | None = None, policy: ApprovalPolicy | None = None) -> RulesReplay:
         """For entries that do not name the owner set and the policy themselves (one CVM's): the
         attested identity's. A whole ledger names them (``controller.owners``, ``controller.policy``)."""
         owners = tuple(owners) if owners is not None else None
-        return cls(LifecycleReplay(initial_owners=owners), ProposalReplay(initial_owners=owners, initial_policy=policy))
+        return cls(
+            LifecycleReplay(initial_owners=owners),
+            ProposalReplay(initial_owners=owners, initial_policy=policy, check_signatures=True),
+        )
 
     @property
     def cvms(self) -> dict[str, CvmFacts]:

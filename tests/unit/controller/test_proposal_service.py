@@ -10,6 +10,7 @@ import asyncio
 import json
 import sqlite3
 import time
+from base64 import b64encode
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -323,3 +324,23 @@ async def test_one_owner_cannot_fill_the_controller_with_proposals(world: World)
         assert controller.proposals.show(mine.id)["proposal"]["status"] == "withdrawn"
     finally:
         await controller.close()
+
+
+async def test_the_ledger_holds_the_owners_keys_so_an_auditor_checks_every_vote(controller: Controller, world: World) -> None:
+    """The first controller.owners entry carries the owners' public keys: an auditor verifies each
+    vote's signature, so a controller cannot write an approval an owner never signed."""
+    cvm_id = await in_service_cvm(controller, world)
+    proposal = (await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_UPDATE})))[
+        "proposal"
+    ]
+    await vote(controller, world, 1, "proposal.approve", proposal["id"])
+    entries = controller.ledger.entries()
+    assert violations(controller) == []  # every signature verifies
+    approval = next(e for e in entries if e["event"] == "proposal.approved")
+    body = json.dumps(approval["request"], sort_keys=True)
+    forged = keys.sign(world.owner_keys[2], body.encode())  # another owner's signature: not the approver's
+    entries[approval["seq"]] = {**approval, "signature": b64encode(forged).decode()}
+    replay = RulesReplay()
+    found = [(v.code, v.seq) for entry in entries for v in replay.apply(entry)]
+    assert ("bad_vote_signature", approval["seq"]) in found
+    assert ("quorum_not_met", approval["seq"] + 1) in found
