@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Both install what they need (a virtual environment, pip packages, openssh-server, Azurite).
+# Both install what they need (a virtual environment, pip packages, openssh-server, Azurite, Chromium).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
@@ -8,7 +8,7 @@ AZURITE := $(VENV)/node/node_modules/.bin/azurite-blob
 # the last Azurite that runs on Node 20 (3.36 wants Node 21+)
 AZURITE_VERSION := 3.35.0
 
-.PHONY: demo test lint deps sshd azurite bench clean
+.PHONY: demo test lint deps sshd azurite chromium bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q src >/dev/null  # editable installs compile nothing: spare each CLI call the work
 	touch $(STAMP)
 
-deps: $(STAMP) sshd azurite
+deps: $(STAMP) sshd azurite chromium
 
 # A real OpenSSH sshd stands in for each local CVM.
 sshd:
@@ -26,6 +26,16 @@ sshd:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q openssh-server >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q openssh-server >/dev/null; }; \
+	fi
+
+# Debian's Chromium: the dashboard's tests (tests/browser) and bench/dashboard.py drive it through
+# Playwright, which is never asked to download a browser of its own.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing chromium (the dashboard's tests run in a real browser)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; \
 	fi
 
 # Azurite (Microsoft's Azure Storage emulator, from npm) stands in for Azure Blob Storage in the

@@ -12,7 +12,15 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-LOWER_LAYERS = ("duet.ledger", "duet.attestation", "duet.protocol", "duet.remote", "duet.providers", "duet.storage")
+LOWER_LAYERS = (
+    "duet.ledger",
+    "duet.attestation",
+    "duet.protocol",
+    "duet.remote",
+    "duet.providers",
+    "duet.storage",
+    "duet.dashboard",
+)
 HIGHER_LAYERS = ("duet.controller", "duet.witness", "duet.cli", "duet.client", "duet.testing")
 
 
@@ -80,6 +88,19 @@ def test_no_import_cycles_between_modules() -> None:
         if node not in state:
             visit(node)
     assert cycles == []
+
+
+def test_the_dashboard_depends_on_nothing_of_duets() -> None:
+    """The page verifies in the browser; its server side only hands out files, so it must not
+    lean on anything it could be tempted to trust (and it can be served by anything)."""
+    leaning = sorted(
+        f"{source} imports {target}"
+        for source, targets in graph().items()
+        if source.startswith("duet.dashboard")
+        for target in targets
+        if not target.startswith("duet.dashboard")
+    )
+    assert leaning == []
 
 
 def test_the_programs_sent_to_cvms_use_the_standard_library_only() -> None:

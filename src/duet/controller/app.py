@@ -23,6 +23,7 @@ from duet.controller.api import FAST_ROUTES, install_error_handlers, router
 from duet.controller.ledger_api import router as ledger_router
 from duet.controller.runtime import Controller, open_controller
 from duet.controller.settings import Settings
+from duet.dashboard import router as dashboard_router
 
 log = logging.getLogger("duet.controller")
 
@@ -72,6 +73,7 @@ def build_app(controller: Controller) -> FastAPI:
     app.router.routes[:0] = FAST_ROUTES
     app.include_router(router)
     app.include_router(ledger_router)
+    app.include_router(dashboard_router)  # the auditor dashboard at / (docs/dashboard.md)
     install_error_handlers(app)
     if settings.seed_api and settings.seed_listen is None:
         from duet.controller.seed_api import install_seed_api  # RSA key and routes only when asked for

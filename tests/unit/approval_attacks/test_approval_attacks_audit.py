@@ -137,9 +137,7 @@ async def test_a_run_proposal_executed_with_an_extra_command_is_flagged(controll
     assert findings(entries) != [], "one more command than the approved request holds ran"
 
 
-async def test_a_start_proposal_executed_with_another_type_or_provider_is_flagged(
-    controller: Controller, world: World
-) -> None:
+async def test_a_start_proposal_executed_with_another_type_or_provider_is_flagged(controller: Controller, world: World) -> None:
     """Two owners approve starting an ``snp`` CVM; the ledger's ``cvm.provisioning`` of the execution
     says ``tdx`` (or another provider). Not compared with the proposal's params."""
     cvm_id = await started_cvm(controller, world)
@@ -270,9 +268,7 @@ async def test_a_cvm_audit_passes_a_lawful_history_with_a_governed_change(tmp_pa
         await controller.close()
 
 
-async def test_a_proposal_recorded_on_another_cvm_than_its_request_names_is_flagged(
-    controller: Controller, world: World
-) -> None:
+async def test_a_proposal_recorded_on_another_cvm_than_its_request_names_is_flagged(controller: Controller, world: World) -> None:
     """The owners sign (and approve) reopening CVM Y; the ledger records the proposal, its votes, its
     execution and the ``mode.changed`` on CVM X. ``proposal.created`` carries the signed request (whose
     ``params.cvm_id`` is Y), but ProposalReplay takes the CVM from the entry's ``cvm`` field and never
