@@ -84,6 +84,12 @@ def _check_supported(key: object, path: Path | str) -> None:
         | rsa.RSAPublicKey,
     ):
         raise ConfigError(f"{path}: unsupported key type {type(key).__name__}", code="bad_key")
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise ConfigError(f"{path}: an RSA key of {key.key_size} bits is too weak; at least {MIN_RSA_BITS}", code="bad_key")
+
+
+MIN_RSA_BITS = 2048
+"""RSA keys below this size are refused everywhere a key is loaded (owner keys, governed additions)."""
 
 
 def load_private_key(path: Path | str) -> PrivateKey:

@@ -344,3 +344,14 @@ async def test_the_ledger_holds_the_owners_keys_so_an_auditor_checks_every_vote(
     found = [(v.code, v.seq) for entry in entries for v in replay.apply(entry)]
     assert ("bad_vote_signature", approval["seq"]) in found
     assert ("quorum_not_met", approval["seq"] + 1) in found
+
+
+async def test_a_weak_rsa_key_is_not_added_as_an_owner(controller: Controller, world: World) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    assert controller.proposals is not None
+    with pytest.raises(DuetError) as refused:
+        request = signed(controller, world, 0, "owners.change", {"add": [keys.public_pem(weak.public_key()).decode()]})
+        await controller.proposals.change_owners(controller.proposals.admit(request))  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_params" and "too weak" in refused.value.message
