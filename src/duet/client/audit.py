@@ -915,12 +915,7 @@ class Auditor:
 
     def _take(self, rnd: _Round, entry: Any) -> None:
         """An entry shown this round, in order: linked, replayed, its evidence and outputs checked."""
-        replay = self._replay
-        assert replay is not None
-        if not rnd.fed:
-            rnd.fed = True
-            if not self._fresh and self._snapshot is None:
-                self._snapshot = encode_replay(replay)
+        replay = self._feeding(rnd)
         rnd.shown += 1
         if isinstance(entry, dict):
             self._link(rnd, entry)
@@ -1143,6 +1138,8 @@ class Auditor:
                             return
                         if self.cvm is None or entry.get("cvm") == self.cvm:
                             self._take(rnd, entry)
+                        elif entry.get("cvm") is None:  # a CVM's audit replays the controller's own entries too
+                            self._replay_only(rnd, entry)
                         position += 1
         except TileError as exc:
             rnd.findings.append(_tile_finding(exc))
@@ -1201,10 +1198,22 @@ class Auditor:
 
     def _govern(self, rnd: _Round, *, before: int) -> None:
         """Feed the replay the controller's own entries that come before seq ``before``."""
-        assert self._replay is not None
         while rnd.governance and rnd.governance[0]["seq"] < before:
-            entry = rnd.governance.popleft()
-            rnd.rules += [Finding(v.code, v.message, v.seq, rule=True) for v in self._replay.apply(entry)]
+            self._replay_only(rnd, rnd.governance.popleft())
+
+    def _replay_only(self, rnd: _Round, entry: dict[str, Any]) -> None:
+        """A CVM's audit: one of the controller's own entries, replayed (not shown in the timeline)."""
+        rnd.rules += [Finding(v.code, v.message, v.seq, rule=True) for v in self._feeding(rnd).apply(entry)]
+
+    def _feeding(self, rnd: _Round) -> RulesReplay:
+        """The replay, about to be fed this round: its state kept first, to undo a round that does not verify."""
+        replay = self._replay
+        assert replay is not None
+        if not rnd.fed:
+            rnd.fed = True
+            if not self._fresh and self._snapshot is None:
+                self._snapshot = encode_replay(replay)
+        return replay
 
     def _in_order(self, entries: list[Any], expected: int, stop: int) -> bool:
         """A page of this CVM's entries in strictly increasing order, from ``expected`` on."""

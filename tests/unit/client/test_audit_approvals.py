@@ -1,28 +1,20 @@
 """`duet audit` recounts every vote: crafted ledgers in which an operation ran without its quorum
-are findings, for the whole ledger and for one CVM's entries (held to the pinned identity's policy)."""
+are findings, for the whole ledger and for one CVM's entries (which replay the controller's own
+entries, its owner sets and policies, too), from the controller or from the published tiles."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
-from ledger_fakes import CVM, OWNER, SECOND, THIRD, EntryLedger, FakeSource
+from ledger_fakes import CVM, KEY, OWNER, SECOND, THIRD, EntryLedger, FakeSource
+from tiles_fakes import MemoryTiles, publish
 
 from duet.client.audit import Auditor, AuditResult, HeadStore
-from duet.client.trust import ControllerPin
 from duet.protocol import lifecycle as lc
-from duet.protocol.approvals import ApprovalPolicy
 
 REOPEN = "cvm.mark.in-update"
 POLICY = {REOPEN: 2}
-
-
-class PinnedPolicySource(FakeSource):
-    """A controller whose attested identity names its approval policy (as a CVM audit needs)."""
-
-    def pin(self) -> ControllerPin:
-        return dataclasses.replace(super().pin(), approval_policy=ApprovalPolicy.from_dict({"thresholds": POLICY}).to_dict())
 
 
 def lawful_with_owners() -> EntryLedger:
@@ -35,9 +27,10 @@ def lawful_with_owners() -> EntryLedger:
     return ledger
 
 
-def audit(ledger: EntryLedger, tmp_path: Path, *, cvm: str | None = None) -> AuditResult:
-    source = PinnedPolicySource(ledger, owners=(OWNER, SECOND, THIRD))
-    return Auditor(source, HeadStore(tmp_path / "auditor"), cvm=cvm).audit()
+def audit(ledger: EntryLedger, tmp_path: Path, *, cvm: str | None = None, tiles: bool = False) -> AuditResult:
+    source = FakeSource(ledger, owners=(OWNER, SECOND, THIRD))
+    bucket = MemoryTiles(publish(ledger.tree, lambda seq: ledger.entries[seq], ledger.size, KEY)) if tiles else None
+    return Auditor(source, HeadStore(tmp_path / "auditor"), cvm=cvm, tiles=bucket).audit()
 
 
 def codes(result: AuditResult) -> list[str]:
@@ -70,12 +63,13 @@ def test_an_execution_without_its_quorum_is_a_finding(tmp_path: Path, cvm: str |
     assert [(f.code, f.seq) for f in result.findings if f.code == "quorum_not_met"] == [("quorum_not_met", executed["seq"])]
 
 
+@pytest.mark.parametrize("tiles", [False, True], ids=["controller", "tiles"])
 @pytest.mark.parametrize("cvm", [None, CVM], ids=["whole-ledger", "one-cvm"])
-def test_a_reopening_on_one_signature_is_a_finding(tmp_path: Path, cvm: str | None) -> None:
+def test_a_reopening_on_one_signature_is_a_finding(tmp_path: Path, cvm: str | None, tiles: bool) -> None:
     ledger = lawful_with_owners()
     reopened = ledger.mark(lc.IN_SERVICE, lc.IN_UPDATE, CVM)  # no proposal at all
 
-    result = audit(ledger, tmp_path, cvm=cvm)
+    result = audit(ledger, tmp_path, cvm=cvm, tiles=tiles)
 
     assert ("quorum_not_met", reopened["seq"]) in [(f.code, f.seq) for f in result.findings]
 
