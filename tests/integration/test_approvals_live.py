@@ -279,18 +279,24 @@ def test_removing_an_owner_needs_its_threshold_and_drops_its_approvals(
         check_same_identity(pinned, shown_identity, url=controller.url, remedy="re-verify.")
     assert changed.value.code == "owners_changed" and f"Ledger entry {owners_entry['seq']}" in changed.value.message
 
-    # a restart keeps the owner set and policy in force; the files of the first start are refused, none given is fine
+    # a restart keeps the owner set and policy in force, whether it is given the first start's files again (as a
+    # measured Gramine command line always is) or none; other files are refused and recorded
+    controller.restart()
+    assert sorted(b._fetch_identity().owners) == sorted([owners[1].key_id, owners[2].key_id])
     controller.stop()
-    controller.owner_keys = []
-    with pytest.raises(DuetError, match="exited at start"):
-        controller.start(timeout=20)  # still given the first start's --approval-policy
-    assert "approval_policy_changed" in controller.log()
-    controller.extra_args = ()
-    controller.owner_keys = [o.pub_path for o in owners]
+    intruder = make_owner(tmp_path, "intruder")
+    controller.owner_keys = [owners[1].pub_path, intruder.pub_path]
     with pytest.raises(DuetError, match="exited at start"):
         controller.start(timeout=20)
     assert "owner_keys_changed" in controller.log()
     controller.owner_keys = []
+    other_policy = tmp_path / "other.toml"
+    other_policy.write_text('[thresholds]\n"cvm.stop" = 1\n')
+    controller.extra_args = ("--approval-policy", str(other_policy))
+    with pytest.raises(DuetError, match="exited at start"):
+        controller.start(timeout=20)
+    assert "approval_policy_changed" in controller.log()
+    controller.extra_args = ()
     controller.start()
     identity = b._fetch_identity()
     assert sorted(identity.owners) == sorted([owners[1].key_id, owners[2].key_id])

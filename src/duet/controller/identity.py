@@ -42,7 +42,8 @@ class OwnerKeysChanged(ConfigError):
             "refused: the owner keys given at this start differ from the ones pinned in sealed state at first "
             f"start (new: {', '.join(k[:16] + '…' for k in added) or 'none'}; missing: "
             f"{', '.join(k[:16] + '…' for k in removed) or 'none'}). The owner set cannot be changed by swapping "
-            "key files; start without --owner-key to use the pinned owners."
+            "key files; start without --owner-key (or with the first start's files) to use the owners in force, or "
+            "have the owners change them (`duet owners add|remove`)."
         )
         self.pinned, self.given = pinned, given
 
@@ -54,18 +55,20 @@ class ApprovalPolicyChanged(ConfigError):
 
     def __init__(self, pinned: str, given: str) -> None:
         super().__init__(
-            f"refused: the approval policy given at this start (sha256 {given[:16]}…) is not the one in force "
-            f"(sha256 {pinned[:16]}…, pinned at first start or set since by a governed policy.change). The policy "
-            "cannot be changed by swapping its file; start without --approval-policy to use the one in force, or "
-            "have the owners change it (`duet policy set FILE`)."
+            f"refused: the approval policy given at this start (sha256 {given[:16]}…) is neither the one in force "
+            f"(sha256 {pinned[:16]}…) nor the first start's. The policy cannot be changed by swapping its file; start "
+            "without --approval-policy (or with the first start's file) to use the one in force, or have the owners "
+            "change it (`duet policy set FILE`)."
         )
         self.pinned, self.given = pinned, given
 
 
-def check_owners(pinned: dict[str, str], given: dict[str, str]) -> dict[str, str]:
-    """The owner keys (key id → public PEM) this controller accepts: the set pinned in sealed
-    state at first start. Keys given at a later start must be exactly that set, or none."""
-    if given and sorted(given) != sorted(pinned):
+def check_owners(pinned: dict[str, str], given: dict[str, str], first: frozenset[str] | None = None) -> dict[str, str]:
+    """The owner keys (key id → public PEM) this controller accepts: the set in force (pinned at
+    first start, then as governed changes left it). Keys given at a later start must be that set,
+    the first start's (``first``: a measured command line names the same files at every start),
+    or none; either way the set in force is used."""
+    if given and sorted(given) != sorted(pinned) and (first is None or set(given) != set(first)):
         raise OwnerKeysChanged(sorted(pinned), sorted(given))
     return dict(pinned)
 

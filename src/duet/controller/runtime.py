@@ -183,9 +183,9 @@ def open_controller(
         if first_start:
             commit_first_start(sealed_dir)
         verified = load_verified_state(store, controller_id, sealed, floor)
-        owners = check_owners(verified.owner_keys, given)
+        owners = check_owners(verified.owner_keys, given, verified.first_owners)
         policy = verified.approval_policy(sealed.approval_policy)
-        if policy_given is not None and policy_given.sha256 != policy.sha256:
+        if policy_given is not None and policy_given.sha256 not in (policy.sha256, verified.first_policy_sha256):
             raise ApprovalPolicyChanged(pinned=policy.sha256, given=policy_given.sha256)
     except OwnerKeysChanged as exc:
         _record_refused(store, verified, lc.CONTROLLER_OWNERS_REFUSED, exc.message, pinned=exc.pinned, given=exc.given)

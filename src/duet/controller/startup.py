@@ -25,7 +25,7 @@ from duet.errors import DuetError
 from duet.ledger.history import HistoryIndex
 from duet.ledger.log import Ledger
 from duet.protocol import lifecycle as lc
-from duet.protocol.approvals import ApprovalPolicy, ProposalReplay
+from duet.protocol.approvals import CONTROLLER_POLICY, ApprovalPolicy, ProposalReplay
 from duet.protocol.canonical import parse_timestamp
 from duet.protocol.lifecycle import CvmFacts, LifecycleReplay
 from duet.providers.base import Machine
@@ -56,6 +56,11 @@ class VerifiedState:
     owner_keys: dict[str, str]
     """The owner set in force (key id → public PEM): sealed state's, after the governed changes
     the ledger recorded (sealed state follows each one; a crash may have kept it a change behind)."""
+    first_owners: frozenset[str] | None = None
+    first_policy_sha256: str | None = None
+    """What the first start recorded (its ``controller.owners`` and ``controller.policy``): files
+    given again at a later start may name these, as a measured command line (Gramine) always
+    does, and are then ignored in favour of what is in force."""
 
     def approval_policy(self, pinned: dict[str, Any] | None) -> ApprovalPolicy:
         """The policy in force: the ledger's last ``controller.policy``, else the one pinned in
@@ -73,13 +78,19 @@ def load_verified_state(
     proposals = ProposalReplay()
     seed_requests: set[str] = set()
     known_keys = dict(sealed.owners)
+    first: dict[str, Any] = {}
 
     def on_entry(entry: dict[str, Any]) -> None:
         replay.apply(entry)
         histories.apply(entry)
         proposals.apply(entry)
-        if entry.get("event") == lc.CONTROLLER_OWNERS:
+        event = entry.get("event")
+        if event == lc.CONTROLLER_OWNERS:
             known_keys.update(added_owner_keys(entry))
+            owners = entry.get("owners")
+            first.setdefault("owners", frozenset(o for o in owners if isinstance(o, str)) if isinstance(owners, list) else None)
+        elif event == CONTROLLER_POLICY:
+            first.setdefault("policy", entry.get("policy_sha256"))
         digest = single_use_seed_digest(entry)
         if digest is not None:
             seed_requests.add(digest)
@@ -103,7 +114,10 @@ def load_verified_state(
                 "state nor the ledger holds; refusing to start"
             )
         owner_keys = {key_id: known_keys[key_id] for key_id in sorted(replay.owners)}
-    return VerifiedState(ledger, replay, machines, ledger.size, histories, seed_requests, proposals, owner_keys)
+    return VerifiedState(
+        ledger, replay, machines, ledger.size, histories, seed_requests, proposals, owner_keys,
+        first_owners=first.get("owners"), first_policy_sha256=first.get("policy"),
+    )  # fmt: skip
 
 
 def added_owner_keys(entry: dict[str, Any]) -> dict[str, str]:

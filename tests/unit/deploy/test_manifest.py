@@ -48,6 +48,7 @@ def render(**overrides: str) -> dict[str, Any]:
         "sealed_uri": "/var/lib/duet/sealed",
         "owners_dir": "/etc/duet/owners",
         "owner_keys": "alice.pub, bob.pub",
+        "approval_policy": "",
         "listen": "0.0.0.0:6037",
         "provider": "azure",
         **overrides,
@@ -97,3 +98,9 @@ def test_every_variable_must_be_given() -> None:
     with pytest.raises(jinja2.UndefinedError):
         environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
         environment.from_string(TEMPLATE.read_text()).render(gramine=FakeGramine(), python=FakePython(), env={})
+
+
+def test_an_approval_policy_file_is_on_the_measured_command_line_when_given() -> None:
+    assert "--approval-policy" not in render()["loader"]["argv"]
+    argv = render(approval_policy="approvals.toml")["loader"]["argv"]
+    assert argv[argv.index("--approval-policy") + 1] == "/etc/duet/owners/approvals.toml"  # beside the owner keys (allowed)
