@@ -218,3 +218,62 @@ def test_an_output_that_does_not_match_its_hash_is_named(shared: Running, proxy:
     assert "OUTPUT DOES NOT MATCH ITS HASH" in banner and digest[:16] in banner
     assert stdout.locator("[data-mark='failed']").count() == 1 and stdout.locator("[data-mark='verified']").count() == 0
     screenshot(page, "dashboard-output-altered", full_page=False)
+
+
+@pytest.mark.parametrize("hidden", ["first", "last"])
+def test_a_controller_entry_hidden_from_its_view_shows_missing_entry(
+    shared: Running, proxy: TamperingProxy, visit: Visit, hidden: str
+) -> None:
+    """The controller's own entries (about no CVM) are few in the ledger: the page reads their view
+    (`cvm=controller`) and proves each by an inclusion proof instead of streaming the whole ledger.
+    A proxy drops one from that view and signs the page again with the controller's own key: the
+    first start is caught by the link the next entry carries to it (`cvm_prev`); the last one,
+    which no entry links to yet, because it is the policy the verified identity names (`policy_seq`)."""
+    own = shared.client.entries(cvm="controller")
+    assert [e["event"] for e in own[:3]] == ["controller.started", "controller.owners", "controller.policy"]
+    assert own[-1]["event"] == "controller.policy" and own[-1]["cvm_prev"] is not None
+    if hidden == "first":  # honest first: the view is read and proven entry by entry
+        start_cvm(shared.client)  # CVM entries after the controller's own: the ledger is more than these
+        page = visit.page(shared.page_url(proxy.url))
+        wait_verified(page)
+        before = len(visit.requests)
+        page.locator("#cvm-list [data-cvm=''] button").click()
+        page.wait_for_selector("#entries li[data-event='controller.owners'][data-state='verified']")
+        wait_verified(page)
+        shown = page.locator("#entries li").count()
+        assert shown == len(own) and page.locator("#entries li[data-state='verified']").count() == shown
+        asked = visit.requests[before:]
+        reads = [url for url in asked if "/v1/ledger/entries" in url]
+        assert reads and all("cvm=controller" in url for url in reads), reads  # the view, not the whole ledger
+        assert sum("/v1/ledger/proof/inclusion" in url for url in asked) == shown
+        page.close()
+
+    signing_key = keys.load_private_key(shared.controller.state_dir / "sealed" / SIGNING_KEY_FILE)
+    seq = own[0]["seq"] if hidden == "first" else own[-1]["seq"]
+
+    def hide_one(path: str, body: bytes) -> bytes:
+        if not (path.startswith("/v1/ledger/entries") and "cvm=controller" in path):
+            return body
+        answer = json.loads(body)
+        answer["result"]["entries"] = [entry for entry in answer["result"]["entries"] if entry["seq"] != seq]
+        return sign_answer(
+            canonical(answer["result"]),
+            controller=answer["controller"],
+            signing_key=signing_key,
+            nonce=answer.get("nonce"),
+            request_target=answer.get("request_target"),
+        )
+
+    proxy.tamper = hide_one
+    page = visit.page(shared.page_url(proxy.url))
+    page.locator("#cvm-list [data-cvm=''] button").click()
+
+    banner = wait_failure(page, "entry_missing")
+    assert "MISSING ENTRY" in banner and proxy.tampered >= 1
+    assert page.locator(f"#seq-{seq}").count() == 0
+    if hidden == "first":
+        assert f"entry {own[1]['seq']} follows entry {seq} about no CVM" in banner, banner
+        assert page.get_attribute(f"#seq-{own[1]['seq']}", "data-state") == "failed"
+        screenshot(page, "dashboard-controller-entry-hidden", full_page=False)
+    else:
+        assert f"entry {seq} (controller.policy) put the approval policy in force" in banner, banner

@@ -74,17 +74,21 @@ def ledger() -> list[dict[str, Any]]:
             "approvers": list(OWNERS),
             "threshold": 2,
         },
-        {"cvm": CVM, "event": "command.started", "actor": OWNERS[0], "command": "apt-get install -y nginx"},
+        {
+            "cvm": CVM,
+            "event": "command.started",
+            "actor": OWNERS[0],
+            "request_digest": PROPOSAL,  # the operation a proposal ran carries its id
+            "command": "apt-get install -y nginx",
+        },
         {"cvm": CVM, "event": "backup.snapshotted", "actor": "controller", "reason": "nightly"},
         {"cvm": CVM, "event": "mode.changed", "actor": OWNERS[0], "previous": "in-update", "mode": "in-service", "final": False},
     ]
-    entries, last = [], None
+    entries: list[dict[str, Any]] = []
+    last: dict[str | None, int] = {}  # each entry names the previous one about the same CVM (or about none)
     for seq, event in enumerate(events):
         entry = {"seq": seq, "time": f"2026-12-02T07:00:{seq:02d}.000Z", "request_digest": None, **event}
-        if event["cvm"] is not None:
-            entry["cvm_prev"], last = last, seq
-        else:
-            entry["cvm_prev"] = None
+        entry["cvm_prev"], last[event["cvm"]] = last.get(event["cvm"]), seq
         entries.append(entry)
     return entries
 
@@ -149,12 +153,14 @@ def test_approvals_and_unknown_events_are_shown_verified(bucket: tuple[Bucket, s
     assert page.locator("#entries li").count() == 8 and page.locator("#entries li[data-state='verified']").count() == 8
     created = page.locator("#entries li[data-event='proposal.created']")
     assert "Proposal created" in created.inner_text() and "$ apt-get install -y nginx" in created.inner_text()
-    assert "2 of 2 — threshold met" in page.inner_text("#entries li[data-event='proposal.approved']")
-    assert "cvm.run: 2 of 2 owners approved" in page.inner_text("#entries li[data-event='proposal.executed']")
+    assert "cvm.run: approved by owner" in page.inner_text("#entries li[data-event='proposal.approved']")
+    assert "2 of 2 approvals threshold met" in page.inner_text("#entries li[data-event='proposal.approved']")
+    assert "cvm.run run commands\n2 of 2 approvals by" in page.inner_text("#entries li[data-event='proposal.executed']")
+    assert "as approved in proposal" in page.inner_text("#entries li[data-event='command.started']")
     unknown = page.inner_text("#entries li[data-event='backup.snapshotted']")
     assert "backup.snapshotted" in unknown and "reason: nightly" in unknown  # an event the page does not know, shown as it is
     page.wait_for_selector(f"#cvm-list [data-cvm='{CVM}'] [data-mode='in-service']")  # the list, from the verified entries
-    screenshot(page, "dashboard-approvals")
+    screenshot(page, "dashboard-approvals-tiles")
 
     page.locator("#cvm-list [data-cvm=''] button").click()
     page.wait_for_selector("#entries li[data-event='controller.policy'][data-state='verified']")

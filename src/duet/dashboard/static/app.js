@@ -85,6 +85,18 @@ const EVENTS = {
   'proposal.failed': 'Proposal failed',
 };
 
+/** The governed operations (docs/approvals.md), as a reader would say them. */
+const OPERATIONS = {
+  'cvm.start': 'start a CVM',
+  'cvm.run': 'run commands',
+  'cvm.mark.in-update': 'reopen for updates (in service → in update)',
+  'cvm.mark.in-service': 'put in service',
+  'cvm.mark.final': 'put in service for good (final)',
+  'cvm.stop': 'stop the CVM',
+  'owners.change': 'change the owner set',
+  'policy.change': 'change the approval policy',
+};
+
 const state = {
   mode: params.has('tiles') ? 'tiles' : 'controller',
   api: null,
@@ -97,6 +109,7 @@ const state = {
   cvms: new Map(),
   queue: Promise.resolve(),
   events: null,
+  proposals: new Map(), // proposal id → what the verified entries of the timeline shown say of it
 };
 
 // --- small DOM helpers -------------------------------------------------------------------------
@@ -535,7 +548,7 @@ function renderCvmHeader() {
   const cvm = state.selected ? state.cvms.get(state.selected) : null;
   const header = $('timeline-header');
   if (state.selected === null) {
-    header.replaceChildren(el('h2', { id: 'timeline-title' }, 'Controller events'), el('p', { class: 'muted' }, 'Entries about no CVM: starts, owner sets, approval policies.'));
+    header.replaceChildren(el('h2', { id: 'timeline-title' }, 'Controller events'), el('p', { class: 'muted' }, 'Entries about no CVM: starts, owner sets, approval policies, and the proposals to start a CVM or to change the owners or the policy.'));
     return;
   }
   if (!cvm) return;
@@ -604,30 +617,56 @@ function describe(entry) {
       parts.push(`${entry.type || ''} on ${entry.provider || '?'} `, ...actor);
       break;
     case 'proposal.created': {
-      parts.push(`${entry.operation || entry.op}: needs ${entry.threshold} approval(s), expires `, when(entry.expires_at), ' ', ...actor);
-      const params = entry.request && typeof entry.request === 'object' ? entry.request.params : null;
-      if (params && Array.isArray(params.commands)) parts.push(...params.commands.map((command) => el('code', { class: 'command proposed' }, `$ ${command}`)));
+      const request = entry.request && typeof entry.request === 'object' ? entry.request : null;
+      parts.push(operation(entry.operation || entry.op), el('br'), ...who('proposed by', entry.actor), ' ', tally(1, entry.threshold, 'the proposer’s'));
+      parts.push(el('br'), 'expires ', when(entry.expires_at));
+      if (entry.cvm_mode) parts.push(`; made while the CVM is ${entry.cvm_mode}${entry.cvm_final ? ' (final)' : ''}`, Number.isSafeInteger(entry.cvm_mode_seq) ? ` (since #${entry.cvm_mode_seq})` : '');
+      parts.push(...proposed(entry, request));
       break;
     }
-    case 'proposal.approved':
-      parts.push(`${entry.approvals} of ${entry.threshold}${entry.ready ? ' — threshold met' : ''} `, ...actor);
+    case 'proposal.approved': {
+      const threshold = entry.threshold;
+      const more = Number.isSafeInteger(threshold) && Number.isSafeInteger(entry.approvals) ? threshold - entry.approvals : null;
+      parts.push(...about(entry.proposal), ...who('approved by', entry.actor), ' ', tally(entry.approvals, threshold), entry.ready ? ' threshold met: it runs now' : more > 0 ? ` ${more} more needed` : '');
       break;
-    case 'proposal.rejected':
+    }
+    case 'proposal.rejected': {
+      const params = entry.request && typeof entry.request === 'object' && entry.request.params ? entry.request.params : {};
+      parts.push(...about(entry.proposal), ...who('rejected by', entry.actor), ` (${entry.rejections} rejection${entry.rejections === 1 ? '' : 's'})`);
+      if (entry.closed) parts.push(' ', el('span', { class: 'badge danger outcome' }, 'closed, not executed'), ' the threshold is out of reach');
+      if (typeof params.reason === 'string' && params.reason) parts.push(el('br'), 'reason: ', el('q', { class: 'reason' }, params.reason));
+      break;
+    }
     case 'proposal.withdrawn':
-      parts.push(...actor);
+      parts.push(...about(entry.proposal), ...who('withdrawn by its proposer,', entry.actor), ' ', el('span', { class: 'badge warn outcome' }, 'closed, not executed'));
       break;
-    case 'proposal.executed':
-      parts.push(`${entry.operation}: ${Array.isArray(entry.approvers) ? entry.approvers.length : '?'} of ${entry.threshold} owners approved`);
+    case 'proposal.expired':
+      parts.push(...about(entry.proposal), el('span', { class: 'badge warn outcome' }, 'not executed'), ' not enough approvals before ', when(entry.expires_at));
       break;
+    case 'proposal.executed': {
+      const approvers = Array.isArray(entry.approvers) ? entry.approvers : [];
+      parts.push(operation(entry.operation), el('br'), tally(approvers.length, entry.threshold), ' by ');
+      approvers.forEach((approver, i) => parts.push(i ? ', ' : '', copyable(approver, { length: 10, label: 'approver key id' })));
+      break;
+    }
     case 'proposal.failed':
-      parts.push(`${entry.code}: ${entry.reason}`);
+      parts.push(...about(entry.proposal), el('span', { class: 'badge danger outcome' }, 'not executed'), ' ', el('code', { class: 'code' }, String(entry.code)), entry.reason ? `: ${entry.reason}` : '');
       break;
     case 'controller.policy':
-      parts.push('policy ', copyable(entry.policy_sha256, { length: 12, label: 'policy SHA-256' }), ' ', ...actor);
+      parts.push(thresholds(entry.policy), el('br'), 'policy ', copyable(entry.policy_sha256, { length: 12, label: 'policy SHA-256' }), ' ', ...actor);
       break;
-    case 'controller.owners':
-      parts.push(`${Array.isArray(entry.owners) ? entry.owners.length : '?'} owner key(s)`);
+    case 'controller.owners': {
+      const count = Array.isArray(entry.owners) ? entry.owners.length : '?';
+      parts.push(`${count} owner key${count === 1 ? '' : 's'}`, ' ', ...actor);
+      if (entry.actor && entry.actor !== 'controller') {
+        if (Array.isArray(entry.added) && entry.added.length) parts.push(`; ${entry.added.length} added`);
+        if (Array.isArray(entry.removed) && entry.removed.length) {
+          parts.push('; removed ');
+          entry.removed.forEach((key, i) => parts.push(i ? ', ' : '', copyable(key, { length: 10, label: 'owner key id' })));
+        }
+      }
       break;
+    }
     default:
       for (const name of ['reason', 'error', 'mode', 'host_key_fingerprint']) {
         if (entry[name]) {
@@ -636,8 +675,85 @@ function describe(entry) {
         }
       }
   }
-  if (entry.proposal && String(entry.event).startsWith('proposal.')) parts.push(' proposal ', copyable(entry.proposal, { length: 10, label: 'proposal id' }));
+  if (entry.proposal && String(entry.event).startsWith('proposal.')) {
+    parts.push(el('span', { class: 'proposal-id' }, ' proposal ', copyable(entry.proposal, { length: 10, label: 'proposal id' })));
+  } else if (typeof entry.request_digest === 'string' && state.proposals.has(entry.request_digest)) {
+    // an operation run by a proposal: its own entries carry the proposal id as their request digest
+    const known = state.proposals.get(entry.request_digest);
+    parts.push(
+      el(
+        'span',
+        { class: 'proposal-id', 'data-proposal': entry.request_digest },
+        'as approved in proposal ',
+        copyable(entry.request_digest, { length: 10, label: 'proposal id' }),
+        known.executed ? ` (${known.executed.approvers} of ${known.executed.threshold} owners)` : '',
+      ),
+    );
+  }
   return parts;
+}
+
+/** An operation by its policy name, and what it does. */
+function operation(name) {
+  const meaning = OPERATIONS[name];
+  return el('span', { class: 'operation', 'data-operation': name }, el('code', {}, String(name ?? '?')), meaning ? ` ${meaning}` : '');
+}
+
+/** "2 of 2 approvals": a badge, green once the threshold is met. */
+function tally(count, threshold, whose = '') {
+  const met = Number.isSafeInteger(count) && Number.isSafeInteger(threshold) && count >= threshold;
+  return el(
+    'span',
+    { class: `badge tally ${met ? 'ok' : 'warn'}`, 'data-tally': `${count}/${threshold}` },
+    `${count ?? '?'} of ${threshold ?? '?'} approval${threshold === 1 ? '' : 's'}${whose ? ` (${whose})` : ''}`,
+  );
+}
+
+/** "approved by owner 3f2a… copy" (the controller acts as itself). */
+function who(verb, actor) {
+  if (!actor || actor === 'controller') return [`${verb} the controller`];
+  return [`${verb} owner `, copyable(actor, { length: 10, label: 'owner key id' })];
+}
+
+/** The operation a vote or outcome is about ("cvm.stop: "), when the timeline shows its proposal. */
+function about(proposal) {
+  const known = state.proposals.get(proposal);
+  return known && known.operation ? [el('code', { class: 'operation', 'data-operation': known.operation }, known.operation), ': '] : [];
+}
+
+/** What a proposal would run, from the signed request it carries (null above 16 KiB: a blob). */
+function proposed(entry, request) {
+  if (!request) return entry.request === null ? [el('br'), el('span', { class: 'muted' }, 'the signed request is kept as a blob (over 16 KiB)')] : [];
+  const params = request.params && typeof request.params === 'object' ? request.params : {};
+  const out = [];
+  if (Array.isArray(params.commands)) out.push(...params.commands.map((command) => el('code', { class: 'command proposed' }, `$ ${command}`)));
+  if (Array.isArray(params.add) && params.add.length) out.push(el('br'), `adds ${params.add.length} owner key${params.add.length === 1 ? '' : 's'}`);
+  if (Array.isArray(params.remove) && params.remove.length) {
+    out.push(el('br'), 'removes ');
+    params.remove.forEach((key, i) => out.push(i ? ', ' : '', copyable(key, { length: 10, label: 'owner key id' })));
+  }
+  if (params.policy && typeof params.policy === 'object') out.push(el('br'), `new policy: ${thresholds(params.policy)}`);
+  if (entry.operation === 'cvm.start' && (params.type || params.provider)) out.push(el('br'), `${params.type || '?'} on ${params.provider || '?'}`);
+  return out;
+}
+
+/** A policy's thresholds above one owner, in a line ("cvm.stop 2, owners.change 3"). */
+function thresholds(policy) {
+  const table = policy && typeof policy.thresholds === 'object' && policy.thresholds ? policy.thresholds : {};
+  const above = Object.entries(table).filter(([, n]) => n !== 1);
+  return above.length ? above.map(([op, n]) => `${op} needs ${n}`).join(', ') + '; any other operation 1' : 'one owner for every operation';
+}
+
+/** What an entry tells of the proposals (before its row is drawn, so later rows can say it). */
+function learn(entry) {
+  if (!entry || typeof entry.proposal !== 'string' || !String(entry.event).startsWith('proposal.')) return;
+  const known = state.proposals.get(entry.proposal) || {};
+  if (entry.event === 'proposal.created') Object.assign(known, { operation: entry.operation || entry.op, proposer: entry.actor, threshold: entry.threshold });
+  if (entry.event === 'proposal.executed') {
+    known.operation = known.operation || entry.operation;
+    known.executed = { approvers: Array.isArray(entry.approvers) ? entry.approvers.length : '?', threshold: entry.threshold };
+  }
+  state.proposals.set(entry.proposal, known);
 }
 
 function outputBlock(entry, stream) {
@@ -787,6 +903,8 @@ async function loadTimeline(cvm) {
   if (generation !== state.generation) return;
   state.timeline = timeline;
   const proven = performance.now();
+  state.proposals = new Map();
+  for (const entry of timeline.entries) if (timeline.proven.has(entry.seq)) learn(entry);
   showTimeline(timeline);
   for (const finding of timeline.findings) fail(finding.code, finding.message);
   $('progress').textContent = '';
@@ -828,6 +946,7 @@ function appendProven(all) {
     const before = timeline.findings.length;
     timeline.add(entry, leaf);
     timeline.proven.add(entry.seq);
+    learn(entry);
     const node = row(entry);
     setRowState(node, timeline.findings.length > before ? 'failed' : 'verified');
     $('entries').append(node);
@@ -889,9 +1008,15 @@ async function startController() {
   await verifyAnswer(answer, { ...state.pin, nonce, target });
   await renderController(answer, publicKey);
   state.ledger = new ControllerLedger(api);
-  ensureControllerItem();
+  // The entries that put the owner set and the policy in force, as the verified identity names
+  // them: the controller's own view must show them (an entry hidden at its end links to nothing).
+  state.ledger.anchors = [
+    { seq: identity.owners_seq, event: 'controller.owners', what: 'the owner set' },
+    { seq: identity.policy_seq, event: 'controller.policy', what: 'the approval policy' },
+  ];
   const [{ head, seen }, listed] = await Promise.all([state.ledger.advance(), api.get('/v1/cvms')]);
   renderHead(head, seen);
+  ensureControllerItem(); // once there is a head to prove its entries in
   renderCvms(Array.isArray(listed && listed.cvms) ? listed.cvms : []);
   if (state.selected === undefined) {
     finished(new Timeline(undefined));
@@ -917,11 +1042,11 @@ async function startTiles(base) {
   );
   $('outputs-note').hidden = false;
   state.ledger = new TilesLedger(source, state.pin, new HeadStore('tiles'));
-  ensureControllerItem();
   const seen = state.ledger.store.last(publicKey.id);
   const { head } = await state.ledger.advance((done, total) => ($('progress').textContent = `${done.toLocaleString()} of ${total.toLocaleString()} entries read`));
   $('progress').textContent = '';
   renderHead(head, seen);
+  ensureControllerItem();
   renderCvms(summarize(state.ledger.entries));
   if (state.selected === undefined) finished(new Timeline(undefined));
   setInterval(() => enqueue(refresh), 10000); // a bucket announces nothing: read its checkpoint again

@@ -5,10 +5,11 @@
 //   saw from this controller (kept in localStorage): a smaller one is a ROLLBACK, another root
 //   for the same size a FORK, a larger one without a valid consistency proof an INCONSISTENT
 //   history. Only a head that held is kept.
-// * Every entry shown is proven in that head: where a CVM's entries are dense in the ledger,
-//   the range holding them is streamed and hashed into a frontier that must give the signed
-//   root (which also proves none of the CVM's entries was left out there); where they are
-//   sparse, each gets its own inclusion proof. Each entry must name the previous one of its CVM.
+// * Every entry shown is proven in that head: where a CVM's entries (or the controller's own,
+//   those about no CVM) are dense in the ledger, the range holding them is streamed and hashed
+//   into a frontier that must give the signed root (which also proves none of them was left out
+//   there); where they are sparse, each gets its own inclusion proof. Each entry must name the
+//   previous one of its CVM (the controller's, the previous one about no CVM).
 // * New heads (live) are proven to extend the one shown by a consistency proof, and the entries
 //   between the two are streamed onto the frontier the proof carries: the new root must come out.
 // * From published tiles, every entry bundle is hashed into the frontier, whose root must be the
@@ -35,6 +36,8 @@ import {
 } from './verify.js';
 
 export const PAGE = 1000;
+/** The filtered view of the entries about no CVM (`GET /v1/ledger/entries?cvm=controller`). */
+export const CONTROLLER_SCOPE = 'controller';
 /** What a page of PAGE entries costs in inclusion proofs (a CVM streams its range when cheaper). */
 export const PAGE_COST = 35;
 /** Inclusion proofs in flight at once (a browser opens six connections per host). */
@@ -122,8 +125,10 @@ async function pool(items, width, job) {
 }
 
 /**
- * One CVM's view, as proven so far: entries by seq with their leaf hashes; `proven` the seqs
- * verified in the head; `findings` what did not hold (VerificationFailure, each with its seq).
+ * One CVM's view (cvm null: the controller's own entries), as proven so far: entries by seq with
+ * their leaf hashes; `proven` the seqs verified in the head; `findings` what did not hold
+ * (VerificationFailure, each with its seq). Each entry must name the one shown before it
+ * (`cvm_prev`; the first, none): an entry hidden between two shown is MISSING.
  */
 export class Timeline {
   constructor(cvm) {
@@ -136,11 +141,13 @@ export class Timeline {
   }
 
   add(entry, leaf) {
-    if (entry.cvm_prev !== undefined && entry.cvm_prev !== this.last && this.cvm !== null) {
+    if (entry.cvm_prev !== undefined && entry.cvm_prev !== this.last) {
+      const whose = this.cvm === null ? 'about no CVM, like it' : 'of this CVM';
+      const before = this.last === null ? 'none was shown before it' : `the previous one shown is ${this.last}`;
       this.findings.push(
         new VerificationFailure(
           'entry_missing',
-          `entry ${entry.seq} follows entry ${entry.cvm_prev} of this CVM, which was not shown (the previous one shown is ${this.last}): entries were hidden or deleted`,
+          `entry ${entry.seq} follows entry ${entry.cvm_prev} ${whose}, which was not shown (${before}): entries were hidden or deleted`,
           entry.seq,
         ),
       );
@@ -158,6 +165,9 @@ export class ControllerLedger {
     this.store = store;
     this.head = null;
     this.who = 'the controller';
+    /** Entries the verified identity names ({seq, event, what}: the owner set's and the policy's),
+     * which the controller's own view must show. */
+    this.anchors = [];
   }
 
   get controller() {
@@ -263,50 +273,90 @@ export class ControllerLedger {
   }
 
   /**
-   * One CVM's timeline in the tree of `head` (cvm null: the controller's own entries, read from
-   * the whole ledger), every entry proven; `progress(done, total)` as it goes.
+   * One CVM's timeline in the tree of `head` (cvm null: the controller's own entries, those
+   * about no CVM), every entry proven; `progress(done, total)` as it goes.
    *
    * Where the CVM's entries are dense in the ledger, the range from its first entry to the head
    * is streamed and hashed onto the true frontier before it: the signed root must come out, and
    * the CVM's entries are taken from that stream, so none can be left out (the first must link
    * to no earlier one). Where they are sparse, its own entries are read and each is proven by an
    * inclusion proof. Which way is cheaper is read from the CVM's state answer (its first seq and
-   * its number of entries): the controller's word, used only to choose, never to judge.
+   * its number of entries), for the controller's own entries from their view itself: the
+   * controller's word, used only to choose, never to judge.
    */
   async timeline(cvm, head, progress = () => {}) {
-    const size = head.tree_size;
-    if (cvm === null) {
-      const timeline = new Timeline(null);
-      if (!(await this.stream(timeline, 0, head, new Frontier(), progress))) {
-        timeline.findings.push(new VerificationFailure('entry_altered', `the ledger's ${size} entries do not hash to the signed root: entries were altered`));
-      }
-      return timeline;
-    }
+    if (cvm === null) return this.controllerTimeline(head, progress);
     const hint = await this.api.get(`/v1/cvms/${encodeURIComponent(cvm)}`).catch(() => null);
     const first = hint && hint.history ? hint.history.first_seq : null;
     const count = hint ? hint.entry_count : null;
-    if (Number.isSafeInteger(first) && first < size && Number.isSafeInteger(count) && count > 2 + PAGE_COST * Math.ceil((size - first) / PAGE)) {
-      const start = first <= PAGE ? 0 : first;
-      const frontier = start === 0 ? new Frontier() : await this.frontierAt(start, head).catch(() => null);
-      if (frontier) {
-        const timeline = new Timeline(cvm);
-        if (await this.stream(timeline, start, head, frontier, progress)) return timeline;
-      }
-    }
-    return this.proveView(cvm, head, progress);
+    const streamed = await this.streamIfDense(cvm, first, count, head, progress);
+    return streamed || this.proveView(cvm, await this.view(cvm, head), head, progress);
   }
 
-  /** The CVM's entries as its own view serves them, each proven by an inclusion proof (which
-   * also names each altered entry when a streamed range did not verify). */
-  async proveView(cvm, head, progress) {
+  /** Whether proving `count` entries from seq `first` to the head one by one costs more than
+   * streaming that range. */
+  static dense(first, count, size) {
+    return Number.isSafeInteger(first) && first >= 0 && first < size && Number.isSafeInteger(count) && count > 2 + PAGE_COST * Math.ceil((size - first) / PAGE);
+  }
+
+  /** The timeline streamed from (about) `first` to the head where that is cheaper; else null. */
+  async streamIfDense(cvm, first, count, head, progress) {
+    if (!ControllerLedger.dense(first, count, head.tree_size)) return null;
+    const start = first <= PAGE ? 0 : first;
+    const frontier = start === 0 ? new Frontier() : await this.frontierAt(start, head).catch(() => null);
+    if (!frontier) return null;
     const timeline = new Timeline(cvm);
+    return (await this.stream(timeline, start, head, frontier, progress)) ? timeline : null;
+  }
+
+  /**
+   * The controller's own entries (owner sets, approval policies, proposals on no CVM, starts),
+   * read through their view (`cvm=controller`); that view also says whether they are dense. A
+   * streamed range that does not verify is proven entry by entry, to name what was altered.
+   * The entries the verified identity names (`anchors`) must be among them.
+   */
+  async controllerTimeline(head, progress) {
+    const shown = await this.view(null, head);
+    const seqs = shown.map(([entry]) => (entry && typeof entry === 'object' ? entry.seq : null));
+    const timeline =
+      (await this.streamIfDense(null, seqs.length ? seqs[0] : null, shown.length, head, progress)) ||
+      (await this.proveView(null, shown, head, progress));
+    const have = new Map(timeline.entries.map((entry) => [entry.seq, entry]));
+    for (const anchor of this.anchors) {
+      if (!Number.isSafeInteger(anchor.seq) || anchor.seq >= head.tree_size) continue;
+      const entry = have.get(anchor.seq);
+      if (!entry || entry.event !== anchor.event) {
+        timeline.findings.push(
+          new VerificationFailure(
+            'entry_missing',
+            `the controller's identity says entry ${anchor.seq} (${anchor.event}) put ${anchor.what} in force, but ${
+              entry ? `entry ${anchor.seq} is ${entry.event}` : "it is not among the controller's entries shown"
+            }: entries were hidden`,
+            entry ? anchor.seq : null,
+          ),
+        );
+      }
+    }
+    return timeline;
+  }
+
+  /** The entries as the view of `cvm` serves them (null: the controller's own), each with its leaf. */
+  async view(cvm, head) {
     const size = head.tree_size;
     const shown = [];
     for (let position = 0; position < size; ) {
-      const { entries, leaves, stop } = await this.page(position, size, cvm);
+      const { entries, leaves, stop } = await this.page(position, size, cvm === null ? CONTROLLER_SCOPE : cvm);
       entries.forEach((entry, i) => shown.push([entry, leaves[i]]));
       position = stop;
     }
+    return shown;
+  }
+
+  /** The entries of a view, each proven by an inclusion proof (which also names each altered
+   * entry when a streamed range did not verify) and linked to the one before it. */
+  async proveView(cvm, shown, head, progress) {
+    const timeline = new Timeline(cvm);
+    const size = head.tree_size;
     let expected = 0;
     for (const [entry, leaf] of shown) {
       const seq = entry && typeof entry === 'object' ? entry.seq : undefined;
@@ -377,7 +427,7 @@ export class ControllerLedger {
       progress(position - start, size - start);
     }
     if (hex(await frontier.root()) !== head.root_hash) return false;
-    if (timeline.cvm !== null && (!mine.length || (mine[0][0].cvm_prev !== null && mine[0][0].cvm_prev < start))) {
+    if (!mine.length || (mine[0][0].cvm_prev !== null && mine[0][0].cvm_prev < start)) {
       return false; // the CVM has entries before the range streamed (a wrong hint): read its own view instead
     }
     for (const [entry, leaf] of mine) {
