@@ -537,7 +537,7 @@ class Auditor:
         elif self.cvm is None:
             self._check_ledger(head, rnd)
         else:
-            self._check_cvm(head, rnd)
+            self._check_cvm(head, rnd, pin)
         self._finish(head, rnd, result)
         self._compare_owners(pin, result)
 
@@ -1152,7 +1152,7 @@ class Auditor:
 
     # --- one CVM -----------------------------------------------------------------------
 
-    def _check_cvm(self, head: Head, rnd: _Round) -> None:
+    def _check_cvm(self, head: Head, rnd: _Round, pin: ControllerPin) -> None:
         """The CVM's entries from ``rnd.start`` on, each proven in the signed tree.
 
         Page by page of the CVM's entries: where they are dense, the range of the ledger that
@@ -1162,7 +1162,7 @@ class Auditor:
         oracle = TreeOracle(self.source, head.tree_size, head.root)
         end, position, streaming = head.tree_size, rnd.start, True
         with ThreadPoolExecutor(PROOF_WORKERS, thread_name_prefix="duet-audit-proofs") as pool:
-            self._controller_entries(oracle, rnd, pool)
+            self._controller_entries(oracle, rnd, pool, pin)
             while position < end:
                 entries, stop = self._page(position, end, self.cvm)
                 if streaming and self._in_order(entries, rnd.expected, stop):
@@ -1176,7 +1176,7 @@ class Auditor:
                 self._report(position - rnd.start, end - rnd.start)
         self._govern(rnd, before=end)
 
-    def _controller_entries(self, oracle: TreeOracle, rnd: _Round, pool: ThreadPoolExecutor) -> None:
+    def _controller_entries(self, oracle: TreeOracle, rnd: _Round, pool: ThreadPoolExecutor, pin: ControllerPin) -> None:
         """For a CVM's audit: the entries about no CVM (owner sets, approval policies, proposals on
         no CVM, starts) from ``rnd.start`` on, each proven in the signed tree and linked to the one
         before it, kept to be replayed in order with the CVM's (``_govern``): a command is judged by
@@ -1195,6 +1195,17 @@ class Auditor:
                 rnd.governance.append(entry)
                 jobs.append((seq, entry_leaf(entry), entry.get("event")))
         rnd.findings += _proofs(oracle, jobs, pool)
+        shown = {seq for seq, _, _ in jobs}
+        for named in {pin.owners_seq, pin.policy_seq}:  # the attested identity names the entries that put these in force
+            if isinstance(named, int) and rnd.start <= named < end and named not in shown:
+                rnd.chain.append(
+                    Finding(
+                        "entry_missing",
+                        f"entry {named}, which the controller's attested identity names as putting its owner set or "
+                        "approval policy in force, was left out of the controller's entries",
+                        named,
+                    )
+                )
 
     def _govern(self, rnd: _Round, *, before: int) -> None:
         """Feed the replay the controller's own entries that come before seq ``before``."""

@@ -4,13 +4,16 @@ entries, its owner sets and policies, too), from the controller or from the publ
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ledger_fakes import CVM, KEY, OWNER, SECOND, THIRD, EntryLedger, FakeSource
 from tiles_fakes import MemoryTiles, publish
 
 from duet.client.audit import Auditor, AuditResult, HeadStore
+from duet.client.trust import ControllerPin
 from duet.protocol import lifecycle as lc
 
 REOPEN = "cvm.mark.in-update"
@@ -95,3 +98,31 @@ def test_a_policy_changed_by_the_controller_itself_is_a_finding(tmp_path: Path) 
     ledger.mark(lc.IN_SERVICE, lc.IN_UPDATE, CVM)
 
     assert ("policy_changed", relaxed["seq"]) in [(f.code, f.seq) for f in audit(ledger, tmp_path).findings]
+
+
+class HidingControllerEntries(FakeSource):
+    """Serves the controller's own entries (``?cvm=controller``) without the last ones, whose
+    absence no later link would show; the pinned identity names the policy entry."""
+
+    def __init__(self, ledger: EntryLedger, hidden: set[int], policy_seq: int) -> None:
+        super().__init__(ledger, owners=(OWNER, SECOND, THIRD))
+        self.hidden, self.policy_seq = hidden, policy_seq
+
+    def pin(self) -> ControllerPin:
+        return dataclasses.replace(super().pin(), policy_seq=self.policy_seq)
+
+    def get(self, path: str, **query: Any) -> Any:
+        answer = super().get(path, **query)
+        if path == "/v1/ledger/entries" and query.get("cvm") == lc.CONTROLLER_SCOPE:
+            answer["entries"] = [e for e in answer["entries"] if e["seq"] not in self.hidden]
+        return answer
+
+
+def test_a_cvm_audit_misses_no_policy_entry_the_identity_names(tmp_path: Path) -> None:
+    ledger = lawful_with_owners()
+    raised = ledger.policy({REOPEN: 3}, actor=SECOND)  # the latest policy: nothing after it links to it
+    source = HidingControllerEntries(ledger, {raised["seq"]}, policy_seq=raised["seq"])
+
+    result = Auditor(source, HeadStore(tmp_path / "auditor"), cvm=CVM).audit()
+
+    assert ("entry_missing", raised["seq"]) in [(f.code, f.seq) for f in result.findings] and not result.ok
