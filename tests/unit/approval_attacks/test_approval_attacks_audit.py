@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from approval_attack_world import World, open_world, perform, signed, vote, world_fixture
 
+from approvals_world import World, open_world, perform, signed, vote, world_fixture
 from duet import keys
 from duet.client.audit import Auditor, HeadStore
 from duet.client.trust import ControllerPin

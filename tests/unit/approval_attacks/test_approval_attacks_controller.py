@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from approval_attack_world import (
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from approvals_world import (
     World,
     controller_fixture,
     in_update_cvm,
@@ -25,8 +27,6 @@ from approval_attack_world import (
     vote,
     world_fixture,
 )
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from duet import keys
 from duet.controller.auth import AuthorizedRequest
 from duet.controller.runtime import Controller

@@ -6,80 +6,31 @@ whole ledger obeys every rule an auditor checks, and the controller starts again
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import time
 from base64 import b64encode
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from approvals_world import World, events, in_service_cvm, open_world, perform, signed, violations, vote, world_fixture
 from duet import keys
 from duet.controller.auth import AuthorizedRequest
-from duet.controller.proposals import Answered
-from duet.controller.runtime import Controller, open_controller
-from duet.controller.settings import Settings
+from duet.controller.runtime import Controller
 from duet.errors import DuetError
 from duet.protocol import lifecycle as lc
 from duet.protocol.approvals import ApprovalPolicy
-from duet.protocol.canonical import timestamp
-from duet.protocol.envelope import sign_request
 from duet.protocol.rules import RulesReplay
-from duet.testing.fakes import FakeProvider, FakeSsh, SimulatedCrash
+from duet.testing.fakes import SimulatedCrash
 
 POLICY = '[thresholds]\n"cvm.mark.in-update" = 2\n"cvm.run" = 2\n'
 
 
-class Clock:
-    """The host's clock, which the test moves (the controller never believes it backwards)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class World:
-    state_dir: Path
-    owner_keys: list[keys.PrivateKey]
-    pubs: list[Path]
-    policy: Path
-    provider: FakeProvider
-    ssh: FakeSsh
-    clock: Clock
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    owner_keys = [keys.generate("ed25519") for _ in range(3)]
-    pubs = [keys.write_key_pair(tmp_path / f"owner{i}.pem", key) for i, key in enumerate(owner_keys)]
-    policy = tmp_path / "approvals.toml"
-    policy.write_text(POLICY)
-    return World(tmp_path / "state", owner_keys, pubs, policy, FakeProvider(), FakeSsh(), Clock())
-
-
-async def open_world(world: World, *, first: bool = False, **overrides: Any) -> Controller:
-    settings = Settings(
-        state_dir=world.state_dir,
-        owner_keys=tuple(world.pubs) if first else (),
-        approval_policy=world.policy if first else None,
-        providers=("fake",),
-        tee="none",
-        trust_simulated_cvm=True,
-        **overrides,
-    )
-    controller = open_controller(settings, providers={"fake": world.provider}, ssh=world.ssh, clock=world.clock)
-    await controller.service.recover()
-    assert controller.proposals is not None
-    controller.proposals.recover()
-    return controller
+    return world_fixture(tmp_path, POLICY)
 
 
 @pytest.fixture
@@ -87,51 +38,6 @@ async def controller(world: World) -> AsyncIterator[Controller]:
     made = await open_world(world, first=True)
     yield made
     await made.close()
-
-
-def signed(controller: Controller, world: World, who: int, op: str, params: dict[str, Any]) -> AuthorizedRequest[Any]:
-    """A request as an owner signs it, admitted by the controller's own authenticator."""
-    issued = issued_at(world.clock.now)
-    envelope = sign_request(op, controller.identity.controller_id, params, world.owner_keys[who], issued_at=issued)
-    return controller.authenticator.authenticate(json.dumps(envelope).encode(), op)
-
-
-def issued_at(now: float) -> str:
-    return timestamp(datetime.fromtimestamp(now, UTC))
-
-
-async def perform(controller: Controller, request: AuthorizedRequest[Any]) -> dict[str, Any]:
-    """What the route does: a proposal, or the operation run at once."""
-    assert controller.proposals is not None
-    admitted = controller.proposals.admit(request)
-    if isinstance(admitted, Answered):
-        return admitted.answer
-    action = {"cvm.start": controller.service.start, "cvm.run": controller.service.run, "cvm.mark": controller.service.mark}
-    return await action[request.op](admitted)
-
-
-async def vote(controller: Controller, world: World, who: int, op: str, proposal_id: str) -> dict[str, Any]:
-    assert controller.proposals is not None
-    return await controller.proposals.vote(signed(controller, world, who, op, {"proposal_id": proposal_id}))
-
-
-async def in_service_cvm(controller: Controller, world: World) -> str:
-    started = await perform(controller, signed(controller, world, 0, "cvm.start", {"cvm_type": "snp"}))
-    for _ in range(200):
-        if controller.service.get_cvm(started["cvm_id"]).mode == lc.IN_UPDATE:
-            break
-        await asyncio.sleep(0.01)
-    await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": started["cvm_id"], "mode": lc.IN_SERVICE}))
-    return str(started["cvm_id"])
-
-
-def violations(controller: Controller) -> list[str]:
-    replay = RulesReplay()
-    return [f"{v.seq}: {v.code}: {v.message}" for entry in controller.ledger.entries() for v in replay.apply(entry)]
-
-
-def events(controller: Controller, cvm_id: str | None = None) -> list[dict[str, Any]]:
-    return controller.ledger.entries(cvm=cvm_id) if cvm_id else controller.ledger.entries()
 
 
 async def test_an_execution_the_stop_interrupted_never_runs_after_a_restart(controller: Controller, world: World) -> None:

@@ -1,5 +1,6 @@
-"""Shared by the approvals attack tests: an in-process controller (real service, store, ledger,
-sealed state, proposal service) with the fake provider and SSH, three owners (owner 2 is RSA)."""
+"""An in-process controller for approvals tests (real service, store, ledger, sealed state,
+proposal service; the fake provider and SSH of ``duet.testing``), three owners (owner 2 is RSA,
+the kind the seed protocol accepts), an approval policy, and a clock the test moves."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ POLICY = '[thresholds]\n"cvm.mark.in-update" = 2\n"cvm.mark.final" = 2\n'
 
 
 class Clock:
+    """The host's clock, which the test moves (the controller never believes it backwards)."""
+
     def __init__(self) -> None:
         self.now = time.time()
 
@@ -51,12 +54,12 @@ class World:
         return keys.key_id(self.owner_keys[who].public_key())
 
 
-def world_fixture(tmp_path: Path) -> World:
+def world_fixture(tmp_path: Path, policy_text: str = POLICY) -> World:
     # owner 2 is an RSA key: the one the seed protocol accepts (and the one that gets stolen)
     owner_keys: list[Any] = [keys.generate("ed25519"), keys.generate("ed25519"), rsa.generate_private_key(65537, 2048)]
     pubs = [keys.write_key_pair(tmp_path / f"owner{i}.pem", key) for i, key in enumerate(owner_keys)]
     policy = tmp_path / "approvals.toml"
-    policy.write_text(POLICY)
+    policy.write_text(policy_text)
     return World(tmp_path / "state", owner_keys, pubs, policy, FakeProvider(), FakeSsh(), Clock())
 
 
@@ -90,6 +93,7 @@ def signed(controller: Controller, world: World, who: int, op: str, params: dict
 
 
 async def perform(controller: Controller, request: AuthorizedRequest[Any]) -> dict[str, Any]:
+    """What the route does: a proposal (or the answer of a request that changes nothing), or the operation run at once."""
     assert controller.proposals is not None
     admitted = controller.proposals.admit(request)
     if isinstance(admitted, Answered):
@@ -103,6 +107,17 @@ async def perform(controller: Controller, request: AuthorizedRequest[Any]) -> di
         "policy.change": controller.proposals.change_policy,
     }
     return await action[request.op](admitted)
+
+
+def events(controller: Controller, cvm_id: str | None = None) -> list[dict[str, Any]]:
+    return controller.ledger.entries(cvm=cvm_id) if cvm_id else controller.ledger.entries()
+
+
+async def in_service_cvm(controller: Controller, world: World) -> str:
+    """A CVM started and put in service by owner 0 (one owner suffices for both)."""
+    cvm_id = await in_update_cvm(controller, world)
+    await perform(controller, signed(controller, world, 0, "cvm.mark", {"cvm_id": cvm_id, "mode": lc.IN_SERVICE}))
+    return cvm_id
 
 
 async def vote(controller: Controller, world: World, who: int, op: str, proposal_id: str) -> dict[str, Any]:
