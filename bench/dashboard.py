@@ -36,20 +36,10 @@ sys.path.insert(0, str(ROOT))
 from _setup import running_controller  # noqa: E402
 from duet.attestation.bundle import load_cvm_roots  # noqa: E402
 from duet.client.audit import Auditor, HeadStore  # noqa: E402
+from duet.testing.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 COMMANDS = 500
 RUNS = 3
-CHROMIUM = os.environ.get("DUET_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def median(values: list[float]) -> float:
@@ -57,7 +47,7 @@ def median(values: list[float]) -> float:
 
 
 def main() -> int:
-    if not Path(CHROMIUM).exists():
+    if not CHROMIUM.exists():
         print(f"{CHROMIUM} is missing: `make deps` installs Debian's chromium package", file=sys.stderr)
         return 1
     from playwright.sync_api import sync_playwright
@@ -102,7 +92,7 @@ def main() -> int:
         page_fresh, page_warm, timeline_fresh = [], [], []
         url = f"{bench.controller.url}/?controller={controller_id}&cvm={cvm_id}"
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
             for _ in range(RUNS):
                 context = browser.new_context(ignore_https_errors=True)  # the controller's own certificate
                 page = context.new_page()

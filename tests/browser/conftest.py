@@ -8,13 +8,18 @@ first visit) whose requests are recorded (``browser_support.Visit``). Every test
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS, LAPTOP, Visit
+from browser_support import LAPTOP, Visit
+from duet.dashboard import export
+from duet.testing.chromium import CHROMIUM, CHROMIUM_ARGS
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -36,7 +41,7 @@ def browser() -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
         yield launched
         launched.close()
 
@@ -50,3 +55,20 @@ def visit(browser: Browser) -> Iterator[Visit]:
     finally:
         context.close()
     assert recorded.errors == [], recorded.errors
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The page's files on a static server (a secure context on 127.0.0.1): no controller needed."""
+    directory = tmp_path_factory.mktemp("site")
+    export(directory)
+    handler = functools.partial(QuietHandler, directory=str(directory))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -138,6 +139,18 @@ def copy_state(controller: ControllerProcess, source: Path, target: Path) -> Non
 # --- a man in the middle ----------------------------------------------------------------------------
 
 
+def signed_again(answer: dict[str, Any], signing_key: keys.PrivateKey) -> bytes:
+    """The answer with its altered result, signed anew with the controller's own key (what a host
+    that had the key would serve): it verifies, so only the page's proofs can catch the change."""
+    return sign_answer(
+        canonical(answer["result"]),
+        controller=answer["controller"],
+        signing_key=signing_key,
+        nonce=answer.get("nonce"),
+        request_target=answer.get("request_target"),
+    )
+
+
 def test_a_head_with_a_bad_signature_shows_bad_signature(shared: Running, proxy: TamperingProxy, visit: Visit) -> None:
     cvm_id = start_cvm(shared.client)
     page = visit.page(shared.page_url(proxy.url, cvm=cvm_id))
@@ -188,13 +201,7 @@ def test_an_entry_altered_and_signed_again_shows_altered_entry(
         for entry in answer["result"].get("entries", []):
             if entry.get("seq") == seq:
                 entry["command"] = "echo harmless"
-        return sign_answer(
-            canonical(answer["result"]),
-            controller=answer["controller"],
-            signing_key=signing_key,
-            nonce=answer.get("nonce"),
-            request_target=answer.get("request_target"),
-        )
+        return signed_again(answer, signing_key)
 
     proxy.tamper = alter_entry
     page = visit.page(shared.page_url(proxy.url, cvm=cvm_id))
@@ -256,13 +263,7 @@ def test_a_controller_entry_hidden_from_its_view_shows_missing_entry(
             return body
         answer = json.loads(body)
         answer["result"]["entries"] = [entry for entry in answer["result"]["entries"] if entry["seq"] != seq]
-        return sign_answer(
-            canonical(answer["result"]),
-            controller=answer["controller"],
-            signing_key=signing_key,
-            nonce=answer.get("nonce"),
-            request_target=answer.get("request_target"),
-        )
+        return signed_again(answer, signing_key)
 
     proxy.tamper = hide_one
     page = visit.page(shared.page_url(proxy.url))

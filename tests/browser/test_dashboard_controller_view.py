@@ -9,16 +9,9 @@ does not reach in a test's time (dozens of restarts or proposals on no CVM).
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from browser_support import Visit
-from duet.dashboard import export
 from duet.ledger.merkle import MerkleTree, leaf_hash
 from duet.protocol.canonical import canonical
 
@@ -60,22 +53,6 @@ return {
   asked,
 };
 """
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory = tmp_path_factory.mktemp("site")
-    export(directory)
-    handler = functools.partial(QuietHandler, directory=str(directory))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-        server.shutdown()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def ledger(size: int, own: set[int]) -> list[dict[str, Any]]:

@@ -8,11 +8,7 @@ call an honest controller a liar (or the reverse), so each check also has a tamp
 from __future__ import annotations
 
 import base64
-import functools
-import http.server
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +16,12 @@ import pytest
 
 from browser_support import Visit
 from duet import keys
-from duet.dashboard import export
 from duet.ledger.checkpoint import Checkpoint, controller_origin, sign_checkpoint
 from duet.ledger.heads import sign_head
 from duet.protocol.canonical import canonical
 from duet.protocol.envelope import canonical_target, request_target, sign_answer
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "assets" / "ct_merkle_vectors.json").read_text())
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The page's files on a static server (a secure context on 127.0.0.1): no controller needed."""
-    directory = tmp_path_factory.mktemp("site")
-    export(directory)
-    handler = functools.partial(QuietHandler, directory=str(directory))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-        server.shutdown()
 
 
 def run(visit: Visit, site: str, body: str, arg: Any = None) -> Any:

@@ -23,9 +23,7 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +39,11 @@ from duet.ledger.checkpoint import verify_cosigned_checkpoint
 from duet.publish.stores import AzureBlobStore
 from duet.testing.process import ControllerProcess
 from fakes.object_stores import Azurite
-from support import Owner, serving, start_cvm
+from support import Owner, serving, start_cvm, wait_until
 
 WAIT_S = 60.0
 SAME = ("checked", "start", "findings", "timeline")
 """What an audit from the tiles and one from the controller must have equal (and the head's size and root)."""
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def duet(home: Path, url: str, *args: str, env: dict[str, str] | None = None, json_output: bool = True) -> tuple[int, Any, str]:
@@ -108,16 +98,6 @@ def busy(client: DuetClient, commands: int) -> str:
     return cvm_id
 
 
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    server = Azurite(tmp_path_factory.mktemp("azurite"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
 
@@ -143,7 +123,7 @@ def test_an_audit_from_azure_blob_storage_equals_the_controllers_without_contact
         cvm_id = busy(client, 130)
         size = client.head()["tree_size"]
         assert size > 256  # a full tile, and a partial one
-        wait_until(lambda: published_size(public, client) == size, "the container to hold the whole ledger")
+        wait_until(lambda: published_size(public, client) == size, "the container to hold the whole ledger", WAIT_S)
 
         by_controller, by_tiles = tmp_path / "by-controller", tmp_path / "by-tiles"
         pin(by_controller, process)
@@ -223,7 +203,7 @@ def test_a_directory_over_http_with_a_witness(tmp_path: Path, owner: Owner) -> N
                     return False
                 return checked.checkpoint.size == size
 
-            wait_until(cosigned, "the published checkpoint to carry the witness's cosignature")
+            wait_until(cosigned, "the published checkpoint to carry the witness's cosignature", WAIT_S)
             home = tmp_path / "auditor"
             pin(home, process)
             from_controller = audit_report(tmp_path / "by-controller", process)

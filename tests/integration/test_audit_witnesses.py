@@ -17,8 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +30,9 @@ from duet.client.trust import TrustStore
 from duet.ledger.heads import parse_head
 from duet.ledger.note import NoteVerifier
 from duet.testing.process import ControllerProcess
-from support import Owner, serving
+from support import Owner, serving, wait_until
 
 WAIT_S = 30.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def duet_audit(url: str, home: Path, *args: str, json_output: bool = True) -> tuple[int, Any, str]:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,17 +33,9 @@ from duet.ledger.checkpoint import parse_checkpoint, verify_checkpoint
 from duet.ledger.heads import parse_head
 from duet.ledger.note import NoteVerifier, parse_note
 from duet.testing.process import ControllerProcess, free_port
-from support import Owner, serving
+from support import Owner, serving, wait_until
 
 WAIT_S = 30.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def log_verifier(client: DuetClient) -> NoteVerifier:

@@ -80,11 +80,11 @@ class ProposalService:
         sealed: SealedState,
         *,
         replay: ProposalReplay,
-        owner_keys: dict[str, str],
     ) -> None:
         """``replay`` has seen the verified ledger and is fed every committed entry from here on
-        (the caller subscribes it before the start's own entries); ``owner_keys`` is the owner set
-        in force (key id → public PEM)."""
+        (the caller subscribes it before the start's own entries). The owner set in force (key id
+        → public PEM) is sealed state's: the start reconciled it with the verified ledger, and each
+        governed change updates it (``SealedState.govern``)."""
         self.settings = settings
         self.store = store
         self.ledger = ledger
@@ -92,7 +92,6 @@ class ProposalService:
         self.authenticator = authenticator
         self.sealed = sealed
         self.replay = replay
-        self.owner_keys = dict(owner_keys)
         self.on_governance: list[Callable[[], None]] = []
         """Called after a governed change took effect (the runtime refreshes the identity document)."""
         self._governance = asyncio.Lock()
@@ -114,7 +113,8 @@ class ProposalService:
 
     @property
     def owners(self) -> frozenset[str]:
-        return frozenset(self.owner_keys)
+        """The owner key ids in force."""
+        return frozenset(self.sealed.owners)
 
     def now(self) -> datetime:
         """The controller's clock (``controller.clock.FloorClock``, through the authenticator): the
@@ -188,7 +188,7 @@ class ProposalService:
         later commands are refused too) and one owner still suffices."""
 
         def guard(tx: Transaction, cvm_id: str | None) -> None:
-            if signer not in self.owner_keys:
+            if signer not in self.sealed.owners:
                 raise Forbidden(
                     f"{signer[:16]}… was removed from the owner set while this request waited; nothing more of it runs",
                     code="not_an_owner",
@@ -339,7 +339,7 @@ class ProposalService:
     def _owners_after(self, params: OwnersChangeParams) -> dict[str, str]:
         """The owner set the change would put in force (key id → PEM), checked: known keys to
         remove, new keys to add, at least one owner and every threshold within the count."""
-        after = dict(self.owner_keys)
+        after = dict(self.sealed.owners)
         if not params.add and not params.remove:
             raise InvalidParams("owners.change adds or removes at least one owner key", code="invalid_params")
         for key_id in params.remove:
@@ -355,7 +355,7 @@ class ProposalService:
             if key_id in after:
                 raise Conflict(f"{key_id[:16]}… is already an owner of this controller", code="already_an_owner")
             after[key_id] = keys.public_pem(key).decode()
-        if after == self.owner_keys:
+        if after == self.sealed.owners:
             raise Conflict("this owners.change leaves the owner set as it is; nothing to change", code="no_change")
         ap.check_governance(self.policy, len(after))
         return after
@@ -387,8 +387,8 @@ class ProposalService:
                     request_digest=request.digest,
                     owners=owners,
                     owners_digest=owners_digest(owners),
-                    added=[after[k] for k in owners if k not in self.owner_keys],
-                    removed=sorted(set(self.owner_keys) - set(after)),
+                    added=[after[k] for k in owners if k not in self.sealed.owners],
+                    removed=sorted(set(self.sealed.owners) - set(after)),
                 )
             self.store.replace_owners(after)  # a cache for people reading the database; never read back
             self._governed(owner_keys=after)
@@ -402,7 +402,7 @@ class ProposalService:
                 if request.before_first_entry is not None:
                     request.before_first_entry(tx, None)
                 entry = self._append(tx, ap.policy_entry(policy, actor=request.signer, request_digest=request.digest))
-            self._governed(owner_keys=self.owner_keys)
+            self._governed(owner_keys=self.sealed.owners)
         return {
             "approval_policy": policy.to_dict(),
             "policy_sha256": policy.sha256,
@@ -411,10 +411,10 @@ class ProposalService:
         }
 
     def _governed(self, *, owner_keys: dict[str, str]) -> None:
-        """After the entry committed: the authenticator, sealed state and identity follow it."""
-        self.owner_keys = dict(owner_keys)
-        self.authenticator.set_owners(self.owner_keys)
-        self.sealed.govern(owners=self.owner_keys, approval_policy=self.policy.to_dict())
+        """After the entry committed: sealed state, the authenticator (and with it the seed
+        gateway) and the identity document follow it."""
+        self.sealed.govern(owners=owner_keys, approval_policy=self.policy.to_dict())
+        self.authenticator.set_owners(owner_keys)
         for listener in self.on_governance:
             listener()
 

@@ -124,7 +124,7 @@ class Controller:
         replay = self.proposals.replay
         self.identity = dataclasses.replace(
             self.identity,
-            owners=tuple(sorted(self.proposals.owner_keys)),
+            owners=tuple(sorted(self.proposals.owners)),
             approval_policy=replay.policy.to_dict(),
             owners_seq=replay.owners_seq,
             policy_seq=replay.policy_seq,
@@ -256,9 +256,7 @@ def open_controller(
         else None
     )
     publisher = _tile_publisher(settings, verified.ledger, checkpoints)
-    proposals = ProposalService(
-        settings, store, verified.ledger, service, authenticator, sealed, replay=verified.proposals, owner_keys=owners
-    )
+    proposals = ProposalService(settings, store, verified.ledger, service, authenticator, sealed, replay=verified.proposals)
     controller = Controller(
         settings, identity, tee, store, verified.ledger, service, authenticator, tls,
         seed_requests_at_start=verified.seed_requests, checkpoints=checkpoints, witnessing=witnessing,
